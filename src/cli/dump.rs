@@ -1,0 +1,357 @@
+//! `ipfixsvc dump`: IPFIX files and packet captures -> NDJSON records (or templates, or counts).
+//!
+//! Templates are scoped as a collector would: per file for IPFIX files; per transport
+//! (source, destination) for captures, then per Observation Domain inside the decoder.
+
+use crate::meter::capture::{CaptureReader, FileKind, sniff_reader};
+use crate::meter::tcp_stream::{Pushed, TcpStreams};
+use crate::meter::transport::{Protocol, segment};
+use crate::wire::header::{IPFIX_HEADER_LEN, IPFIX_VERSION};
+use crate::wire::ndjson::{self, Origin};
+use crate::wire::{
+    DecodedMessage, Decoder, DecoderOptions, Framer, MessageReader, Registry, TemplateEvent,
+    TemplateKind,
+};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Ports decoded as IPFIX/NetFlow without being asked: IANA's 4739 and the common NetFlow ones.
+pub const DEFAULT_PORTS: [u16; 4] = [4739, 2055, 9995, 9996];
+
+#[derive(Debug, clap::Args)]
+pub struct DumpArgs {
+    /// IPFIX files and packet captures.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also decode this UDP/TCP port in captures (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Print templates (and withdrawals) instead of data records.
+    #[arg(long, conflicts_with = "count")]
+    pub templates: bool,
+    /// Decode everything, print only the counts as one JSON object.
+    #[arg(long)]
+    pub count: bool,
+    /// Extra Information Elements (TOML: [[element]] pen, id, name, type, semantics, units).
+    #[arg(long, value_name = "FILE")]
+    pub elements: Option<PathBuf>,
+    /// Largest IPFIX message accepted from a stream.
+    #[arg(long, default_value_t = 65535)]
+    pub max_message: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub messages: u64,
+    pub templates: u64,
+    pub options_templates: u64,
+    pub withdrawals: u64,
+    pub data_records: u64,
+    pub options_records: u64,
+    /// Data Sets that could not be decoded for want of their template.
+    pub missing_template_sets: u64,
+    pub errors: u64,
+}
+
+/// What dump does with each decoded message.
+enum Mode {
+    Records,
+    Templates,
+    Count,
+}
+
+pub struct Dumper<W: Write> {
+    out: W,
+    line: Vec<u8>,
+    mode: Mode,
+    registry: Arc<Registry>,
+    pub counts: Counts,
+    max_message: usize,
+    ports: Vec<u16>,
+    /// Capture state lives across files, so `dump templates.pcap data.pcap` decodes the data.
+    decoders: HashMap<(SocketAddr, SocketAddr), Decoder>,
+    streams: TcpStreams,
+    buffers: HashMap<(SocketAddr, SocketAddr), (BytesMut, Framer)>,
+}
+
+pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
+    let registry = match &args.elements {
+        Some(p) => Arc::new(Registry::with_extra_file(p)?),
+        None => Registry::builtin(),
+    };
+    let stdout = std::io::stdout();
+    let out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mode = if args.count {
+        Mode::Count
+    } else if args.templates {
+        Mode::Templates
+    } else {
+        Mode::Records
+    };
+    let mut ports = DEFAULT_PORTS.to_vec();
+    ports.extend(&args.ports);
+    let mut d = Dumper {
+        out,
+        line: Vec::with_capacity(4096),
+        mode,
+        registry,
+        counts: Counts::default(),
+        max_message: args.max_message,
+        ports,
+        decoders: HashMap::new(),
+        streams: TcpStreams::new(),
+        buffers: HashMap::new(),
+    };
+    for f in &args.files {
+        if let Err(e) = d.file(f) {
+            d.counts.errors += 1;
+            eprintln!("{}: {e}", f.display());
+        }
+    }
+    if args.count {
+        serde_json::to_writer(&mut d.out, &d.counts)?;
+        d.out.write_all(b"\n")?;
+    }
+    d.out.flush()?;
+    Ok(d.counts)
+}
+
+impl<W: Write> Dumper<W> {
+    fn file(&mut self, path: &Path) -> anyhow::Result<()> {
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        match sniff_reader(&mut reader)? {
+            FileKind::Ipfix => self.ipfix_file(path, reader),
+            FileKind::Pcap | FileKind::PcapNg => self.capture(path, reader),
+            FileKind::Unknown(m) => {
+                anyhow::bail!("neither an IPFIX file nor a capture (starts with {m:02x?})")
+            }
+        }
+    }
+
+    fn ipfix_file(&mut self, path: &Path, reader: BufReader<File>) -> anyhow::Result<()> {
+        let shown = path.display().to_string();
+        let mut decoder = Decoder::new(self.registry.clone(), DecoderOptions::default());
+        for m in MessageReader::new(reader, self.max_message) {
+            let (offset, msg) = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.message(&mut decoder, &shown, msg, &|| {
+                format!("{shown}: message at offset {offset}")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn capture(&mut self, path: &Path, reader: BufReader<File>) -> anyhow::Result<()> {
+        let shown = path.display().to_string();
+        let mut capture = CaptureReader::new(reader)?;
+        // Taken out of `self` while `self` prints; put back for the next file.
+        let mut decoders = std::mem::take(&mut self.decoders);
+        let mut streams = std::mem::take(&mut self.streams);
+        let mut buffers = std::mem::take(&mut self.buffers);
+        while let Some(p) = capture.next_packet() {
+            let p = match p {
+                Ok(p) => p,
+                Err(e) => {
+                    // A truncated capture ends here; what was read stays printed.
+                    self.counts.errors += 1;
+                    eprintln!("{shown}: capture ends early: {e}");
+                    break;
+                }
+            };
+            let frame = p.frame;
+            let Some(seg) = segment(&p) else { continue };
+            if !self.ports.contains(&seg.dst.port()) && !self.ports.contains(&seg.src.port()) {
+                continue;
+            }
+            let key = (seg.src, seg.dst);
+            let exporter = seg.src.to_string();
+            let decoder = decoders
+                .entry(key)
+                .or_insert_with(|| Decoder::new(self.registry.clone(), options_for(seg.protocol)));
+            match seg.protocol {
+                Protocol::Udp => {
+                    if seg.fragmented {
+                        self.counts.errors += 1;
+                        eprintln!("{shown}: frame {frame}: IP fragment skipped (no reassembly)");
+                        continue;
+                    }
+                    let payload = Bytes::copy_from_slice(seg.payload);
+                    for (at, msg) in split_datagram(payload) {
+                        let off = seg.payload_offset + at;
+                        self.message(decoder, &exporter, msg, &|| {
+                            format!("{shown}: frame {frame}, offset {off}")
+                        })?;
+                    }
+                }
+                Protocol::Tcp => {
+                    let pushed = streams.push(seg.src, seg.dst, seg.seq, seg.syn, seg.payload);
+                    let (buf, framer) = buffers
+                        .entry(key)
+                        .or_insert_with(|| (BytesMut::new(), Framer::new(self.max_message)));
+                    match pushed {
+                        Pushed::Data(d) => buf.extend_from_slice(&d),
+                        Pushed::Broken => {
+                            buf.clear();
+                            continue;
+                        }
+                    }
+                    loop {
+                        match framer.next_message(buf) {
+                            Ok(Some(msg)) => {
+                                let at = framer.offset();
+                                self.message(decoder, &exporter, msg, &|| {
+                                    format!(
+                                        "{shown}: frame {frame}, TCP stream {exporter} offset {at}"
+                                    )
+                                })?;
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.counts.errors += 1;
+                                eprintln!(
+                                    "{shown}: frame {frame}, TCP stream {exporter}: {e}; rest of the stream skipped"
+                                );
+                                buf.clear();
+                                streams.close(seg.src, seg.dst);
+                                break;
+                            }
+                        }
+                    }
+                    if seg.fin_or_rst {
+                        streams.close(seg.src, seg.dst);
+                    }
+                }
+            }
+        }
+        self.decoders = decoders;
+        self.streams = streams;
+        self.buffers = buffers;
+        Ok(())
+    }
+
+    /// Decodes one message and prints what the mode asks for. A malformed message is reported
+    /// and counted; the caller goes on with the next one.
+    fn message(
+        &mut self,
+        decoder: &mut Decoder,
+        exporter: &str,
+        msg: Bytes,
+        place: &dyn Fn() -> String,
+    ) -> std::io::Result<()> {
+        self.counts.messages += 1;
+        let decoded = match decoder.decode(msg) {
+            Ok(d) => d,
+            Err(e) => {
+                self.counts.errors += 1;
+                eprintln!("{}: {e}", place());
+                return Ok(());
+            }
+        };
+        self.tally(&decoded);
+        match self.mode {
+            Mode::Count => Ok(()),
+            Mode::Records => self.records(exporter, &decoded),
+            Mode::Templates => self.templates(exporter, &decoded),
+        }
+    }
+
+    fn tally(&mut self, d: &DecodedMessage) {
+        let c = &mut self.counts;
+        for ev in &d.events {
+            match ev {
+                TemplateEvent::Define(t) if t.kind == TemplateKind::Data => c.templates += 1,
+                TemplateEvent::Define(_) => c.options_templates += 1,
+                _ => c.withdrawals += 1,
+            }
+        }
+        for b in &d.batches {
+            if b.plan.template.kind == TemplateKind::Options {
+                c.options_records += b.len() as u64;
+            } else {
+                c.data_records += b.len() as u64;
+            }
+        }
+        c.missing_template_sets += d.missing.len() as u64;
+    }
+
+    fn records(&mut self, exporter: &str, d: &DecodedMessage) -> std::io::Result<()> {
+        for b in &d.batches {
+            for r in 0..b.len() {
+                self.line.clear();
+                ndjson::write_record(&mut self.line, Origin { exporter }, d, b, r, &self.registry);
+                self.out.write_all(&self.line)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn templates(&mut self, exporter: &str, d: &DecodedMessage) -> std::io::Result<()> {
+        for ev in &d.events {
+            let v = match ev {
+                TemplateEvent::Define(t) => {
+                    let fields: Vec<_> = t
+                        .fields
+                        .iter()
+                        .map(|f| {
+                            let e = self.registry.resolve(f.pen, f.id);
+                            serde_json::json!({
+                                "id": f.id, "pen": f.pen, "length": f.length,
+                                "name": e.name, "type": e.data_type.iana_name(),
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "@exporter": exporter, "@domain": d.header.observation_domain,
+                        "@template": t.id, "kind": t.kind, "scopeFieldCount": t.scope_field_count,
+                        "fields": fields,
+                    })
+                }
+                TemplateEvent::Withdraw { kind, id } => serde_json::json!({
+                    "@exporter": exporter, "@domain": d.header.observation_domain,
+                    "@template": id, "kind": kind, "withdrawn": true,
+                }),
+                TemplateEvent::WithdrawAll { kind } => serde_json::json!({
+                    "@exporter": exporter, "@domain": d.header.observation_domain,
+                    "kind": kind, "withdrawnAll": true,
+                }),
+            };
+            serde_json::to_writer(&mut self.out, &v)?;
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+/// RFC 7011 section 8.4: over UDP, withdrawals are ignored.
+fn options_for(p: Protocol) -> DecoderOptions {
+    DecoderOptions {
+        honour_withdrawals: p == Protocol::Tcp,
+        ..DecoderOptions::default()
+    }
+}
+
+/// One datagram normally holds one message; several IPFIX messages back to back are split by
+/// their length fields. The last piece (and any NetFlow v9 packet) runs to the datagram's end and
+/// the decoder judges its header. Returns (offset in the datagram, message).
+pub fn split_datagram(payload: Bytes) -> Vec<(usize, Bytes)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while payload.len() - at > IPFIX_HEADER_LEN {
+        let version = u16::from_be_bytes([payload[at], payload[at + 1]]);
+        let len = u16::from_be_bytes([payload[at + 2], payload[at + 3]]) as usize;
+        if version != IPFIX_VERSION || len < IPFIX_HEADER_LEN || at + len >= payload.len() {
+            break;
+        }
+        out.push((at, payload.slice(at..at + len)));
+        at += len;
+    }
+    if at < payload.len() {
+        out.push((at, payload.slice(at..)));
+    }
+    out
+}

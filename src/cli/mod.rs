@@ -1,0 +1,23 @@
+//! The command line: one binary, subcommands that use the same code paths as the actors.
+
+pub mod dump;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ipfixsvc",
+    version,
+    about = "IPFIX collector, converter and tools"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Decode IPFIX files (RFC 5655) and packet captures (pcap, pcapng; IPFIX and NetFlow v9
+    /// over UDP or TCP) and print one JSON object per data record.
+    Dump(dump::DumpArgs),
+}

@@ -1,0 +1,6 @@
+//! IPFIXServices: a Kubernetes-native, highly available IPFIX service.
+//! See `ARCHITECTURE.md` (in the team's shared docs) for the layout; each folder is one idea.
+
+pub mod cli;
+pub mod meter;
+pub mod wire;

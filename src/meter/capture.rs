@@ -1,0 +1,137 @@
+//! Streaming pcap and pcapng reading (never the whole file in memory), behind one reader that
+//! detects the format from the file's magic number.
+
+use pcap_file::DataLink;
+use pcap_file::pcap::PcapReader;
+use pcap_file::pcapng::{Block, PcapNgReader};
+use std::io::{BufRead, BufReader, Read};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("not a pcap or pcapng file (magic {0:02x?})")]
+    NotACapture([u8; 4]),
+    #[error("capture: {0}")]
+    Format(#[from] pcap_file::PcapError),
+    #[error("read error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Pcap,
+    PcapNg,
+    /// Starts like an IPFIX message: an RFC 5655 file.
+    Ipfix,
+    Unknown([u8; 4]),
+}
+
+pub fn sniff(head: &[u8]) -> FileKind {
+    let mut m = [0u8; 4];
+    let n = head.len().min(4);
+    m[..n].copy_from_slice(&head[..n]);
+    match m {
+        [0xa1, 0xb2, 0xc3, 0xd4]
+        | [0xd4, 0xc3, 0xb2, 0xa1]
+        | [0xa1, 0xb2, 0x3c, 0x4d]
+        | [0x4d, 0x3c, 0xb2, 0xa1] => FileKind::Pcap,
+        [0x0a, 0x0d, 0x0d, 0x0a] => FileKind::PcapNg,
+        [0x00, 0x0a, _, _] => FileKind::Ipfix,
+        other => FileKind::Unknown(other),
+    }
+}
+
+/// Peeks at the start of a buffered reader without consuming it.
+pub fn sniff_reader<R: Read>(r: &mut BufReader<R>) -> std::io::Result<FileKind> {
+    Ok(sniff(r.fill_buf()?))
+}
+
+/// One captured frame.
+#[derive(Debug)]
+pub struct Packet<'a> {
+    /// 1-based frame number, as tshark counts.
+    pub frame: u64,
+    pub timestamp: Duration,
+    pub link: DataLink,
+    pub data: &'a [u8],
+}
+
+enum Inner<R: Read> {
+    Pcap(PcapReader<R>),
+    PcapNg(PcapNgReader<R>),
+}
+
+pub struct CaptureReader<R: Read> {
+    inner: Inner<R>,
+    frame: u64,
+    data: Vec<u8>,
+}
+
+impl<R: Read> CaptureReader<R> {
+    pub fn new(mut reader: BufReader<R>) -> Result<CaptureReader<BufReader<R>>, CaptureError> {
+        let inner = match sniff_reader(&mut reader)? {
+            FileKind::Pcap => Inner::Pcap(PcapReader::new(reader)?),
+            FileKind::PcapNg => Inner::PcapNg(PcapNgReader::new(reader)?),
+            FileKind::Ipfix => return Err(CaptureError::NotACapture([0, 10, 0, 0])),
+            FileKind::Unknown(m) => return Err(CaptureError::NotACapture(m)),
+        };
+        Ok(CaptureReader {
+            inner,
+            frame: 0,
+            data: Vec::new(),
+        })
+    }
+}
+
+impl<R: Read> CaptureReader<R> {
+    /// The next frame, or `None` at the end. A format error ends the capture (what was read
+    /// before it stays valid).
+    pub fn next_packet(&mut self) -> Option<Result<Packet<'_>, CaptureError>> {
+        let (link, timestamp) = match &mut self.inner {
+            Inner::Pcap(r) => {
+                let link = r.header().datalink;
+                match r.next_packet()? {
+                    Ok(p) => {
+                        self.data.clear();
+                        self.data.extend_from_slice(&p.data);
+                        (link, p.timestamp)
+                    }
+                    Err(e) => return Some(Err(e.into())),
+                }
+            }
+            Inner::PcapNg(r) => loop {
+                let block = match r.next_block()? {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let (iface, timestamp) = match block {
+                    Block::EnhancedPacket(p) => {
+                        self.data.clear();
+                        self.data.extend_from_slice(&p.data);
+                        (p.interface_id as usize, p.timestamp)
+                    }
+                    Block::SimplePacket(p) => {
+                        self.data.clear();
+                        self.data.extend_from_slice(&p.data);
+                        (0, Duration::ZERO)
+                    }
+                    _ => continue,
+                };
+                let link = r
+                    .interfaces()
+                    .get(iface)
+                    .map(|i| i.linktype)
+                    .unwrap_or(DataLink::ETHERNET);
+                break (link, timestamp);
+            },
+        };
+        self.frame += 1;
+        Some(Ok(Packet {
+            frame: self.frame,
+            timestamp,
+            link,
+            data: &self.data,
+        }))
+    }
+}

@@ -1,0 +1,7 @@
+//! Packets -> flows (the Metering Process) and the capture reading it stands on. Pure and
+//! synchronous. For now: streaming pcap/pcapng reading, slicing packets to their transport
+//! payload, and TCP stream reassembly, which `dump` and `send` use to take IPFIX out of captures.
+
+pub mod capture;
+pub mod tcp_stream;
+pub mod transport;
