@@ -4,15 +4,13 @@
 //! (source, destination) for captures, then per Observation Domain inside the decoder.
 
 use crate::meter::capture::{CaptureReader, FileKind, sniff_reader};
-use crate::meter::tcp_stream::{Pushed, TcpStreams};
-use crate::meter::transport::{Protocol, segment};
-use crate::wire::header::{IPFIX_HEADER_LEN, IPFIX_VERSION};
+use crate::meter::messages::{Found, MessageFinder};
+use crate::meter::transport::Protocol;
 use crate::wire::ndjson::{self, Origin};
 use crate::wire::{
-    DecodedMessage, Decoder, DecoderOptions, Framer, MessageReader, Registry, TemplateEvent,
-    TemplateKind,
+    DecodedMessage, Decoder, DecoderOptions, MessageReader, Registry, TemplateEvent, TemplateKind,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -66,6 +64,7 @@ enum Mode {
     Count,
 }
 
+/// Decodes inputs and prints what the mode asks for; keeps the counts.
 pub struct Dumper<W: Write> {
     out: W,
     line: Vec<u8>,
@@ -73,11 +72,9 @@ pub struct Dumper<W: Write> {
     registry: Arc<Registry>,
     pub counts: Counts,
     max_message: usize,
-    ports: Vec<u16>,
     /// Capture state lives across files, so `dump templates.pcap data.pcap` decodes the data.
     decoders: HashMap<(SocketAddr, SocketAddr), Decoder>,
-    streams: TcpStreams,
-    buffers: HashMap<(SocketAddr, SocketAddr), (BytesMut, Framer)>,
+    finder: MessageFinder,
 }
 
 pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
@@ -103,10 +100,8 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
         registry,
         counts: Counts::default(),
         max_message: args.max_message,
-        ports,
         decoders: HashMap::new(),
-        streams: TcpStreams::new(),
-        buffers: HashMap::new(),
+        finder: MessageFinder::new(ports, args.max_message),
     };
     for f in &args.files {
         if let Err(e) = d.file(f) {
@@ -151,8 +146,7 @@ impl<W: Write> Dumper<W> {
         let mut capture = CaptureReader::new(reader)?;
         // Taken out of `self` while `self` prints; put back for the next file.
         let mut decoders = std::mem::take(&mut self.decoders);
-        let mut streams = std::mem::take(&mut self.streams);
-        let mut buffers = std::mem::take(&mut self.buffers);
+        let mut found = Vec::new();
         while let Some(p) = capture.next_packet() {
             let p = match p {
                 Ok(p) => p,
@@ -163,74 +157,31 @@ impl<W: Write> Dumper<W> {
                     break;
                 }
             };
-            let frame = p.frame;
-            let Some(seg) = segment(&p) else { continue };
-            if !self.ports.contains(&seg.dst.port()) && !self.ports.contains(&seg.src.port()) {
-                continue;
-            }
-            let key = (seg.src, seg.dst);
-            let exporter = seg.src.to_string();
-            let decoder = decoders
-                .entry(key)
-                .or_insert_with(|| Decoder::new(self.registry.clone(), options_for(seg.protocol)));
-            match seg.protocol {
-                Protocol::Udp => {
-                    if seg.fragmented {
-                        self.counts.errors += 1;
-                        eprintln!("{shown}: frame {frame}: IP fragment skipped (no reassembly)");
-                        continue;
-                    }
-                    let payload = Bytes::copy_from_slice(seg.payload);
-                    for (at, msg) in split_datagram(payload) {
-                        let off = seg.payload_offset + at;
-                        self.message(decoder, &exporter, msg, &|| {
-                            format!("{shown}: frame {frame}, offset {off}")
+            found.clear();
+            self.finder.feed(&p, &mut found);
+            for f in found.drain(..) {
+                match f {
+                    Found::Message(m) => {
+                        let decoder = decoders.entry((m.src, m.dst)).or_insert_with(|| {
+                            Decoder::new(self.registry.clone(), options_for(m.protocol))
+                        });
+                        let exporter = m.src.to_string();
+                        let (frame, offset) = (m.frame, m.offset);
+                        self.message(decoder, &exporter, m.bytes, &|| match m.protocol {
+                            Protocol::Udp => format!("{shown}: frame {frame}, offset {offset}"),
+                            Protocol::Tcp => format!(
+                                "{shown}: frame {frame}, TCP stream {exporter} offset {offset}"
+                            ),
                         })?;
                     }
-                }
-                Protocol::Tcp => {
-                    let pushed = streams.push(seg.src, seg.dst, seg.seq, seg.syn, seg.payload);
-                    let (buf, framer) = buffers
-                        .entry(key)
-                        .or_insert_with(|| (BytesMut::new(), Framer::new(self.max_message)));
-                    match pushed {
-                        Pushed::Data(d) => buf.extend_from_slice(&d),
-                        Pushed::Broken => {
-                            buf.clear();
-                            continue;
-                        }
-                    }
-                    loop {
-                        match framer.next_message(buf) {
-                            Ok(Some(msg)) => {
-                                let at = framer.offset();
-                                self.message(decoder, &exporter, msg, &|| {
-                                    format!(
-                                        "{shown}: frame {frame}, TCP stream {exporter} offset {at}"
-                                    )
-                                })?;
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                self.counts.errors += 1;
-                                eprintln!(
-                                    "{shown}: frame {frame}, TCP stream {exporter}: {e}; rest of the stream skipped"
-                                );
-                                buf.clear();
-                                streams.close(seg.src, seg.dst);
-                                break;
-                            }
-                        }
-                    }
-                    if seg.fin_or_rst {
-                        streams.close(seg.src, seg.dst);
+                    Found::Problem { frame, reason } => {
+                        self.counts.errors += 1;
+                        eprintln!("{shown}: frame {frame}: {reason}");
                     }
                 }
             }
         }
         self.decoders = decoders;
-        self.streams = streams;
-        self.buffers = buffers;
         Ok(())
     }
 
@@ -333,25 +284,4 @@ fn options_for(p: Protocol) -> DecoderOptions {
         honour_withdrawals: p == Protocol::Tcp,
         ..DecoderOptions::default()
     }
-}
-
-/// One datagram normally holds one message; several IPFIX messages back to back are split by
-/// their length fields. The last piece (and any NetFlow v9 packet) runs to the datagram's end and
-/// the decoder judges its header. Returns (offset in the datagram, message).
-pub fn split_datagram(payload: Bytes) -> Vec<(usize, Bytes)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while payload.len() - at > IPFIX_HEADER_LEN {
-        let version = u16::from_be_bytes([payload[at], payload[at + 1]]);
-        let len = u16::from_be_bytes([payload[at + 2], payload[at + 3]]) as usize;
-        if version != IPFIX_VERSION || len < IPFIX_HEADER_LEN || at + len >= payload.len() {
-            break;
-        }
-        out.push((at, payload.slice(at..at + len)));
-        at += len;
-    }
-    if at < payload.len() {
-        out.push((at, payload.slice(at..)));
-    }
-    out
 }

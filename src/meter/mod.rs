@@ -3,5 +3,6 @@
 //! payload, and TCP stream reassembly, which `dump` and `send` use to take IPFIX out of captures.
 
 pub mod capture;
+pub mod messages;
 pub mod tcp_stream;
 pub mod transport;

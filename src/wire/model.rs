@@ -36,6 +36,17 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// Bytes of the full-size encoding of integer types (0 for the others).
+    pub fn size(self) -> u16 {
+        match self {
+            DataType::Unsigned8 | DataType::Signed8 => 1,
+            DataType::Unsigned16 | DataType::Signed16 => 2,
+            DataType::Unsigned32 | DataType::Signed32 => 4,
+            DataType::Unsigned64 | DataType::Signed64 => 8,
+            _ => 0,
+        }
+    }
+
     /// The IANA spelling, as in the registry's `dataType` column.
     pub fn iana_name(self) -> &'static str {
         match self {

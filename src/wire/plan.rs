@@ -48,14 +48,32 @@ impl ColumnType {
         let fits = |max: u16| !varlen && (1..=max).contains(&length);
         let exact = |n: u16| !varlen && length == n;
         match data_type {
-            DataType::Unsigned8 if fits(1) => ColumnType::U8,
-            DataType::Unsigned16 if fits(2) => ColumnType::U16,
-            DataType::Unsigned32 if fits(4) => ColumnType::U32,
-            DataType::Unsigned64 if fits(8) => ColumnType::U64,
-            DataType::Signed8 if fits(1) => ColumnType::I8,
-            DataType::Signed16 if fits(2) => ColumnType::I16,
-            DataType::Signed32 if fits(4) => ColumnType::I32,
-            DataType::Signed64 if fits(8) => ColumnType::I64,
+            // Reduced-size encoding (RFC 7011 6.2) shortens integers. Exporters in the field
+            // also send them longer than their type (samplerId, an unsigned8, in 2 bytes from
+            // Cisco NetFlow v9): decoded as the wider integer, as tshark and nfdump do.
+            DataType::Unsigned8
+            | DataType::Unsigned16
+            | DataType::Unsigned32
+            | DataType::Unsigned64
+                if fits(8) =>
+            {
+                match data_type.size().max(length) {
+                    1 => ColumnType::U8,
+                    2 => ColumnType::U16,
+                    3 | 4 => ColumnType::U32,
+                    _ => ColumnType::U64,
+                }
+            }
+            DataType::Signed8 | DataType::Signed16 | DataType::Signed32 | DataType::Signed64
+                if fits(8) =>
+            {
+                match data_type.size().max(length) {
+                    1 => ColumnType::I8,
+                    2 => ColumnType::I16,
+                    3 | 4 => ColumnType::I32,
+                    _ => ColumnType::I64,
+                }
+            }
             DataType::Float32 if exact(4) => ColumnType::F32,
             DataType::Float64 if exact(8) || exact(4) => ColumnType::F64,
             DataType::Boolean if exact(1) => ColumnType::Bool,

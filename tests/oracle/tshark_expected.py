@@ -163,7 +163,9 @@ def run_tshark(src, args):
 
 def cflow_ports(src):
     """UDP destination ports in the capture that need `-d udp.port==N,cflow`."""
-    out = run_tshark(src, ["-T", "fields", "-e", "udp.dstport"])
+    # occurrence=f: only the outer UDP header (tshark also dissects the frames carried in
+    # dataLinkFrameSection, whose inner UDP ports must not become cflow ports)
+    out = run_tshark(src, ["-T", "fields", "-E", "occurrence=f", "-e", "udp.dstport"])
     ports = set()
     for line in out.split():
         for p in line.split(","):
@@ -207,14 +209,19 @@ def items(pairs):
     return out
 
 
-def collect_expert(pairs, acc):
+def collect_expert(pairs, acc, in_record=False):
+    """tshark's expert messages raised by the cflow dissector itself (sequence gaps, missing
+    templates, malformed sets); not those of protocols dissected inside a field value."""
     for k, v in pairs:
-        if k == "_ws.expert.message":
-            acc.append(v)
-        elif k == "_ws.malformed":
-            acc.append("Malformed Packet: " + str(v))
+        if k == "_ws.expert" and is_obj(v):
+            if any(ek.startswith("cflow.") for ek, _ in v):
+                acc.extend(ev for ek, ev in v if ek == "_ws.expert.message")
+        elif k == "_ws.malformed" and not in_record:
+            acc.append("Malformed Packet")
         elif is_obj(v):
-            collect_expert(v, acc)
+            collect_expert(v, acc, in_record or bool(FLOW_RE.match(k)) or k.startswith("List Item")
+                           or bool(V5_PDU_RE.match(k)) or not (k.startswith("cflow") or k[:1].isupper()
+                                                               or k.startswith("pdu")))
 
 
 # --------------------------------------------------------------------------- values
@@ -833,13 +840,14 @@ message, at offset 0).
   reason code, the Ethernet/IP dissection tshark hangs under `dataLinkFrameSection`) are dropped; the
   first item covering the field's bytes is kept.
 * Variable-length fields: tshark's item covers only the value, not the length prefix
-  (`varlen_prefix` gives its size; strings also carry a `cflow.string_len_short`/`_long` child, noted
-  as `tshark_varlen_prefix`). **Empty variable-length fields are left out** of tshark's output, so
+  (`varlen_prefix` gives its size). tshark hangs the prefix under the value as child items
+  `cflow.string_len_short` (1 byte; 255 for the long form) and `cflow.string_len_long` (the 2-byte
+  length), at offsets before the value; noted as `tshark_varlen_prefix` (1 or 3). **Empty variable-length fields are left out** of tshark's output, so
   a record may have fewer entries than its template has fields.
 * subTemplateList (292) is one entry of kind bytes over the list value, plus `list_semantic`,
   `list_template_id` and `list_records` (the records tshark decoded inside it); basicList (291) and
   subTemplateMultiList (293) are not decoded by tshark 4.0: one opaque `cflow.enterprise_private_entry`
-  bytes entry. (None of the captures contains a structured-data list; checked on a crafted file.)
+  bytes entry. (None of the captures contains a structured-data list; checked on crafted files.)
 * `paddingOctets` (IE 210) inside a record is a field and is kept (kind bytes).
 * RFC 5103 reverse fields (PEN 29305) carry the forward field name (`cflow.octets` twice); the
   `pen` annotation tells them apart.
