@@ -238,24 +238,16 @@ pub fn decode_records(
     if let Some(rec_len) = plan.fixed_len {
         let n = body.len() / rec_len;
         batch.records.reserve_exact(n);
-        for r in 0..n {
-            batch.records.push(Span {
-                start: (start + r * rec_len) as u32,
-                len: rec_len as u32,
-            });
-        }
+        batch.records.extend((0..n).map(|r| Span {
+            start: (start + r * rec_len) as u32,
+            len: rec_len as u32,
+        }));
         for pf in &plan.fields {
-            let (off, len) = (pf.offset, pf.spec.length as usize);
-            let recs = body.chunks_exact(rec_len);
-            batch.columns.push(fill(
-                pf.column,
-                recs.map(|rec| &rec[off..off + len]),
-                n,
-                |r| Span {
-                    start: (start + r * rec_len + off) as u32,
-                    len: len as u32,
-                },
-            ));
+            let off = start + pf.offset;
+            let offsets = (0..n).map(|r| off + r * rec_len);
+            batch
+                .columns
+                .push(fill(pf.column, msg, offsets, pf.spec.length as usize, n));
         }
         return Ok(batch);
     }
@@ -265,28 +257,12 @@ pub fn decode_records(
     let n = batch.records.len();
     for pf in &plan.fields {
         let col = match pf.varlen_index {
-            Some(v) => {
-                let spans = &batch.varlen;
-                fill(
-                    pf.column,
-                    (0..n).map(|r| &msg[spans[r * vars + v].range()]),
-                    n,
-                    |r| spans[r * vars + v],
-                )
-            }
+            Some(v) => Column::Spans((0..n).map(|r| batch.varlen[r * vars + v]).collect()),
             None => {
                 let bases = &batch.bases;
-                let (seg, off, len) = (pf.segment, pf.offset, pf.spec.length as usize);
-                let at = |r: usize| bases[r * segs + seg] as usize + off;
-                fill(
-                    pf.column,
-                    (0..n).map(|r| &msg[at(r)..at(r) + len]),
-                    n,
-                    |r| Span {
-                        start: at(r) as u32,
-                        len: len as u32,
-                    },
-                )
+                let (seg, off) = (pf.segment, pf.offset);
+                let offsets = (0..n).map(|r| bases[r * segs + seg] as usize + off);
+                fill(pf.column, msg, offsets, pf.spec.length as usize, n)
             }
         };
         batch.columns.push(col);
@@ -359,62 +335,92 @@ fn truncated(plan: &Plan, set_offset: usize, index: usize, at: usize) -> WireErr
     }
 }
 
-/// Second pass: one typed column from the field bytes of every record. The match on the column
-/// type sits outside the record loop.
-fn fill<'m, I, S>(ty: ColumnType, values: I, n: usize, span: S) -> Column
+/// Second pass: one typed column from the field at `offsets` (one per record, each with `len`
+/// bytes, all checked to lie inside the set by the caller). The match on the column type and
+/// length sits outside the record loop, and the common full-size encodings read a fixed-size
+/// array, so the loop body is a load and a byte swap.
+fn fill<I>(ty: ColumnType, msg: &[u8], offsets: I, len: usize, n: usize) -> Column
 where
-    I: Iterator<Item = &'m [u8]>,
-    S: Fn(usize) -> Span,
+    I: Iterator<Item = usize>,
 {
-    fn collect<'m, T>(
-        values: impl Iterator<Item = &'m [u8]>,
+    #[inline(always)]
+    fn fixed<T, const N: usize>(
+        msg: &[u8],
+        offsets: impl Iterator<Item = usize>,
         n: usize,
+        f: impl Fn([u8; N]) -> T,
+    ) -> Vec<T> {
+        let mut v = Vec::with_capacity(n);
+        v.extend(offsets.map(|p| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(&msg[p..p + N]);
+            f(a)
+        }));
+        v
+    }
+    #[inline(always)]
+    fn reduced<T>(
+        msg: &[u8],
+        offsets: impl Iterator<Item = usize>,
+        n: usize,
+        len: usize,
         f: impl Fn(&[u8]) -> T,
     ) -> Vec<T> {
         let mut v = Vec::with_capacity(n);
-        v.extend(values.map(f));
+        v.extend(offsets.map(|p| f(&msg[p..p + len])));
         v
     }
-    match ty {
-        ColumnType::U8 => Column::U8(collect(values, n, |b| b[0])),
-        ColumnType::U16 => Column::U16(collect(values, n, |b| read_uint(b) as u16)),
-        ColumnType::U32 => Column::U32(collect(values, n, |b| read_uint(b) as u32)),
-        ColumnType::U64 => Column::U64(collect(values, n, read_uint)),
-        ColumnType::I8 => Column::I8(collect(values, n, |b| b[0] as i8)),
-        ColumnType::I16 => Column::I16(collect(values, n, |b| read_int(b) as i16)),
-        ColumnType::I32 => Column::I32(collect(values, n, |b| read_int(b) as i32)),
-        ColumnType::I64 => Column::I64(collect(values, n, read_int)),
-        ColumnType::F32 => Column::F32(collect(values, n, |b| {
-            f32::from_be_bytes([b[0], b[1], b[2], b[3]])
-        })),
-        ColumnType::F64 => Column::F64(collect(values, n, read_f64)),
-        ColumnType::Bool => Column::Bool(collect(values, n, |b| b[0])),
-        ColumnType::Mac => {
-            Column::Mac(collect(values, n, |b| [b[0], b[1], b[2], b[3], b[4], b[5]]))
+    match (ty, len) {
+        (ColumnType::U8, _) => Column::U8(fixed(msg, offsets, n, |a: [u8; 1]| a[0])),
+        (ColumnType::U16, 2) => Column::U16(fixed(msg, offsets, n, u16::from_be_bytes)),
+        (ColumnType::U16, _) => Column::U16(reduced(msg, offsets, n, len, |b| read_uint(b) as u16)),
+        (ColumnType::U32, 4) => Column::U32(fixed(msg, offsets, n, u32::from_be_bytes)),
+        (ColumnType::U32, _) => Column::U32(reduced(msg, offsets, n, len, |b| read_uint(b) as u32)),
+        (ColumnType::U64, 8) => Column::U64(fixed(msg, offsets, n, u64::from_be_bytes)),
+        (ColumnType::U64, 4) => {
+            Column::U64(fixed(msg, offsets, n, |a| u32::from_be_bytes(a) as u64))
         }
-        ColumnType::Ipv4 => Column::Ipv4(collect(values, n, |b| [b[0], b[1], b[2], b[3]])),
-        ColumnType::Ipv6 => Column::Ipv6(collect(values, n, |b| {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&b[..16]);
-            a
-        })),
-        ColumnType::DateTimeSeconds => {
-            Column::DateTimeSeconds(collect(values, n, |b| read_uint(b) as u32))
+        (ColumnType::U64, _) => Column::U64(reduced(msg, offsets, n, len, read_uint)),
+        (ColumnType::I8, _) => Column::I8(fixed(msg, offsets, n, |a: [u8; 1]| a[0] as i8)),
+        (ColumnType::I16, _) => Column::I16(reduced(msg, offsets, n, len, |b| read_int(b) as i16)),
+        (ColumnType::I32, _) => Column::I32(reduced(msg, offsets, n, len, |b| read_int(b) as i32)),
+        (ColumnType::I64, _) => Column::I64(reduced(msg, offsets, n, len, read_int)),
+        (ColumnType::F32, _) => Column::F32(fixed(msg, offsets, n, f32::from_be_bytes)),
+        (ColumnType::F64, _) => Column::F64(reduced(msg, offsets, n, len, read_f64)),
+        (ColumnType::Bool, _) => Column::Bool(fixed(msg, offsets, n, |a: [u8; 1]| a[0])),
+        (ColumnType::Mac, _) => Column::Mac(fixed(msg, offsets, n, |a| a)),
+        (ColumnType::Ipv4, _) => Column::Ipv4(fixed(msg, offsets, n, |a| a)),
+        (ColumnType::Ipv6, _) => Column::Ipv6(fixed(msg, offsets, n, |a| a)),
+        (ColumnType::DateTimeSeconds, _) => {
+            Column::DateTimeSeconds(fixed(msg, offsets, n, u32::from_be_bytes))
         }
-        ColumnType::DateTimeMilliseconds => {
-            Column::DateTimeMilliseconds(collect(values, n, read_uint))
+        (ColumnType::DateTimeMilliseconds, _) => {
+            Column::DateTimeMilliseconds(fixed(msg, offsets, n, u64::from_be_bytes))
         }
-        ColumnType::DateTimeMicroseconds => {
-            Column::DateTimeMicroseconds(collect(values, n, read_uint))
+        (ColumnType::DateTimeMicroseconds, _) => {
+            Column::DateTimeMicroseconds(fixed(msg, offsets, n, u64::from_be_bytes))
         }
-        ColumnType::DateTimeNanoseconds => {
-            Column::DateTimeNanoseconds(collect(values, n, read_uint))
+        (ColumnType::DateTimeNanoseconds, _) => {
+            Column::DateTimeNanoseconds(fixed(msg, offsets, n, u64::from_be_bytes))
         }
-        ColumnType::String
-        | ColumnType::Bytes
-        | ColumnType::BasicList
-        | ColumnType::SubTemplateList
-        | ColumnType::SubTemplateMultiList => Column::Spans((0..n).map(span).collect()),
+        (
+            ColumnType::String
+            | ColumnType::Bytes
+            | ColumnType::BasicList
+            | ColumnType::SubTemplateList
+            | ColumnType::SubTemplateMultiList,
+            _,
+        ) => {
+            let _ = msg;
+            Column::Spans(
+                offsets
+                    .map(|p| Span {
+                        start: p as u32,
+                        len: len as u32,
+                    })
+                    .collect(),
+            )
+        }
     }
 }
 
