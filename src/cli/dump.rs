@@ -119,7 +119,8 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
 
 impl<W: Write> Dumper<W> {
     fn file(&mut self, path: &Path) -> anyhow::Result<()> {
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        // 64 KiB: the message reader asks for at least that much, so its reads bypass this buffer.
+        let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
         match sniff_reader(&mut reader)? {
             FileKind::Ipfix => self.ipfix_file(path, reader),
             FileKind::Pcap | FileKind::PcapNg => self.capture(path, reader),

@@ -8,7 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// A byte range in the message buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct Span {
     pub start: u32,
     pub len: u32,
@@ -20,54 +21,52 @@ impl Span {
     }
 }
 
-/// One typed column. Integers are widened to their element's type (reduced-size encoding);
-/// NTP timestamps (micro/nanoseconds) are kept as the raw 64-bit NTP value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Column {
-    U8(Vec<u8>),
-    U16(Vec<u16>),
-    U32(Vec<u32>),
-    U64(Vec<u64>),
-    I8(Vec<i8>),
-    I16(Vec<i16>),
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-    F32(Vec<f32>),
-    F64(Vec<f64>),
+/// A read-only view of one typed column. Integers are widened to their element's type
+/// (reduced-size encoding); NTP timestamps (micro/nanoseconds) are the raw 64-bit NTP value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Column<'a> {
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
     /// Raw octet: 1 is true, 2 is false (RFC 7011 section 6.1.5); others are kept as they came.
-    Bool(Vec<u8>),
-    Mac(Vec<[u8; 6]>),
-    Ipv4(Vec<[u8; 4]>),
-    Ipv6(Vec<[u8; 16]>),
-    DateTimeSeconds(Vec<u32>),
-    DateTimeMilliseconds(Vec<u64>),
-    DateTimeMicroseconds(Vec<u64>),
-    DateTimeNanoseconds(Vec<u64>),
-    /// Spans of: strings, octet arrays, and undecoded lists.
-    Spans(Vec<Span>),
+    Bool(&'a [u8]),
+    Mac(&'a [[u8; 6]]),
+    Ipv4(&'a [[u8; 4]]),
+    Ipv6(&'a [[u8; 16]]),
+    DateTimeSeconds(&'a [u32]),
+    DateTimeMilliseconds(&'a [u64]),
+    DateTimeMicroseconds(&'a [u64]),
+    DateTimeNanoseconds(&'a [u64]),
+    /// Spans in the message of strings, octet arrays and (undecoded) lists.
+    Spans(&'a [Span]),
 }
 
-impl Column {
+impl Column<'_> {
     pub fn len(&self) -> usize {
         match self {
-            Column::U8(v) => v.len(),
+            Column::U8(v) | Column::Bool(v) => v.len(),
             Column::U16(v) => v.len(),
-            Column::U32(v) => v.len(),
-            Column::U64(v) => v.len(),
+            Column::U32(v) | Column::DateTimeSeconds(v) => v.len(),
+            Column::U64(v)
+            | Column::DateTimeMilliseconds(v)
+            | Column::DateTimeMicroseconds(v)
+            | Column::DateTimeNanoseconds(v) => v.len(),
             Column::I8(v) => v.len(),
             Column::I16(v) => v.len(),
             Column::I32(v) => v.len(),
             Column::I64(v) => v.len(),
             Column::F32(v) => v.len(),
             Column::F64(v) => v.len(),
-            Column::Bool(v) => v.len(),
             Column::Mac(v) => v.len(),
             Column::Ipv4(v) => v.len(),
             Column::Ipv6(v) => v.len(),
-            Column::DateTimeSeconds(v) => v.len(),
-            Column::DateTimeMilliseconds(v) => v.len(),
-            Column::DateTimeMicroseconds(v) => v.len(),
-            Column::DateTimeNanoseconds(v) => v.len(),
             Column::Spans(v) => v.len(),
         }
     }
@@ -101,17 +100,20 @@ pub enum Value<'a> {
     SubTemplateMultiList(&'a [u8]),
 }
 
-/// The records of one Data Set, decoded column by column.
+/// The records of one Data Set, decoded column by column into one allocation.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub plan: Arc<Plan>,
     /// Offset of the Set header in the message (0 for lists inside a record).
     pub set_offset: usize,
-    /// Where each record begins and ends in the message.
-    pub records: Vec<Span>,
-    pub columns: Vec<Column>,
-    /// For templates with variable-length fields: per record, one base offset per segment
-    /// (`segments` entries) and one span per variable-length field.
+    /// Offset of the first record in the message.
+    start: usize,
+    len: usize,
+    /// Every column, laid out as the plan's `arena_offset`s say; u64 keeps it 8-byte aligned.
+    arena: Vec<u64>,
+    /// Templates with variable-length fields only: per record its span, one base offset per
+    /// segment, and one span per variable-length field.
+    records: Vec<Span>,
     bases: Vec<u32>,
     varlen: Vec<Span>,
 }
@@ -148,11 +150,62 @@ fn read_f64(b: &[u8]) -> f64 {
 
 impl Batch {
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
+    }
+
+    /// Where record `r` lies in the message.
+    pub fn record_span(&self, r: usize) -> Span {
+        match self.plan.fixed_len {
+            Some(l) => Span {
+                start: (self.start + r * l) as u32,
+                len: l as u32,
+            },
+            None => self.records[r],
+        }
+    }
+
+    fn bytes(&self, f: usize) -> &[u8] {
+        let (size, _) = self.plan.fields[f].column.size_align();
+        let at = self.plan.fields[f].arena_offset * self.len;
+        &bytemuck::cast_slice::<u64, u8>(&self.arena)[at..at + size * self.len]
+    }
+
+    /// The typed column of field `f`.
+    pub fn column(&self, f: usize) -> Column<'_> {
+        let b = self.bytes(f);
+        match self.plan.fields[f].column {
+            ColumnType::U8 => Column::U8(b),
+            ColumnType::U16 => Column::U16(bytemuck::cast_slice(b)),
+            ColumnType::U32 => Column::U32(bytemuck::cast_slice(b)),
+            ColumnType::U64 => Column::U64(bytemuck::cast_slice(b)),
+            ColumnType::I8 => Column::I8(bytemuck::cast_slice(b)),
+            ColumnType::I16 => Column::I16(bytemuck::cast_slice(b)),
+            ColumnType::I32 => Column::I32(bytemuck::cast_slice(b)),
+            ColumnType::I64 => Column::I64(bytemuck::cast_slice(b)),
+            ColumnType::F32 => Column::F32(bytemuck::cast_slice(b)),
+            ColumnType::F64 => Column::F64(bytemuck::cast_slice(b)),
+            ColumnType::Bool => Column::Bool(b),
+            ColumnType::Mac => Column::Mac(bytemuck::cast_slice(b)),
+            ColumnType::Ipv4 => Column::Ipv4(bytemuck::cast_slice(b)),
+            ColumnType::Ipv6 => Column::Ipv6(bytemuck::cast_slice(b)),
+            ColumnType::DateTimeSeconds => Column::DateTimeSeconds(bytemuck::cast_slice(b)),
+            ColumnType::DateTimeMilliseconds => {
+                Column::DateTimeMilliseconds(bytemuck::cast_slice(b))
+            }
+            ColumnType::DateTimeMicroseconds => {
+                Column::DateTimeMicroseconds(bytemuck::cast_slice(b))
+            }
+            ColumnType::DateTimeNanoseconds => Column::DateTimeNanoseconds(bytemuck::cast_slice(b)),
+            ColumnType::String
+            | ColumnType::Bytes
+            | ColumnType::BasicList
+            | ColumnType::SubTemplateList
+            | ColumnType::SubTemplateMultiList => Column::Spans(bytemuck::cast_slice(b)),
+        }
     }
 
     /// Where field `f` of record `r` lies in the message (the value, after any length prefix).
@@ -161,10 +214,9 @@ impl Batch {
         if let Some(v) = pf.varlen_index {
             return self.varlen[r * self.plan.varlen_count() + v];
         }
-        let base = if self.plan.fixed_len.is_some() {
-            self.records[r].start
-        } else {
-            self.bases[r * (self.plan.varlen_count() + 1) + pf.segment]
+        let base = match self.plan.fixed_len {
+            Some(l) => (self.start + r * l) as u32,
+            None => self.bases[r * (self.plan.varlen_count() + 1) + pf.segment],
         };
         Span {
             start: base + pf.offset as u32,
@@ -175,8 +227,8 @@ impl Batch {
     /// The typed value of field `f` of record `r`; `msg` is the message buffer the batch was
     /// decoded from.
     pub fn value<'m>(&self, msg: &'m [u8], r: usize, f: usize) -> Value<'m> {
-        let span = |c: &Vec<Span>| &msg[c[r].range()];
-        match &self.columns[f] {
+        let span = |c: &[Span]| &msg[c[r].range()];
+        match self.column(f) {
             Column::U8(c) => Value::Unsigned(c[r] as u64),
             Column::U16(c) => Value::Unsigned(c[r] as u64),
             Column::U32(c) => Value::Unsigned(c[r] as u64),
@@ -230,24 +282,25 @@ pub fn decode_records(
     let mut batch = Batch {
         plan: plan.clone(),
         set_offset,
+        start,
+        len: 0,
+        arena: Vec::new(),
         records: Vec::new(),
-        columns: Vec::with_capacity(plan.fields.len()),
         bases: Vec::new(),
         varlen: Vec::new(),
     };
     if let Some(rec_len) = plan.fixed_len {
         let n = body.len() / rec_len;
-        batch.records.reserve_exact(n);
-        batch.records.extend((0..n).map(|r| Span {
-            start: (start + r * rec_len) as u32,
-            len: rec_len as u32,
-        }));
+        batch.len = n;
+        batch.arena = vec![0u64; (plan.arena_per_record * n).div_ceil(8)];
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut batch.arena);
         for pf in &plan.fields {
-            let off = start + pf.offset;
-            let offsets = (0..n).map(|r| off + r * rec_len);
-            batch
-                .columns
-                .push(fill(pf.column, msg, offsets, pf.spec.length as usize, n));
+            let off = pf.offset;
+            let values = body.chunks_exact(rec_len).map(|rec| &rec[off..]);
+            let (size, _) = pf.column.size_align();
+            let at = pf.arena_offset * n;
+            let dst = &mut arena[at..at + size * n];
+            fill(pf.column, msg, values, pf.spec.length as usize, dst);
         }
         return Ok(batch);
     }
@@ -255,17 +308,27 @@ pub fn decode_records(
     let segs = plan.varlen_count() + 1;
     let vars = plan.varlen_count();
     let n = batch.records.len();
+    batch.len = n;
+    batch.arena = vec![0u64; (plan.arena_per_record * n).div_ceil(8)];
+    let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut batch.arena);
     for pf in &plan.fields {
-        let col = match pf.varlen_index {
-            Some(v) => Column::Spans((0..n).map(|r| batch.varlen[r * vars + v]).collect()),
+        let (size, _) = pf.column.size_align();
+        let at = pf.arena_offset * n;
+        let dst = &mut arena[at..at + size * n];
+        match pf.varlen_index {
+            Some(v) => {
+                let spans: &mut [Span] = bytemuck::cast_slice_mut(dst);
+                for (r, s) in spans.iter_mut().enumerate() {
+                    *s = batch.varlen[r * vars + v];
+                }
+            }
             None => {
                 let bases = &batch.bases;
                 let (seg, off) = (pf.segment, pf.offset);
-                let offsets = (0..n).map(|r| bases[r * segs + seg] as usize + off);
-                fill(pf.column, msg, offsets, pf.spec.length as usize, n)
+                let values = (0..n).map(|r| &msg[bases[r * segs + seg] as usize + off..]);
+                fill(pf.column, msg, values, pf.spec.length as usize, dst);
             }
-        };
-        batch.columns.push(col);
+        }
     }
     Ok(batch)
 }
@@ -281,6 +344,12 @@ fn walk_varlen(
     batch: &mut Batch,
 ) -> Result<(), WireError> {
     let segs = plan.segment_fixed_len.len();
+    // Room for as many records as fit at the minimum length, within a bound: growing these
+    // vectors record by record costs more than the decoding itself.
+    let estimate = ((end - start) / plan.min_len).min(1024);
+    batch.records.reserve(estimate);
+    batch.bases.reserve(estimate * segs);
+    batch.varlen.reserve(estimate * (segs - 1));
     let mut pos = start;
     while end - pos >= plan.min_len {
         let rec_start = pos;
@@ -335,74 +404,74 @@ fn truncated(plan: &Plan, set_offset: usize, index: usize, at: usize) -> WireErr
     }
 }
 
-/// Second pass: one typed column from the field at `offsets` (one per record, each with `len`
-/// bytes, all checked to lie inside the set by the caller). The match on the column type and
-/// length sits outside the record loop, and the common full-size encodings read a fixed-size
-/// array, so the loop body is a load and a byte swap.
-fn fill<I>(ty: ColumnType, msg: &[u8], offsets: I, len: usize, n: usize) -> Column
+/// Second pass: one typed column from `values` (one slice per record, starting at the field,
+/// with at least `len` bytes: checked against the set's end by the caller) into `dst`, the
+/// column's storage.
+/// The match on the column type and length sits outside the record loop, and full-size
+/// encodings read a fixed-size array, so the loop body is a load and a byte swap.
+fn fill<'m, I>(ty: ColumnType, msg: &'m [u8], values: I, len: usize, dst: &mut [u8])
 where
-    I: Iterator<Item = usize>,
+    I: Iterator<Item = &'m [u8]>,
 {
     #[inline(always)]
-    fn fixed<T, const N: usize>(
-        msg: &[u8],
-        offsets: impl Iterator<Item = usize>,
-        n: usize,
+    fn fixed<'m, T: bytemuck::Pod, const N: usize>(
+        values: impl Iterator<Item = &'m [u8]>,
+        dst: &mut [u8],
         f: impl Fn([u8; N]) -> T,
-    ) -> Vec<T> {
-        let mut v = Vec::with_capacity(n);
-        v.extend(offsets.map(|p| {
+    ) {
+        let dst: &mut [T] = bytemuck::cast_slice_mut(dst);
+        for (slot, v) in dst.iter_mut().zip(values) {
             let mut a = [0u8; N];
-            a.copy_from_slice(&msg[p..p + N]);
-            f(a)
-        }));
-        v
+            a.copy_from_slice(&v[..N]);
+            *slot = f(a);
+        }
     }
     #[inline(always)]
-    fn reduced<T>(
-        msg: &[u8],
-        offsets: impl Iterator<Item = usize>,
-        n: usize,
+    fn reduced<'m, T: bytemuck::Pod>(
+        values: impl Iterator<Item = &'m [u8]>,
         len: usize,
+        dst: &mut [u8],
         f: impl Fn(&[u8]) -> T,
-    ) -> Vec<T> {
-        let mut v = Vec::with_capacity(n);
-        v.extend(offsets.map(|p| f(&msg[p..p + len])));
-        v
+    ) {
+        let dst: &mut [T] = bytemuck::cast_slice_mut(dst);
+        for (slot, v) in dst.iter_mut().zip(values) {
+            *slot = f(&v[..len]);
+        }
     }
     match (ty, len) {
-        (ColumnType::U8, _) => Column::U8(fixed(msg, offsets, n, |a: [u8; 1]| a[0])),
-        (ColumnType::U16, 2) => Column::U16(fixed(msg, offsets, n, u16::from_be_bytes)),
-        (ColumnType::U16, _) => Column::U16(reduced(msg, offsets, n, len, |b| read_uint(b) as u16)),
-        (ColumnType::U32, 4) => Column::U32(fixed(msg, offsets, n, u32::from_be_bytes)),
-        (ColumnType::U32, _) => Column::U32(reduced(msg, offsets, n, len, |b| read_uint(b) as u32)),
-        (ColumnType::U64, 8) => Column::U64(fixed(msg, offsets, n, u64::from_be_bytes)),
-        (ColumnType::U64, 4) => {
-            Column::U64(fixed(msg, offsets, n, |a| u32::from_be_bytes(a) as u64))
+        (ColumnType::U8 | ColumnType::Bool, _) => fixed(values, dst, |a: [u8; 1]| a[0]),
+        (ColumnType::U16, 2) => fixed(values, dst, u16::from_be_bytes),
+        (ColumnType::U16, _) => reduced(values, len, dst, |b| read_uint(b) as u16),
+        (ColumnType::U32 | ColumnType::DateTimeSeconds, 4) => {
+            fixed(values, dst, u32::from_be_bytes)
         }
-        (ColumnType::U64, _) => Column::U64(reduced(msg, offsets, n, len, read_uint)),
-        (ColumnType::I8, _) => Column::I8(fixed(msg, offsets, n, |a: [u8; 1]| a[0] as i8)),
-        (ColumnType::I16, _) => Column::I16(reduced(msg, offsets, n, len, |b| read_int(b) as i16)),
-        (ColumnType::I32, _) => Column::I32(reduced(msg, offsets, n, len, |b| read_int(b) as i32)),
-        (ColumnType::I64, _) => Column::I64(reduced(msg, offsets, n, len, read_int)),
-        (ColumnType::F32, _) => Column::F32(fixed(msg, offsets, n, f32::from_be_bytes)),
-        (ColumnType::F64, _) => Column::F64(reduced(msg, offsets, n, len, read_f64)),
-        (ColumnType::Bool, _) => Column::Bool(fixed(msg, offsets, n, |a: [u8; 1]| a[0])),
-        (ColumnType::Mac, _) => Column::Mac(fixed(msg, offsets, n, |a| a)),
-        (ColumnType::Ipv4, _) => Column::Ipv4(fixed(msg, offsets, n, |a| a)),
-        (ColumnType::Ipv6, _) => Column::Ipv6(fixed(msg, offsets, n, |a| a)),
-        (ColumnType::DateTimeSeconds, _) => {
-            Column::DateTimeSeconds(fixed(msg, offsets, n, u32::from_be_bytes))
-        }
-        (ColumnType::DateTimeMilliseconds, _) => {
-            Column::DateTimeMilliseconds(fixed(msg, offsets, n, u64::from_be_bytes))
-        }
-        (ColumnType::DateTimeMicroseconds, _) => {
-            Column::DateTimeMicroseconds(fixed(msg, offsets, n, u64::from_be_bytes))
-        }
-        (ColumnType::DateTimeNanoseconds, _) => {
-            Column::DateTimeNanoseconds(fixed(msg, offsets, n, u64::from_be_bytes))
-        }
+        (ColumnType::U32, _) => reduced(values, len, dst, |b| read_uint(b) as u32),
+        (
+            ColumnType::U64
+            | ColumnType::DateTimeMilliseconds
+            | ColumnType::DateTimeMicroseconds
+            | ColumnType::DateTimeNanoseconds,
+            8,
+        ) => fixed(values, dst, u64::from_be_bytes),
+        (ColumnType::U64, 4) => fixed(values, dst, |a| u32::from_be_bytes(a) as u64),
+        (ColumnType::U64, _) => reduced(values, len, dst, read_uint),
+        (ColumnType::I8, _) => fixed(values, dst, |a: [u8; 1]| a[0] as i8),
+        (ColumnType::I16, _) => reduced(values, len, dst, |b| read_int(b) as i16),
+        (ColumnType::I32, _) => reduced(values, len, dst, |b| read_int(b) as i32),
+        (ColumnType::I64, _) => reduced(values, len, dst, read_int),
+        (ColumnType::F32, _) => fixed(values, dst, f32::from_be_bytes),
+        (ColumnType::F64, _) => reduced(values, len, dst, read_f64),
+        (ColumnType::Mac, _) => fixed(values, dst, |a: [u8; 6]| a),
+        (ColumnType::Ipv4, _) => fixed(values, dst, |a: [u8; 4]| a),
+        (ColumnType::Ipv6, _) => fixed(values, dst, |a: [u8; 16]| a),
+        // The plan gives date-time columns only their exact lengths (others become bytes).
+        (
+            ColumnType::DateTimeSeconds
+            | ColumnType::DateTimeMilliseconds
+            | ColumnType::DateTimeMicroseconds
+            | ColumnType::DateTimeNanoseconds,
+            _,
+        ) => {}
         (
             ColumnType::String
             | ColumnType::Bytes
@@ -411,15 +480,14 @@ where
             | ColumnType::SubTemplateMultiList,
             _,
         ) => {
-            let _ = msg;
-            Column::Spans(
-                offsets
-                    .map(|p| Span {
-                        start: p as u32,
-                        len: len as u32,
-                    })
-                    .collect(),
-            )
+            let base = msg.as_ptr() as usize;
+            let dst: &mut [Span] = bytemuck::cast_slice_mut(dst);
+            for (slot, v) in dst.iter_mut().zip(values) {
+                *slot = Span {
+                    start: (v.as_ptr() as usize - base) as u32,
+                    len: len as u32,
+                };
+            }
         }
     }
 }

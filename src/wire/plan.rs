@@ -40,6 +40,31 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
+    /// Size and alignment of one decoded value in a batch's column storage.
+    pub fn size_align(self) -> (usize, usize) {
+        match self {
+            ColumnType::U8 | ColumnType::I8 | ColumnType::Bool => (1, 1),
+            ColumnType::U16 | ColumnType::I16 => (2, 2),
+            ColumnType::U32 | ColumnType::I32 | ColumnType::F32 | ColumnType::DateTimeSeconds => {
+                (4, 4)
+            }
+            ColumnType::U64
+            | ColumnType::I64
+            | ColumnType::F64
+            | ColumnType::DateTimeMilliseconds
+            | ColumnType::DateTimeMicroseconds
+            | ColumnType::DateTimeNanoseconds => (8, 8),
+            ColumnType::Mac => (6, 1),
+            ColumnType::Ipv4 => (4, 1),
+            ColumnType::Ipv6 => (16, 1),
+            ColumnType::String
+            | ColumnType::Bytes
+            | ColumnType::BasicList
+            | ColumnType::SubTemplateList
+            | ColumnType::SubTemplateMultiList => (8, 4),
+        }
+    }
+
     /// The column type for an element of `data_type` sent in `length` bytes. Lengths the type
     /// cannot take (a 5-byte IPv4 address, a variable-length integer) fall back to octetArray:
     /// the bytes are kept, nothing is invented.
@@ -108,6 +133,9 @@ pub struct PlanField {
     /// This element occurs more than once in the template; `occurrence` is which (0-based).
     pub repeated: bool,
     pub occurrence: usize,
+    /// Column storage: this column starts at `arena_offset * records` bytes into a batch's
+    /// single allocation (columns ordered by alignment, so every start is aligned).
+    pub arena_offset: usize,
 }
 
 /// A template ready for decoding.
@@ -121,6 +149,8 @@ pub struct Plan {
     /// Fixed bytes in each segment after its variable-length field (segment k > 0) or from the
     /// record start (segment 0), up to the next variable-length field's prefix.
     pub segment_fixed_len: Vec<usize>,
+    /// Bytes of column storage per record, all columns together.
+    pub arena_per_record: usize,
 }
 
 impl Plan {
@@ -169,6 +199,7 @@ impl Plan {
                 varlen_index,
                 repeated,
                 occurrence,
+                arena_offset: 0,
             });
             if spec.is_varlen() {
                 segment += 1;
@@ -178,12 +209,22 @@ impl Plan {
         segment_fixed_len.push(offset);
         let min_len = template.min_record_len();
         let fixed_len = (varlen_count == 0).then_some(min_len);
+        // Widest alignment first: each column's start (a multiple of the bytes before it) is
+        // then aligned for its type whatever the record count.
+        let mut order: Vec<usize> = (0..fields.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(fields[i].column.size_align().1));
+        let mut arena_per_record = 0;
+        for i in order {
+            fields[i].arena_offset = arena_per_record;
+            arena_per_record += fields[i].column.size_align().0;
+        }
         Plan {
             template,
             fields,
             fixed_len,
             min_len,
             segment_fixed_len,
+            arena_per_record,
         }
     }
 
