@@ -105,6 +105,11 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
     };
     for f in &args.files {
         if let Err(e) = d.file(f) {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return Err(e);
+            }
             d.counts.errors += 1;
             eprintln!("{}: {e}", f.display());
         }

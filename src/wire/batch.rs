@@ -279,6 +279,22 @@ pub fn decode_records(
         });
     }
     let body = &msg[start..end];
+    // Decoded values take at most 8 bytes of storage per byte on the wire (a 1-byte octet array
+    // becomes an 8-byte span), unless a template piles up zero-length fields: refuse those
+    // rather than allocate from a length the exporter chose.
+    let max_records = body.len() / plan.min_len;
+    if max_records.saturating_mul(plan.arena_per_record) > 8 * body.len() + 4096 {
+        return Err(WireError::Data {
+            offset: set_offset,
+            template_id: plan.template.id,
+            reason: format!(
+                "template {} has {} fields for records of {} bytes: too many empty fields to decode",
+                plan.template.id,
+                plan.fields.len(),
+                plan.min_len
+            ),
+        });
+    }
     let mut batch = Batch {
         plan: plan.clone(),
         set_offset,
@@ -534,6 +550,20 @@ mod tests {
         assert_eq!(b.value(&body, 2, 1), Value::String(b"hi"));
         assert_eq!(b.value(&body, 2, 2), Value::Unsigned(1));
         assert_eq!(b.field_span(2, 2), Span { start: 24, len: 1 });
+    }
+
+    #[test]
+    fn zero_length_fields_cannot_inflate_memory() {
+        // One 1-byte field and 2,000 zero-length octet arrays: 8 bytes of storage each per
+        // record, for records of 1 byte.
+        let mut fields = vec![FieldSpec::new(4, 0, 1)];
+        fields.extend((0..2000).map(|_| FieldSpec::new(210, 0, 0)));
+        let plan = Arc::new(Plan::compile(
+            Template::data(256, fields),
+            &Registry::builtin(),
+        ));
+        let body = vec![6u8; 60_000];
+        assert!(decode_records(&plan, &body, 0, body.len(), 0).is_err());
     }
 
     #[test]

@@ -81,15 +81,11 @@ fn write_fields(
         out.push(b':');
         if pf.repeated {
             out.push(b'[');
-            let mut first = true;
-            for (g, other) in fields.iter().enumerate().skip(f) {
-                if other.spec.id == pf.spec.id && other.spec.pen == pf.spec.pen {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    write_value(out, ctx, batch.value(ctx.msg, r, g), batch, r, g, depth);
+            for (k, &g) in pf.occurrences.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
                 }
+                write_value(out, ctx, batch.value(ctx.msg, r, g), batch, r, g, depth);
             }
             out.push(b']');
         } else {

@@ -133,6 +133,8 @@ pub struct PlanField {
     /// This element occurs more than once in the template; `occurrence` is which (0-based).
     pub repeated: bool,
     pub occurrence: usize,
+    /// On the first occurrence of a repeated element: the indexes of all its occurrences.
+    pub occurrences: Vec<usize>,
     /// Column storage: this column starts at `arena_offset * records` bytes into a batch's
     /// single allocation (columns ordered by alignment, so every start is aligned).
     pub arena_offset: usize,
@@ -160,6 +162,11 @@ impl Plan {
         let mut offset = 0;
         let mut varlen_count = 0;
         let mut segment_fixed_len = Vec::new();
+        // (total, seen so far) per element: linear, since templates may hold thousands of fields.
+        let mut counts: rustc_hash::FxHashMap<(u32, u16), (usize, usize)> = Default::default();
+        for f in &template.fields {
+            counts.entry((f.pen, f.id)).or_insert((0, 0)).0 += 1;
+        }
         for (i, spec) in template.fields.iter().enumerate() {
             let element = if template.dialect == Dialect::NetflowV9
                 && i < template.scope_field_count as usize
@@ -169,16 +176,10 @@ impl Plan {
                 registry.resolve(spec.pen, spec.id)
             };
             let column = ColumnType::for_field(element.data_type, spec.length);
-            let occurrence = template.fields[..i]
-                .iter()
-                .filter(|f| f.id == spec.id && f.pen == spec.pen)
-                .count();
-            let repeated = template
-                .fields
-                .iter()
-                .filter(|f| f.id == spec.id && f.pen == spec.pen)
-                .count()
-                > 1;
+            let seen = counts.entry((spec.pen, spec.id)).or_insert((0, 0));
+            let occurrence = seen.1;
+            seen.1 += 1;
+            let repeated = seen.0 > 1;
             let (varlen_index, this_offset) = if spec.is_varlen() {
                 let idx = varlen_count;
                 varlen_count += 1;
@@ -199,6 +200,7 @@ impl Plan {
                 varlen_index,
                 repeated,
                 occurrence,
+                occurrences: Vec::new(),
                 arena_offset: 0,
             });
             if spec.is_varlen() {
@@ -207,6 +209,14 @@ impl Plan {
             }
         }
         segment_fixed_len.push(offset);
+        let mut first: rustc_hash::FxHashMap<(u32, u16), usize> = Default::default();
+        for i in 0..fields.len() {
+            if fields[i].repeated {
+                let key = (fields[i].spec.pen, fields[i].spec.id);
+                let head = *first.entry(key).or_insert(i);
+                fields[head].occurrences.push(i);
+            }
+        }
         let min_len = template.min_record_len();
         let fixed_len = (varlen_count == 0).then_some(min_len);
         // Widest alignment first: each column's start (a multiple of the bytes before it) is
@@ -307,5 +317,6 @@ mod tests {
         let where_: Vec<_> = p.fields.iter().map(|f| (f.segment, f.offset)).collect();
         assert_eq!(where_, vec![(0, 0), (0, 4), (1, 0), (1, 4), (1, 6)]);
         assert!(p.fields[0].repeated && p.fields[4].repeated && p.fields[4].occurrence == 1);
+        assert_eq!(p.fields[0].occurrences, vec![0, 4]);
     }
 }
