@@ -109,13 +109,14 @@ pub struct Batch {
     /// Offset of the first record in the message.
     start: usize,
     len: usize,
+    /// Column stride: room for this many records per column (at least `len`).
+    cap: usize,
     /// Every column, laid out as the plan's `arena_offset`s say; u64 keeps it 8-byte aligned.
+    /// For templates with variable-length fields, it ends with where each segment of each
+    /// record starts, segment by segment (`bases()[segment * cap + record]`), from byte
+    /// `bases_at` on.
     arena: Vec<u64>,
-    /// Templates with variable-length fields only: per record its span, one base offset per
-    /// segment, and one span per variable-length field.
-    records: Vec<Span>,
-    bases: Vec<u32>,
-    varlen: Vec<Span>,
+    bases_at: usize,
 }
 
 /// Reads an unsigned big-endian integer of 1 to 8 bytes.
@@ -157,6 +158,10 @@ impl Batch {
         self.len == 0
     }
 
+    fn bases(&self) -> &[u32] {
+        bytemuck::cast_slice(&bytemuck::cast_slice::<u64, u8>(&self.arena)[self.bases_at..])
+    }
+
     /// Where record `r` lies in the message.
     pub fn record_span(&self, r: usize) -> Span {
         match self.plan.fixed_len {
@@ -164,13 +169,22 @@ impl Batch {
                 start: (self.start + r * l) as u32,
                 len: l as u32,
             },
-            None => self.records[r],
+            None => {
+                let last = self.plan.segment_fixed_len.len() - 1;
+                let bases = self.bases();
+                let start = bases[r];
+                let end = bases[last * self.cap + r] + self.plan.segment_fixed_len[last] as u32;
+                Span {
+                    start,
+                    len: end - start,
+                }
+            }
         }
     }
 
     fn bytes(&self, f: usize) -> &[u8] {
         let (size, _) = self.plan.fields[f].column.size_align();
-        let at = self.plan.fields[f].arena_offset * self.len;
+        let at = self.plan.fields[f].arena_offset * self.cap;
         &bytemuck::cast_slice::<u64, u8>(&self.arena)[at..at + size * self.len]
     }
 
@@ -211,12 +225,14 @@ impl Batch {
     /// Where field `f` of record `r` lies in the message (the value, after any length prefix).
     pub fn field_span(&self, r: usize, f: usize) -> Span {
         let pf = &self.plan.fields[f];
-        if let Some(v) = pf.varlen_index {
-            return self.varlen[r * self.plan.varlen_count() + v];
+        if pf.varlen_index.is_some() {
+            if let Column::Spans(spans) = self.column(f) {
+                return spans[r];
+            }
         }
         let base = match self.plan.fixed_len {
             Some(l) => (self.start + r * l) as u32,
-            None => self.bases[r * (self.plan.varlen_count() + 1) + pf.segment],
+            None => self.bases()[pf.segment * self.cap + r],
         };
         Span {
             start: base + pf.offset as u32,
@@ -295,98 +311,111 @@ pub fn decode_records(
             ),
         });
     }
+    let cap = max_records;
+    let segs = plan.segment_fixed_len.len();
+    let columns_len = (plan.arena_per_record * cap).next_multiple_of(8);
+    let bases_len = if plan.fixed_len.is_some() {
+        0
+    } else {
+        segs * cap * 4
+    };
     let mut batch = Batch {
         plan: plan.clone(),
         set_offset,
         start,
         len: 0,
-        arena: Vec::new(),
-        records: Vec::new(),
-        bases: Vec::new(),
-        varlen: Vec::new(),
+        cap,
+        arena: vec![0u64; (columns_len + bases_len).div_ceil(8)],
+        bases_at: columns_len,
     };
-    if let Some(rec_len) = plan.fixed_len {
-        let n = body.len() / rec_len;
-        batch.len = n;
-        batch.arena = vec![0u64; (plan.arena_per_record * n).div_ceil(8)];
-        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut batch.arena);
-        for pf in &plan.fields {
-            let off = pf.offset;
-            let values = body.chunks_exact(rec_len).map(|rec| &rec[off..]);
-            let (size, _) = pf.column.size_align();
-            let at = pf.arena_offset * n;
-            let dst = &mut arena[at..at + size * n];
-            fill(pf.column, msg, values, pf.spec.length as usize, dst);
-        }
-        return Ok(batch);
-    }
-    walk_varlen(plan, msg, start, end, set_offset, &mut batch)?;
-    let segs = plan.varlen_count() + 1;
-    let vars = plan.varlen_count();
-    let n = batch.records.len();
-    batch.len = n;
-    batch.arena = vec![0u64; (plan.arena_per_record * n).div_ceil(8)];
-    let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut batch.arena);
-    for pf in &plan.fields {
-        let (size, _) = pf.column.size_align();
-        let at = pf.arena_offset * n;
-        let dst = &mut arena[at..at + size * n];
-        match pf.varlen_index {
-            Some(v) => {
-                let spans: &mut [Span] = bytemuck::cast_slice_mut(dst);
-                for (r, s) in spans.iter_mut().enumerate() {
-                    *s = batch.varlen[r * vars + v];
-                }
+    let (arena, bases) =
+        bytemuck::cast_slice_mut::<u64, u8>(&mut batch.arena).split_at_mut(columns_len);
+    let n = match plan.fixed_len {
+        Some(rec_len) => {
+            for pf in &plan.fields {
+                let off = pf.offset;
+                let values = body.chunks_exact(rec_len).map(|rec| &rec[off..]);
+                let (size, _) = pf.column.size_align();
+                let at = pf.arena_offset * cap;
+                fill(
+                    pf.column,
+                    msg,
+                    values,
+                    pf.spec.length as usize,
+                    &mut arena[at..at + size * cap],
+                );
             }
-            None => {
-                let bases = &batch.bases;
+            cap
+        }
+        None => {
+            let bases: &mut [u32] = bytemuck::cast_slice_mut(bases);
+            let n = walk_varlen(plan, msg, start, end, set_offset, cap, bases, arena)?;
+            for pf in plan.fields.iter().filter(|pf| pf.varlen_index.is_none()) {
+                let (size, _) = pf.column.size_align();
+                let at = pf.arena_offset * cap;
                 let (seg, off) = (pf.segment, pf.offset);
-                let values = (0..n).map(|r| &msg[bases[r * segs + seg] as usize + off..]);
-                fill(pf.column, msg, values, pf.spec.length as usize, dst);
+                let values = bases[seg * cap..seg * cap + n]
+                    .iter()
+                    .map(|&b| &msg[b as usize + off..]);
+                fill(
+                    pf.column,
+                    msg,
+                    values,
+                    pf.spec.length as usize,
+                    &mut arena[at..at + size * n],
+                );
             }
+            n
         }
-    }
+    };
+    batch.len = n;
     Ok(batch)
 }
 
-/// First pass over records with variable-length fields: record bounds, segment bases, and
-/// the value span of each variable-length field, all checked against the set's end.
+/// First pass over records with variable-length fields: each record's segment bases (into
+/// `bases`, segment-major with stride `cap`) and the span of each variable-length value
+/// (straight into its column in `arena`), all checked against the set's end. `cap` is the most
+/// records the set can hold. Returns the record count.
+#[allow(clippy::too_many_arguments)]
 fn walk_varlen(
     plan: &Plan,
     msg: &[u8],
     start: usize,
     end: usize,
     set_offset: usize,
-    batch: &mut Batch,
-) -> Result<(), WireError> {
+    cap: usize,
+    bases: &mut [u32],
+    arena: &mut [u8],
+) -> Result<usize, WireError> {
     let segs = plan.segment_fixed_len.len();
-    // Room for as many records as fit at the minimum length, within a bound: growing these
-    // vectors record by record costs more than the decoding itself.
-    let estimate = ((end - start) / plan.min_len).min(1024);
-    batch.records.reserve(estimate);
-    batch.bases.reserve(estimate * segs);
-    batch.varlen.reserve(estimate * (segs - 1));
+    let span_at: Vec<usize> = plan
+        .fields
+        .iter()
+        .filter(|pf| pf.varlen_index.is_some())
+        .map(|pf| pf.arena_offset * cap)
+        .collect();
     let mut pos = start;
-    while end - pos >= plan.min_len {
+    let mut r = 0;
+    while end - pos >= plan.min_len && r < cap {
         let rec_start = pos;
         let mut base = pos;
         for (k, &fixed) in plan.segment_fixed_len.iter().enumerate() {
-            batch.bases.push(base as u32);
+            bases[k * cap + r] = base as u32;
             let prefix_at = base + fixed;
             if k + 1 == segs {
                 if prefix_at > end {
-                    return Err(truncated(plan, set_offset, batch.records.len(), rec_start));
+                    return Err(truncated(plan, set_offset, r, rec_start));
                 }
                 pos = prefix_at;
                 break;
             }
             if prefix_at >= end {
-                return Err(truncated(plan, set_offset, batch.records.len(), rec_start));
+                return Err(truncated(plan, set_offset, r, rec_start));
             }
             let (value_at, len) = match msg[prefix_at] {
                 255 => {
                     if prefix_at + 3 > end {
-                        return Err(truncated(plan, set_offset, batch.records.len(), rec_start));
+                        return Err(truncated(plan, set_offset, r, rec_start));
                     }
                     (
                         prefix_at + 3,
@@ -396,20 +425,19 @@ fn walk_varlen(
                 l => (prefix_at + 1, l as usize),
             };
             if value_at + len > end {
-                return Err(truncated(plan, set_offset, batch.records.len(), rec_start));
+                return Err(truncated(plan, set_offset, r, rec_start));
             }
-            batch.varlen.push(Span {
+            let span = Span {
                 start: value_at as u32,
                 len: len as u32,
-            });
+            };
+            let at = span_at[k] + r * 8;
+            arena[at..at + 8].copy_from_slice(bytemuck::bytes_of(&span));
             base = value_at + len;
         }
-        batch.records.push(Span {
-            start: rec_start as u32,
-            len: (pos - rec_start) as u32,
-        });
+        r += 1;
     }
-    Ok(())
+    Ok(r)
 }
 
 fn truncated(plan: &Plan, set_offset: usize, index: usize, at: usize) -> WireError {

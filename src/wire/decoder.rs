@@ -18,11 +18,11 @@ use super::template::{
     Template, TemplateEvent, TemplateKind, parse_template_set, parse_v9_template_set,
 };
 use bytes::Bytes;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// The templates of one Observation Domain, by template id.
-pub type TemplateMap = HashMap<u16, Arc<Plan>>;
+pub type TemplateMap = FxHashMap<u16, Arc<Plan>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderOptions {
@@ -75,7 +75,7 @@ impl DecodedMessage {
 pub struct Decoder {
     registry: Arc<Registry>,
     options: DecoderOptions,
-    domains: HashMap<u32, Arc<TemplateMap>>,
+    domains: FxHashMap<u32, Arc<TemplateMap>>,
     template_count: usize,
 }
 
@@ -84,7 +84,7 @@ impl Decoder {
         Decoder {
             registry,
             options,
-            domains: HashMap::new(),
+            domains: FxHashMap::default(),
             template_count: 0,
         }
     }
