@@ -225,10 +225,10 @@ impl Batch {
     /// Where field `f` of record `r` lies in the message (the value, after any length prefix).
     pub fn field_span(&self, r: usize, f: usize) -> Span {
         let pf = &self.plan.fields[f];
-        if pf.varlen_index.is_some() {
-            if let Column::Spans(spans) = self.column(f) {
-                return spans[r];
-            }
+        if pf.varlen_index.is_some()
+            && let Column::Spans(spans) = self.column(f)
+        {
+            return spans[r];
         }
         let base = match self.plan.fixed_len {
             Some(l) => (self.start + r * l) as u32,
