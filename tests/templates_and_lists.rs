@@ -260,7 +260,7 @@ fn sub_template_lists_decode_recursively_and_stop_at_the_depth_bound() {
         depth += 1;
         node = next;
     }
-    assert!(depth >= 6 && depth <= 8, "depth {depth}");
+    assert!((6..=8).contains(&depth), "depth {depth}");
     assert!(
         node.is_string(),
         "beyond the bound the list stays hex: {node}"
