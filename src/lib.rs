@@ -1,6 +1,9 @@
 //! IPFIXServices: a Kubernetes-native, highly available IPFIX service.
 //! See `ARCHITECTURE.md` (in the team's shared docs) for the layout; each folder is one idea.
 
+pub mod actors;
 pub mod cli;
+pub mod config;
 pub mod meter;
+pub mod telemetry;
 pub mod wire;

@@ -1,10 +1,14 @@
 use clap::Parser;
-use ipfixsvc::cli::{Cli, Command, dump};
+use ipfixsvc::cli::{Cli, Command, dump, send, serve};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Dump(args) => dump::run(args).map(|_| ()),
+        Command::Serve(args) => serve::run(args),
+        Command::Send(args) => send::run(args).map(|s| {
+            eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

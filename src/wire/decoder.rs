@@ -217,6 +217,17 @@ impl Decoder {
         Ok(())
     }
 
+    /// Removes one template whatever the withdrawal policy: for expiry (UDP template lifetime)
+    /// and for invalidations from elsewhere.
+    pub fn forget(&mut self, domain: u32, kind: TemplateKind, id: u16) {
+        if let Some(map) = self.domains.get_mut(&domain)
+            && map.get(&id).is_some_and(|p| p.template.kind == kind)
+        {
+            Arc::make_mut(map).remove(&id);
+            self.template_count -= 1;
+        }
+    }
+
     /// Every template this decoder holds, as (domain, template), for sharing or display.
     pub fn all_templates(&self) -> impl Iterator<Item = (u32, &Template)> {
         self.domains

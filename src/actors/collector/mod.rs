@@ -1,0 +1,248 @@
+//! The Collecting Process: CollectorSupervisor, its TCP and UDP listeners, and one
+//! ExporterSession per exporter. Sessions are linked to the supervisor, so a failing session is
+//! reported here and costs only itself; a failing listener is restarted with backoff.
+//!
+//! Messages: `RestartListener` (from its own backoff timer), `Drain` (stop listening, let each
+//! session finish the message it holds, stop them), `Sessions` (the live session actors).
+
+pub mod session;
+pub mod session_logic;
+pub mod tcp;
+pub mod udp;
+
+use crate::actors::output::RecordSink;
+use crate::config::CollectorSettings;
+use crate::wire::Registry;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use session::SessionMsg;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+use tcp::{TcpListenerActor, TcpListenerArgs};
+use udp::{UdpListenerActor, UdpListenerArgs};
+
+/// What every session of this collector shares.
+#[derive(Clone)]
+pub struct SessionEnv {
+    pub settings: CollectorSettings,
+    pub registry: Arc<Registry>,
+    pub sink: RecordSink,
+    pub live: Arc<AtomicUsize>,
+}
+
+pub const TCP_LISTENER: &str = "collector/tcp-listener";
+pub const UDP_LISTENER: &str = "collector/udp-listener";
+
+/// Actor names: unique per connection (TCP) or exporter and domain (UDP).
+pub fn session_name(transport: &str, peer: SocketAddr, domain: Option<u32>) -> String {
+    match domain {
+        Some(d) => format!("session/{transport}/{peer}/{d}"),
+        None => format!("session/{transport}/{peer}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    Udp,
+}
+
+#[derive(RactorMessage)]
+pub enum CollectorMsg {
+    RestartListener(ListenerKind),
+    Drain(RpcReplyPort<()>),
+    Sessions(RpcReplyPort<Vec<ActorRef<SessionMsg>>>),
+}
+
+pub struct CollectorState {
+    env: SessionEnv,
+    /// Consecutive restarts per listener, for the backoff.
+    restarts: [u32; 2],
+    draining: bool,
+    pub session_failures: u64,
+}
+
+pub struct CollectorSupervisor;
+
+impl CollectorSupervisor {
+    async fn start_listener(
+        kind: ListenerKind,
+        myself: &ActorRef<CollectorMsg>,
+        env: &SessionEnv,
+    ) -> Result<(), ActorProcessingErr> {
+        let s = &env.settings;
+        match kind {
+            ListenerKind::Tcp if !s.tcp_listen.is_empty() => {
+                let args = TcpListenerArgs {
+                    listen: s.tcp_listen.clone(),
+                    env: env.clone(),
+                    supervisor: myself.get_cell(),
+                };
+                Actor::spawn_linked(
+                    Some(TCP_LISTENER.into()),
+                    TcpListenerActor,
+                    args,
+                    myself.get_cell(),
+                )
+                .await?;
+            }
+            ListenerKind::Udp if !s.udp_listen.is_empty() => {
+                let args = UdpListenerArgs {
+                    listen: s.udp_listen.clone(),
+                    env: env.clone(),
+                    supervisor: myself.get_cell(),
+                };
+                Actor::spawn_linked(
+                    Some(UDP_LISTENER.into()),
+                    UdpListenerActor,
+                    args,
+                    myself.get_cell(),
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn listener_kind(cell: &ActorCell) -> Option<ListenerKind> {
+        match cell.get_name().as_deref() {
+            Some(TCP_LISTENER) => Some(ListenerKind::Tcp),
+            Some(UDP_LISTENER) => Some(ListenerKind::Udp),
+            _ => None,
+        }
+    }
+
+    fn sessions(myself: &ActorRef<CollectorMsg>) -> Vec<ActorCell> {
+        myself
+            .get_children()
+            .into_iter()
+            .filter(|c| Self::listener_kind(c).is_none())
+            .collect()
+    }
+}
+
+pub struct CollectorArgs {
+    pub env: SessionEnv,
+}
+
+impl Actor for CollectorSupervisor {
+    type Msg = CollectorMsg;
+    type State = CollectorState;
+    type Arguments = CollectorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CollectorMsg>,
+        args: CollectorArgs,
+    ) -> Result<CollectorState, ActorProcessingErr> {
+        // A listener that cannot bind at start is a configuration error: fail loudly.
+        Self::start_listener(ListenerKind::Tcp, &myself, &args.env).await?;
+        Self::start_listener(ListenerKind::Udp, &myself, &args.env).await?;
+        Ok(CollectorState {
+            env: args.env,
+            restarts: [0; 2],
+            draining: false,
+            session_failures: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CollectorMsg>,
+        msg: CollectorMsg,
+        state: &mut CollectorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CollectorMsg::RestartListener(kind) => {
+                if state.draining {
+                    return Ok(());
+                }
+                if let Err(e) = Self::start_listener(kind, &myself, &state.env).await {
+                    tracing::error!(?kind, error = %e, "listener restart failed");
+                    Self::schedule_restart(&myself, kind, state);
+                } else {
+                    tracing::info!(?kind, "listener restarted");
+                }
+            }
+            CollectorMsg::Drain(reply) => {
+                state.draining = true;
+                for name in [TCP_LISTENER, UDP_LISTENER] {
+                    if let Some(l) = myself
+                        .get_children()
+                        .into_iter()
+                        .find(|c| c.get_name().as_deref() == Some(name))
+                    {
+                        let _ = l.stop_and_wait(Some("shutting down".into()), None).await;
+                    }
+                }
+                // `stop` waits for the message being handled: each session finishes it first.
+                for s in Self::sessions(&myself) {
+                    let _ = s.stop_and_wait(Some("shutting down".into()), None).await;
+                }
+                let _ = reply.send(());
+            }
+            CollectorMsg::Sessions(reply) => {
+                let refs = Self::sessions(&myself)
+                    .into_iter()
+                    .map(ActorRef::from)
+                    .collect();
+                let _ = reply.send(refs);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<CollectorMsg>,
+        evt: SupervisionEvent,
+        state: &mut CollectorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => match Self::listener_kind(&cell) {
+                Some(kind) => {
+                    tracing::error!(?kind, error = %err, "listener failed");
+                    Self::schedule_restart(&myself, kind, state);
+                }
+                None => {
+                    // A panicking session: reported, counted, and nobody else is touched.
+                    state.session_failures += 1;
+                    tracing::error!(session = cell.get_name().unwrap_or_default(), error = %err, "exporter session failed");
+                }
+            },
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if let Some(kind) = Self::listener_kind(&cell)
+                    && !state.draining
+                {
+                    tracing::warn!(?kind, ?reason, "listener stopped");
+                    Self::schedule_restart(&myself, kind, state);
+                } else if let Some(r) = reason {
+                    tracing::debug!(
+                        session = cell.get_name().unwrap_or_default(),
+                        reason = r,
+                        "session stopped"
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl CollectorSupervisor {
+    /// 100 ms doubling to 30 s.
+    fn schedule_restart(
+        myself: &ActorRef<CollectorMsg>,
+        kind: ListenerKind,
+        state: &mut CollectorState,
+    ) {
+        let n = &mut state.restarts[kind as usize];
+        let delay = Duration::from_millis(100u64 << (*n).min(9)).min(Duration::from_secs(30));
+        *n += 1;
+        myself.send_after(delay, move || CollectorMsg::RestartListener(kind));
+    }
+}

@@ -1,0 +1,306 @@
+//! ExporterSession: one actor per TCP connection, or per (exporter address, Observation Domain)
+//! for UDP. It owns the session's templates and statistics and decodes each message in its own
+//! task (the hot path: one actor message per read, never per record), then hands the records to
+//! the output.
+//!
+//! Messages: `Messages` (complete IPFIX messages framed by the TCP reader task, with a permit
+//! that bounds how far the reader may run ahead), `Datagram` (UDP), `ReaderClosed`, `Tick`
+//! (UDP idle retirement and expiry), `GetStats`.
+//!
+//! Lifecycle: a TCP session spawns its reader task in `pre_start` and stops when the peer
+//! closes, goes idle, breaks framing or sends a malformed message (RFC 7011 section 10.3: close
+//! the connection); a UDP session stops after the idle timeout. Either way only this session
+//! ends: its supervisor logs the reason.
+
+use super::session_logic::{SessionCore, SessionLimits, SessionStats, Transport};
+use crate::actors::output::RecordSink;
+use crate::config::CollectorSettings;
+use crate::wire::ndjson::{Origin, write_record};
+use crate::wire::{Framer, Registry};
+use bytes::{Bytes, BytesMut};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+#[derive(RactorMessage)]
+pub enum SessionMsg {
+    /// Complete messages from the TCP reader; the permit goes back when they are decoded.
+    Messages(Vec<Bytes>, OwnedSemaphorePermit),
+    Datagram(Bytes),
+    /// The TCP reader stopped: `None` at a clean end of stream, else why.
+    ReaderClosed(Option<String>),
+    Tick,
+    GetStats(RpcReplyPort<SessionStats>),
+}
+
+/// How the session gets its bytes.
+pub enum SessionInput {
+    Tcp(TcpStream),
+    /// UDP: datagrams arrive as messages from the listener.
+    Udp(Arc<UdpQueue>),
+}
+
+/// Shared between the UDP listener and one session: what is queued, and what was dropped
+/// because too much was.
+#[derive(Debug, Default)]
+pub struct UdpQueue {
+    pub queued: AtomicUsize,
+    pub dropped: AtomicU64,
+}
+
+pub struct SessionArgs {
+    pub peer: SocketAddr,
+    pub input: SessionInput,
+    pub settings: CollectorSettings,
+    pub registry: Arc<Registry>,
+    pub sink: RecordSink,
+    /// Live sessions of this collector; this session gives its place back when it stops.
+    pub live: Arc<AtomicUsize>,
+}
+
+pub struct SessionState {
+    peer: SocketAddr,
+    exporter: String,
+    core: SessionCore,
+    sink: RecordSink,
+    reader: Option<JoinHandle<()>>,
+    ticker: Option<JoinHandle<()>>,
+    udp_queue: Option<Arc<UdpQueue>>,
+    idle: Duration,
+    last_message: Instant,
+    live: Arc<AtomicUsize>,
+}
+
+pub struct ExporterSession;
+
+impl Actor for ExporterSession {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let s = &args.settings;
+        let transport = match args.input {
+            SessionInput::Tcp(_) => Transport::Tcp,
+            SessionInput::Udp(_) => Transport::Udp,
+        };
+        let limits = SessionLimits {
+            max_templates: s.max_templates_per_session,
+            pending_bytes: s.pending_bytes,
+            pending_age: Duration::from_secs(s.pending_secs),
+            template_lifetime: (transport == Transport::Udp)
+                .then(|| Duration::from_secs(s.udp_template_lifetime_secs)),
+        };
+        let mut state = SessionState {
+            peer: args.peer,
+            exporter: args.peer.to_string(),
+            core: SessionCore::new(args.registry, transport, limits),
+            sink: args.sink,
+            reader: None,
+            ticker: None,
+            udp_queue: None,
+            idle: s.idle_timeout(),
+            last_message: Instant::now(),
+            live: args.live,
+        };
+        match args.input {
+            SessionInput::Tcp(stream) => {
+                let permits = Arc::new(Semaphore::new(s.tcp_inflight_batches));
+                state.reader = Some(tokio::spawn(read_tcp(
+                    stream,
+                    myself.clone(),
+                    permits,
+                    s.max_message_size,
+                    s.idle_timeout(),
+                )));
+            }
+            SessionInput::Udp(queue) => {
+                state.udp_queue = Some(queue);
+                let me = myself.clone();
+                let every = (s.idle_timeout() / 4)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(5));
+                state.ticker = Some(tokio::spawn(async move {
+                    let mut t = tokio::time::interval(every);
+                    loop {
+                        t.tick().await;
+                        if me.cast(SessionMsg::Tick).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+        }
+        tracing::debug!(peer = %state.peer, ?transport, "exporter session started");
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Messages(msgs, permit) => {
+                for m in msgs {
+                    if let Err(reason) = state.decode(m).await {
+                        // RFC 7011 section 10.3: a malformed message ends the TCP connection.
+                        drop(permit);
+                        myself.stop(Some(reason));
+                        return Ok(());
+                    }
+                }
+                drop(permit);
+            }
+            SessionMsg::Datagram(d) => {
+                if let Some(q) = &state.udp_queue {
+                    q.queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                // A bad datagram is dropped and counted; the session goes on.
+                let _ = state.decode(d).await;
+            }
+            SessionMsg::ReaderClosed(reason) => myself.stop(reason),
+            SessionMsg::Tick => {
+                let now = Instant::now();
+                state.core.expire(now);
+                if now.duration_since(state.last_message) >= state.idle {
+                    myself.stop(Some("idle timeout".into()));
+                }
+            }
+            SessionMsg::GetStats(reply) => {
+                let mut stats = state.core.stats.clone();
+                if let Some(q) = &state.udp_queue {
+                    stats.dropped_datagrams = q.dropped.load(Ordering::Relaxed);
+                }
+                let _ = reply.send(stats);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(r) = state.reader.take() {
+            r.abort();
+        }
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        state.live.fetch_sub(1, Ordering::Relaxed);
+        let s = &state.core.stats;
+        tracing::info!(
+            peer = %state.peer, messages = s.messages, records = s.data_records, errors = s.errors,
+            lost = s.lost, "exporter session ended"
+        );
+        Ok(())
+    }
+}
+
+impl SessionState {
+    /// Decodes one message and sends its records on. Err carries the line to log and the
+    /// reason to stop with (TCP).
+    async fn decode(&mut self, msg: Bytes) -> Result<(), String> {
+        self.last_message = Instant::now();
+        let domain = if msg.len() >= 16 {
+            u32::from_be_bytes([msg[12], msg[13], msg[14], msg[15]])
+        } else {
+            0
+        };
+        let decoded = match self.core.on_message(msg, self.last_message) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, domain, error = %e, "malformed message");
+                return Err(format!("malformed message: {e}"));
+            }
+        };
+        if !self.sink.renders() {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(4096);
+        for d in &decoded {
+            for b in &d.batches {
+                for r in 0..b.len() {
+                    write_record(
+                        &mut out,
+                        Origin {
+                            exporter: &self.exporter,
+                        },
+                        d,
+                        b,
+                        r,
+                        self.core.registry(),
+                    );
+                }
+            }
+        }
+        if !out.is_empty() && self.sink.write(out).await.is_err() {
+            return Err("the record output closed".into());
+        }
+        Ok(())
+    }
+}
+
+/// The TCP reader: takes bytes off the socket, frames whole messages, and hands them to the
+/// session in batches, at most `permits` batches ahead. Memory per connection: one read buffer
+/// and at most one partial message. Closes after `idle` without a complete message, so a peer
+/// that trickles bytes is closed as an idle one.
+async fn read_tcp(
+    mut stream: TcpStream,
+    session: ActorRef<SessionMsg>,
+    permits: Arc<Semaphore>,
+    max_message: usize,
+    idle: Duration,
+) {
+    let mut framer = Framer::new(max_message);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let reason = loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        match read {
+            Err(_) => break Some("idle timeout".to_string()),
+            Ok(Err(e)) => break Some(format!("read error: {e}")),
+            Ok(Ok(0)) => {
+                break framer.finish(&buf).err().map(|e| e.to_string());
+            }
+            Ok(Ok(_)) => {}
+        }
+        let mut msgs = Vec::new();
+        let framing = loop {
+            match framer.next_message(&mut buf) {
+                Ok(Some(m)) => msgs.push(m),
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        if !msgs.is_empty() {
+            deadline = tokio::time::Instant::now() + idle;
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break None;
+            };
+            if session.cast(SessionMsg::Messages(msgs, permit)).is_err() {
+                return;
+            }
+        }
+        if let Some(e) = framing {
+            break Some(e);
+        }
+    };
+    let _ = session.cast(SessionMsg::ReaderClosed(reason));
+}

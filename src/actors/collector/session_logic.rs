@@ -1,0 +1,433 @@
+//! What an exporter session does with each message, without any I/O: decode with the session's
+//! templates, account sequence numbers (loss and reordering per Observation Domain), hold Data
+//! Sets that arrive before their template (bounded in bytes and time) and decode them when it
+//! comes, and expire UDP templates that were not refreshed. Unit-tested without a runtime.
+
+use crate::wire::header::{IPFIX_HEADER_LEN, IPFIX_VERSION, NETFLOW_V9_HEADER_LEN};
+use crate::wire::{
+    DecodedMessage, Decoder, DecoderOptions, Registry, TemplateEvent, TemplateKind, WireError,
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_templates: usize,
+    pub pending_bytes: usize,
+    pub pending_age: Duration,
+    /// UDP only: templates not refreshed within this time are forgotten.
+    pub template_lifetime: Option<Duration>,
+}
+
+/// What a session has seen; the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SessionStats {
+    pub messages: u64,
+    pub bytes: u64,
+    pub data_records: u64,
+    pub options_records: u64,
+    pub templates: u64,
+    pub options_templates: u64,
+    pub withdrawals: u64,
+    /// Messages that could not be decoded.
+    pub errors: u64,
+    /// IPFIX: data records missing per the sequence numbers. NetFlow v9: packets.
+    pub lost: u64,
+    /// Messages whose sequence number went backwards (reordered or an exporter restart).
+    pub out_of_order: u64,
+    /// Data Sets decoded after waiting for their template.
+    pub pending_decoded_sets: u64,
+    /// Data Sets dropped undecoded, by reason.
+    pub dropped_sets_no_template: u64,
+    pub dropped_sets_buffer_full: u64,
+    /// UDP datagrams dropped because the session's queue was full.
+    pub dropped_datagrams: u64,
+    pub templates_expired: u64,
+    /// Unix seconds.
+    pub first_seen: Option<u64>,
+    pub last_seen: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+struct Pending {
+    version: u16,
+    domain: u32,
+    template_id: u16,
+    export_time: u32,
+    set: Bytes,
+    since: Instant,
+}
+
+pub struct SessionCore {
+    decoder: Decoder,
+    limits: SessionLimits,
+    /// Next expected sequence number per domain.
+    expected: HashMap<u32, u32>,
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    template_refreshed: HashMap<(u32, u16), (TemplateKind, Instant)>,
+    last_expiry: Option<Instant>,
+    pub stats: SessionStats,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl SessionCore {
+    pub fn new(
+        registry: Arc<Registry>,
+        transport: Transport,
+        limits: SessionLimits,
+    ) -> SessionCore {
+        let options = DecoderOptions {
+            honour_withdrawals: transport == Transport::Tcp,
+            max_templates: limits.max_templates,
+        };
+        SessionCore {
+            decoder: Decoder::new(registry, options),
+            limits,
+            expected: HashMap::new(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            template_refreshed: HashMap::new(),
+            last_expiry: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        self.decoder.registry()
+    }
+
+    /// Decodes one message. Returns what became decodable: Data Sets that waited for a template
+    /// defined here come first, then the message itself.
+    pub fn on_message(
+        &mut self,
+        msg: Bytes,
+        now: Instant,
+    ) -> Result<Vec<DecodedMessage>, WireError> {
+        self.expire(now);
+        let len = msg.len() as u64;
+        let decoded = match self.decoder.decode(msg) {
+            Ok(d) => d,
+            Err(e) => {
+                self.stats.errors += 1;
+                self.stats.last_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        let wall = unix_now();
+        self.stats.first_seen.get_or_insert(wall);
+        self.stats.last_seen = Some(wall);
+        self.stats.messages += 1;
+        self.stats.bytes += len;
+        self.account_sequence(&decoded);
+        let mut out = Vec::new();
+        let domain = decoded.header.observation_domain;
+        let mut defined = Vec::new();
+        for ev in &decoded.events {
+            match ev {
+                TemplateEvent::Define(t) => {
+                    if t.kind == TemplateKind::Data {
+                        self.stats.templates += 1;
+                    } else {
+                        self.stats.options_templates += 1;
+                    }
+                    self.template_refreshed
+                        .insert((domain, t.id), (t.kind, now));
+                    defined.push(t.id);
+                }
+                _ => self.stats.withdrawals += 1,
+            }
+        }
+        if !defined.is_empty() && !self.pending.is_empty() {
+            self.release_pending(domain, &defined, &mut out);
+        }
+        for m in &decoded.missing {
+            self.hold(&decoded, m.template_id, m.set_offset, m.set_len, now);
+        }
+        self.count_records(&decoded);
+        out.push(decoded);
+        Ok(out)
+    }
+
+    fn count_records(&mut self, d: &DecodedMessage) {
+        for b in &d.batches {
+            if b.plan.template.kind == TemplateKind::Options {
+                self.stats.options_records += b.len() as u64;
+            } else {
+                self.stats.data_records += b.len() as u64;
+            }
+        }
+    }
+
+    /// RFC 7011 section 3.1: the sequence number counts Data Records sent before this message
+    /// in this domain. RFC 3954: NetFlow v9 counts packets.
+    fn account_sequence(&mut self, d: &DecodedMessage) {
+        let h = &d.header;
+        let next = if h.version == IPFIX_VERSION {
+            h.sequence.wrapping_add(d.data_records() as u32)
+        } else {
+            h.sequence.wrapping_add(1)
+        };
+        if let Some(&expected) = self.expected.get(&h.observation_domain)
+            && h.sequence != expected
+        {
+            let ahead = h.sequence.wrapping_sub(expected);
+            if ahead < 1 << 31 {
+                self.stats.lost += ahead as u64;
+            } else {
+                self.stats.out_of_order += 1;
+            }
+        }
+        if d.missing.is_empty() {
+            self.expected.insert(h.observation_domain, next);
+        } else {
+            // Records we could not decode were counted by the exporter: judge the next message
+            // by its own number instead of calling them lost.
+            self.expected.remove(&h.observation_domain);
+        }
+    }
+
+    fn hold(
+        &mut self,
+        d: &DecodedMessage,
+        template_id: u16,
+        offset: usize,
+        len: usize,
+        now: Instant,
+    ) {
+        if len > self.limits.pending_bytes {
+            self.stats.dropped_sets_buffer_full += 1;
+            return;
+        }
+        while self.pending_bytes + len > self.limits.pending_bytes {
+            match self.pending.pop_front() {
+                Some(p) => {
+                    self.pending_bytes -= p.set.len();
+                    self.stats.dropped_sets_buffer_full += 1;
+                }
+                None => break,
+            }
+        }
+        self.pending_bytes += len;
+        self.pending.push_back(Pending {
+            version: d.header.version,
+            domain: d.header.observation_domain,
+            template_id,
+            export_time: d.header.export_time,
+            // A copy: holding a slice would pin the whole message buffer.
+            set: Bytes::copy_from_slice(&d.buf[offset..offset + len]),
+            since: now,
+        });
+    }
+
+    /// Decodes held Data Sets whose template was just defined, as one-set messages.
+    fn release_pending(&mut self, domain: u32, defined: &[u16], out: &mut Vec<DecodedMessage>) {
+        let mut keep = VecDeque::with_capacity(self.pending.len());
+        while let Some(p) = self.pending.pop_front() {
+            if p.domain != domain || !defined.contains(&p.template_id) {
+                keep.push_back(p);
+                continue;
+            }
+            self.pending_bytes -= p.set.len();
+            match self.decoder.decode(wrap_set(&p)) {
+                Ok(d) if d.missing.is_empty() => {
+                    self.stats.pending_decoded_sets += 1;
+                    self.count_records(&d);
+                    out.push(d);
+                }
+                Ok(_) => self.stats.dropped_sets_no_template += 1,
+                Err(e) => {
+                    self.stats.errors += 1;
+                    self.stats.last_error = Some(format!("held data set: {e}"));
+                }
+            }
+        }
+        self.pending = keep;
+    }
+
+    /// Drops held sets past their time and (UDP) templates past their lifetime.
+    pub fn expire(&mut self, now: Instant) {
+        if self
+            .last_expiry
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_expiry = Some(now);
+        while let Some(p) = self.pending.front() {
+            if now.duration_since(p.since) < self.limits.pending_age {
+                break;
+            }
+            self.pending_bytes -= p.set.len();
+            self.pending.pop_front();
+            self.stats.dropped_sets_no_template += 1;
+        }
+        if let Some(lifetime) = self.limits.template_lifetime {
+            let old: Vec<_> = self
+                .template_refreshed
+                .iter()
+                .filter(|(_, (_, at))| now.duration_since(*at) >= lifetime)
+                .map(|(k, (kind, _))| (*k, *kind))
+                .collect();
+            for ((domain, id), kind) in old {
+                self.template_refreshed.remove(&(domain, id));
+                self.decoder.forget(domain, kind, id);
+                self.stats.templates_expired += 1;
+            }
+        }
+    }
+
+    pub fn pending_sets(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// A held Data Set as a message of its own, with the original header's domain and time.
+fn wrap_set(p: &Pending) -> Bytes {
+    let mut m = BytesMut::with_capacity(NETFLOW_V9_HEADER_LEN + p.set.len());
+    if p.version == IPFIX_VERSION {
+        m.put_u16(IPFIX_VERSION);
+        m.put_u16((IPFIX_HEADER_LEN + p.set.len()) as u16);
+        m.put_u32(p.export_time);
+        m.put_u32(0);
+        m.put_u32(p.domain);
+    } else {
+        m.put_u16(p.version);
+        m.put_u16(1);
+        m.put_u32(0);
+        m.put_u32(p.export_time);
+        m.put_u32(0);
+        m.put_u32(p.domain);
+    }
+    m.put_slice(&p.set);
+    m.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{FieldSpec, FieldValue, MessageBuilder, Plan, Template};
+
+    fn limits(lifetime: Option<Duration>) -> SessionLimits {
+        SessionLimits {
+            max_templates: 100,
+            pending_bytes: 10_000,
+            pending_age: Duration::from_secs(30),
+            template_lifetime: lifetime,
+        }
+    }
+
+    fn template() -> Template {
+        Template::data(300, vec![FieldSpec::new(7, 0, 2)])
+    }
+
+    /// Messages from one exporter: [template], then `n` messages of 2 records each.
+    fn messages(n: usize) -> (Bytes, Vec<Bytes>) {
+        let plan = Plan::compile(template(), &Registry::builtin());
+        let mut b = MessageBuilder::new(1, 65535);
+        b.add_template(&template()).expect("fits");
+        b.flush();
+        let t = Bytes::from(b.take_ready().remove(0));
+        let mut data = Vec::new();
+        for i in 0..n {
+            b.add_record(&plan, &[FieldValue::Unsigned(i as u64)])
+                .expect("encodes");
+            b.add_record(&plan, &[FieldValue::Unsigned(i as u64 + 1000)])
+                .expect("encodes");
+            b.flush();
+            data.push(Bytes::from(b.take_ready().remove(0)));
+        }
+        (t, data)
+    }
+
+    #[test]
+    fn sequence_gaps_and_reordering_are_counted() {
+        let (t, data) = messages(4);
+        let mut s = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None));
+        let now = Instant::now();
+        s.on_message(t, now).expect("template");
+        s.on_message(data[0].clone(), now).expect("data");
+        s.on_message(data[2].clone(), now).expect("data"); // data[1] lost: 2 records
+        s.on_message(data[1].clone(), now).expect("data"); // late
+        assert_eq!(s.stats.lost, 2);
+        assert_eq!(s.stats.out_of_order, 1);
+        assert_eq!(s.stats.data_records, 6);
+    }
+
+    #[test]
+    fn data_before_template_is_held_then_decoded() {
+        let (t, data) = messages(2);
+        let mut s = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None));
+        let now = Instant::now();
+        let early = s
+            .on_message(data[0].clone(), now)
+            .expect("undecodable yet, not an error");
+        assert_eq!(early[0].data_records(), 0);
+        assert_eq!(s.pending_sets(), 1);
+        let out = s.on_message(t, now).expect("template");
+        assert_eq!(
+            out.len(),
+            2,
+            "the held set first, then the template message"
+        );
+        assert_eq!(out[0].data_records(), 2);
+        assert_eq!(s.stats.pending_decoded_sets, 1);
+        assert_eq!(s.pending_sets(), 0);
+    }
+
+    #[test]
+    fn held_sets_are_bounded_and_time_out() {
+        let (_, data) = messages(40);
+        let mut l = limits(None);
+        l.pending_bytes = 100;
+        let mut s = SessionCore::new(Registry::builtin(), Transport::Udp, l);
+        let now = Instant::now();
+        for d in &data {
+            s.on_message(d.clone(), now).expect("held");
+        }
+        assert!(s.pending_sets() * 8 <= 100, "each held set is 8 bytes");
+        assert!(s.stats.dropped_sets_buffer_full > 0);
+        s.expire(now + Duration::from_secs(31));
+        assert_eq!(s.pending_sets(), 0);
+        assert!(
+            s.stats.dropped_sets_no_template > 0,
+            "{:?} {}",
+            s.stats,
+            s.pending_sets()
+        );
+    }
+
+    #[test]
+    fn udp_templates_expire_unless_refreshed() {
+        let (t, data) = messages(1);
+        let mut s = SessionCore::new(
+            Registry::builtin(),
+            Transport::Udp,
+            limits(Some(Duration::from_secs(60))),
+        );
+        let now = Instant::now();
+        s.on_message(t, now).expect("template");
+        s.on_message(data[0].clone(), now + Duration::from_secs(59))
+            .expect("decodes");
+        assert_eq!(s.stats.data_records, 2);
+        let late = s
+            .on_message(data[0].clone(), now + Duration::from_secs(61))
+            .expect("held");
+        assert_eq!(late[0].data_records(), 0);
+        assert_eq!(s.stats.templates_expired, 1);
+    }
+}

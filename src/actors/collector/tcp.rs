@@ -1,0 +1,118 @@
+//! TcpListener: accepts exporter connections and starts one ExporterSession per connection,
+//! linked to the CollectorSupervisor, within the session limit.
+//!
+//! Messages: `Accepted` (from its accept task). Lifecycle: binds in `pre_start` (a bind error
+//! fails the start, with the address in the error); the accept task ends with the actor.
+
+use super::session::{ExporterSession, SessionArgs, SessionInput};
+use super::{SessionEnv, session_name};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+#[derive(RactorMessage)]
+pub enum TcpListenerMsg {
+    Accepted(TcpStream, SocketAddr),
+}
+
+pub struct TcpListenerArgs {
+    pub listen: String,
+    pub env: SessionEnv,
+    /// Sessions are linked here, not to the listener: a listener restart keeps them.
+    pub supervisor: ActorCell,
+}
+
+pub struct TcpListenerState {
+    env: SessionEnv,
+    supervisor: ActorCell,
+    accept: JoinHandle<()>,
+    pub local: SocketAddr,
+}
+
+pub struct TcpListenerActor;
+
+impl Actor for TcpListenerActor {
+    type Msg = TcpListenerMsg;
+    type State = TcpListenerState;
+    type Arguments = TcpListenerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TcpListenerMsg>,
+        args: TcpListenerArgs,
+    ) -> Result<TcpListenerState, ActorProcessingErr> {
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen for IPFIX over TCP on {}: {e}", args.listen))?;
+        let local = listener.local_addr()?;
+        tracing::info!(tcp = %local, "collector TCP listener ready");
+        let me = myself.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        if me.cast(TcpListenerMsg::Accepted(stream, peer)).is_err() {
+                            break;
+                        }
+                    }
+                    // Out of file descriptors and the like: pass, and try again shortly.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(TcpListenerState {
+            env: args.env,
+            supervisor: args.supervisor,
+            accept,
+            local,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<TcpListenerMsg>,
+        msg: TcpListenerMsg,
+        state: &mut TcpListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let TcpListenerMsg::Accepted(stream, peer) = msg;
+        let env = &state.env;
+        if env.live.fetch_add(1, Ordering::Relaxed) >= env.settings.max_sessions {
+            env.live.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%peer, limit = env.settings.max_sessions, "session limit reached: connection refused");
+            return Ok(());
+        }
+        let _ = stream.set_nodelay(true);
+        let args = SessionArgs {
+            peer,
+            input: SessionInput::Tcp(stream),
+            settings: env.settings.clone(),
+            registry: env.registry.clone(),
+            sink: env.sink.clone(),
+            live: env.live.clone(),
+        };
+        let name = session_name("tcp", peer, None);
+        if let Err(e) =
+            Actor::spawn_linked(Some(name), ExporterSession, args, state.supervisor.clone()).await
+        {
+            env.live.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(%peer, error = %e, "could not start a session");
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TcpListenerMsg>,
+        state: &mut TcpListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.accept.abort();
+        Ok(())
+    }
+}

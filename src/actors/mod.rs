@@ -1,0 +1,6 @@
+//! The supervision tree (see ARCHITECTURE.md): every long-lived unit of work is a named ractor
+//! actor. Actors own I/O and state; decoding logic stays in `wire`.
+
+pub mod collector;
+pub mod node;
+pub mod output;

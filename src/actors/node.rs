@@ -1,0 +1,97 @@
+//! NodeSupervisor: the root of one process's tree. Starts a supervisor per configured role and
+//! drains them on shutdown. Roles not built yet are reported once at start.
+//!
+//! Messages: `Drain` (listeners stop, sessions finish their message). A failing role
+//! supervisor is logged and the node stops, so that Kubernetes restarts the pod.
+
+use super::collector::{CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv};
+use crate::actors::output::RecordSink;
+use crate::config::{Role, Settings};
+use crate::wire::Registry;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+pub const COLLECTOR: &str = "collector";
+
+#[derive(RactorMessage)]
+pub enum NodeMsg {
+    Drain(RpcReplyPort<()>),
+}
+
+pub struct NodeArgs {
+    pub settings: Settings,
+    pub registry: Arc<Registry>,
+    pub sink: RecordSink,
+}
+
+pub struct NodeState {
+    collector: Option<ActorRef<CollectorMsg>>,
+}
+
+pub struct NodeSupervisor;
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        args: NodeArgs,
+    ) -> Result<NodeState, ActorProcessingErr> {
+        let roles = &args.settings.node.roles;
+        let mut collector = None;
+        if roles.contains(&Role::Collector) {
+            let env = SessionEnv {
+                settings: args.settings.collector.clone(),
+                registry: args.registry.clone(),
+                sink: args.sink.clone(),
+                live: Arc::new(AtomicUsize::new(0)),
+            };
+            let (c, _) = Actor::spawn_linked(
+                Some(COLLECTOR.into()),
+                CollectorSupervisor,
+                CollectorArgs { env },
+                myself.get_cell(),
+            )
+            .await?;
+            collector = Some(c);
+        }
+        let later: Vec<_> = roles.iter().filter(|r| **r != Role::Collector).collect();
+        if !later.is_empty() {
+            tracing::info!(roles = ?later, "roles not in this build yet: not started");
+        }
+        tracing::info!(node = %args.settings.node.name, "node started");
+        Ok(NodeState { collector })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let NodeMsg::Drain(reply) = msg;
+        if let Some(c) = &state.collector {
+            let _ = ractor::call!(c, CollectorMsg::Drain);
+        }
+        let _ = reply.send(());
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        evt: SupervisionEvent,
+        _state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            tracing::error!(role = cell.get_name().unwrap_or_default(), error = %err, "role supervisor failed: stopping the node");
+            myself.stop(Some(format!("role supervisor failed: {err}")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! One typed configuration: defaults < file given by `--config` (TOML or YAML) < environment
+//! (`IPFIXSVC__SECTION__KEY`, e.g. `IPFIXSVC__COLLECTOR__TCP_LISTEN=127.0.0.1:4739`).
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub collector: CollectorSettings,
+    pub output: OutputSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+/// What a node runs. Roles not yet built are accepted and reported at start.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Api,
+    Collector,
+    Mediator,
+    Jobs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// This node's name in logs (and in the cluster).
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            name: host_name(),
+            roles: vec![Role::Api, Role::Collector, Role::Mediator, Role::Jobs],
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "ipfixsvc".into())
+}
+
+/// The Collecting Process: listeners, limits and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorSettings {
+    /// IPFIX over TCP; empty to disable.
+    pub tcp_listen: String,
+    /// IPFIX and NetFlow v9 over UDP; empty to disable.
+    pub udp_listen: String,
+    /// Concurrent exporter sessions (TCP connections plus UDP exporter/domain pairs).
+    pub max_sessions: usize,
+    /// Largest IPFIX message accepted on TCP (the format allows 65535).
+    pub max_message_size: usize,
+    /// A session with no complete message for this long is closed (TCP) or retired (UDP).
+    pub idle_timeout_secs: u64,
+    /// Templates one session may hold across its observation domains.
+    pub max_templates_per_session: usize,
+    /// UDP templates expire unless re-sent within this time (RFC 7011 section 8.4).
+    pub udp_template_lifetime_secs: u64,
+    /// Data Sets that arrive before their template are held up to this many bytes per session...
+    pub pending_bytes: usize,
+    /// ...for at most this long, then dropped and counted.
+    pub pending_secs: u64,
+    /// Datagrams queued for one UDP session before new ones are dropped and counted.
+    pub udp_queue_datagrams: usize,
+    /// Complete messages in flight between a TCP reader and its session: beyond this the
+    /// reader stops reading, and TCP flow control slows the exporter.
+    pub tcp_inflight_batches: usize,
+}
+
+impl Default for CollectorSettings {
+    fn default() -> Self {
+        CollectorSettings {
+            tcp_listen: "0.0.0.0:4739".into(),
+            udp_listen: "0.0.0.0:4739".into(),
+            max_sessions: 10_000,
+            max_message_size: 65_535,
+            idle_timeout_secs: 600,
+            max_templates_per_session: 4_096,
+            udp_template_lifetime_secs: 1_800,
+            pending_bytes: 256 * 1024,
+            pending_secs: 30,
+            udp_queue_datagrams: 4_096,
+            tcp_inflight_batches: 8,
+        }
+    }
+}
+
+impl CollectorSettings {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+/// Where decoded records go while no mediator stream is configured.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per record, as `ipfixsvc dump` prints.
+    Ndjson,
+    /// Decode everything, print nothing (benchmarks; counts are in the session statistics).
+    Count,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputSettings {
+    pub format: OutputFormat,
+    /// A file to append NDJSON to; empty for standard output.
+    pub path: String,
+    /// Rendered chunks queued for the writer before sessions wait (backpressure).
+    pub queue_chunks: usize,
+}
+
+impl Default for OutputSettings {
+    fn default() -> Self {
+        OutputSettings {
+            format: OutputFormat::Ndjson,
+            path: String::new(),
+            queue_chunks: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter directives, e.g. "info" or "ipfixsvc=debug"; RUST_LOG overrides.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// On SIGTERM/Ctrl-C: time for sessions to finish and outputs to flush.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings { grace_secs: 10 }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut b =
+            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        if let Some(f) = file {
+            b = b.add_source(config::File::from(f).required(true));
+        }
+        let env = config::Environment::with_prefix("IPFIXSVC")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("node.roles");
+        let s: Settings = b.add_source(env).build()?.try_deserialize()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.collector;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !(16..=65_535).contains(&c.max_message_size) {
+            return bad("collector.max_message_size must be between 16 and 65535");
+        }
+        if c.max_sessions == 0 || c.tcp_inflight_batches == 0 || c.udp_queue_datagrams == 0 {
+            return bad(
+                "collector.max_sessions, tcp_inflight_batches and udp_queue_datagrams must be positive",
+            );
+        }
+        if c.idle_timeout_secs == 0 {
+            return bad("collector.idle_timeout_secs must be positive");
+        }
+        if self.output.queue_chunks == 0 {
+            return bad("output.queue_chunks must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("ipfixsvc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[collector]\nidle_timeout_secs = 5\nmax_sessions = 7\n[node]\nroles = [\"collector\"]\n")
+            .expect("write");
+        // The environment is process-wide: one test sets and clears its own key.
+        unsafe { std::env::set_var("IPFIXSVC__COLLECTOR__MAX_SESSIONS", "9") };
+        let s = Settings::load(Some(&f));
+        unsafe { std::env::remove_var("IPFIXSVC__COLLECTOR__MAX_SESSIONS") };
+        let s = s.expect("loads");
+        assert_eq!(s.collector.idle_timeout_secs, 5);
+        assert_eq!(s.collector.max_sessions, 9);
+        assert_eq!(s.node.roles, vec![Role::Collector]);
+        assert_eq!(s.collector.tcp_listen, "0.0.0.0:4739");
+        std::fs::write(&f, "[collector]\nmax_mesage_size = 5\n").expect("write");
+        assert!(
+            Settings::load(Some(&f)).is_err(),
+            "a misspelt key is an error, not ignored"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
