@@ -108,6 +108,22 @@ fn messages(path: &Path, ports: &[u16]) -> anyhow::Result<Vec<(Bytes, u64)>> {
 
 pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
     let msgs = messages(&args.file, &args.ports)?;
+    if msgs.is_empty() {
+        anyhow::bail!(
+            "{}: no IPFIX or NetFlow v9 messages found (a capture's ports other than 4739, 2055, 9995, 9996 need --port)",
+            args.file.display()
+        );
+    }
+    if !args.udp
+        && msgs
+            .iter()
+            .any(|(m, _)| !m.starts_with(&IPFIX_VERSION.to_be_bytes()))
+    {
+        anyhow::bail!(
+            "{}: holds NetFlow (v9 or older), which has no message length and cannot be framed on a TCP stream: use --udp",
+            args.file.display()
+        );
+    }
     let to = args
         .to
         .to_socket_addrs()

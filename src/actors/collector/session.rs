@@ -34,10 +34,21 @@ pub enum SessionMsg {
     /// Complete messages from the TCP reader; the permit goes back when they are decoded.
     Messages(Vec<Bytes>, OwnedSemaphorePermit),
     Datagram(Bytes),
-    /// The TCP reader stopped: `None` at a clean end of stream, else why.
-    ReaderClosed(Option<String>),
+    /// The TCP reader stopped.
+    ReaderClosed(ReaderEnd),
     Tick,
     GetStats(RpcReplyPort<SessionStats>),
+}
+
+/// Why a TCP reader stopped.
+#[derive(Debug)]
+pub enum ReaderEnd {
+    /// The exporter closed the connection at a message boundary.
+    Eof,
+    /// No complete message within the idle timeout.
+    Idle,
+    /// Framing lost (an impossible header, a message cut short) or a read error.
+    Failed(String),
 }
 
 /// How the session gets its bytes.
@@ -170,7 +181,16 @@ impl Actor for ExporterSession {
                 // A bad datagram is dropped and counted; the session goes on.
                 let _ = state.decode(d).await;
             }
-            SessionMsg::ReaderClosed(reason) => myself.stop(reason),
+            SessionMsg::ReaderClosed(end) => match end {
+                ReaderEnd::Eof => myself.stop(None),
+                ReaderEnd::Idle => myself.stop(Some("idle timeout".into())),
+                ReaderEnd::Failed(reason) => {
+                    state.core.stats.errors += 1;
+                    state.core.stats.last_error = Some(reason.clone());
+                    tracing::warn!(peer = %state.peer, error = %reason, "malformed stream: connection closed");
+                    myself.stop(Some(reason));
+                }
+            },
             SessionMsg::Tick => {
                 let now = Instant::now();
                 state.core.expire(now);
@@ -268,16 +288,19 @@ async fn read_tcp(
     let mut framer = Framer::new(max_message);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut deadline = tokio::time::Instant::now() + idle;
-    let reason = loop {
+    let end = loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
         match read {
-            Err(_) => break Some("idle timeout".to_string()),
-            Ok(Err(e)) => break Some(format!("read error: {e}")),
+            Err(_) => break ReaderEnd::Idle,
+            Ok(Err(e)) => break ReaderEnd::Failed(format!("read error: {e}")),
             Ok(Ok(0)) => {
-                break framer.finish(&buf).err().map(|e| e.to_string());
+                break match framer.finish(&buf) {
+                    Ok(()) => ReaderEnd::Eof,
+                    Err(e) => ReaderEnd::Failed(e.to_string()),
+                };
             }
             Ok(Ok(_)) => {}
         }
@@ -292,15 +315,15 @@ async fn read_tcp(
         if !msgs.is_empty() {
             deadline = tokio::time::Instant::now() + idle;
             let Ok(permit) = permits.clone().acquire_owned().await else {
-                break None;
+                break ReaderEnd::Eof;
             };
             if session.cast(SessionMsg::Messages(msgs, permit)).is_err() {
                 return;
             }
         }
         if let Some(e) = framing {
-            break Some(e);
+            break ReaderEnd::Failed(e);
         }
     };
-    let _ = session.cast(SessionMsg::ReaderClosed(reason));
+    let _ = session.cast(SessionMsg::ReaderClosed(end));
 }
