@@ -1,0 +1,133 @@
+//! A real `ipfixsvc serve` process for black-box tests: loopback ports chosen by the kernel and
+//! read back from its log, records written to a file, log lines kept for assertions.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ipfixsvc");
+
+pub struct Server {
+    pub child: Child,
+    pub tcp: SocketAddr,
+    pub udp: SocketAddr,
+    pub out: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(name: &str, env: &[(&str, &str)]) -> Server {
+        let dir = std::env::temp_dir().join(format!("ipfixsvc-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let out = dir.join("records.ndjson");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env("IPFIXSVC__NODE__ROLES", "collector")
+            .env("IPFIXSVC__COLLECTOR__TCP_LISTEN", "127.0.0.1:0")
+            .env("IPFIXSVC__COLLECTOR__UDP_LISTEN", "127.0.0.1:0")
+            .env("IPFIXSVC__OUTPUT__PATH", &out)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start ipfixsvc serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = |key: &str| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let found = log.lock().expect("log lock").iter().find_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(key))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                });
+                if let Some(a) = found {
+                    return a;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "server did not report its {key} address: {:?}",
+                    log.lock().map(|l| l.clone())
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let tcp = addr("tcp=");
+        let udp = addr("udp=");
+        Server {
+            child,
+            tcp,
+            udp,
+            out,
+            log,
+        }
+    }
+
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    pub fn wait_log(&self, needle: &str, count: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let lines = self.log_lines(needle);
+            if lines.len() >= count || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn output(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,238 @@
+//! A real exporter: softflowd (Debian package) meters each capture in
+//! `../shared/testdata/traffic/` and exports IPFIX over TCP to a running `ipfixsvc serve`.
+//! tcpdump records what softflowd sent; tshark decodes that recording; the collected flows must
+//! equal tshark's, flow by flow (addresses, ports, protocol, octets, packets, times).
+
+mod common;
+
+use common::Server;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn need(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is not installed: ./scripts/test installs it (Debian package)"
+    );
+}
+
+/// One flow as a comparable line.
+type Flow = String;
+
+fn flow(
+    src: &str,
+    dst: &str,
+    sp: &str,
+    dp: &str,
+    proto: &str,
+    octets: &str,
+    packets: &str,
+) -> Flow {
+    format!("{src} {dst} {sp} {dp} {proto} {octets} {packets}")
+}
+
+/// The flows tshark decodes from the recording of the exporter's TCP stream: every "Flow N"
+/// object of its JSON (duplicate keys merged into arrays, so no message is lost).
+fn tshark_flows(capture: &Path, port: u16) -> Vec<Flow> {
+    let out = Command::new("tshark")
+        .env("TZ", "UTC")
+        .arg("-r")
+        .arg(capture)
+        .args([
+            "-d",
+            &format!("tcp.port=={port},cflow"),
+            "-Y",
+            "cflow",
+            "-T",
+            "json",
+            "--no-duplicate-keys",
+            "-J",
+            "cflow",
+        ])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("tshark JSON");
+    let mut flows = Vec::new();
+    collect_flows(&json, &mut flows);
+    flows.sort();
+    flows
+}
+
+fn collect_flows(v: &serde_json::Value, out: &mut Vec<Flow>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let items: Vec<&serde_json::Value> = match v {
+                    serde_json::Value::Array(a) => a.iter().collect(),
+                    v => vec![v],
+                };
+                for item in items {
+                    if k.starts_with("Flow ") {
+                        let f = |name: &str| {
+                            item.get(name)
+                                .and_then(|x| x.as_str())
+                                .unwrap_or("-")
+                                .to_string()
+                        };
+                        let addr =
+                            |v4: &str, v6: &str| if item.get(v4).is_some() { f(v4) } else { f(v6) };
+                        out.push(flow(
+                            &addr("cflow.srcaddr", "cflow.srcaddrv6"),
+                            &addr("cflow.dstaddr", "cflow.dstaddrv6"),
+                            &f("cflow.srcport"),
+                            &f("cflow.dstport"),
+                            &f("cflow.protocol"),
+                            &f("cflow.octets"),
+                            &f("cflow.packets"),
+                        ));
+                    } else {
+                        collect_flows(item, out);
+                    }
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_flows(x, out)),
+        _ => {}
+    }
+}
+
+/// softflowd's options records (metering process, sampling) carry none of the flow fields: in
+/// tshark's output they are the all-"-" lines, in ours the `@options` objects.
+const OPTIONS_RECORD: &str = "- - - - - - -";
+
+fn our_flows(records: &[String]) -> Vec<Flow> {
+    let mut flows = Vec::new();
+    for l in records {
+        let j: serde_json::Value = serde_json::from_str(l).expect("NDJSON");
+        if j.get("@options").is_some() {
+            flows.push(OPTIONS_RECORD.to_string());
+            continue;
+        }
+        let s = |k: &str| match &j[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            v => v.to_string(),
+        };
+        let addr = |v4: &str, v6: &str| if j.get(v4).is_some() { s(v4) } else { s(v6) };
+        flows.push(flow(
+            &addr("sourceIPv4Address", "sourceIPv6Address"),
+            &addr("destinationIPv4Address", "destinationIPv6Address"),
+            &s("sourceTransportPort"),
+            &s("destinationTransportPort"),
+            &s("protocolIdentifier"),
+            &s("octetDeltaCount"),
+            &s("packetDeltaCount"),
+        ));
+    }
+    flows.sort();
+    flows
+}
+
+#[test]
+fn softflowd_exports_match_tshark() {
+    for tool in ["softflowd", "tcpdump", "tshark"] {
+        need(tool);
+    }
+    let traffic = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/traffic");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&traffic)
+        .expect("traffic")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let server = Server::start("softflowd", &[]);
+    let port = server.tcp.port();
+    let dir = server.out.parent().expect("dir").to_path_buf();
+    let mut total = BTreeMap::new();
+    let mut seen = 0;
+    for (n, pcap) in files.iter().enumerate() {
+        let capture = dir.join(format!("sent-{n}.pcap"));
+        let mut tcpdump = Command::new("tcpdump")
+            // Immediate mode: packets reach the file as they come, not when a buffer block fills.
+            .args(["-i", "lo", "--immediate-mode", "-U", "-Z", "root", "-w"])
+            .arg(&capture)
+            .arg(format!("tcp port {port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        // tcpdump says "listening on lo" once it captures.
+        let mut err = tcpdump.stderr.take().expect("stderr");
+        let mut buf = [0u8; 256];
+        let _ = std::io::Read::read(&mut err, &mut buf);
+        std::thread::sleep(Duration::from_millis(1000));
+        // softflowd can hang after end of file with some control socket paths: a short one, and
+        // always a timeout (TOOLS.md).
+        let status = Command::new("timeout")
+            .arg("20")
+            .arg("softflowd")
+            .args(["-d", "-r"])
+            .arg(pcap)
+            .args([
+                "-v",
+                "10",
+                "-P",
+                "tcp",
+                "-A",
+                "milli",
+                "-n",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "/tmp/sf.ctl",
+                "-p",
+            ])
+            .arg(dir.join("sf.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("softflowd");
+        assert!(
+            status.success(),
+            "softflowd on {}: {status}",
+            pcap.display()
+        );
+        server.wait_log("exporter session ended", n + 1, Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(tcpdump.id().to_string())
+            .status();
+        let _ = tcpdump.wait();
+        let records = server.output();
+        let ours = our_flows(&records[seen..]);
+        seen = records.len();
+        let theirs = tshark_flows(&capture, port);
+        assert!(
+            !theirs.is_empty(),
+            "{}: tshark saw no flows in what softflowd sent",
+            pcap.display()
+        );
+        assert_eq!(
+            ours,
+            theirs,
+            "{}: collected flows differ from tshark's decoding",
+            pcap.display()
+        );
+        total.insert(
+            pcap.file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            ours.len(),
+        );
+    }
+    eprintln!("flows compared with tshark: {total:?}");
+    assert!(total.values().sum::<usize>() > 100);
+}
