@@ -54,6 +54,10 @@ pub enum CollectorMsg {
     RestartListener(ListenerKind),
     Drain(RpcReplyPort<()>),
     Sessions(RpcReplyPort<Vec<ActorRef<SessionMsg>>>),
+    /// Where the listeners are bound (TCP, UDP); `None` for a disabled or restarting one.
+    ListenAddrs(RpcReplyPort<(Option<SocketAddr>, Option<SocketAddr>)>),
+    /// Sessions that failed (panicked) since start.
+    SessionFailures(RpcReplyPort<u64>),
 }
 
 pub struct CollectorState {
@@ -190,6 +194,34 @@ impl Actor for CollectorSupervisor {
                     .map(ActorRef::from)
                     .collect();
                 let _ = reply.send(refs);
+            }
+            CollectorMsg::ListenAddrs(reply) => {
+                let find = |name: &str| {
+                    myself
+                        .get_children()
+                        .into_iter()
+                        .find(|c| c.get_name().as_deref() == Some(name))
+                };
+                let tcp = match find(TCP_LISTENER) {
+                    Some(c) => ractor::call!(
+                        ActorRef::<tcp::TcpListenerMsg>::from(c),
+                        tcp::TcpListenerMsg::LocalAddr
+                    )
+                    .ok(),
+                    None => None,
+                };
+                let udp = match find(UDP_LISTENER) {
+                    Some(c) => ractor::call!(
+                        ActorRef::<udp::UdpListenerMsg>::from(c),
+                        udp::UdpListenerMsg::LocalAddr
+                    )
+                    .ok(),
+                    None => None,
+                };
+                let _ = reply.send((tcp, udp));
+            }
+            CollectorMsg::SessionFailures(reply) => {
+                let _ = reply.send(state.session_failures);
             }
         }
         Ok(())

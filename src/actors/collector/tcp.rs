@@ -6,7 +6,7 @@
 
 use super::session::{ExporterSession, SessionArgs, SessionInput};
 use super::{SessionEnv, session_name};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 #[derive(RactorMessage)]
 pub enum TcpListenerMsg {
     Accepted(TcpStream, SocketAddr),
+    LocalAddr(RpcReplyPort<SocketAddr>),
 }
 
 pub struct TcpListenerArgs {
@@ -81,7 +82,13 @@ impl Actor for TcpListenerActor {
         msg: TcpListenerMsg,
         state: &mut TcpListenerState,
     ) -> Result<(), ActorProcessingErr> {
-        let TcpListenerMsg::Accepted(stream, peer) = msg;
+        let (stream, peer) = match msg {
+            TcpListenerMsg::Accepted(stream, peer) => (stream, peer),
+            TcpListenerMsg::LocalAddr(reply) => {
+                let _ = reply.send(state.local);
+                return Ok(());
+            }
+        };
         let env = &state.env;
         if env.live.fetch_add(1, Ordering::Relaxed) >= env.settings.max_sessions {
             env.live.fetch_sub(1, Ordering::Relaxed);

@@ -8,7 +8,7 @@
 use super::session::{ExporterSession, SessionArgs, SessionInput, SessionMsg, UdpQueue};
 use super::{SessionEnv, session_name};
 use bytes::Bytes;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +18,9 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 #[derive(RactorMessage)]
-pub enum UdpListenerMsg {}
+pub enum UdpListenerMsg {
+    LocalAddr(RpcReplyPort<SocketAddr>),
+}
 
 pub struct UdpListenerArgs {
     pub listen: String,
@@ -28,6 +30,7 @@ pub struct UdpListenerArgs {
 
 pub struct UdpListenerState {
     receive: JoinHandle<()>,
+    local: SocketAddr,
 }
 
 pub struct UdpListenerActor;
@@ -45,9 +48,21 @@ impl Actor for UdpListenerActor {
         let socket = UdpSocket::bind(&args.listen)
             .await
             .map_err(|e| format!("cannot listen for IPFIX over UDP on {}: {e}", args.listen))?;
-        tracing::info!(udp = %socket.local_addr()?, "collector UDP listener ready");
+        let local = socket.local_addr()?;
+        tracing::info!(udp = %local, "collector UDP listener ready");
         let receive = tokio::spawn(receive(socket, args.env, args.supervisor));
-        Ok(UdpListenerState { receive })
+        Ok(UdpListenerState { receive, local })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<UdpListenerMsg>,
+        msg: UdpListenerMsg,
+        state: &mut UdpListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let UdpListenerMsg::LocalAddr(reply) = msg;
+        let _ = reply.send(state.local);
+        Ok(())
     }
 
     async fn post_stop(

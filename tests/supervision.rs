@@ -1,0 +1,171 @@
+//! The collector's supervision, in process: sessions answer for their statistics by message, and
+//! a failing (panicking) actor under the CollectorSupervisor is reported and costs nobody else.
+
+use ipfixsvc::actors::collector::session::SessionMsg;
+use ipfixsvc::actors::collector::{CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv};
+use ipfixsvc::actors::output::RecordSink;
+use ipfixsvc::config::{CollectorSettings, OutputFormat, OutputSettings};
+use ipfixsvc::wire::Registry;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+#[derive(RactorMessage)]
+enum CrashMsg {
+    Crash,
+}
+
+/// Stands in for a session with a bug: it panics on demand.
+struct Crasher;
+
+impl Actor for Crasher {
+    type Msg = CrashMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<CrashMsg>,
+        _args: (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CrashMsg>,
+        _msg: CrashMsg,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        panic!("a bug in one session");
+    }
+}
+
+async fn eventually<F: AsyncFnMut() -> bool>(mut f: F) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
+    let (sink, _writer) = RecordSink::start(&OutputSettings {
+        format: OutputFormat::Count,
+        ..OutputSettings::default()
+    })
+    .await
+    .expect("sink");
+    let env = SessionEnv {
+        settings: CollectorSettings {
+            tcp_listen: "127.0.0.1:0".into(),
+            udp_listen: "127.0.0.1:0".into(),
+            ..CollectorSettings::default()
+        },
+        registry: Registry::builtin(),
+        sink,
+        live: Arc::new(AtomicUsize::new(0)),
+    };
+    let (collector, _) = Actor::spawn(
+        Some("collector".into()),
+        CollectorSupervisor,
+        CollectorArgs { env },
+    )
+    .await
+    .expect("collector starts");
+    let (tcp, udp) = ractor::call!(collector, CollectorMsg::ListenAddrs).expect("addresses");
+    let tcp = tcp.expect("TCP listener bound");
+    assert!(udp.is_some());
+
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("file");
+    let half = {
+        // The first 30 messages.
+        let mut at = 0;
+        for _ in 0..30 {
+            at += u16::from_be_bytes([file[at + 2], file[at + 3]]) as usize;
+        }
+        at
+    };
+    let mut a = tokio::net::TcpStream::connect(tcp)
+        .await
+        .expect("connect a");
+    let mut b = tokio::net::TcpStream::connect(tcp)
+        .await
+        .expect("connect b");
+    a.write_all(&file[..half]).await.expect("a");
+    b.write_all(&file[..half]).await.expect("b");
+
+    let records = |s: ActorRef<SessionMsg>| async move {
+        ractor::call!(s, SessionMsg::GetStats)
+            .map(|st| st.data_records)
+            .unwrap_or(0)
+    };
+    let sessions = ractor::call!(collector, CollectorMsg::Sessions).expect("sessions");
+    assert_eq!(sessions.len(), 2);
+    let first_half: u64 = {
+        let mut d = ipfixsvc::wire::Decoder::new(Registry::builtin(), Default::default());
+        ipfixsvc::wire::MessageReader::new(&file[..half], 65535)
+            .map(|m| {
+                d.decode(m.expect("frames").1)
+                    .expect("decodes")
+                    .data_records() as u64
+            })
+            .sum()
+    };
+    for s in &sessions {
+        let s = s.clone();
+        assert!(
+            eventually(async || records(s.clone()).await == first_half).await,
+            "first half decoded"
+        );
+    }
+
+    // A sibling panics.
+    let (crasher, _) = Actor::spawn_linked(
+        Some("session/crasher".into()),
+        Crasher,
+        (),
+        collector.get_cell(),
+    )
+    .await
+    .expect("crasher");
+    crasher.cast(CrashMsg::Crash).expect("cast");
+    assert!(
+        eventually(
+            async || ractor::call!(collector, CollectorMsg::SessionFailures).unwrap_or(0) == 1
+        )
+        .await
+    );
+
+    // The others go on, and the listener still accepts.
+    a.write_all(&file[half..]).await.expect("a rest");
+    b.write_all(&file[half..]).await.expect("b rest");
+    for s in &sessions {
+        let s = s.clone();
+        assert!(
+            eventually(async || records(s.clone()).await == 3979).await,
+            "the rest decoded after the crash"
+        );
+    }
+    let c = tokio::net::TcpStream::connect(tcp).await;
+    assert!(c.is_ok());
+    assert!(
+        eventually(async || ractor::call!(collector, CollectorMsg::Sessions)
+            .map(|s| s.len())
+            .unwrap_or(0)
+            == 3)
+        .await
+    );
+    collector.stop(None);
+}
