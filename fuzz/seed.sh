@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Recreates the seed corpora (gitignored) of the fuzz targets from the shared test data:
+#   fuzz/corpus/{decode_messages,framer_chunks,file_reader,capture}/
+# Usage: fuzz/seed.sh [TESTDATA_DIR]   (default: ../shared/testdata/ipfix beside the repo)
+# Idempotent: seeds are named by content hash; files that libFuzzer added are left alone.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+data="${1:-$here/../../shared/testdata/ipfix}"
+[ -f "$data/example_flows.ipfix" ] || { echo "no test data at $data" >&2; exit 1; }
+exec python3 - "$here/corpus" "$data" <<'PY'
+import hashlib, os, struct, sys
+
+corpus, data = sys.argv[1], sys.argv[2]
+MAX = 4096  # keep seeds small: libFuzzer is fastest on small inputs
+
+def put(target, blob, limit=MAX):
+    if not blob or len(blob) > limit:
+        return 0
+    d = os.path.join(corpus, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + hashlib.sha1(blob).hexdigest()), "wb") as f:
+        f.write(blob)
+    return 1
+
+# --- IPFIX messages of an RFC 5655 file -------------------------------------------------------
+def messages(b):
+    out, i = [], 0
+    while i + 16 <= len(b):
+        n = struct.unpack(">H", b[i + 2:i + 4])[0]
+        if n < 16 or i + n > len(b):
+            break
+        out.append(b[i:i + n]); i += n
+    return out
+
+def sets(m):
+    out, j = [], 16
+    while j + 4 <= len(m):
+        sid, n = struct.unpack(">HH", m[j:j + 4])
+        if n < 4 or j + n > len(m):
+            break
+        out.append((sid, m[j:j + n])); j += n
+    return out
+
+def rebuild(header, set_blobs):
+    body = b"".join(set_blobs)
+    return header[:2] + struct.pack(">H", 16 + len(body)) + header[4:16] + body
+
+streams = []  # IPFIX byte streams: seeds for decode_messages, file_reader, framer_chunks
+msgs = messages(open(os.path.join(data, "example_flows.ipfix"), "rb").read())
+# The file's only Template Set is in its first message; a template-only message made from it
+# goes in front of later data messages so that seeds decode records, not just "missing template".
+tmpl = [rebuild(m[:16], [s for sid, s in sets(m) if sid in (2, 3)]) for m in msgs]
+tmpl = [t for t in tmpl if len(t) > 16]
+tmsg = tmpl[0] if tmpl else b""
+for k, m in enumerate(msgs):
+    if k == 0:
+        streams.append(m)  # templates and data in one message
+        continue
+    chunk, j = tmsg + m, k + 1
+    while j < len(msgs) and len(chunk) + len(msgs[j]) <= MAX:  # "a few messages" where they fit
+        chunk += msgs[j]; j += 1
+    if len(chunk) > MAX:  # a big data message: keep only its first data set or two
+        ds = sets(m)
+        while ds and len(tmsg) + len(rebuild(m[:16], [s for _, s in ds])) > MAX:
+            ds.pop()
+        chunk = tmsg + rebuild(m[:16], [s for _, s in ds])
+    streams.append(chunk)
+
+# --- UDP payloads of the captures -------------------------------------------------------------
+def pcap_records(b):
+    if len(b) < 24:
+        return None, []
+    magic = b[:4]
+    e = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    link = struct.unpack(e + "I", b[20:24])[0]
+    out, i = [], 24
+    while i + 16 <= len(b):
+        ts, tu, incl, orig = struct.unpack(e + "IIII", b[i:i + 16])
+        out.append((ts, tu, orig, b[i + 16:i + 16 + incl])); i += 16 + incl
+    return link, out
+
+def udp_payload(frame, link):
+    if link != 1:
+        return None
+    et, i = struct.unpack(">H", frame[12:14])[0], 14
+    while et in (0x8100, 0x88A8) and i + 4 <= len(frame):
+        et, i = struct.unpack(">H", frame[i + 2:i + 4])[0], i + 4
+    if et in (0x8847, 0x8848):
+        while i + 4 <= len(frame):
+            bos = frame[i + 2] & 1; i += 4
+            if bos:
+                break
+        et = 0x0800 if i < len(frame) and frame[i] >> 4 == 4 else 0x86DD
+    if et == 0x0800 and i + 20 <= len(frame):
+        ihl, proto = (frame[i] & 15) * 4, frame[i + 9]
+        i += ihl
+    elif et == 0x86DD and i + 40 <= len(frame):
+        proto = frame[i + 6]; i += 40
+    else:
+        return None
+    if proto != 17 or i + 8 > len(frame):
+        return None
+    ulen = struct.unpack(">H", frame[i + 4:i + 6])[0]
+    return frame[i + 8:i + max(ulen, 8)]
+
+def payloads(path):
+    link, recs = pcap_records(open(path, "rb").read())
+    return [p for p in (udp_payload(r[3], link) for r in recs) if p and len(p) >= 16]
+
+datagrams = []  # single datagrams (NetFlow v9 and IPFIX), for decode_messages
+pcaps = []
+for root in (data, os.path.join(data, "akvorado")):
+    pcaps += sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".pcap"))
+for p in pcaps:
+    datagrams += payloads(p)[:20]  # the first datagrams hold the templates; the rest repeat
+# Template and data captures of the same exporter: one stream / one packet with both.
+akv = os.path.join(data, "akvorado")
+pairs = []
+for f in sorted(os.listdir(akv)):
+    for suffix in ("-template.pcap", "-templates.pcap"):
+        if f.endswith(suffix):
+            d = os.path.join(akv, f[: -len(suffix)] + "-data.pcap")
+            if os.path.exists(d):
+                pairs.append((os.path.join(akv, f), d))
+for t, d in pairs:
+    tp, dp = payloads(t), payloads(d)
+    if tp and dp and tp[0][:2] == b"\x00\x0a":
+        streams.append(b"".join(tp + dp))
+    elif tp and dp and tp[0][:2] == b"\x00\x09":
+        datagrams.append(tp[0] + b"".join(x[20:] for x in dp))  # v9: flowsets of both
+
+n = {"decode_messages": 0, "file_reader": 0, "framer_chunks": 0, "capture": 0}
+for s in streams:
+    n["decode_messages"] += put("decode_messages", s)
+    n["file_reader"] += put("file_reader", s)
+for i, s in enumerate(streams[:24]):
+    for size in (1, 7, 63):  # first byte: chunk size - 1
+        n["framer_chunks"] += put("framer_chunks", bytes([size]) + s, MAX + 1)
+for g in datagrams:
+    n["decode_messages"] += put("decode_messages", g)
+
+# --- captures ---------------------------------------------------------------------------------
+def pcapng(path):
+    """The same frames as a pcapng file (SHB, one IDB, EPBs), for the pcapng reader."""
+    link, recs = pcap_records(open(path, "rb").read())
+    def block(t, body):
+        body += b"\0" * (-len(body) % 4)
+        n = 12 + len(body)
+        return struct.pack("<II", t, n) + body + struct.pack("<I", n)
+    out = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    out += block(1, struct.pack("<HHI", link, 0, 65535))
+    for ts, tu, orig, frame in recs:
+        t = ts * 1_000_000 + tu
+        out += block(6, struct.pack("<IIIII", 0, t >> 32, t & 0xFFFFFFFF, len(frame), orig) + frame)
+    return out
+
+def merged(a, b):
+    """Two classic pcaps of one link type as one file."""
+    x, y = open(a, "rb").read(), open(b, "rb").read()
+    return x + y[24:] if x[:4] == y[:4] and x[20:24] == y[20:24] else None
+
+CAP = 16384
+for p in pcaps:
+    n["capture"] += put("capture", open(p, "rb").read(), CAP)
+for t, d in pairs:
+    m = merged(t, d)
+    if m:
+        n["capture"] += put("capture", m, CAP)
+for p in ("cisco-ipfix.pcap", "mixed-sources-ipfix-nfv9.pcap", os.path.join("akvorado", "data+templates.pcap")):
+    n["capture"] += put("capture", pcapng(os.path.join(data, p)), CAP)
+print("seeds written:", ", ".join(f"{k} {v}" for k, v in n.items()), "->", corpus)
+PY
