@@ -83,6 +83,9 @@ pub struct CollectorSettings {
     pub pending_secs: u64,
     /// Datagrams queued for one UDP session before new ones are dropped and counted.
     pub udp_queue_datagrams: usize,
+    /// Kernel receive buffer of the UDP socket (SO_RCVBUF), for bursts; the kernel may cap it
+    /// (net.core.rmem_max), and the size it granted is logged.
+    pub udp_receive_buffer_bytes: usize,
     /// Complete messages in flight between a TCP reader and its session: beyond this the
     /// reader stops reading, and TCP flow control slows the exporter.
     pub tcp_inflight_batches: usize,
@@ -101,6 +104,7 @@ impl Default for CollectorSettings {
             pending_bytes: 256 * 1024,
             pending_secs: 30,
             udp_queue_datagrams: 4_096,
+            udp_receive_buffer_bytes: 8 << 20,
             tcp_inflight_batches: 8,
         }
     }

@@ -4,7 +4,7 @@
 //! the output.
 //!
 //! Messages: `Messages` (complete IPFIX messages framed by the TCP reader task, with a permit
-//! that bounds how far the reader may run ahead), `Datagram` (UDP), `ReaderClosed`, `Tick`
+//! that bounds how far the reader may run ahead), `Datagrams` (UDP), `ReaderClosed`, `Tick`
 //! (UDP idle retirement and expiry), `GetStats`.
 //!
 //! Lifecycle: a TCP session spawns its reader task in `pre_start` and stops when the peer
@@ -33,7 +33,8 @@ use tokio::task::JoinHandle;
 pub enum SessionMsg {
     /// Complete messages from the TCP reader; the permit goes back when they are decoded.
     Messages(Vec<Bytes>, OwnedSemaphorePermit),
-    Datagram(Bytes),
+    /// UDP datagrams from one receive burst, oldest first.
+    Datagrams(Vec<Bytes>),
     /// The TCP reader stopped.
     ReaderClosed(ReaderEnd),
     Tick,
@@ -174,12 +175,14 @@ impl Actor for ExporterSession {
                 }
                 drop(permit);
             }
-            SessionMsg::Datagram(d) => {
+            SessionMsg::Datagrams(ds) => {
                 if let Some(q) = &state.udp_queue {
-                    q.queued.fetch_sub(1, Ordering::Relaxed);
+                    q.queued.fetch_sub(ds.len(), Ordering::Relaxed);
                 }
-                // A bad datagram is dropped and counted; the session goes on.
-                let _ = state.decode(d).await;
+                for d in ds {
+                    // A bad datagram is dropped and counted; the session goes on.
+                    let _ = state.decode(d).await;
+                }
             }
             SessionMsg::ReaderClosed(end) => match end {
                 ReaderEnd::Eof => myself.stop(None),
@@ -222,9 +225,13 @@ impl Actor for ExporterSession {
         }
         state.live.fetch_sub(1, Ordering::Relaxed);
         let s = &state.core.stats;
+        let dropped = state
+            .udp_queue
+            .as_ref()
+            .map_or(0, |q| q.dropped.load(Ordering::Relaxed));
         tracing::info!(
             peer = %state.peer, messages = s.messages, records = s.data_records, errors = s.errors,
-            lost = s.lost, "exporter session ended"
+            lost = s.lost, dropped_datagrams = dropped, "exporter session ended"
         );
         Ok(())
     }

@@ -45,11 +45,14 @@ impl Actor for UdpListenerActor {
         _myself: ActorRef<UdpListenerMsg>,
         args: UdpListenerArgs,
     ) -> Result<UdpListenerState, ActorProcessingErr> {
-        let socket = UdpSocket::bind(&args.listen)
+        let socket = bind(&args.listen, args.env.settings.udp_receive_buffer_bytes)
             .await
             .map_err(|e| format!("cannot listen for IPFIX over UDP on {}: {e}", args.listen))?;
         let local = socket.local_addr()?;
-        tracing::info!(udp = %local, "collector UDP listener ready");
+        let granted = socket2::SockRef::from(&socket)
+            .recv_buffer_size()
+            .unwrap_or(0);
+        tracing::info!(udp = %local, receive_buffer = granted, "collector UDP listener ready");
         let receive = tokio::spawn(receive(socket, args.env, args.supervisor));
         Ok(UdpListenerState { receive, local })
     }
@@ -75,6 +78,24 @@ impl Actor for UdpListenerActor {
     }
 }
 
+/// Binds with a receive buffer large enough for exporters' bursts.
+async fn bind(listen: &str, receive_buffer: usize) -> std::io::Result<UdpSocket> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel caps the size at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(receive_buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// The Observation Domain of an IPFIX message or NetFlow v9 packet, if the header is there.
 fn domain_of(d: &[u8]) -> Option<u32> {
     match d.get(..2)? {
@@ -93,62 +114,86 @@ struct Route {
     queue: Arc<UdpQueue>,
 }
 
+/// Datagrams taken off the socket per wakeup, at most: one actor message per session per
+/// wakeup instead of one per datagram.
+const BURST: usize = 64;
+
 async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
     let mut routes: HashMap<(SocketAddr, u32), Route> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut unroutable: u64 = 0;
+    let mut burst: HashMap<(SocketAddr, u32), Vec<Bytes>> = HashMap::new();
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "UDP receive failed");
-                continue;
-            }
-        };
-        let datagram = &buf[..n];
-        let Some(domain) = domain_of(datagram) else {
-            unroutable += 1;
-            if unroutable.is_power_of_two() {
-                tracing::warn!(%peer, dropped = unroutable, "datagram that is neither IPFIX nor NetFlow v9 dropped");
-            }
+        if let Err(e) = socket.readable().await {
+            tracing::warn!(error = %e, "UDP socket failed");
             continue;
-        };
-        let key = (peer, domain);
-        let datagram = Bytes::copy_from_slice(datagram);
-        if let Some(route) = routes.get(&key) {
-            match deliver(route, datagram.clone(), env.settings.udp_queue_datagrams) {
-                Delivery::Queued | Delivery::Dropped => continue,
-                // The session retired (idle) or failed: start a new one below.
-                Delivery::Gone => {
-                    routes.remove(&key);
+        }
+        for _ in 0..BURST {
+            let (n, peer) = match socket.try_recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "UDP receive failed");
+                    break;
+                }
+            };
+            let datagram = &buf[..n];
+            let Some(domain) = domain_of(datagram) else {
+                unroutable += 1;
+                if unroutable.is_power_of_two() {
+                    tracing::warn!(%peer, dropped = unroutable, "datagram that is neither IPFIX nor NetFlow v9 dropped");
+                }
+                continue;
+            };
+            burst
+                .entry((peer, domain))
+                .or_default()
+                .push(Bytes::copy_from_slice(datagram));
+        }
+        for (key, datagrams) in burst.drain() {
+            if let Some(route) = routes.get(&key) {
+                match deliver(route, datagrams.clone(), env.settings.udp_queue_datagrams) {
+                    Delivery::Queued | Delivery::Dropped => continue,
+                    // The session retired (idle) or failed: start a new one below.
+                    Delivery::Gone => {
+                        routes.remove(&key);
+                    }
                 }
             }
-        }
-        if env.live.fetch_add(1, Ordering::Relaxed) >= env.settings.max_sessions {
-            env.live.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(%peer, domain, "session limit reached: datagram dropped");
-            continue;
-        }
-        let queue = Arc::new(UdpQueue::default());
-        let args = SessionArgs {
-            peer,
-            input: SessionInput::Udp(queue.clone()),
-            settings: env.settings.clone(),
-            registry: env.registry.clone(),
-            sink: env.sink.clone(),
-            live: env.live.clone(),
-        };
-        let name = session_name("udp", peer, Some(domain));
-        match Actor::spawn_linked(Some(name), ExporterSession, args, supervisor.clone()).await {
-            Ok((session, _)) => {
-                let route = Route { session, queue };
-                let _ = deliver(&route, datagram, env.settings.udp_queue_datagrams);
+            if let Some(route) = start_session(key, &env, &supervisor).await {
+                let _ = deliver(&route, datagrams, env.settings.udp_queue_datagrams);
                 routes.insert(key, route);
             }
-            Err(e) => {
-                env.live.fetch_sub(1, Ordering::Relaxed);
-                tracing::error!(%peer, domain, error = %e, "could not start a UDP session: datagram dropped");
-            }
+        }
+    }
+}
+
+async fn start_session(
+    (peer, domain): (SocketAddr, u32),
+    env: &SessionEnv,
+    supervisor: &ActorCell,
+) -> Option<Route> {
+    if env.live.fetch_add(1, Ordering::Relaxed) >= env.settings.max_sessions {
+        env.live.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(%peer, domain, "session limit reached: datagrams dropped");
+        return None;
+    }
+    let queue = Arc::new(UdpQueue::default());
+    let args = SessionArgs {
+        peer,
+        input: SessionInput::Udp(queue.clone()),
+        settings: env.settings.clone(),
+        registry: env.registry.clone(),
+        sink: env.sink.clone(),
+        live: env.live.clone(),
+    };
+    let name = session_name("udp", peer, Some(domain));
+    match Actor::spawn_linked(Some(name), ExporterSession, args, supervisor.clone()).await {
+        Ok((session, _)) => Some(Route { session, queue }),
+        Err(e) => {
+            env.live.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(%peer, domain, error = %e, "could not start a UDP session: datagrams dropped");
+            None
         }
     }
 }
@@ -159,16 +204,17 @@ enum Delivery {
     Gone,
 }
 
-fn deliver(route: &Route, datagram: Bytes, limit: usize) -> Delivery {
-    if route.queue.queued.load(Ordering::Relaxed) >= limit {
-        route.queue.dropped.fetch_add(1, Ordering::Relaxed);
+fn deliver(route: &Route, datagrams: Vec<Bytes>, limit: usize) -> Delivery {
+    let n = datagrams.len();
+    if route.queue.queued.load(Ordering::Relaxed) + n > limit {
+        route.queue.dropped.fetch_add(n as u64, Ordering::Relaxed);
         return Delivery::Dropped;
     }
-    route.queue.queued.fetch_add(1, Ordering::Relaxed);
-    match route.session.cast(SessionMsg::Datagram(datagram)) {
+    route.queue.queued.fetch_add(n, Ordering::Relaxed);
+    match route.session.cast(SessionMsg::Datagrams(datagrams)) {
         Ok(()) => Delivery::Queued,
         Err(_) => {
-            route.queue.queued.fetch_sub(1, Ordering::Relaxed);
+            route.queue.queued.fetch_sub(n, Ordering::Relaxed);
             Delivery::Gone
         }
     }
