@@ -111,8 +111,15 @@ async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
             .map(|st| st.data_records)
             .unwrap_or(0)
     };
+    // Accepting and starting a session takes a moment: wait for both.
+    assert!(
+        eventually(async || ractor::call!(collector, CollectorMsg::Sessions)
+            .map(|s| s.len())
+            .unwrap_or(0)
+            == 2)
+        .await
+    );
     let sessions = ractor::call!(collector, CollectorMsg::Sessions).expect("sessions");
-    assert_eq!(sessions.len(), 2);
     let first_half: u64 = {
         let mut d = ipfixsvc::wire::Decoder::new(Registry::builtin(), Default::default());
         ipfixsvc::wire::MessageReader::new(&file[..half], 65535)

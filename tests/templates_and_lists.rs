@@ -266,3 +266,46 @@ fn sub_template_lists_decode_recursively_and_stop_at_the_depth_bound() {
         "beyond the bound the list stays hex: {node}"
     );
 }
+
+/// RFC 5655: an IPFIX file is messages back to back; what `FileWriter` writes, `MessageReader`
+/// reads back message for message.
+#[test]
+fn ipfix_file_written_then_read() {
+    use ipfixsvc::wire::{FileWriter, MessageReader};
+    let t = ports_template(300);
+    let plan = Plan::compile(t.clone(), &Registry::builtin());
+    let mut w = FileWriter::new(Vec::new(), 42);
+    w.builder.add_template(&t).expect("fits");
+    for i in 0..20_000u64 {
+        w.builder
+            .add_record(
+                &plan,
+                &[FieldValue::Unsigned(i % 65536), FieldValue::Unsigned(443)],
+            )
+            .expect("encodes");
+        if i % 1000 == 0 {
+            w.drain().expect("write");
+        }
+    }
+    let bytes = w.finish().expect("finish");
+    let mut d = decoder(true);
+    let mut records = 0;
+    let mut messages = 0;
+    for m in MessageReader::new(&bytes[..], 65535) {
+        let (_, m) = m.expect("frames");
+        assert!(m.len() <= 65535);
+        let decoded = d.decode(m).expect("decodes");
+        assert_eq!(decoded.header.observation_domain, 42);
+        assert_eq!(
+            decoded.header.sequence as usize, records,
+            "sequence counts records before"
+        );
+        records += decoded.data_records();
+        messages += 1;
+    }
+    assert_eq!(records, 20_000);
+    assert!(
+        messages > 1,
+        "80,000 bytes of records need more than one 64 KiB message"
+    );
+}
