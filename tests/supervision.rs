@@ -8,8 +8,6 @@ use ipfixsvc::config::{CollectorSettings, OutputFormat, OutputSettings};
 use ipfixsvc::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -63,16 +61,13 @@ async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
     })
     .await
     .expect("sink");
-    let env = SessionEnv {
-        settings: CollectorSettings {
-            tcp_listen: "127.0.0.1:0".into(),
-            udp_listen: "127.0.0.1:0".into(),
-            ..CollectorSettings::default()
-        },
-        registry: Registry::builtin(),
-        sink,
-        live: Arc::new(AtomicUsize::new(0)),
+    let settings = CollectorSettings {
+        tcp_listen: "127.0.0.1:0".into(),
+        udp_listen: "127.0.0.1:0".into(),
+        max_sessions: 3,
+        ..CollectorSettings::default()
     };
+    let env = SessionEnv::new(settings, Registry::builtin(), sink);
     let (collector, _) = Actor::spawn(
         Some("collector".into()),
         CollectorSupervisor,
@@ -148,12 +143,12 @@ async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
     .await
     .expect("crasher");
     crasher.cast(CrashMsg::Crash).expect("cast");
-    assert!(
-        eventually(
-            async || ractor::call!(collector, CollectorMsg::SessionFailures).unwrap_or(0) == 1
-        )
-        .await
-    );
+    let failed = async || {
+        ractor::call!(collector, CollectorMsg::Counters)
+            .map(|c| c.failed_sessions)
+            .unwrap_or(0)
+    };
+    assert!(eventually(async || failed().await == 1).await);
 
     // The others go on, and the listener still accepts.
     a.write_all(&file[half..]).await.expect("a rest");
@@ -174,5 +169,35 @@ async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
             == 3)
         .await
     );
+    // The session limit (3): a fourth connection is closed at once and counted.
+    let mut d = tokio::net::TcpStream::connect(tcp)
+        .await
+        .expect("the listener accepts, then closes");
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut d, &mut byte),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "over the limit: closed"
+    );
+    let counters = ractor::call!(collector, CollectorMsg::Counters).expect("counters");
+    assert_eq!((counters.live_sessions, counters.refused_sessions), (3, 1));
+
+    // A listener that stops is started again (with backoff), on the configured address (port 0
+    // here: a new port).
+    let listener = collector
+        .get_children()
+        .into_iter()
+        .find(|c| c.get_name().as_deref() == Some(ipfixsvc::actors::collector::TCP_LISTENER))
+        .expect("TCP listener");
+    listener.stop(Some("test".into()));
+    let back = async || {
+        ractor::call!(collector, CollectorMsg::ListenAddrs)
+            .is_ok_and(|(t, _)| t.is_some_and(|t| t != tcp))
+    };
+    assert!(eventually(back).await, "the TCP listener came back");
     collector.stop(None);
 }

@@ -11,7 +11,6 @@ use crate::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 pub const COLLECTOR: &str = "collector";
 
@@ -45,12 +44,11 @@ impl Actor for NodeSupervisor {
         let roles = &args.settings.node.roles;
         let mut collector = None;
         if roles.contains(&Role::Collector) {
-            let env = SessionEnv {
-                settings: args.settings.collector.clone(),
-                registry: args.registry.clone(),
-                sink: args.sink.clone(),
-                live: Arc::new(AtomicUsize::new(0)),
-            };
+            let env = SessionEnv::new(
+                args.settings.collector.clone(),
+                args.registry.clone(),
+                args.sink.clone(),
+            );
             let (c, _) = Actor::spawn_linked(
                 Some(COLLECTOR.into()),
                 CollectorSupervisor,

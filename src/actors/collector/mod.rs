@@ -18,7 +18,7 @@ use ractor_cluster::RactorMessage;
 use session::SessionMsg;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tcp::{TcpListenerActor, TcpListenerArgs};
 use udp::{UdpListenerActor, UdpListenerArgs};
@@ -30,6 +30,46 @@ pub struct SessionEnv {
     pub registry: Arc<Registry>,
     pub sink: RecordSink,
     pub live: Arc<AtomicUsize>,
+    /// Sessions refused at `max_sessions` (connections closed, datagram bursts dropped).
+    pub refused: Arc<AtomicU64>,
+}
+
+impl SessionEnv {
+    pub fn new(
+        settings: CollectorSettings,
+        registry: Arc<Registry>,
+        sink: RecordSink,
+    ) -> SessionEnv {
+        SessionEnv {
+            settings,
+            registry,
+            sink,
+            live: Arc::new(AtomicUsize::new(0)),
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Takes a session place, or counts a refusal (logged at powers of two, so a flood of
+    /// refusals cannot flood the log).
+    pub fn admit(&self, peer: SocketAddr) -> bool {
+        if self.live.fetch_add(1, Ordering::Relaxed) < self.settings.max_sessions {
+            return true;
+        }
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(%peer, limit = self.settings.max_sessions, refused = n, "session limit reached: refused");
+        }
+        false
+    }
+}
+
+/// What the collector counts, for the API and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CollectorCounters {
+    pub live_sessions: usize,
+    pub refused_sessions: u64,
+    pub failed_sessions: u64,
 }
 
 pub const TCP_LISTENER: &str = "collector/tcp-listener";
@@ -56,8 +96,7 @@ pub enum CollectorMsg {
     Sessions(RpcReplyPort<Vec<ActorRef<SessionMsg>>>),
     /// Where the listeners are bound (TCP, UDP); `None` for a disabled or restarting one.
     ListenAddrs(RpcReplyPort<(Option<SocketAddr>, Option<SocketAddr>)>),
-    /// Sessions that failed (panicked) since start.
-    SessionFailures(RpcReplyPort<u64>),
+    Counters(RpcReplyPort<CollectorCounters>),
 }
 
 pub struct CollectorState {
@@ -220,8 +259,12 @@ impl Actor for CollectorSupervisor {
                 };
                 let _ = reply.send((tcp, udp));
             }
-            CollectorMsg::SessionFailures(reply) => {
-                let _ = reply.send(state.session_failures);
+            CollectorMsg::Counters(reply) => {
+                let _ = reply.send(CollectorCounters {
+                    live_sessions: state.env.live.load(Ordering::Relaxed),
+                    refused_sessions: state.env.refused.load(Ordering::Relaxed),
+                    failed_sessions: state.session_failures,
+                });
             }
         }
         Ok(())

@@ -90,10 +90,8 @@ impl Actor for TcpListenerActor {
             }
         };
         let env = &state.env;
-        if env.live.fetch_add(1, Ordering::Relaxed) >= env.settings.max_sessions {
-            env.live.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(%peer, limit = env.settings.max_sessions, "session limit reached: connection refused");
-            return Ok(());
+        if !env.admit(peer) {
+            return Ok(()); // dropping the stream closes the connection
         }
         let _ = stream.set_nodelay(true);
         let args = SessionArgs {

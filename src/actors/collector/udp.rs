@@ -173,9 +173,7 @@ async fn start_session(
     env: &SessionEnv,
     supervisor: &ActorCell,
 ) -> Option<Route> {
-    if env.live.fetch_add(1, Ordering::Relaxed) >= env.settings.max_sessions {
-        env.live.fetch_sub(1, Ordering::Relaxed);
-        tracing::warn!(%peer, domain, "session limit reached: datagrams dropped");
+    if !env.admit(peer) {
         return None;
     }
     let queue = Arc::new(UdpQueue::default());
