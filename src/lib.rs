@@ -5,5 +5,6 @@ pub mod actors;
 pub mod cli;
 pub mod config;
 pub mod meter;
+pub mod store;
 pub mod telemetry;
 pub mod wire;

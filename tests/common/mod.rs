@@ -2,6 +2,8 @@
 //! read back from its log, records written to a file, log lines kept for assertions.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod redis_server;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,20 @@
+//! State behind one interface with two implementations: in memory (the default, single node)
+//! and Redis (when `redis.url` is set, shared by every node). Today: templates.
+
+pub mod templates;
+
+pub use templates::{StoredTemplate, TemplateKey, TemplateStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer in time or the connection is down: callers carry on with their
+    /// local state and try again later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Bytes in the store that this version cannot read (another version wrote them, or they
+    /// are damaged). Never a panic.
+    #[error("store entry {key} cannot be read: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store configuration: {0}")]
+    Config(String),
+}

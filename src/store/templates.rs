@@ -1,0 +1,349 @@
+//! Templates shared across nodes, so that an exporter that reconnects to another pod is decoded
+//! at once instead of after the minutes it takes to re-send its templates.
+//!
+//! Key: tenant, exporter address, Observation Domain, template id. The exporter's source port is
+//! not part of it: a TCP exporter reconnects from a new port (and a restarted UDP exporter may
+//! too), and its templates are still its own. Value: the template (bincode 2, with its kind),
+//! when it was first seen and which node learned it. Entries expire after a TTL that every
+//! (re)definition refreshes.
+//!
+//! Redis layout: one string per template at `ipfix:tpl:{tenant}:{exporter}:{domain}:{id}`, and a
+//! set of the template ids of each (tenant, exporter, domain) at `ipfix:tplids:...` so that a
+//! withdrawal of all templates does not need a key scan. Every command has a timeout.
+
+use super::StoreError;
+use crate::wire::{Template, TemplateKind};
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TemplateKey {
+    pub tenant: String,
+    pub exporter: IpAddr,
+    pub domain: u32,
+    pub template_id: u16,
+}
+
+impl TemplateKey {
+    fn redis_key(&self) -> String {
+        format!(
+            "ipfix:tpl:{}:{}:{}:{}",
+            self.tenant, self.exporter, self.domain, self.template_id
+        )
+    }
+
+    fn redis_index(&self) -> String {
+        index_key(&self.tenant, self.exporter, self.domain)
+    }
+}
+
+fn index_key(tenant: &str, exporter: IpAddr, domain: u32) -> String {
+    format!("ipfix:tplids:{tenant}:{exporter}:{domain}")
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredTemplate {
+    pub template: Template,
+    /// Unix seconds when a node first learned it.
+    pub first_seen: u64,
+    pub node: String,
+}
+
+/// Version tag in front of every encoded value, so a future format is told apart, not misread.
+const FORMAT: u8 = 1;
+
+impl StoredTemplate {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT];
+        // Encoding a plain struct into a Vec cannot fail; an empty body would be refused on read.
+        if let Ok(body) = bincode::serde::encode_to_vec(self, bincode::config::standard()) {
+            out.extend(body);
+        }
+        out
+    }
+
+    /// Never panics: bytes from another version or damaged ones are an error value.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<StoredTemplate, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        match bytes.split_first() {
+            Some((&FORMAT, body)) => {
+                // Bound what a damaged length inside the value may make bincode allocate.
+                let config = bincode::config::standard().with_limit::<{ 1 << 20 }>();
+                let (v, used): (StoredTemplate, usize) =
+                    bincode::serde::decode_from_slice(body, config)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                if used != body.len() {
+                    return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
+                }
+                Ok(v)
+            }
+            Some((v, _)) => Err(corrupt(format!(
+                "format version {v}, this node reads {FORMAT}"
+            ))),
+            None => Err(corrupt("empty value".into())),
+        }
+    }
+}
+
+/// The template store: in memory or in Redis.
+pub enum TemplateStore {
+    Memory(MemoryTemplates),
+    Redis(RedisTemplates),
+}
+
+impl TemplateStore {
+    pub fn memory(ttl: Duration) -> TemplateStore {
+        TemplateStore::Memory(MemoryTemplates {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Connects lazily: a node starts while Redis is down and the store reconnects with backoff.
+    pub fn redis(url: &str, ttl: Duration, timeout: Duration) -> Result<TemplateStore, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(5));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
+        Ok(TemplateStore::Redis(RedisTemplates { conn, ttl, timeout }))
+    }
+
+    /// Stores (or refreshes) a template and its TTL.
+    pub async fn put(&self, key: &TemplateKey, value: &StoredTemplate) -> Result<(), StoreError> {
+        match self {
+            TemplateStore::Memory(m) => {
+                m.lock()
+                    .insert(key.clone(), (value.clone(), Instant::now() + m.ttl));
+                Ok(())
+            }
+            TemplateStore::Redis(r) => r.put(key, value).await,
+        }
+    }
+
+    pub async fn get(&self, key: &TemplateKey) -> Result<Option<StoredTemplate>, StoreError> {
+        match self {
+            TemplateStore::Memory(m) => {
+                let mut map = m.lock();
+                match map.get(key) {
+                    Some((_, expiry)) if *expiry <= Instant::now() => {
+                        map.remove(key);
+                        Ok(None)
+                    }
+                    Some((v, _)) => Ok(Some(v.clone())),
+                    None => Ok(None),
+                }
+            }
+            TemplateStore::Redis(r) => r.get(key).await,
+        }
+    }
+
+    /// Template Withdrawal of one template.
+    pub async fn remove(&self, key: &TemplateKey) -> Result<(), StoreError> {
+        match self {
+            TemplateStore::Memory(m) => {
+                m.lock().remove(key);
+                Ok(())
+            }
+            TemplateStore::Redis(r) => r.remove(key).await,
+        }
+    }
+
+    /// All Templates Withdrawal (of one kind) for an exporter's Observation Domain.
+    pub async fn remove_all(
+        &self,
+        tenant: &str,
+        exporter: IpAddr,
+        domain: u32,
+        kind: TemplateKind,
+    ) -> Result<usize, StoreError> {
+        let keys: Vec<TemplateKey> = self
+            .list(tenant, exporter, domain)
+            .await?
+            .into_iter()
+            .filter(|(_, v)| v.template.kind == kind)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            self.remove(k).await?;
+        }
+        Ok(keys.len())
+    }
+
+    /// The templates of one exporter's Observation Domain.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        exporter: IpAddr,
+        domain: u32,
+    ) -> Result<Vec<(TemplateKey, StoredTemplate)>, StoreError> {
+        match self {
+            TemplateStore::Memory(m) => {
+                let now = Instant::now();
+                let mut map = m.lock();
+                map.retain(|_, (_, expiry)| *expiry > now);
+                let mut v: Vec<_> = map
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.tenant == tenant && k.exporter == exporter && k.domain == domain
+                    })
+                    .map(|(k, (t, _))| (k.clone(), t.clone()))
+                    .collect();
+                v.sort_by_key(|(k, _)| k.template_id);
+                Ok(v)
+            }
+            TemplateStore::Redis(r) => r.list(tenant, exporter, domain).await,
+        }
+    }
+}
+
+pub struct MemoryTemplates {
+    ttl: Duration,
+    map: Mutex<HashMap<TemplateKey, (StoredTemplate, Instant)>>,
+}
+
+impl MemoryTemplates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TemplateKey, (StoredTemplate, Instant)>> {
+        // A panic while holding this lock cannot leave the map half-changed (single calls).
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct RedisTemplates {
+    conn: ConnectionManager,
+    ttl: Duration,
+    timeout: Duration,
+}
+
+impl RedisTemplates {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("{what}: {e}"))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{what}: no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    async fn put(&self, key: &TemplateKey, value: &StoredTemplate) -> Result<(), StoreError> {
+        let ttl = self.ttl.as_secs().max(1);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(key.redis_key())
+            .arg(value.encode())
+            .arg("EX")
+            .arg(ttl)
+            .ignore()
+            .cmd("SADD")
+            .arg(key.redis_index())
+            .arg(key.template_id)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(key.redis_index())
+            .arg(ttl)
+            .ignore();
+        self.run("store template", pipe.query_async::<()>(&mut conn))
+            .await
+    }
+
+    async fn get(&self, key: &TemplateKey) -> Result<Option<StoredTemplate>, StoreError> {
+        let mut conn = self.conn.clone();
+        let k = key.redis_key();
+        let bytes: Option<Vec<u8>> = self
+            .run(
+                "read template",
+                redis::cmd("GET").arg(&k).query_async(&mut conn),
+            )
+            .await?;
+        bytes.map(|b| StoredTemplate::decode(&k, &b)).transpose()
+    }
+
+    async fn remove(&self, key: &TemplateKey) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(key.redis_key())
+            .ignore()
+            .cmd("SREM")
+            .arg(key.redis_index())
+            .arg(key.template_id)
+            .ignore();
+        self.run("withdraw template", pipe.query_async::<()>(&mut conn))
+            .await
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        exporter: IpAddr,
+        domain: u32,
+    ) -> Result<Vec<(TemplateKey, StoredTemplate)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<u16> = self
+            .run(
+                "list templates",
+                redis::cmd("SMEMBERS")
+                    .arg(index_key(tenant, exporter, domain))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for template_id in ids {
+            let key = TemplateKey {
+                tenant: tenant.to_string(),
+                exporter,
+                domain,
+                template_id,
+            };
+            // An id whose template expired stays in the set until its own TTL: skip it.
+            if let Some(v) = self.get(&key).await? {
+                out.push((key, v));
+            }
+        }
+        out.sort_by_key(|(k, _)| k.template_id);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FieldSpec;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn stored_templates_round_trip(id in 256u16.., fields in proptest::collection::vec((0u16..0x7fff, any::<u32>(), any::<u16>()), 1..40), node in "[a-z0-9-]{0,20}") {
+            let v = StoredTemplate {
+                template: Template::data(id, fields.into_iter().map(|(i, p, l)| FieldSpec::new(i, p, l)).collect()),
+                first_seen: 1,
+                node,
+            };
+            prop_assert_eq!(StoredTemplate::decode("k", &v.encode()).ok(), Some(v));
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = StoredTemplate::decode("k", &bytes);
+        }
+    }
+}

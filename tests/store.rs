@@ -1,0 +1,205 @@
+//! The template store, in memory and in a real redis-server: the same behaviour from both,
+//! bytes written by someone else fail safe, and a Redis outage fails fast and heals.
+
+mod common;
+
+use common::redis_server::RedisServer;
+use ipfixsvc::store::{StoreError, StoredTemplate, TemplateKey, TemplateStore};
+use ipfixsvc::wire::{FieldSpec, Template, TemplateKind, VARLEN};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+fn key(id: u16) -> TemplateKey {
+    TemplateKey {
+        tenant: "default".into(),
+        exporter: "192.0.2.7".parse::<IpAddr>().expect("address"),
+        domain: 42,
+        template_id: id,
+    }
+}
+
+fn value(id: u16, kind: TemplateKind) -> StoredTemplate {
+    let fields = vec![FieldSpec::new(8, 0, 4), FieldSpec::new(14, 6871, VARLEN)];
+    let template = match kind {
+        TemplateKind::Data => Template::data(id, fields),
+        TemplateKind::Options => Template::options(id, 1, fields),
+    };
+    StoredTemplate {
+        template,
+        first_seen: 1_764_000_000,
+        node: "node-a".into(),
+    }
+}
+
+async fn behaves(store: &TemplateStore) {
+    assert_eq!(store.get(&key(256)).await.expect("get"), None);
+    store
+        .put(&key(256), &value(256, TemplateKind::Data))
+        .await
+        .expect("put");
+    store
+        .put(&key(257), &value(257, TemplateKind::Data))
+        .await
+        .expect("put");
+    store
+        .put(&key(300), &value(300, TemplateKind::Options))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(&key(256)).await.expect("get"),
+        Some(value(256, TemplateKind::Data))
+    );
+    let listed: Vec<u16> = store
+        .list("default", key(0).exporter, 42)
+        .await
+        .expect("list")
+        .iter()
+        .map(|(k, _)| k.template_id)
+        .collect();
+    assert_eq!(listed, vec![256, 257, 300]);
+    assert!(
+        store
+            .list("other-tenant", key(0).exporter, 42)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list("default", key(0).exporter, 43)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    store.remove(&key(257)).await.expect("withdraw one");
+    assert_eq!(store.get(&key(257)).await.expect("get"), None);
+    assert_eq!(
+        store
+            .remove_all("default", key(0).exporter, 42, TemplateKind::Data)
+            .await
+            .expect("withdraw all"),
+        1
+    );
+    let left: Vec<u16> = store
+        .list("default", key(0).exporter, 42)
+        .await
+        .expect("list")
+        .iter()
+        .map(|(k, _)| k.template_id)
+        .collect();
+    assert_eq!(
+        left,
+        vec![300],
+        "withdrawing all data templates keeps the options template"
+    );
+}
+
+async fn expires(store: &TemplateStore) {
+    store
+        .put(&key(400), &value(400, TemplateKind::Data))
+        .await
+        .expect("put");
+    assert!(store.get(&key(400)).await.expect("get").is_some());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        store.get(&key(400)).await.expect("get"),
+        None,
+        "expired after its TTL"
+    );
+}
+
+#[tokio::test]
+async fn memory_and_redis_stores_behave_alike() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(2);
+    let stores = [
+        TemplateStore::memory(ttl),
+        TemplateStore::redis(&redis.url(), ttl, Duration::from_millis(500)).expect("redis store"),
+    ];
+    for s in &stores {
+        behaves(s).await;
+    }
+    for s in &stores {
+        expires(s).await;
+    }
+}
+
+#[tokio::test]
+async fn bytes_from_another_version_fail_safe() {
+    let redis = RedisServer::start();
+    let store = TemplateStore::redis(
+        &redis.url(),
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .expect("store");
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let k = "ipfix:tpl:default:192.0.2.7:42:256";
+    for (bytes, why) in [
+        (vec![1u8, 0xff, 0xff, 0xff, 0xff, 0xff], "damaged"),
+        (vec![9u8, 1, 2, 3], "a future format"),
+        (vec![], "empty"),
+    ] {
+        redis::cmd("SET")
+            .arg(k)
+            .arg(bytes)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("set");
+        match store.get(&key(256)).await {
+            Err(StoreError::Corrupt { .. }) => {}
+            other => panic!("{why}: expected a Corrupt error, got {other:?}"),
+        }
+    }
+    // A good value written through the store reads back.
+    store
+        .put(&key(256), &value(256, TemplateKind::Data))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(&key(256)).await.expect("get"),
+        Some(value(256, TemplateKind::Data))
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_fails_fast_and_heals() {
+    let mut redis = RedisServer::start();
+    let store = TemplateStore::redis(
+        &redis.url(),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+    )
+    .expect("store");
+    store
+        .put(&key(256), &value(256, TemplateKind::Data))
+        .await
+        .expect("put while up");
+    redis.kill();
+    let t = Instant::now();
+    let r = store.put(&key(257), &value(257, TemplateKind::Data)).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "failed in {:?}, not fast",
+        t.elapsed()
+    );
+    redis.restart();
+    // The connection manager reconnects on its own; the restarted server is empty.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.put(&key(258), &value(258, TemplateKind::Data)).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no reconnect: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store.get(&key(258)).await.expect("get"),
+        Some(value(258, TemplateKind::Data))
+    );
+}
