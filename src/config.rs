@@ -21,6 +21,37 @@ pub struct Settings {
     pub output: OutputSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub redis: RedisSettings,
+    pub store: StoreSettings,
+}
+
+/// Shared state. Without a URL, state is in memory (single node).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// e.g. `redis://redis:6379/`; empty: in-memory state.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Shared templates expire this long after they were last (re)defined.
+    pub template_ttl_secs: u64,
+    /// Each store operation gives up after this long (the hot path never waits on it).
+    pub timeout_ms: u64,
+    /// Tenant of the records collected by this node (multi-tenancy comes with the API).
+    pub tenant: String,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            template_ttl_secs: 86_400,
+            timeout_ms: 500,
+            tenant: "default".into(),
+        }
+    }
 }
 
 /// What a node runs. Roles not yet built are accepted and reported at start.
@@ -86,6 +117,10 @@ pub struct CollectorSettings {
     /// Kernel receive buffer of the UDP socket (SO_RCVBUF), for bursts; the kernel may cap it
     /// (net.core.rmem_max), and the size it granted is logged.
     pub udp_receive_buffer_bytes: usize,
+    /// `exporter`: templates are shared (through the store) by every session of the same
+    /// exporter address and Observation Domain, on any node, so a reconnecting exporter is
+    /// decoded at once. `session`: strict RFC 7011 scoping, templates die with their session.
+    pub template_scope: TemplateScope,
     /// Complete messages in flight between a TCP reader and its session: beyond this the
     /// reader stops reading, and TCP flow control slows the exporter.
     pub tcp_inflight_batches: usize,
@@ -106,8 +141,16 @@ impl Default for CollectorSettings {
             udp_queue_datagrams: 4_096,
             udp_receive_buffer_bytes: 8 << 20,
             tcp_inflight_batches: 8,
+            template_scope: TemplateScope::Exporter,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateScope {
+    Exporter,
+    Session,
 }
 
 impl CollectorSettings {
@@ -215,6 +258,12 @@ impl Settings {
         }
         if c.idle_timeout_secs == 0 {
             return bad("collector.idle_timeout_secs must be positive");
+        }
+        if self.store.tenant.is_empty() || self.store.tenant.contains(':') {
+            return bad("store.tenant must be non-empty and without ':'");
+        }
+        if self.store.timeout_ms == 0 || self.store.template_ttl_secs == 0 {
+            return bad("store.timeout_ms and store.template_ttl_secs must be positive");
         }
         if self.output.queue_chunks == 0 {
             return bad("output.queue_chunks must be positive");

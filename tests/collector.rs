@@ -106,7 +106,12 @@ fn inputs() -> Vec<PathBuf> {
 
 #[test]
 fn replayed_files_are_collected_as_dump_decodes_them_over_tcp_and_udp() {
-    let server = Server::start("replay", &[]);
+    // Per-connection templates, as dump scopes them per file: the test files share exporter
+    // address, domains and template ids, and must not lend each other templates.
+    let server = Server::start(
+        "replay",
+        &[("IPFIXSVC__COLLECTOR__TEMPLATE_SCOPE", "session")],
+    );
     let mut seen = 0;
     let mut sessions_ended = 0;
     let mut checked = BTreeMap::new();

@@ -4,3 +4,4 @@
 pub mod collector;
 pub mod node;
 pub mod output;
+pub mod template_cache;

@@ -6,11 +6,14 @@
 
 use super::collector::{CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv};
 use crate::actors::output::RecordSink;
+use crate::actors::template_cache::{CacheArgs, TEMPLATE_CACHE, TemplateCache};
 use crate::config::{Role, Settings};
+use crate::store::TemplateStore;
 use crate::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const COLLECTOR: &str = "collector";
 
@@ -42,13 +45,39 @@ impl Actor for NodeSupervisor {
         args: NodeArgs,
     ) -> Result<NodeState, ActorProcessingErr> {
         let roles = &args.settings.node.roles;
+        let st = &args.settings.store;
+        let ttl = Duration::from_secs(st.template_ttl_secs);
+        let store = if args.settings.redis.url.is_empty() {
+            tracing::info!("templates kept in memory (single node): set redis.url to share them");
+            TemplateStore::memory(ttl)
+        } else {
+            tracing::info!(url = %args.settings.redis.url, "templates shared through Redis");
+            TemplateStore::redis(
+                &args.settings.redis.url,
+                ttl,
+                Duration::from_millis(st.timeout_ms),
+            )?
+        };
+        let cache_args = CacheArgs {
+            store: Arc::new(store),
+            node: args.settings.node.name.clone(),
+            refresh_every: ttl / 4,
+        };
+        let (cache, _) = Actor::spawn_linked(
+            Some(TEMPLATE_CACHE.into()),
+            TemplateCache,
+            cache_args,
+            myself.get_cell(),
+        )
+        .await?;
         let mut collector = None;
         if roles.contains(&Role::Collector) {
             let env = SessionEnv::new(
                 args.settings.collector.clone(),
                 args.registry.clone(),
                 args.sink.clone(),
-            );
+            )
+            .with_cache(cache.clone(), st.tenant.clone());
             let (c, _) = Actor::spawn_linked(
                 Some(COLLECTOR.into()),
                 CollectorSupervisor,

@@ -3,7 +3,7 @@
 
 pub mod templates;
 
-pub use templates::{StoredTemplate, TemplateKey, TemplateStore};
+pub use templates::{Invalidation, StoredTemplate, TemplateKey, TemplateStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

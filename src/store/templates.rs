@@ -91,6 +91,41 @@ impl StoredTemplate {
     }
 }
 
+/// Redis pub/sub channel on which nodes announce withdrawn and redefined templates.
+pub const INVALIDATION_CHANNEL: &str = "ipfix:tpl:invalidate";
+
+/// "Drop your copy of this template": sent by the node that saw it withdrawn or redefined.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Invalidation {
+    pub node: String,
+    pub tenant: String,
+    pub exporter: IpAddr,
+    pub domain: u32,
+    pub template_id: u16,
+}
+
+impl Invalidation {
+    pub fn key(&self) -> TemplateKey {
+        TemplateKey {
+            tenant: self.tenant.clone(),
+            exporter: self.exporter,
+            domain: self.domain,
+            template_id: self.template_id,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Invalidation> {
+        let config = bincode::config::standard().with_limit::<{ 64 * 1024 }>();
+        bincode::serde::decode_from_slice(bytes, config)
+            .ok()
+            .map(|(v, _)| v)
+    }
+}
+
 /// The template store: in memory or in Redis.
 pub enum TemplateStore {
     Memory(MemoryTemplates),
@@ -114,9 +149,47 @@ impl TemplateStore {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_max_delay(Duration::from_secs(5));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
-        Ok(TemplateStore::Redis(RedisTemplates { conn, ttl, timeout }))
+        Ok(TemplateStore::Redis(RedisTemplates {
+            client,
+            conn,
+            ttl,
+            timeout,
+        }))
+    }
+
+    /// The Redis client, for a pub/sub subscription; `None` in memory.
+    pub fn redis_client(&self) -> Option<&redis::Client> {
+        match self {
+            TemplateStore::Memory(_) => None,
+            TemplateStore::Redis(r) => Some(&r.client),
+        }
+    }
+
+    /// Tells the other nodes to drop their copy (no-op in memory: there are no other nodes).
+    pub async fn publish(&self, inv: &Invalidation) -> Result<(), StoreError> {
+        match self {
+            TemplateStore::Memory(_) => Ok(()),
+            TemplateStore::Redis(r) => {
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(INVALIDATION_CHANNEL).arg(inv.encode());
+                r.query::<i64>("publish invalidation", &cmd)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Answers when the store is reachable.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            TemplateStore::Memory(_) => Ok(()),
+            TemplateStore::Redis(r) => r
+                .query::<String>("ping", &redis::cmd("PING"))
+                .await
+                .map(|_| ()),
+        }
     }
 
     /// Stores (or refreshes) a template and its TTL.
@@ -220,30 +293,72 @@ impl MemoryTemplates {
 }
 
 pub struct RedisTemplates {
+    client: redis::Client,
     conn: ConnectionManager,
     ttl: Duration,
     timeout: Duration,
 }
 
 impl RedisTemplates {
-    async fn run<T: redis::FromRedisValue>(
+    /// One command, with the timeout, tried a second time when the connection had dropped: the
+    /// connection manager reconnects on the command after a broken one.
+    async fn query<T: redis::FromRedisValue>(
         &self,
         what: &str,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+        cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("{what}: {e}"))),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: no answer within {:?}",
-                self.timeout
-            ))),
+        let mut last = String::new();
+        for _ in 0..2 {
+            let mut conn = self.conn.clone();
+            match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e))
+                    if e.is_connection_dropped()
+                        || e.is_io_error()
+                        || e.is_connection_refusal() =>
+                {
+                    last = e.to_string()
+                }
+                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("{what}: {e}"))),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{what}: no answer within {:?}",
+                        self.timeout
+                    )));
+                }
+            }
         }
+        Err(StoreError::Unavailable(format!("{what}: {last}")))
+    }
+
+    /// The same for an atomic pipeline.
+    async fn query_pipe(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let mut conn = self.conn.clone();
+            match tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e))
+                    if e.is_connection_dropped()
+                        || e.is_io_error()
+                        || e.is_connection_refusal() =>
+                {
+                    last = e.to_string()
+                }
+                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("{what}: {e}"))),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{what}: no answer within {:?}",
+                        self.timeout
+                    )));
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!("{what}: {last}")))
     }
 
     async fn put(&self, key: &TemplateKey, value: &StoredTemplate) -> Result<(), StoreError> {
         let ttl = self.ttl.as_secs().max(1);
-        let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SET")
@@ -260,24 +375,18 @@ impl RedisTemplates {
             .arg(key.redis_index())
             .arg(ttl)
             .ignore();
-        self.run("store template", pipe.query_async::<()>(&mut conn))
-            .await
+        self.query_pipe("store template", &pipe).await
     }
 
     async fn get(&self, key: &TemplateKey) -> Result<Option<StoredTemplate>, StoreError> {
-        let mut conn = self.conn.clone();
         let k = key.redis_key();
-        let bytes: Option<Vec<u8>> = self
-            .run(
-                "read template",
-                redis::cmd("GET").arg(&k).query_async(&mut conn),
-            )
-            .await?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&k);
+        let bytes: Option<Vec<u8>> = self.query("read template", &cmd).await?;
         bytes.map(|b| StoredTemplate::decode(&k, &b)).transpose()
     }
 
     async fn remove(&self, key: &TemplateKey) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("DEL")
@@ -287,8 +396,7 @@ impl RedisTemplates {
             .arg(key.redis_index())
             .arg(key.template_id)
             .ignore();
-        self.run("withdraw template", pipe.query_async::<()>(&mut conn))
-            .await
+        self.query_pipe("withdraw template", &pipe).await
     }
 
     async fn list(
@@ -297,15 +405,9 @@ impl RedisTemplates {
         exporter: IpAddr,
         domain: u32,
     ) -> Result<Vec<(TemplateKey, StoredTemplate)>, StoreError> {
-        let mut conn = self.conn.clone();
-        let ids: Vec<u16> = self
-            .run(
-                "list templates",
-                redis::cmd("SMEMBERS")
-                    .arg(index_key(tenant, exporter, domain))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(index_key(tenant, exporter, domain));
+        let ids: Vec<u16> = self.query("list templates", &cmd).await?;
         let mut out = Vec::with_capacity(ids.len());
         for template_id in ids {
             let key = TemplateKey {

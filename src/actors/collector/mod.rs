@@ -11,6 +11,7 @@ pub mod tcp;
 pub mod udp;
 
 use crate::actors::output::RecordSink;
+use crate::actors::template_cache::CacheMsg;
 use crate::config::CollectorSettings;
 use crate::wire::Registry;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -32,6 +33,9 @@ pub struct SessionEnv {
     pub live: Arc<AtomicUsize>,
     /// Sessions refused at `max_sessions` (connections closed, datagram bursts dropped).
     pub refused: Arc<AtomicU64>,
+    /// Shared templates, unless the template scope is `session`.
+    pub cache: Option<ActorRef<CacheMsg>>,
+    pub tenant: String,
 }
 
 impl SessionEnv {
@@ -46,6 +50,34 @@ impl SessionEnv {
             sink,
             live: Arc::new(AtomicUsize::new(0)),
             refused: Arc::new(AtomicU64::new(0)),
+            cache: None,
+            tenant: "default".into(),
+        }
+    }
+
+    /// Shares templates through `cache` for `tenant` (template scope `exporter`).
+    pub fn with_cache(mut self, cache: ActorRef<CacheMsg>, tenant: String) -> SessionEnv {
+        if self.settings.template_scope == crate::config::TemplateScope::Exporter {
+            self.cache = Some(cache);
+        }
+        self.tenant = tenant;
+        self
+    }
+
+    pub fn session_args(
+        &self,
+        peer: SocketAddr,
+        input: session::SessionInput,
+    ) -> session::SessionArgs {
+        session::SessionArgs {
+            peer,
+            input,
+            settings: self.settings.clone(),
+            registry: self.registry.clone(),
+            sink: self.sink.clone(),
+            live: self.live.clone(),
+            cache: self.cache.clone(),
+            tenant: self.tenant.clone(),
         }
     }
 

@@ -14,12 +14,16 @@
 
 use super::session_logic::{SessionCore, SessionLimits, SessionStats, Transport};
 use crate::actors::output::RecordSink;
+use crate::actors::template_cache::CacheMsg;
 use crate::config::CollectorSettings;
+use crate::store::TemplateKey;
 use crate::wire::ndjson::{Origin, write_record};
+use crate::wire::{DecodedMessage, Template, TemplateEvent};
 use crate::wire::{Framer, Registry};
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +43,8 @@ pub enum SessionMsg {
     ReaderClosed(ReaderEnd),
     Tick,
     GetStats(RpcReplyPort<SessionStats>),
+    /// A template this session asked the TemplateCache for (Observation Domain, template).
+    SharedTemplate(u32, Template),
 }
 
 /// Why a TCP reader stopped.
@@ -75,6 +81,9 @@ pub struct SessionArgs {
     pub sink: RecordSink,
     /// Live sessions of this collector; this session gives its place back when it stops.
     pub live: Arc<AtomicUsize>,
+    /// Shared templates (template scope `exporter`); `None` for strict session scope.
+    pub cache: Option<ActorRef<CacheMsg>>,
+    pub tenant: String,
 }
 
 pub struct SessionState {
@@ -88,6 +97,14 @@ pub struct SessionState {
     idle: Duration,
     last_message: Instant,
     live: Arc<AtomicUsize>,
+    cache: Option<ActorRef<CacheMsg>>,
+    tenant: String,
+    /// Templates asked of the cache, and when: asked again only after a while.
+    asked: HashMap<(u32, u16), Instant>,
+    /// This session, as the reply-to of its lookups.
+    me: ActorRef<SessionMsg>,
+    /// The exporter closed; the session waits for outstanding template lookups.
+    closing: bool,
 }
 
 pub struct ExporterSession;
@@ -125,6 +142,11 @@ impl Actor for ExporterSession {
             idle: s.idle_timeout(),
             last_message: Instant::now(),
             live: args.live,
+            cache: args.cache,
+            tenant: args.tenant,
+            asked: HashMap::new(),
+            me: myself.clone(),
+            closing: false,
         };
         match args.input {
             SessionInput::Tcp(stream) => {
@@ -185,6 +207,16 @@ impl Actor for ExporterSession {
                 }
             }
             SessionMsg::ReaderClosed(end) => match end {
+                // Data Sets waiting for a template the cache is fetching: give it the store's
+                // time before ending, so what can be decoded is.
+                ReaderEnd::Eof
+                    if state.core.pending_sets() > 0
+                        && !state.asked.is_empty()
+                        && !state.closing =>
+                {
+                    state.closing = true;
+                    myself.send_after(LOOKUP_GRACE, || SessionMsg::ReaderClosed(ReaderEnd::Eof));
+                }
                 ReaderEnd::Eof => myself.stop(None),
                 ReaderEnd::Idle => myself.stop(Some("idle timeout".into())),
                 ReaderEnd::Failed(reason) => {
@@ -199,6 +231,12 @@ impl Actor for ExporterSession {
                 state.core.expire(now);
                 if now.duration_since(state.last_message) >= state.idle {
                     myself.stop(Some("idle timeout".into()));
+                }
+            }
+            SessionMsg::SharedTemplate(domain, template) => {
+                self_learn(state, domain, template).await;
+                if state.closing && state.core.pending_sets() == 0 {
+                    myself.stop(None);
                 }
             }
             SessionMsg::GetStats(reply) => {
@@ -254,11 +292,63 @@ impl SessionState {
                 return Err(format!("malformed message: {e}"));
             }
         };
+        self.share(&decoded);
+        self.emit(&decoded).await
+    }
+
+    /// Tells the TemplateCache what this message defined or withdrew, and asks it for templates
+    /// this session lacks (the answer arrives as `SharedTemplate`).
+    fn share(&mut self, decoded: &[DecodedMessage]) {
+        let Some(cache) = &self.cache else { return };
+        let key = |domain: u32, template_id: u16| TemplateKey {
+            tenant: self.tenant.clone(),
+            exporter: self.peer.ip(),
+            domain,
+            template_id,
+        };
+        for d in decoded {
+            let domain = d.header.observation_domain;
+            for ev in &d.events {
+                let _ = match ev {
+                    TemplateEvent::Define(t) => {
+                        cache.cast(CacheMsg::Learned(key(domain, t.id), t.clone()))
+                    }
+                    TemplateEvent::Withdraw { kind, id } => {
+                        cache.cast(CacheMsg::Withdrawn(key(domain, *id), *kind))
+                    }
+                    TemplateEvent::WithdrawAll { kind } => {
+                        // The cache knows which of this exporter's templates are of that kind.
+                        let ids: Vec<u16> = d.templates.keys().copied().collect();
+                        for id in ids {
+                            let _ = cache.cast(CacheMsg::Withdrawn(key(domain, id), *kind));
+                        }
+                        Ok(())
+                    }
+                };
+            }
+            let now = Instant::now();
+            for m in &d.missing {
+                let asked = self
+                    .asked
+                    .entry((domain, m.template_id))
+                    .or_insert(now - ASK_AGAIN);
+                if now.duration_since(*asked) >= ASK_AGAIN {
+                    *asked = now;
+                    let _ = cache.cast(CacheMsg::Lookup(
+                        key(domain, m.template_id),
+                        self.me.clone(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn emit(&mut self, decoded: &[DecodedMessage]) -> Result<(), String> {
         if !self.sink.renders() {
             return Ok(());
         }
         let mut out = Vec::with_capacity(4096);
-        for d in &decoded {
+        for d in decoded {
             for b in &d.batches {
                 for r in 0..b.len() {
                     write_record(
@@ -280,6 +370,24 @@ impl SessionState {
         Ok(())
     }
 }
+
+/// A lookup's answer: the template goes into the session's decoder and the Data Sets that were
+/// waiting for it are decoded.
+async fn self_learn(state: &mut SessionState, domain: u32, template: Template) {
+    state.asked.remove(&(domain, template.id));
+    match state.core.learn_shared(domain, template, Instant::now()) {
+        Ok(released) => {
+            let _ = state.emit(&released).await;
+        }
+        Err(e) => tracing::warn!(peer = %state.peer, domain, error = %e, "shared template refused"),
+    }
+}
+
+/// How long a closed TCP session waits for template lookups before it ends.
+const LOOKUP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a session waits before asking the cache again for a template it still lacks.
+const ASK_AGAIN: Duration = Duration::from_secs(5);
 
 /// The TCP reader: takes bytes off the socket, frames whole messages, and hands them to the
 /// session in batches, at most `permits` batches ahead. Memory per connection: one read buffer

@@ -52,6 +52,8 @@ pub struct SessionStats {
     /// UDP datagrams dropped because the session's queue was full.
     pub dropped_datagrams: u64,
     pub templates_expired: u64,
+    /// Templates this session took from the shared store instead of the exporter.
+    pub templates_from_store: u64,
     /// Unix seconds.
     pub first_seen: Option<u64>,
     pub last_seen: Option<u64>,
@@ -160,6 +162,27 @@ impl SessionCore {
         }
         self.count_records(&decoded);
         out.push(decoded);
+        Ok(out)
+    }
+
+    /// A template from the shared store (another session or node learned it): defined here as if
+    /// the exporter had sent it, and the Data Sets waiting for it are decoded.
+    pub fn learn_shared(
+        &mut self,
+        domain: u32,
+        template: crate::wire::Template,
+        now: Instant,
+    ) -> Result<Vec<DecodedMessage>, WireError> {
+        let id = template.id;
+        let kind = template.kind;
+        self.decoder
+            .apply(domain, &TemplateEvent::Define(template))?;
+        self.template_refreshed.insert((domain, id), (kind, now));
+        self.stats.templates_from_store += 1;
+        // The exporter's sequence counted the records of sets we could not decode before.
+        self.expected.remove(&domain);
+        let mut out = Vec::new();
+        self.release_pending(domain, &[id], &mut out);
         Ok(out)
     }
 

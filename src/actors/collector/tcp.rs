@@ -4,7 +4,7 @@
 //! Messages: `Accepted` (from its accept task). Lifecycle: binds in `pre_start` (a bind error
 //! fails the start, with the address in the error); the accept task ends with the actor.
 
-use super::session::{ExporterSession, SessionArgs, SessionInput};
+use super::session::{ExporterSession, SessionInput};
 use super::{SessionEnv, session_name};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -94,14 +94,7 @@ impl Actor for TcpListenerActor {
             return Ok(()); // dropping the stream closes the connection
         }
         let _ = stream.set_nodelay(true);
-        let args = SessionArgs {
-            peer,
-            input: SessionInput::Tcp(stream),
-            settings: env.settings.clone(),
-            registry: env.registry.clone(),
-            sink: env.sink.clone(),
-            live: env.live.clone(),
-        };
+        let args = env.session_args(peer, SessionInput::Tcp(stream));
         let name = session_name("tcp", peer, None);
         if let Err(e) =
             Actor::spawn_linked(Some(name), ExporterSession, args, state.supervisor.clone()).await

@@ -5,7 +5,7 @@
 //! Lifecycle: binds in `pre_start`; the receive task owns the routing table and ends with the
 //! actor. The actor itself only holds the task.
 
-use super::session::{ExporterSession, SessionArgs, SessionInput, SessionMsg, UdpQueue};
+use super::session::{ExporterSession, SessionInput, SessionMsg, UdpQueue};
 use super::{SessionEnv, session_name};
 use bytes::Bytes;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -177,14 +177,7 @@ async fn start_session(
         return None;
     }
     let queue = Arc::new(UdpQueue::default());
-    let args = SessionArgs {
-        peer,
-        input: SessionInput::Udp(queue.clone()),
-        settings: env.settings.clone(),
-        registry: env.registry.clone(),
-        sink: env.sink.clone(),
-        live: env.live.clone(),
-    };
+    let args = env.session_args(peer, SessionInput::Udp(queue.clone()));
     let name = session_name("udp", peer, Some(domain));
     match Actor::spawn_linked(Some(name), ExporterSession, args, supervisor.clone()).await {
         Ok((session, _)) => Some(Route { session, queue }),
