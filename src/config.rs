@@ -23,6 +23,35 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub redis: RedisSettings,
     pub store: StoreSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// The ractor cluster across pods. On when a cookie is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Where this node's cluster server listens (ractor_cluster NodeServer).
+    pub listen: String,
+    /// Other nodes, host:port (in Kubernetes: the StatefulSet's headless-service names).
+    pub seeds: Vec<String>,
+    /// Shared secret (from a Kubernetes Secret); required for a cluster. Use a long random one.
+    pub cookie: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            listen: "0.0.0.0:4800".into(),
+            seeds: Vec::new(),
+            cookie: String::new(),
+        }
+    }
+}
+
+impl ClusterSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cookie.is_empty()
+    }
 }
 
 /// Shared state. Without a URL, state is in memory (single node).
@@ -239,7 +268,8 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("node.roles");
+            .with_list_parse_key("node.roles")
+            .with_list_parse_key("cluster.seeds");
         let s: Settings = b.add_source(env).build()?.try_deserialize()?;
         s.validate()?;
         Ok(s)
@@ -264,6 +294,9 @@ impl Settings {
         }
         if self.store.timeout_ms == 0 || self.store.template_ttl_secs == 0 {
             return bad("store.timeout_ms and store.template_ttl_secs must be positive");
+        }
+        if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {
+            return bad("cluster.seeds needs cluster.cookie (a shared secret)");
         }
         if self.output.queue_chunks == 0 {
             return bad("output.queue_chunks must be positive");

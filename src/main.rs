@@ -1,11 +1,12 @@
 use clap::Parser;
-use ipfixsvc::cli::{Cli, Command, dump, send, serve};
+use ipfixsvc::cli::{Cli, Command, cluster, dump, send, serve};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Dump(args) => dump::run(args).map(|_| ()),
         Command::Serve(args) => serve::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Send(args) => send::run(args).map(|s| {
             eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
         }),

@@ -4,7 +4,11 @@
 //! Messages: `Drain` (listeners stop, sessions finish their message). A failing role
 //! supervisor is logged and the node stops, so that Kubernetes restarts the pod.
 
-use super::collector::{CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv};
+use super::collector::{
+    COLLECTOR_NAME, CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv,
+};
+use crate::actors::cluster::{CLUSTER_MEMBER, ClusterArgs, ClusterMember};
+use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::{CacheArgs, TEMPLATE_CACHE, TemplateCache};
 use crate::config::{Role, Settings};
@@ -14,8 +18,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
 use std::time::Duration;
-
-pub const COLLECTOR: &str = "collector";
 
 #[derive(RactorMessage)]
 pub enum NodeMsg {
@@ -79,13 +81,39 @@ impl Actor for NodeSupervisor {
             )
             .with_cache(cache.clone(), st.tenant.clone());
             let (c, _) = Actor::spawn_linked(
-                Some(COLLECTOR.into()),
+                Some(COLLECTOR_NAME.into()),
                 CollectorSupervisor,
                 CollectorArgs { env },
                 myself.get_cell(),
             )
             .await?;
             collector = Some(c);
+        }
+        let dir_args = DirectoryArgs {
+            node: args.settings.node.name.clone(),
+        };
+        Actor::spawn_linked(
+            Some(DIRECTORY_NAME.into()),
+            SessionDirectory,
+            dir_args,
+            myself.get_cell(),
+        )
+        .await?;
+        let cl = &args.settings.cluster;
+        if cl.enabled() {
+            let cluster_args = ClusterArgs {
+                node: args.settings.node.name.clone(),
+                listen: cl.listen.clone(),
+                seeds: cl.seeds.clone(),
+                cookie: cl.cookie.clone(),
+            };
+            Actor::spawn_linked(
+                Some(CLUSTER_MEMBER.into()),
+                ClusterMember,
+                cluster_args,
+                myself.get_cell(),
+            )
+            .await?;
         }
         let later: Vec<_> = roles.iter().filter(|r| **r != Role::Collector).collect();
         if !later.is_empty() {

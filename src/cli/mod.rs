@@ -1,5 +1,6 @@
 //! The command line: one binary, subcommands that use the same code paths as the actors.
 
+pub mod cluster;
 pub mod dump;
 pub mod send;
 pub mod serve;
@@ -27,4 +28,6 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Replay an IPFIX file or capture to a collector over TCP or UDP.
     Send(send::SendArgs),
+    /// Ask a running cluster for its sessions or its view of itself.
+    Cluster(cluster::ClusterArgs),
 }

@@ -104,6 +104,8 @@ pub struct CollectorCounters {
     pub failed_sessions: u64,
 }
 
+/// The CollectorSupervisor's registered name.
+pub const COLLECTOR_NAME: &str = "collector";
 pub const TCP_LISTENER: &str = "collector/tcp-listener";
 pub const UDP_LISTENER: &str = "collector/udp-listener";
 

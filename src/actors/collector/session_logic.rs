@@ -29,7 +29,7 @@ pub struct SessionLimits {
 }
 
 /// What a session has seen; the API shows it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SessionStats {
     pub messages: u64,
     pub bytes: u64,

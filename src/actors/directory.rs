@@ -1,0 +1,184 @@
+//! SessionDirectory: one per node, in the `ractor::pg` group `session-directories`, so that any
+//! node (or an operator's `ipfixsvc cluster sessions`) can list every exporter session of the
+//! cluster. Its messages cross nodes: their payloads are bincode with a format byte, and bytes
+//! from another version decode to an error value, never a panic.
+//!
+//! Messages: `List` (this node's sessions), `ListCluster` (every directory's, asked in turn;
+//! unreachable ones are named in the answer).
+
+use super::cluster::{CLUSTER_MEMBER, ClusterMsg};
+use super::collector::session::SessionMsg;
+use super::collector::session_logic::SessionStats;
+use super::collector::{COLLECTOR_NAME, CollectorMsg};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::{BytesConvertable, RactorClusterMessage};
+
+pub const DIRECTORY_GROUP: &str = "session-directories";
+pub const DIRECTORY_NAME: &str = "session-directory";
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub node: String,
+    pub session: String,
+    pub stats: SessionStats,
+}
+
+/// A directory's answer. `errors` names what could not be listed (or read).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionInfo>,
+    pub errors: Vec<String>,
+}
+
+const FORMAT: u8 = 1;
+
+impl BytesConvertable for SessionList {
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = vec![FORMAT];
+        out.extend(
+            bincode::serde::encode_to_vec(&self, bincode::config::standard()).unwrap_or_default(),
+        );
+        out
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        let config = bincode::config::standard().with_limit::<{ 64 << 20 }>();
+        match bytes.split_first() {
+            Some((&FORMAT, body)) => match bincode::serde::decode_from_slice(body, config) {
+                Ok((v, _)) => v,
+                Err(e) => SessionList {
+                    errors: vec![format!("unreadable answer from a peer: {e}")],
+                    ..SessionList::default()
+                },
+            },
+            _ => SessionList {
+                errors: vec!["answer from a peer of another version".into()],
+                ..SessionList::default()
+            },
+        }
+    }
+}
+
+/// A JSON document between nodes (the cluster view), for display.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Json(pub String);
+
+impl BytesConvertable for Json {
+    fn into_bytes(self) -> Vec<u8> {
+        self.0.into_bytes()
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        Json(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+#[derive(RactorClusterMessage)]
+pub enum DirectoryMsg {
+    #[rpc]
+    List(RpcReplyPort<SessionList>),
+    #[rpc]
+    ListCluster(RpcReplyPort<SessionList>),
+    /// This node's cluster view (peers, seeds, errors) as JSON.
+    #[rpc]
+    ClusterView(RpcReplyPort<Json>),
+}
+
+pub struct DirectoryArgs {
+    pub node: String,
+}
+
+pub struct SessionDirectory;
+
+impl Actor for SessionDirectory {
+    type Msg = DirectoryMsg;
+    type State = DirectoryArgs;
+    type Arguments = DirectoryArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DirectoryMsg>,
+        args: DirectoryArgs,
+    ) -> Result<DirectoryArgs, ActorProcessingErr> {
+        ractor::pg::join(DIRECTORY_GROUP.to_string(), vec![myself.get_cell()]);
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DirectoryMsg>,
+        msg: DirectoryMsg,
+        state: &mut DirectoryArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DirectoryMsg::List(reply) => {
+                let _ = reply.send(local_sessions(&state.node).await);
+            }
+            DirectoryMsg::ClusterView(reply) => {
+                let view = match ractor::registry::where_is(CLUSTER_MEMBER) {
+                    Some(c) => {
+                        let c: ActorRef<ClusterMsg> = c.into();
+                        match ractor::call_t!(c, ClusterMsg::View, 2_000) {
+                            Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
+                            Err(e) => {
+                                serde_json::json!({"node": state.node, "error": e.to_string()})
+                                    .to_string()
+                            }
+                        }
+                    }
+                    None => serde_json::json!({"node": state.node, "cluster": "off"}).to_string(),
+                };
+                let _ = reply.send(Json(view));
+            }
+            DirectoryMsg::ListCluster(reply) => {
+                let mut all = local_sessions(&state.node).await;
+                for member in ractor::pg::get_members(&DIRECTORY_GROUP.to_string()) {
+                    if member.get_id() == myself.get_id() {
+                        continue;
+                    }
+                    let peer: ActorRef<DirectoryMsg> = member.clone().into();
+                    match ractor::call_t!(peer, DirectoryMsg::List, 2_000) {
+                        Ok(list) => {
+                            all.sessions.extend(list.sessions);
+                            all.errors.extend(list.errors);
+                        }
+                        Err(e) => all
+                            .errors
+                            .push(format!("directory {} did not answer: {e}", member.get_id())),
+                    }
+                }
+                let _ = reply.send(all);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// This node's sessions, each asked for its statistics.
+async fn local_sessions(node: &str) -> SessionList {
+    let mut out = SessionList::default();
+    let Some(collector) = ractor::registry::where_is(COLLECTOR_NAME) else {
+        return out; // not a collector node
+    };
+    let collector: ActorRef<CollectorMsg> = collector.into();
+    let sessions = match ractor::call_t!(collector, CollectorMsg::Sessions, 2_000) {
+        Ok(s) => s,
+        Err(e) => {
+            out.errors
+                .push(format!("{node}: collector did not answer: {e}"));
+            return out;
+        }
+    };
+    for s in sessions {
+        let name = s.get_name().unwrap_or_default();
+        // A session that ended meanwhile (or is stuck) is left out.
+        if let Ok(stats) = ractor::call_t!(s, SessionMsg::GetStats, 2_000) {
+            out.sessions.push(SessionInfo {
+                node: node.to_string(),
+                session: name,
+                stats,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,99 @@
+//! `ipfixsvc cluster sessions|view --seed HOST:PORT --cookie C`: ask a running node, over the
+//! ractor cluster, for every exporter session in the cluster, or for its view of the cluster.
+//! The command joins as a short-lived node of its own (isolated: it talks to the seed only).
+
+use crate::actors::directory::{DIRECTORY_GROUP, DirectoryMsg};
+use ractor::{Actor, ActorRef};
+use ractor_cluster::NodeServer;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub what: ClusterQuery,
+    /// A node of the cluster, HOST:PORT of its cluster.listen.
+    #[arg(long, global = true, default_value = "127.0.0.1:4800")]
+    pub seed: String,
+    /// The cluster's shared secret (or IPFIXSVC__CLUSTER__COOKIE).
+    #[arg(
+        long,
+        global = true,
+        env = "IPFIXSVC__CLUSTER__COOKIE",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub cookie: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterQuery {
+    /// Every exporter session of every node, one JSON object per line.
+    Sessions,
+    /// The seed node's view of the cluster: peers, seeds, last errors.
+    View,
+}
+
+pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(query(args))
+}
+
+async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
+    if args.cookie.is_empty() {
+        anyhow::bail!(
+            "--cookie (or IPFIXSVC__CLUSTER__COOKIE) is required: the cluster's shared secret"
+        );
+    }
+    let name = format!(
+        "{}{}",
+        crate::actors::cluster::CLI_NODE_PREFIX,
+        std::process::id()
+    );
+    let server = NodeServer::new(0, args.cookie.clone(), name, "localhost".into(), None, None)
+        .with_listen_addr([127, 0, 0, 1].into());
+    let (server, _) = Actor::spawn(None, server, ())
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster client: {e}"))?;
+    ractor_cluster::client_connect(&server, args.seed.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e:?}", args.seed))?;
+    // Connected is not authenticated: wait for the seed's directory to show up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let directory = loop {
+        let remote = ractor::pg::get_members(&DIRECTORY_GROUP.to_string())
+            .into_iter()
+            .find(|m| !m.get_id().is_local());
+        if let Some(d) = remote {
+            break ActorRef::<DirectoryMsg>::from(d);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{}: no answer from the cluster (wrong cookie, or not a cluster node)",
+                args.seed
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    match args.what {
+        ClusterQuery::Sessions => {
+            let list = ractor::call_t!(directory, DirectoryMsg::ListCluster, 10_000)
+                .map_err(|e| anyhow::anyhow!("listing sessions: {e}"))?;
+            for s in &list.sessions {
+                println!("{}", serde_json::to_string(s)?);
+            }
+            for e in &list.errors {
+                eprintln!("ipfixsvc cluster: {e}");
+            }
+        }
+        ClusterQuery::View => {
+            let view = ractor::call_t!(directory, DirectoryMsg::ClusterView, 5_000)
+                .map_err(|e| anyhow::anyhow!("cluster view: {e}"))?;
+            println!("{}", view.0);
+        }
+    }
+    server.stop(None);
+    Ok(())
+}
