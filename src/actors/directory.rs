@@ -82,6 +82,9 @@ pub enum DirectoryMsg {
     /// This node's cluster view (peers, seeds, errors) as JSON.
     #[rpc]
     ClusterView(RpcReplyPort<Json>),
+    /// Answers at once: the cluster round trip, measured by `ipfixsvc cluster ping`.
+    #[rpc]
+    Ping(RpcReplyPort<Json>),
 }
 
 pub struct DirectoryArgs {
@@ -113,6 +116,9 @@ impl Actor for SessionDirectory {
         match msg {
             DirectoryMsg::List(reply) => {
                 let _ = reply.send(local_sessions(&state.node).await);
+            }
+            DirectoryMsg::Ping(reply) => {
+                let _ = reply.send(Json(String::new()));
             }
             DirectoryMsg::ClusterView(reply) => {
                 let view = match ractor::registry::where_is(CLUSTER_MEMBER) {

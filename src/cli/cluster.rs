@@ -31,6 +31,11 @@ pub enum ClusterQuery {
     Sessions,
     /// The seed node's view of the cluster: peers, seeds, last errors.
     View,
+    /// Cluster RPC round trips to the seed node: median and 99th percentile.
+    Ping {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
 }
 
 pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
@@ -77,7 +82,7 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    match args.what {
+    match &args.what {
         ClusterQuery::Sessions => {
             let list = ractor::call_t!(directory, DirectoryMsg::ListCluster, 10_000)
                 .map_err(|e| anyhow::anyhow!("listing sessions: {e}"))?;
@@ -87,6 +92,21 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
             for e in &list.errors {
                 eprintln!("ipfixsvc cluster: {e}");
             }
+        }
+        &ClusterQuery::Ping { count } => {
+            let mut rtts = Vec::with_capacity(count);
+            for _ in 0..count.max(1) {
+                let t = Instant::now();
+                ractor::call_t!(directory, DirectoryMsg::Ping, 5_000)
+                    .map_err(|e| anyhow::anyhow!("ping: {e}"))?;
+                rtts.push(t.elapsed().as_nanos() as u64);
+            }
+            rtts.sort_unstable();
+            let pick = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+            println!(
+                "{}",
+                serde_json::json!({"count": rtts.len(), "median_us": pick(0.5), "p99_us": pick(0.99), "max_us": pick(1.0)})
+            );
         }
         ClusterQuery::View => {
             let view = ractor::call_t!(directory, DirectoryMsg::ClusterView, 5_000)
