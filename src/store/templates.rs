@@ -300,17 +300,16 @@ pub struct RedisTemplates {
 }
 
 impl RedisTemplates {
-    /// One command, with the timeout, tried a second time when the connection had dropped: the
-    /// connection manager reconnects on the command after a broken one.
-    async fn query<T: redis::FromRedisValue>(
-        &self,
-        what: &str,
-        cmd: &redis::Cmd,
-    ) -> Result<T, StoreError> {
+    /// One operation, with the timeout, tried a second time when the connection had dropped:
+    /// the connection manager reconnects on the command after a broken one.
+    async fn attempt<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let mut last = String::new();
         for _ in 0..2 {
-            let mut conn = self.conn.clone();
-            match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            match tokio::time::timeout(self.timeout, op(self.conn.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e))
                     if e.is_connection_dropped()
@@ -331,30 +330,25 @@ impl RedisTemplates {
         Err(StoreError::Unavailable(format!("{what}: {last}")))
     }
 
-    /// The same for an atomic pipeline.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.attempt(
+            what,
+            |mut c| async move { cmd.query_async::<T>(&mut c).await },
+        )
+        .await
+    }
+
+    /// An atomic pipeline.
     async fn query_pipe(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
-        let mut last = String::new();
-        for _ in 0..2 {
-            let mut conn = self.conn.clone();
-            match tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e))
-                    if e.is_connection_dropped()
-                        || e.is_io_error()
-                        || e.is_connection_refusal() =>
-                {
-                    last = e.to_string()
-                }
-                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("{what}: {e}"))),
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{what}: no answer within {:?}",
-                        self.timeout
-                    )));
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!("{what}: {last}")))
+        self.attempt(
+            what,
+            |mut c| async move { pipe.query_async::<()>(&mut c).await },
+        )
+        .await
     }
 
     async fn put(&self, key: &TemplateKey, value: &StoredTemplate) -> Result<(), StoreError> {
