@@ -221,12 +221,38 @@ fn exporter_moves_between_nodes_sharing_redis() {
     );
     assert_eq!(after.len(), 5 * 3, "template 257 still decodes");
 
+    // 3b. Withdrawing all data templates on A (template id = set id 2) reaches B too.
+    send(&write(&dir, "withdraw-all.ipfix", &withdrawal(7, 2)), &a);
+    a.wait_log("exporter session ended", 3, Duration::from_secs(20));
+    eventually(
+        "the withdrawal of all reached Redis",
+        Duration::from_secs(10),
+        || !redis_has(&redis, "ipfix:tpl:default:127.0.0.1:7:257"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = b.output().len();
+    send(
+        &write(
+            &dir,
+            "after-withdraw-all.ipfix",
+            &messages(7, false, 5, 200),
+        ),
+        &b,
+    );
+    b.wait_log("exporter session ended", 3, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        b.output().len(),
+        before,
+        "no template of domain 7 is left anywhere"
+    );
+
     // 4. Redis down: A keeps collecting; Redis back: what A learned meanwhile reaches the store.
     redis.kill();
     let outage = messages(8, true, 10, 0);
     let before_a = a.output().len();
     send(&write(&dir, "outage.ipfix", &outage), &a);
-    a.wait_log("exporter session ended", 3, Duration::from_secs(20));
+    a.wait_log("exporter session ended", 4, Duration::from_secs(20));
     eventually(
         "A decoded during the outage",
         Duration::from_secs(10),

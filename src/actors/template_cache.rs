@@ -30,6 +30,9 @@ pub enum CacheMsg {
     Learned(TemplateKey, Template),
     /// A session saw this template withdrawn.
     Withdrawn(TemplateKey, TemplateKind),
+    /// A session saw all templates of `kind` withdrawn for the key's exporter and domain (the
+    /// key's template id is not used).
+    WithdrawnAll(TemplateKey, TemplateKind),
     /// A session needs this template; the answer goes to `reply` as `SessionMsg::SharedTemplate`.
     Lookup(TemplateKey, ActorRef<SessionMsg>),
     /// Another node withdrew or redefined it.
@@ -129,6 +132,7 @@ impl Actor for TemplateCache {
         match msg {
             CacheMsg::Learned(key, template) => state.learned(key, template).await,
             CacheMsg::Withdrawn(key, kind) => state.withdrawn(key, kind).await,
+            CacheMsg::WithdrawnAll(scope, kind) => state.withdrawn_all(scope, kind).await,
             CacheMsg::Lookup(key, reply) => {
                 state.lookups += 1;
                 if let Some(t) = state.lookup(&key).await {
@@ -233,6 +237,38 @@ impl CacheState {
             return;
         }
         self.publish(&key).await;
+    }
+
+    async fn withdrawn_all(&mut self, scope: TemplateKey, kind: TemplateKind) {
+        let same = |k: &TemplateKey| {
+            k.tenant == scope.tenant && k.exporter == scope.exporter && k.domain == scope.domain
+        };
+        let mut keys: Vec<TemplateKey> = self
+            .local
+            .iter()
+            .filter(|(k, (t, _))| same(k) && t.kind == kind)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if self.healthy {
+            match self
+                .store
+                .list(&scope.tenant, scope.exporter, scope.domain)
+                .await
+            {
+                Ok(stored) => keys.extend(
+                    stored
+                        .into_iter()
+                        .filter(|(_, v)| v.template.kind == kind)
+                        .map(|(k, _)| k),
+                ),
+                Err(e) => self.down(&e),
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            self.withdrawn(key, kind).await;
+        }
     }
 
     async fn publish(&mut self, key: &TemplateKey) {

@@ -316,13 +316,10 @@ impl SessionState {
                     TemplateEvent::Withdraw { kind, id } => {
                         cache.cast(CacheMsg::Withdrawn(key(domain, *id), *kind))
                     }
+                    // The cache (and the store) know which of the exporter's templates are of that
+                    // kind, including those this session never saw.
                     TemplateEvent::WithdrawAll { kind } => {
-                        // The cache knows which of this exporter's templates are of that kind.
-                        let ids: Vec<u16> = d.templates.keys().copied().collect();
-                        for id in ids {
-                            let _ = cache.cast(CacheMsg::Withdrawn(key(domain, id), *kind));
-                        }
-                        Ok(())
+                        cache.cast(CacheMsg::WithdrawnAll(key(domain, 0), *kind))
                     }
                 };
             }
