@@ -36,6 +36,11 @@ pub struct ClusterSettings {
     pub seeds: Vec<String>,
     /// Shared secret (from a Kubernetes Secret); required for a cluster. Use a long random one.
     pub cookie: String,
+    /// Mutual TLS between nodes: this node's certificate chain and key, and the CA that signs
+    /// every node's certificate (PEM files). All three, or none (plain TCP).
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_ca: String,
 }
 
 impl Default for ClusterSettings {
@@ -44,6 +49,9 @@ impl Default for ClusterSettings {
             listen: "0.0.0.0:4800".into(),
             seeds: Vec::new(),
             cookie: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
         }
     }
 }
@@ -294,6 +302,14 @@ impl Settings {
         }
         if self.store.timeout_ms == 0 || self.store.template_ttl_secs == 0 {
             return bad("store.timeout_ms and store.template_ttl_secs must be positive");
+        }
+        let c = &self.cluster;
+        let tls = [&c.tls_cert, &c.tls_key, &c.tls_ca]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .count();
+        if tls != 0 && tls != 3 {
+            return bad("cluster.tls_cert, tls_key and tls_ca go together: all three, or none");
         }
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {
             return bad("cluster.seeds needs cluster.cookie (a shared secret)");

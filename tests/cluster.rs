@@ -139,3 +139,175 @@ fn a_node_lists_another_nodes_sessions_and_sees_it_go() {
         "B says why"
     );
 }
+
+/// A CA and one node certificate (SANs 127.0.0.1 and localhost, server and client use), made
+/// with the openssl command line.
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ipfixsvc-test-ca",
+    ]);
+    run(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj",
+        "/CN=node",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+    (p("node.pem"), p("node.key"), p("ca.pem"))
+}
+
+#[test]
+fn nodes_speak_mutual_tls_and_refuse_plain_peers() {
+    let dir = std::env::temp_dir().join(format!("ipfixsvc-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key, ca) = certificates(&dir);
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let la = format!("127.0.0.1:{pa}");
+    let tls = |name: &'static str, listen: String, seeds: Option<&str>| {
+        let mut env = vec![
+            ("IPFIXSVC__NODE__NAME", name.to_string()),
+            ("IPFIXSVC__CLUSTER__COOKIE", COOKIE.to_string()),
+            ("IPFIXSVC__CLUSTER__LISTEN", listen),
+            ("IPFIXSVC__CLUSTER__TLS_CERT", cert.clone()),
+            ("IPFIXSVC__CLUSTER__TLS_KEY", key.clone()),
+            ("IPFIXSVC__CLUSTER__TLS_CA", ca.clone()),
+        ];
+        if let Some(s) = seeds {
+            env.push(("IPFIXSVC__CLUSTER__SEEDS", s.to_string()));
+        }
+        env
+    };
+    let as_refs = |v: &Vec<(&'static str, String)>| {
+        v.iter().map(|(k, x)| (*k, x.clone())).collect::<Vec<_>>()
+    };
+    let env_a = as_refs(&tls("tls-a", la.clone(), None));
+    let env_b = as_refs(&tls("tls-b", format!("127.0.0.1:{pb}"), Some(&la)));
+    let a = Server::start(
+        "tls-a",
+        &env_a
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let b = Server::start(
+        "tls-b",
+        &env_b
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        b.wait_log("cluster peer ready", 1, Duration::from_secs(20))
+            .len(),
+        1,
+        "B joined A over TLS"
+    );
+    assert!(a.log_lines("tls=true").len() == 1);
+
+    // The query tool speaks TLS too.
+    let out = Command::new(BIN)
+        .args([
+            "cluster",
+            "view",
+            "--seed",
+            &la,
+            "--cookie",
+            COOKIE,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca,
+        ])
+        .output()
+        .expect("cluster view");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tls-b@"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A plain node with the right cookie is not let in.
+    let c = Server::start(
+        "plain-c",
+        &[
+            ("IPFIXSVC__NODE__NAME", "plain-c"),
+            ("IPFIXSVC__CLUSTER__COOKIE", COOKIE),
+            ("IPFIXSVC__CLUSTER__LISTEN", &format!("127.0.0.1:{pc}")),
+            ("IPFIXSVC__CLUSTER__SEEDS", &la),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        c.log_lines("cluster peer ready").is_empty(),
+        "a plain node must not join a TLS cluster"
+    );
+    let (view, _) = {
+        let out = Command::new(BIN)
+            .args([
+                "cluster",
+                "view",
+                "--seed",
+                &la,
+                "--cookie",
+                COOKIE,
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-ca",
+                &ca,
+            ])
+            .output()
+            .expect("cluster view");
+        (String::from_utf8_lossy(&out.stdout).to_string(), ())
+    };
+    assert!(!view.contains("plain-c@"), "{view}");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

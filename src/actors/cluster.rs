@@ -7,8 +7,11 @@
 //! Messages: `Event` (from the NodeServer's event subscription), `Dial` (own backoff timer),
 //! `View`.
 
+use super::cluster_tls::ClusterTls;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, RactorMessage};
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, RactorMessage,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -79,6 +82,7 @@ pub struct ClusterArgs {
     pub listen: String,
     pub seeds: Vec<String>,
     pub cookie: String,
+    pub tls: Option<ClusterTls>,
 }
 
 pub struct ClusterState {
@@ -89,6 +93,7 @@ pub struct ClusterState {
     seeds: Vec<SeedView>,
     /// Resolved address of an outgoing connection -> the seed it came from.
     dialed: HashMap<String, String>,
+    tls: Option<ClusterTls>,
 }
 
 /// Forwards the NodeServer's session events to the ClusterMember.
@@ -170,7 +175,9 @@ impl Actor for ClusterMember {
             args.cookie,
             args.node.clone(),
             host,
-            None,
+            args.tls
+                .as_ref()
+                .map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
             Some(ractor_cluster::node::NodeConnectionMode::Transitive),
         )
         .with_listen_addr(listen.ip());
@@ -185,7 +192,7 @@ impl Actor for ClusterMember {
         for seed in &args.seeds {
             myself.cast(ClusterMsg::Dial(seed.clone()))?;
         }
-        tracing::info!(cluster = %listen, seeds = ?args.seeds, "cluster member started");
+        tracing::info!(cluster = %listen, seeds = ?args.seeds, tls = args.tls.is_some(), "cluster member started");
         Ok(ClusterState {
             node: args.node,
             listen: listen.to_string(),
@@ -202,6 +209,7 @@ impl Actor for ClusterMember {
                 })
                 .collect(),
             dialed: HashMap::new(),
+            tls: args.tls,
         })
     }
 
@@ -249,14 +257,26 @@ impl ClusterState {
         let result = match resolved {
             Some(addr) => {
                 self.dialed.insert(addr.to_string(), seed.to_string());
-                match tokio::time::timeout(
-                    Duration::from_secs(3),
-                    ractor_cluster::client_connect(&self.server, addr),
-                )
-                .await
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("{e:?}")),
+                let connect = async {
+                    match &self.tls {
+                        Some(tls) => {
+                            let name = ClusterTls::server_name(seed)?;
+                            ractor_cluster::client_connect_enc(
+                                &self.server,
+                                addr,
+                                tls.connector.clone(),
+                                name,
+                            )
+                            .await
+                            .map_err(|e| format!("{e:?}"))
+                        }
+                        None => ractor_cluster::client_connect(&self.server, addr)
+                            .await
+                            .map_err(|e| format!("{e:?}")),
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(3), connect).await {
+                    Ok(r) => r,
                     Err(_) => Err("no answer within 3 s".into()),
                 }
             }
@@ -329,7 +349,7 @@ impl ClusterState {
                 let error = if authenticated {
                     "connection lost".to_string()
                 } else {
-                    "closed before authentication: wrong cluster.cookie, or a node name already in the cluster".to_string()
+                    "closed before authentication: wrong cluster.cookie, a TLS mismatch, or a node name already in the cluster".to_string()
                 };
                 // `ipfixsvc cluster ...` queries join and leave: not worth a warning.
                 if name

@@ -2,6 +2,7 @@
 //! actor. Actors own I/O and state; decoding logic stays in `wire`.
 
 pub mod cluster;
+pub mod cluster_tls;
 pub mod collector;
 pub mod directory;
 pub mod node;

@@ -8,6 +8,7 @@ use super::collector::{
     COLLECTOR_NAME, CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv,
 };
 use crate::actors::cluster::{CLUSTER_MEMBER, ClusterArgs, ClusterMember};
+use crate::actors::cluster_tls::ClusterTls;
 use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::{CacheArgs, TEMPLATE_CACHE, TemplateCache};
@@ -101,11 +102,21 @@ impl Actor for NodeSupervisor {
         .await?;
         let cl = &args.settings.cluster;
         if cl.enabled() {
+            let tls = if cl.tls_cert.is_empty() {
+                None
+            } else {
+                Some(ClusterTls::from_pem_files(
+                    &cl.tls_cert,
+                    &cl.tls_key,
+                    &cl.tls_ca,
+                )?)
+            };
             let cluster_args = ClusterArgs {
                 node: args.settings.node.name.clone(),
                 listen: cl.listen.clone(),
                 seeds: cl.seeds.clone(),
                 cookie: cl.cookie.clone(),
+                tls,
             };
             Actor::spawn_linked(
                 Some(CLUSTER_MEMBER.into()),

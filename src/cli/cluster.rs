@@ -23,6 +23,34 @@ pub struct ClusterArgs {
         default_value = ""
     )]
     pub cookie: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Mutual TLS, when the cluster uses it (`cluster.tls_*`).
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    #[arg(
+        long,
+        global = true,
+        env = "IPFIXSVC__CLUSTER__TLS_CERT",
+        default_value = ""
+    )]
+    pub tls_cert: String,
+    #[arg(
+        long,
+        global = true,
+        env = "IPFIXSVC__CLUSTER__TLS_KEY",
+        default_value = ""
+    )]
+    pub tls_key: String,
+    #[arg(
+        long,
+        global = true,
+        env = "IPFIXSVC__CLUSTER__TLS_CA",
+        default_value = ""
+    )]
+    pub tls_ca: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -62,9 +90,24 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .map_err(|e| anyhow::anyhow!("cluster client: {e}"))?;
-    ractor_cluster::client_connect(&server, args.seed.as_str())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e:?}", args.seed))?;
+    if args.tls.tls_cert.is_empty() {
+        ractor_cluster::client_connect(&server, args.seed.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e:?}", args.seed))?;
+    } else {
+        let t = &args.tls;
+        let tls = crate::actors::cluster_tls::ClusterTls::from_pem_files(
+            &t.tls_cert,
+            &t.tls_key,
+            &t.tls_ca,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let name = crate::actors::cluster_tls::ClusterTls::server_name(&args.seed)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        ractor_cluster::client_connect_enc(&server, args.seed.as_str(), tls.connector, name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e:?}", args.seed))?;
+    }
     // Connected is not authenticated: wait for the seed's directory to show up.
     let deadline = Instant::now() + Duration::from_secs(5);
     let directory = loop {
