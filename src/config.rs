@@ -212,7 +212,7 @@ pub struct OutputSettings {
     pub format: OutputFormat,
     /// A file to append NDJSON to; empty for standard output.
     pub path: String,
-    /// Rendered chunks queued for the writer before sessions wait (backpressure).
+    /// Rendered chunks (up to 1 MiB each) queued for the writer before sessions wait.
     pub queue_chunks: usize,
 }
 
@@ -221,7 +221,7 @@ impl Default for OutputSettings {
         OutputSettings {
             format: OutputFormat::Ndjson,
             path: String::new(),
-            queue_chunks: 256,
+            queue_chunks: 64,
         }
     }
 }

@@ -137,23 +137,38 @@ impl Actor for SessionDirectory {
                 let _ = reply.send(Json(view));
             }
             DirectoryMsg::ListCluster(reply) => {
-                let mut all = local_sessions(&state.node).await;
-                for member in ractor::pg::get_members(&DIRECTORY_GROUP.to_string()) {
-                    if member.get_id() == myself.get_id() {
-                        continue;
-                    }
-                    let peer: ActorRef<DirectoryMsg> = member.clone().into();
-                    match ractor::call_t!(peer, DirectoryMsg::List, 2_000) {
-                        Ok(list) => {
-                            all.sessions.extend(list.sessions);
-                            all.errors.extend(list.errors);
+                // Asked from a task: this directory keeps answering `List` meanwhile, so two
+                // nodes listing the cluster at once do not wait on each other.
+                let peers: Vec<_> = ractor::pg::get_members(&DIRECTORY_GROUP.to_string())
+                    .into_iter()
+                    .filter(|m| m.get_id() != myself.get_id())
+                    .collect();
+                let node = state.node.clone();
+                tokio::spawn(async move {
+                    let mut all = local_sessions(&node).await;
+                    let answers = futures_util::future::join_all(peers.into_iter().map(
+                        |member| async move {
+                            let peer: ActorRef<DirectoryMsg> = member.clone().into();
+                            (
+                                member.get_id(),
+                                ractor::call_t!(peer, DirectoryMsg::List, 5_000),
+                            )
+                        },
+                    ))
+                    .await;
+                    for (id, answer) in answers {
+                        match answer {
+                            Ok(list) => {
+                                all.sessions.extend(list.sessions);
+                                all.errors.extend(list.errors);
+                            }
+                            Err(e) => all
+                                .errors
+                                .push(format!("directory {id} did not answer: {e}")),
                         }
-                        Err(e) => all
-                            .errors
-                            .push(format!("directory {} did not answer: {e}", member.get_id())),
                     }
-                }
-                let _ = reply.send(all);
+                    let _ = reply.send(all);
+                });
             }
         }
         Ok(())
@@ -175,10 +190,15 @@ async fn local_sessions(node: &str) -> SessionList {
             return out;
         }
     };
-    for s in sessions {
+    // All at once, each with its own deadline: a busy session costs its own answer only.
+    let answers = futures_util::future::join_all(sessions.into_iter().map(|s| async move {
         let name = s.get_name().unwrap_or_default();
+        (name, ractor::call_t!(s, SessionMsg::GetStats, 1_000))
+    }))
+    .await;
+    for (name, answer) in answers {
         // A session that ended meanwhile (or is stuck) is left out.
-        if let Ok(stats) = ractor::call_t!(s, SessionMsg::GetStats, 2_000) {
+        if let Ok(stats) = answer {
             out.sessions.push(SessionInfo {
                 node: node.to_string(),
                 session: name,

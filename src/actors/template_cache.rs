@@ -203,6 +203,7 @@ impl CacheState {
         if !changed && !due {
             return;
         }
+        self.bound();
         self.local.insert(key.clone(), (template.clone(), now));
         self.withdrawn_while_down.remove(&key);
         if !self.healthy {
@@ -319,26 +320,32 @@ impl CacheState {
             return;
         }
         self.healthy = true;
-        let learned: Vec<_> = self.learned_while_down.drain().collect();
-        let withdrawn: Vec<_> = self.withdrawn_while_down.drain().collect();
+        // What other nodes published while we were cut off was lost with the subscription:
+        // forget local copies we did not learn ourselves, so lookups go to the store again.
+        let mine: HashSet<TemplateKey> = self.learned_while_down.iter().cloned().collect();
+        self.local.retain(|k, _| mine.contains(k));
         let (mut wrote, mut removed) = (0, 0);
-        for key in learned {
+        // Stop at the first failure: the rest waits for the next probe instead of each key
+        // waiting for its own timeout.
+        while let Some(key) = self.learned_while_down.iter().next().cloned() {
             if let Some((t, _)) = self.local.get(&key) {
                 let v = self.stored(t);
                 if let Err(e) = self.store.put(&key, &v).await {
                     self.down(&e);
-                    self.learned_while_down.insert(key);
-                    continue;
+                    return;
                 }
+                self.publish(&key).await;
                 wrote += 1;
             }
+            self.learned_while_down.remove(&key);
         }
-        for key in withdrawn {
+        while let Some(key) = self.withdrawn_while_down.iter().next().cloned() {
             if let Err(e) = self.store.remove(&key).await {
                 self.down(&e);
-                self.withdrawn_while_down.insert(key);
-                continue;
+                return;
             }
+            self.publish(&key).await;
+            self.withdrawn_while_down.remove(&key);
             removed += 1;
         }
         if self.healthy {
@@ -349,7 +356,29 @@ impl CacheState {
             );
         }
     }
+
+    /// Keeps the local map within `MAX_LOCAL` entries by dropping the least recently written
+    /// (they are in the store, or re-sent by their exporters).
+    fn bound(&mut self) {
+        if self.local.len() < MAX_LOCAL {
+            return;
+        }
+        let mut by_age: Vec<(Instant, TemplateKey)> = self
+            .local
+            .iter()
+            .map(|(k, (_, at))| (*at, k.clone()))
+            .collect();
+        by_age.sort();
+        for (_, k) in by_age.into_iter().take(MAX_LOCAL / 10) {
+            if !self.learned_while_down.contains(&k) {
+                self.local.remove(&k);
+            }
+        }
+    }
 }
+
+/// Templates a node keeps in its cache at most.
+const MAX_LOCAL: usize = 100_000;
 
 /// Listens for other nodes' invalidations, reconnecting (with a pause) when Redis goes away.
 async fn subscribe(client: redis::Client, cache: ActorRef<CacheMsg>, node: String) {

@@ -66,8 +66,11 @@ impl TcpStreams {
             return Pushed::Data(Vec::new());
         }
         if seq_lt(next, seq) {
-            d.pending_bytes += payload.len();
-            d.pending.entry(seq).or_insert_with(|| payload.to_vec());
+            // Count only what is held: a retransmitted early segment is not stored twice.
+            if let std::collections::btree_map::Entry::Vacant(v) = d.pending.entry(seq) {
+                d.pending_bytes += payload.len();
+                v.insert(payload.to_vec());
+            }
             if d.pending_bytes > MAX_PENDING_BYTES {
                 d.broken = true;
                 d.pending.clear();
@@ -77,12 +80,13 @@ impl TcpStreams {
         }
         let mut out = Vec::new();
         append(&mut out, d, seq, payload);
-        // Drain held segments that now connect.
-        while let Some((&s, _)) = d.pending.iter().next() {
-            let cur = d.next_seq.unwrap_or(s);
-            if seq_lt(cur, s) {
+        // Drain held segments that now connect. Sequence numbers wrap at 2^32, so "connects"
+        // is judged relative to the expected number, not by the keys' order.
+        loop {
+            let cur = d.next_seq.unwrap_or(seq);
+            let Some(&s) = d.pending.keys().find(|&&s| !seq_lt(cur, s)) else {
                 break;
-            }
+            };
             if let Some(p) = d.pending.remove(&s) {
                 d.pending_bytes -= p.len();
                 append(&mut out, d, s, &p);
@@ -127,5 +131,23 @@ mod tests {
             Pushed::Data(b"defghi".to_vec())
         );
         assert_eq!(s.push(a, b, 100, false, b"abc"), Pushed::Data(vec![]));
+    }
+
+    #[test]
+    fn early_segments_across_the_sequence_wrap() {
+        let a: SocketAddr = "10.0.0.1:1000".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:4739".parse().expect("addr");
+        let mut s = TcpStreams::new();
+        let start = u32::MAX - 2;
+        assert_eq!(s.push(a, b, start - 1, true, b""), Pushed::Data(vec![]));
+        // Held: one before the wrap and one after it, each sent twice.
+        for _ in 0..2 {
+            assert_eq!(s.push(a, b, start + 2, false, b"cd"), Pushed::Data(vec![]));
+            assert_eq!(s.push(a, b, 1, false, b"ef"), Pushed::Data(vec![]));
+        }
+        assert_eq!(
+            s.push(a, b, start, false, b"ab"),
+            Pushed::Data(b"abcdef".to_vec())
+        );
     }
 }

@@ -47,6 +47,24 @@ pub enum SessionMsg {
     SharedTemplate(u32, Template),
 }
 
+/// A taken place among `max_sessions`.
+struct SessionSlot(Arc<AtomicUsize>);
+
+/// A task that ends with the session, however the session ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Why a TCP reader stopped.
 #[derive(Debug)]
 pub enum ReaderEnd {
@@ -91,12 +109,14 @@ pub struct SessionState {
     exporter: String,
     core: SessionCore,
     sink: RecordSink,
-    reader: Option<JoinHandle<()>>,
-    ticker: Option<JoinHandle<()>>,
+    reader: Option<AbortOnDrop>,
+    ticker: Option<AbortOnDrop>,
     udp_queue: Option<Arc<UdpQueue>>,
     idle: Duration,
     last_message: Instant,
-    live: Arc<AtomicUsize>,
+    /// Gives the session's place back when the state is dropped, also after a panic (when
+    /// ractor does not run `post_stop`).
+    _slot: SessionSlot,
     cache: Option<ActorRef<CacheMsg>>,
     tenant: String,
     /// Templates asked of the cache, and when: asked again only after a while.
@@ -141,7 +161,7 @@ impl Actor for ExporterSession {
             udp_queue: None,
             idle: s.idle_timeout(),
             last_message: Instant::now(),
-            live: args.live,
+            _slot: SessionSlot(args.live),
             cache: args.cache,
             tenant: args.tenant,
             asked: HashMap::new(),
@@ -151,20 +171,20 @@ impl Actor for ExporterSession {
         match args.input {
             SessionInput::Tcp(stream) => {
                 let permits = Arc::new(Semaphore::new(s.tcp_inflight_batches));
-                state.reader = Some(tokio::spawn(read_tcp(
+                state.reader = Some(AbortOnDrop(tokio::spawn(read_tcp(
                     stream,
                     myself.clone(),
                     permits,
                     s.max_message_size,
                     s.idle_timeout(),
-                )));
+                ))));
             }
             SessionInput::Udp(queue) => {
                 state.udp_queue = Some(queue);
                 let me = myself.clone();
                 let every = (s.idle_timeout() / 4)
                     .clamp(Duration::from_millis(100), Duration::from_secs(5));
-                state.ticker = Some(tokio::spawn(async move {
+                state.ticker = Some(AbortOnDrop(tokio::spawn(async move {
                     let mut t = tokio::time::interval(every);
                     loop {
                         t.tick().await;
@@ -172,7 +192,7 @@ impl Actor for ExporterSession {
                             break;
                         }
                     }
-                }));
+                })));
             }
         }
         tracing::debug!(peer = %state.peer, ?transport, "exporter session started");
@@ -255,13 +275,9 @@ impl Actor for ExporterSession {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(r) = state.reader.take() {
-            r.abort();
-        }
-        if let Some(t) = state.ticker.take() {
-            t.abort();
-        }
-        state.live.fetch_sub(1, Ordering::Relaxed);
+        // Stop reading now rather than when the state is dropped.
+        state.reader.take();
+        state.ticker.take();
         let s = &state.core.stats;
         let dropped = state
             .udp_queue
@@ -306,13 +322,19 @@ impl SessionState {
             domain,
             template_id,
         };
+        let now = Instant::now();
         for d in decoded {
             let domain = d.header.observation_domain;
             for ev in &d.events {
                 let _ = match ev {
                     TemplateEvent::Define(t) => {
+                        // The exporter's own definition wins over any lookup still under way.
+                        self.asked.remove(&(domain, t.id));
                         cache.cast(CacheMsg::Learned(key(domain, t.id), t.clone()))
                     }
+                    // RFC 7011 section 8.4: UDP withdrawals are not applied, so not shared either
+                    // (a spoofed datagram must not withdraw an exporter's templates cluster-wide).
+                    _ if self.udp_queue.is_some() => Ok(()),
                     TemplateEvent::Withdraw { kind, id } => {
                         cache.cast(CacheMsg::Withdrawn(key(domain, *id), *kind))
                     }
@@ -323,19 +345,34 @@ impl SessionState {
                     }
                 };
             }
-            let now = Instant::now();
+            // Ask for missing templates, a bounded number of them: a peer sending data sets for
+            // thousands of made-up template ids must not flood the cache.
+            let mut asked_now = 0;
             for m in &d.missing {
-                let asked = self
-                    .asked
-                    .entry((domain, m.template_id))
-                    .or_insert(now - ASK_AGAIN);
-                if now.duration_since(*asked) >= ASK_AGAIN {
-                    *asked = now;
-                    let _ = cache.cast(CacheMsg::Lookup(
-                        key(domain, m.template_id),
-                        self.me.clone(),
-                    ));
+                if asked_now >= MAX_LOOKUPS_PER_MESSAGE {
+                    break;
                 }
+                let k = (domain, m.template_id);
+                if self
+                    .asked
+                    .get(&k)
+                    .is_some_and(|at| now.duration_since(*at) < ASK_AGAIN)
+                {
+                    continue;
+                }
+                if !self.asked.contains_key(&k) && self.asked.len() >= MAX_OPEN_LOOKUPS {
+                    self.asked
+                        .retain(|_, at| now.duration_since(*at) < ASK_AGAIN);
+                    if self.asked.len() >= MAX_OPEN_LOOKUPS {
+                        break;
+                    }
+                }
+                self.asked.insert(k, now);
+                asked_now += 1;
+                let _ = cache.cast(CacheMsg::Lookup(
+                    key(domain, m.template_id),
+                    self.me.clone(),
+                ));
             }
         }
     }
@@ -344,6 +381,7 @@ impl SessionState {
         if !self.sink.renders() {
             return Ok(());
         }
+        let closed = || "the record output closed".to_string();
         let mut out = Vec::with_capacity(4096);
         for d in decoded {
             for b in &d.batches {
@@ -358,20 +396,33 @@ impl SessionState {
                         r,
                         self.core.registry(),
                     );
+                    // Chunks of about 1 MiB: the output queue's bound in chunks is then a bound
+                    // in bytes, whatever one message expands to.
+                    if out.len() >= OUTPUT_CHUNK {
+                        let full = std::mem::replace(&mut out, Vec::with_capacity(4096));
+                        self.sink.write(full).await.map_err(|_| closed())?;
+                    }
                 }
             }
         }
-        if !out.is_empty() && self.sink.write(out).await.is_err() {
-            return Err("the record output closed".into());
+        if !out.is_empty() {
+            self.sink.write(out).await.map_err(|_| closed())?;
         }
         Ok(())
     }
 }
 
+/// Rendered records handed to the output at a time, at most (plus one record).
+const OUTPUT_CHUNK: usize = 1 << 20;
+
 /// A lookup's answer: the template goes into the session's decoder and the Data Sets that were
 /// waiting for it are decoded.
 async fn self_learn(state: &mut SessionState, domain: u32, template: Template) {
-    state.asked.remove(&(domain, template.id));
+    // An answer nobody is waiting for any more (the exporter defined the template meanwhile, or
+    // asked long ago) must not replace what the session holds.
+    if state.asked.remove(&(domain, template.id)).is_none() {
+        return;
+    }
     match state.core.learn_shared(domain, template, Instant::now()) {
         Ok(released) => {
             let _ = state.emit(&released).await;
@@ -382,6 +433,10 @@ async fn self_learn(state: &mut SessionState, domain: u32, template: Template) {
 
 /// How long a closed TCP session waits for template lookups before it ends.
 const LOOKUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Lookups one message may start, and lookups one session may have open.
+const MAX_LOOKUPS_PER_MESSAGE: usize = 16;
+const MAX_OPEN_LOOKUPS: usize = 256;
 
 /// How long a session waits before asking the cache again for a template it still lacks.
 const ASK_AGAIN: Duration = Duration::from_secs(5);

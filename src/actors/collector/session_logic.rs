@@ -60,6 +60,13 @@ pub struct SessionStats {
     pub last_error: Option<String>,
 }
 
+/// What one held set costs besides its bytes (its bookkeeping), so that many tiny sets cannot
+/// hold far more memory than `pending_bytes` says.
+const PENDING_ENTRY_COST: usize = 64;
+
+/// Observation Domains one session may use: each costs state, and an exporter has a few.
+pub const MAX_DOMAINS_PER_SESSION: usize = 1024;
+
 struct Pending {
     version: u16,
     domain: u32,
@@ -121,6 +128,20 @@ impl SessionCore {
         now: Instant,
     ) -> Result<Vec<DecodedMessage>, WireError> {
         self.expire(now);
+        if let Some(domain) = peek_domain(&msg)
+            && !self.expected.contains_key(&domain)
+            && self.expected.len() >= MAX_DOMAINS_PER_SESSION
+        {
+            self.stats.errors += 1;
+            let e = WireError::Template {
+                offset: 12,
+                reason: format!(
+                    "more than {MAX_DOMAINS_PER_SESSION} observation domains in one session"
+                ),
+            };
+            self.stats.last_error = Some(e.to_string());
+            return Err(e);
+        }
         let len = msg.len() as u64;
         let decoded = match self.decoder.decode(msg) {
             Ok(d) => d,
@@ -151,7 +172,16 @@ impl SessionCore {
                         .insert((domain, t.id), (t.kind, now));
                     defined.push(t.id);
                 }
-                _ => self.stats.withdrawals += 1,
+                TemplateEvent::Withdraw { id, .. } => {
+                    self.stats.withdrawals += 1;
+                    self.template_refreshed.remove(&(domain, *id));
+                }
+                TemplateEvent::WithdrawAll { .. } => {
+                    self.stats.withdrawals += 1;
+                    let held = &decoded.templates;
+                    self.template_refreshed
+                        .retain(|(d, id), _| *d != domain || held.contains_key(id));
+                }
             }
         }
         if !defined.is_empty() && !self.pending.is_empty() {
@@ -213,6 +243,14 @@ impl SessionCore {
                 self.stats.lost += ahead as u64;
             } else {
                 self.stats.out_of_order += 1;
+                // A late message that ends at or before what we expect is reordering: the
+                // expectation stays (moving it back would count the records after it as lost
+                // again). One that reaches past it means the exporter started counting again
+                // (a restart): follow it.
+                let reaches = next.wrapping_sub(expected);
+                if reaches == 0 || reaches >= 1 << 31 {
+                    return;
+                }
             }
         }
         if d.missing.is_empty() {
@@ -232,20 +270,21 @@ impl SessionCore {
         len: usize,
         now: Instant,
     ) {
-        if len > self.limits.pending_bytes {
+        let cost = len + PENDING_ENTRY_COST;
+        if cost > self.limits.pending_bytes {
             self.stats.dropped_sets_buffer_full += 1;
             return;
         }
-        while self.pending_bytes + len > self.limits.pending_bytes {
+        while self.pending_bytes + cost > self.limits.pending_bytes {
             match self.pending.pop_front() {
                 Some(p) => {
-                    self.pending_bytes -= p.set.len();
+                    self.pending_bytes -= p.set.len() + PENDING_ENTRY_COST;
                     self.stats.dropped_sets_buffer_full += 1;
                 }
                 None => break,
             }
         }
-        self.pending_bytes += len;
+        self.pending_bytes += cost;
         self.pending.push_back(Pending {
             version: d.header.version,
             domain: d.header.observation_domain,
@@ -265,7 +304,7 @@ impl SessionCore {
                 keep.push_back(p);
                 continue;
             }
-            self.pending_bytes -= p.set.len();
+            self.pending_bytes -= p.set.len() + PENDING_ENTRY_COST;
             match self.decoder.decode(wrap_set(&p)) {
                 Ok(d) if d.missing.is_empty() => {
                     self.stats.pending_decoded_sets += 1;
@@ -295,7 +334,7 @@ impl SessionCore {
             if now.duration_since(p.since) < self.limits.pending_age {
                 break;
             }
-            self.pending_bytes -= p.set.len();
+            self.pending_bytes -= p.set.len() + PENDING_ENTRY_COST;
             self.pending.pop_front();
             self.stats.dropped_sets_no_template += 1;
         }
@@ -317,6 +356,17 @@ impl SessionCore {
     pub fn pending_sets(&self) -> usize {
         self.pending.len()
     }
+}
+
+/// The Observation Domain in an IPFIX or NetFlow v9 header, if there is one.
+fn peek_domain(m: &[u8]) -> Option<u32> {
+    let at = match m.get(..2)? {
+        [0, 10] => 12,
+        [0, 9] => 16,
+        _ => return None,
+    };
+    m.get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// A held Data Set as a message of its own, with the original header's domain and time.
@@ -389,6 +439,9 @@ mod tests {
         assert_eq!(s.stats.lost, 2);
         assert_eq!(s.stats.out_of_order, 1);
         assert_eq!(s.stats.data_records, 6);
+        // The late message does not move the expectation back: data[3] follows data[2].
+        s.on_message(data[3].clone(), now).expect("data");
+        assert_eq!(s.stats.lost, 2, "reordering is not loss twice");
     }
 
     #[test]

@@ -117,12 +117,14 @@ struct Route {
 /// Datagrams taken off the socket per wakeup, at most: one actor message per session per
 /// wakeup instead of one per datagram.
 const BURST: usize = 64;
+const ROUTE_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
     let mut routes: HashMap<(SocketAddr, u32), Route> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut unroutable: u64 = 0;
     let mut burst: HashMap<(SocketAddr, u32), Vec<Bytes>> = HashMap::new();
+    let mut last_sweep = std::time::Instant::now();
     loop {
         if let Err(e) = socket.readable().await {
             tracing::warn!(error = %e, "UDP socket failed");
@@ -149,6 +151,19 @@ async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
                 .entry((peer, domain))
                 .or_default()
                 .push(Bytes::copy_from_slice(datagram));
+        }
+        // Routes of sessions that retired and whose exporter went quiet: forget them now and
+        // then, so spoofed or short-lived sources do not accumulate.
+        if routes.len() > 64 && last_sweep.elapsed() >= ROUTE_SWEEP {
+            last_sweep = std::time::Instant::now();
+            routes.retain(|_, r| {
+                matches!(
+                    r.session.get_status(),
+                    ractor::ActorStatus::Running
+                        | ractor::ActorStatus::Starting
+                        | ractor::ActorStatus::Upgrading
+                )
+            });
         }
         for (key, datagrams) in burst.drain() {
             if let Some(route) = routes.get(&key) {
