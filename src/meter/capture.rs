@@ -54,6 +54,8 @@ pub struct Packet<'a> {
     pub frame: u64,
     pub timestamp: Duration,
     pub link: DataLink,
+    /// The frame's length on the wire (the capture may hold fewer bytes: `data`).
+    pub orig_len: u32,
     pub data: &'a [u8],
 }
 
@@ -88,14 +90,24 @@ impl<R: Read> CaptureReader<R> {
     /// The next frame, or `None` at the end. A format error ends the capture (what was read
     /// before it stays valid).
     pub fn next_packet(&mut self) -> Option<Result<Packet<'_>, CaptureError>> {
-        let (link, timestamp) = match &mut self.inner {
+        let (link, timestamp, orig_len) = match &mut self.inner {
             Inner::Pcap(r) => {
-                let link = r.header().datalink;
-                match r.next_packet()? {
+                let header = r.header();
+                // The raw record: pcap-file's checked one refuses an original length above the
+                // snap length, which is just what a capture with a short snap length records.
+                match r.next_raw_packet()? {
                     Ok(p) => {
                         self.data.clear();
                         self.data.extend_from_slice(&p.data);
-                        (link, p.timestamp)
+                        let frac = match header.ts_resolution {
+                            pcap_file::TsResolution::MicroSecond => p.ts_frac.min(999_999) * 1_000,
+                            pcap_file::TsResolution::NanoSecond => p.ts_frac.min(999_999_999),
+                        };
+                        (
+                            header.datalink,
+                            Duration::new(p.ts_sec as u64, frac),
+                            p.orig_len,
+                        )
                     }
                     Err(e) => return Some(Err(e.into())),
                 }
@@ -105,16 +117,16 @@ impl<R: Read> CaptureReader<R> {
                     Ok(b) => b,
                     Err(e) => return Some(Err(e.into())),
                 };
-                let (iface, timestamp) = match block {
+                let (iface, timestamp, orig_len) = match block {
                     Block::EnhancedPacket(p) => {
                         self.data.clear();
                         self.data.extend_from_slice(&p.data);
-                        (p.interface_id as usize, p.timestamp)
+                        (p.interface_id as usize, p.timestamp, p.original_len)
                     }
                     Block::SimplePacket(p) => {
                         self.data.clear();
                         self.data.extend_from_slice(&p.data);
-                        (0, Duration::ZERO)
+                        (0, Duration::ZERO, p.original_len)
                     }
                     _ => continue,
                 };
@@ -123,7 +135,7 @@ impl<R: Read> CaptureReader<R> {
                     .get(iface)
                     .map(|i| i.linktype)
                     .unwrap_or(DataLink::ETHERNET);
-                break (link, timestamp);
+                break (link, timestamp, orig_len);
             },
         };
         self.frame += 1;
@@ -131,6 +143,7 @@ impl<R: Read> CaptureReader<R> {
             frame: self.frame,
             timestamp,
             link,
+            orig_len,
             data: &self.data,
         }))
     }

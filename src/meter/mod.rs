@@ -3,6 +3,8 @@
 //! payload, and TCP stream reassembly, which `dump` and `send` use to take IPFIX out of captures.
 
 pub mod capture;
+pub mod flow;
 pub mod messages;
+pub mod packet;
 pub mod tcp_stream;
 pub mod transport;
