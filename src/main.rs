@@ -1,5 +1,5 @@
 use clap::Parser;
-use ipfixsvc::cli::{Cli, Command, cluster, dump, send, serve};
+use ipfixsvc::cli::{Cli, Command, cluster, convert, dump, send, serve};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -7,6 +7,12 @@ fn main() -> std::process::ExitCode {
         Command::Dump(args) => dump::run(args).map(|_| ()),
         Command::Serve(args) => serve::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Convert(args) => convert::run(args).map(|s| {
+            for w in &s.warnings {
+                eprintln!("ipfixsvc convert: warning: {w}");
+            }
+            eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
+        }),
         Command::Send(args) => send::run(args).map(|s| {
             eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
         }),

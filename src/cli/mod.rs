@@ -1,6 +1,7 @@
 //! The command line: one binary, subcommands that use the same code paths as the actors.
 
 pub mod cluster;
+pub mod convert;
 pub mod dump;
 pub mod send;
 pub mod serve;
@@ -30,4 +31,6 @@ pub enum Command {
     Send(send::SendArgs),
     /// Ask a running cluster for its sessions or its view of itself.
     Cluster(cluster::ClusterArgs),
+    /// Meter packet captures into flows and write them as an IPFIX file.
+    Convert(convert::ConvertArgs),
 }
