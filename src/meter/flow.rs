@@ -4,7 +4,7 @@
 //! capture meters the same way however fast it is read.
 
 use super::packet::PacketInfo;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 
 /// flowEndReason (IANA IE 136).
@@ -85,7 +85,8 @@ type Key = (u16, u8, IpAddr, u16, IpAddr, u16);
 
 pub struct FlowTable {
     cfg: MeterConfig,
-    flows: HashMap<Key, Flow>,
+    /// FxHash: a capture's 5-tuples are not chosen to collide, and this is the per-packet path.
+    flows: FxHashMap<Key, Flow>,
     last_sweep_ms: u64,
     pub evicted: u64,
 }
@@ -99,7 +100,7 @@ impl FlowTable {
     pub fn new(cfg: MeterConfig) -> FlowTable {
         FlowTable {
             cfg,
-            flows: HashMap::new(),
+            flows: FxHashMap::default(),
             last_sweep_ms: 0,
             evicted: 0,
         }
@@ -119,8 +120,11 @@ impl FlowTable {
         if !self.cfg.biflow {
             return (fwd, false);
         }
+        if self.flows.contains_key(&fwd) {
+            return (fwd, false);
+        }
         let rev = (p.vlan, p.proto, p.dst, p.dport, p.src, p.sport);
-        if self.flows.contains_key(&rev) && !self.flows.contains_key(&fwd) {
+        if self.flows.contains_key(&rev) {
             (rev, true)
         } else {
             (fwd, false)
