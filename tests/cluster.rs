@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, Server};
+use common::{BIN, Server, eventually};
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
@@ -35,14 +35,6 @@ fn cluster(what: &str, seed: u16) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into(),
         String::from_utf8_lossy(&out.stderr).into(),
     )
-}
-
-fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -249,28 +241,16 @@ fn nodes_speak_mutual_tls_and_refuse_plain_peers() {
     assert!(a.log_lines("tls=true").len() == 1);
 
     // The query tool speaks TLS too.
-    let out = Command::new(BIN)
-        .args([
-            "cluster",
-            "view",
-            "--seed",
-            &la,
-            "--cookie",
-            COOKIE,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-ca",
-            &ca,
-        ])
-        .output()
-        .expect("cluster view");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("tls-b@"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tls_view = || {
+        let out = Command::new(BIN)
+            .args(["cluster", "view", "--seed", &la, "--cookie", COOKIE])
+            .args(["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca])
+            .output()
+            .expect("cluster view");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let view = tls_view();
+    assert!(view.contains("tls-b@"), "{view}");
 
     // A plain node with the right cookie is not let in.
     let c = Server::start(
@@ -287,26 +267,7 @@ fn nodes_speak_mutual_tls_and_refuse_plain_peers() {
         c.log_lines("cluster peer ready").is_empty(),
         "a plain node must not join a TLS cluster"
     );
-    let (view, _) = {
-        let out = Command::new(BIN)
-            .args([
-                "cluster",
-                "view",
-                "--seed",
-                &la,
-                "--cookie",
-                COOKIE,
-                "--tls-cert",
-                &cert,
-                "--tls-key",
-                &key,
-                "--tls-ca",
-                &ca,
-            ])
-            .output()
-            .expect("cluster view");
-        (String::from_utf8_lossy(&out.stdout).to_string(), ())
-    };
+    let view = tls_view();
     assert!(!view.contains("plain-c@"), "{view}");
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);

@@ -6,14 +6,14 @@
 mod common;
 
 use common::redis_server::RedisServer;
-use common::{BIN, Server};
+use common::{BIN, Server, eventually};
 use ipfixsvc::wire::{
     Decoder, DecoderOptions, FieldSpec, FieldValue, MessageBuilder, Plan, Registry, Template,
     TemplateKind, VARLEN,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn templates() -> [Template; 2] {
     [
@@ -105,14 +105,6 @@ fn redis_has(redis: &RedisServer, key: &str) -> bool {
         .args(["-p", &redis.port.to_string(), "EXISTS", key])
         .output();
     out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
-}
-
-fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Records in `bytes` for a decoder that first saw `with` (its templates).

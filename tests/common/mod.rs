@@ -133,3 +133,12 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Polls `f` until it holds, failing the test with `what` after `within`.
+pub fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
