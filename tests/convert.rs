@@ -2,7 +2,9 @@
 //! the file back, and the records add up to what the meter counted (every IP packet in exactly
 //! one flow, both directions of a biflow; uniflows twice as many where both directions exist).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipfixsvc");
@@ -44,12 +46,7 @@ fn converted_captures_read_back_and_add_up() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/traffic");
     let tmp = std::env::temp_dir().join(format!("ipfixsvc-convert-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("traffic")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
+    let files = common::traffic_captures();
     let mut total_flows = 0;
     for f in &files {
         let out = tmp.join("out.ipfix");

@@ -9,12 +9,14 @@
 //! - Our flow key has the VLAN; tshark's conversation does not. Where the same 5-tuple is seen on
 //!   several VLANs (vlan.pcap), our flows of that 5-tuple are compared by their sum.
 
+mod common;
+
 use ipfixsvc::meter::capture::CaptureReader;
 use ipfixsvc::meter::flow::{FlowTable, MeterConfig};
 use ipfixsvc::meter::packet::{Fragments, classify};
 use std::collections::BTreeMap;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// (protocol, lower endpoint, higher endpoint) -> list of (frames, bytes), one per conversation.
@@ -178,13 +180,7 @@ fn tshark(pcap: &Path) -> Conversations {
 
 #[test]
 fn flows_match_tshark_conversations() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/traffic");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("traffic")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
+    let files = common::traffic_captures();
     let mut problems = Vec::new();
     let mut compared = 0;
     let mut vlan_split = 0;

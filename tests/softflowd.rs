@@ -7,7 +7,7 @@ mod common;
 
 use common::Server;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -146,13 +146,7 @@ fn softflowd_exports_match_tshark() {
     for tool in ["softflowd", "tcpdump", "tshark"] {
         need(tool);
     }
-    let traffic = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/traffic");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&traffic)
-        .expect("traffic")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
+    let files = common::traffic_captures();
     let server = Server::start("softflowd", &[]);
     let port = server.tcp.port();
     let dir = server.out.parent().expect("dir").to_path_buf();

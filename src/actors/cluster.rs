@@ -105,6 +105,11 @@ impl Forward {
     }
 }
 
+/// The peer's `name@host`, once the handshake told it.
+fn peer_name(ses: &ractor_cluster::node::NodeServerSessionInformation) -> Option<String> {
+    ses.peer_name.as_ref().map(|n| n.name.clone())
+}
+
 impl NodeEventSubscription for Forward {
     fn node_session_opened(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
         self.send(PeerEvent::Opened {
@@ -119,29 +124,21 @@ impl NodeEventSubscription for Forward {
             node_id: ses.node_id,
             addr: ses.peer_addr.clone(),
             outgoing: !ses.is_server,
-            name: ses.peer_name.as_ref().map(|n| n.name.clone()),
+            name: peer_name(&ses),
         });
     }
 
     fn node_session_authenticated(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
         self.send(PeerEvent::Authenticated {
             node_id: ses.node_id,
-            name: ses
-                .peer_name
-                .as_ref()
-                .map(|n| n.name.clone())
-                .unwrap_or_default(),
+            name: peer_name(&ses).unwrap_or_default(),
         });
     }
 
     fn node_session_ready(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
         self.send(PeerEvent::Ready {
             node_id: ses.node_id,
-            name: ses
-                .peer_name
-                .as_ref()
-                .map(|n| n.name.clone())
-                .unwrap_or_default(),
+            name: peer_name(&ses).unwrap_or_default(),
         });
     }
 }
