@@ -64,27 +64,31 @@ fn malformed_messages_are_reported_with_their_place_and_dump_goes_on() {
     bad[at + 19] = 0xff;
     let path = temp("bad.ipfix");
     std::fs::write(&path, &bad).expect("write");
-    let (out, err, ok) = dump(&["--count"], &[&path]);
-    assert!(ok, "a bad message is not a failed run");
-    let counts: serde_json::Value = serde_json::from_str(out.trim()).expect("counts JSON");
-    assert_eq!(counts["messages"], 68);
-    assert_eq!(counts["errors"], 1);
-    let (good_out, _, _) = dump(&["--count"], &[&testdata("example_flows.ipfix")]);
-    let good_counts: serde_json::Value =
-        serde_json::from_str(good_out.trim()).expect("counts JSON");
-    assert!(counts["dataRecords"].as_u64() < good_counts["dataRecords"].as_u64());
-    assert!(
-        err.contains(&format!("message at offset {at}")) && err.contains("runs past the end"),
-        "{err}"
-    );
-
-    // A file cut inside a message: everything before it is decoded, the cut is reported.
     let cut = temp("cut.ipfix");
     std::fs::write(&cut, &good[..good.len() - 10]).expect("write");
-    let (out, err, _) = dump(&["--count"], &[&cut]);
-    let counts: serde_json::Value = serde_json::from_str(out.trim()).expect("counts JSON");
-    assert_eq!(counts["messages"], 67);
-    assert!(err.contains("ended inside a message"), "{err}");
+    // The same through a mapped file and through read(2).
+    for mode in [&[][..], &["--no-mmap"][..]] {
+        let count = [mode, &["--count"]].concat();
+        let (out, err, ok) = dump(&count, &[&path]);
+        assert!(ok, "a bad message is not a failed run");
+        let counts: serde_json::Value = serde_json::from_str(out.trim()).expect("counts JSON");
+        assert_eq!(counts["messages"], 68);
+        assert_eq!(counts["errors"], 1);
+        let (good_out, _, _) = dump(&count, &[&testdata("example_flows.ipfix")]);
+        let good_counts: serde_json::Value =
+            serde_json::from_str(good_out.trim()).expect("counts JSON");
+        assert!(counts["dataRecords"].as_u64() < good_counts["dataRecords"].as_u64());
+        assert!(
+            err.contains(&format!("message at offset {at}")) && err.contains("runs past the end"),
+            "{err}"
+        );
+
+        // A file cut inside a message: everything before it is decoded, the cut is reported.
+        let (out, err, _) = dump(&count, &[&cut]);
+        let counts: serde_json::Value = serde_json::from_str(out.trim()).expect("counts JSON");
+        assert_eq!(counts["messages"], 67);
+        assert!(err.contains("ended inside a message"), "{err}");
+    }
 
     // Not IPFIX at all.
     let junk = temp("junk.bin");

@@ -107,17 +107,17 @@ impl Decoder {
     ///
     /// Template Sets are applied as they are met, so Data Sets later in the same message can use
     /// them. On error, the template changes of the Sets before the bad one stay applied.
-    pub fn decode(&mut self, buf: Bytes) -> Result<DecodedMessage, WireError> {
+    pub fn decode(&mut self, mut buf: Bytes) -> Result<DecodedMessage, WireError> {
         let header = parse_header(&buf)?;
-        let buf = if header.version == IPFIX_VERSION {
-            buf.slice(..header.length as usize)
-        } else {
-            buf
-        };
+        if header.version == IPFIX_VERSION {
+            // Shortened in place: slicing or cloning would touch the shared reference count,
+            // which costs more per message than decoding a small Data Set.
+            buf.truncate(header.length as usize);
+        }
         let domain = header.observation_domain;
         let mut out = DecodedMessage {
             header,
-            buf: buf.clone(),
+            buf: Bytes::new(),
             templates: Arc::default(),
             batches: Vec::new(),
             events: Vec::new(),
@@ -143,6 +143,7 @@ impl Decoder {
             }
         }
         out.templates = self.domains.get(&domain).cloned().unwrap_or_default();
+        out.buf = buf;
         Ok(out)
     }
 

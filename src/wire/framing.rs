@@ -60,6 +60,20 @@ impl Framer {
     /// Takes one whole message off the front of `buf`, if one is there. A header that cannot
     /// start a valid message is an error: the stream has lost its framing and must be closed.
     pub fn next_message(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        Ok(self
+            .complete_len(buf)?
+            .map(|len| buf.split_to(len).freeze()))
+    }
+
+    /// The same for a buffer that already holds the whole stream (a mapped file): messages are
+    /// slices of it, nothing is copied.
+    pub fn next_in(&mut self, buf: &mut Bytes) -> Result<Option<Bytes>, FramingError> {
+        Ok(self.complete_len(buf)?.map(|len| buf.split_to(len)))
+    }
+
+    /// The length of the message at the front of `buf` once all of it is there; counts it as
+    /// taken.
+    fn complete_len(&mut self, buf: &[u8]) -> Result<Option<usize>, FramingError> {
         if buf.len() < 4 {
             return Ok(None);
         }
@@ -88,11 +102,11 @@ impl Framer {
             return Ok(None);
         }
         self.offset += len as u64;
-        Ok(Some(buf.split_to(len).freeze()))
+        Ok(Some(len))
     }
 
     /// Called at end of stream: bytes left over mean the last message was cut short.
-    pub fn finish(&self, buf: &BytesMut) -> Result<(), FramingError> {
+    pub fn finish(&self, buf: &[u8]) -> Result<(), FramingError> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -183,6 +197,42 @@ impl<R: Read> Iterator for MessageReader<R> {
     }
 }
 
+/// The messages of a stream that is all in memory (a mapped or read file), as slices of it.
+pub struct MessageSlices {
+    framer: Framer,
+    rest: Bytes,
+    done: bool,
+}
+
+impl MessageSlices {
+    pub fn new(all: Bytes, max_message: usize) -> Self {
+        MessageSlices {
+            framer: Framer::new(max_message),
+            rest: all,
+            done: false,
+        }
+    }
+}
+
+impl Iterator for MessageSlices {
+    type Item = Result<(u64, Bytes), FramingError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let at = self.framer.offset();
+        let step = match self.framer.next_in(&mut self.rest) {
+            Ok(Some(m)) => return Some(Ok((at, m))),
+            Ok(None) => self.framer.finish(&self.rest),
+            Err(e) => Err(e),
+        };
+        // At the end, or lost framing: nothing more can be read either way.
+        self.done = true;
+        step.err().map(Err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +291,26 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn slices_agree_with_the_reader() {
+        let mut good = message(1, 16);
+        good.extend(message(2, 40));
+        let mut cut = good.clone();
+        cut.extend(&message(3, 40)[..30]);
+        let mut bad = good.clone();
+        bad.extend(message(4, 12));
+        for stream in [good, cut, bad, Vec::new()] {
+            let show = |m: Result<(u64, Bytes), FramingError>| {
+                m.map(|(off, b)| (off, b.to_vec()))
+                    .map_err(|e| e.to_string())
+            };
+            let read: Vec<_> = MessageReader::new(&stream[..], 1500).map(show).collect();
+            let sliced: Vec<_> = MessageSlices::new(Bytes::from(stream.clone()), 1500)
+                .map(show)
+                .collect();
+            assert_eq!(read, sliced);
+        }
     }
 }

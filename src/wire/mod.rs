@@ -19,7 +19,7 @@ pub use batch::{Batch, Column, Span, Value};
 pub use decoder::{DecodedMessage, Decoder, DecoderOptions, MissingTemplate, TemplateMap};
 pub use encode::{FieldValue, FileWriter, MessageBuilder};
 pub use error::WireError;
-pub use framing::{Framer, FramingError, MessageReader};
+pub use framing::{Framer, FramingError, MessageReader, MessageSlices};
 pub use header::MessageHeader;
 pub use model::{DataType, InfoElement, Semantics};
 pub use plan::{ColumnType, Plan};
