@@ -1,14 +1,15 @@
-//! `ipfixsvc convert`: packet captures (pcap, pcapng; read as streams) -> an RFC 5655 IPFIX file
-//! of biflows (or uniflows), through the same metering code the jobs will use. A summary goes to
-//! standard error as JSON.
+//! `ipfixsvc convert`: packet captures (pcap, pcapng; mapped, so never read whole into memory) ->
+//! an RFC 5655 IPFIX file of biflows (or uniflows), through the same metering run the conversion
+//! jobs use. A progress bar on a terminal; a summary to standard error as JSON.
 
-use crate::meter::capture::CaptureReader;
-use crate::meter::export::FlowWriter;
-use crate::meter::flow::{FlowTable, MeterConfig};
-use crate::meter::packet::{Fragments, Skip, classify};
+pub use crate::meter::convert::ConvertSummary;
+use crate::meter::convert::{Control, Conversion};
+use crate::meter::flow::MeterConfig;
+use crate::store::files::{Access, open_capture};
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -35,22 +36,9 @@ pub struct ConvertArgs {
     /// Observation Domain of the exported messages.
     #[arg(long, default_value_t = 0)]
     pub domain: u32,
-}
-
-#[derive(Debug, Default, serde::Serialize)]
-pub struct ConvertSummary {
-    pub packets: u64,
-    pub metered_packets: u64,
-    pub skipped_not_ip: u64,
-    pub skipped_malformed: u64,
-    pub skipped_orphan_fragments: u64,
-    pub flows: u64,
-    pub evicted_flows: u64,
-    pub octets: u64,
-    pub seconds: f64,
-    pub packets_per_second: f64,
-    /// A capture that ended early (truncated file): what was read is converted.
-    pub warnings: Vec<String>,
+    /// No progress bar (there is none anyway when standard error is not a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 pub fn run(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
@@ -62,52 +50,40 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         max_flows: args.max_flows.max(1),
     };
     let out = File::create(&args.output).with_context(|| format!("{}", args.output.display()))?;
-    let mut writer = FlowWriter::new(
-        BufWriter::with_capacity(1 << 20, out),
-        args.domain,
-        cfg.biflow,
-    )?;
-    let mut table = FlowTable::new(cfg);
-    let mut frags = Fragments::default();
-    let mut done = Vec::new();
-    let mut s = ConvertSummary::default();
-    for input in &args.inputs {
-        let file = File::open(input).with_context(|| format!("{}", input.display()))?;
-        let mut cap = CaptureReader::new(BufReader::with_capacity(1 << 20, file))
-            .with_context(|| format!("{}", input.display()))?;
-        while let Some(p) = cap.next_packet() {
-            let p = match p {
-                Ok(p) => p,
-                Err(e) => {
-                    s.warnings
-                        .push(format!("{}: capture ends early: {e}", input.display()));
-                    break;
-                }
-            };
-            s.packets += 1;
-            match classify(&p, &mut frags) {
-                Ok(info) => {
-                    s.metered_packets += 1;
-                    s.octets += info.ip_len as u64;
-                    table.observe(&info, &mut done);
-                }
-                Err(Skip::NotIp) => s.skipped_not_ip += 1,
-                Err(Skip::Malformed(_)) => s.skipped_malformed += 1,
-                Err(Skip::OrphanFragment) => s.skipped_orphan_fragments += 1,
+    let mut run = Conversion::new(BufWriter::with_capacity(1 << 20, out), cfg, args.domain)?;
+    // A bar only for people: on a terminal, and not when asked to be quiet.
+    let show = !args.quiet && std::io::stderr().is_terminal();
+    for (n, input) in args.inputs.iter().enumerate() {
+        let shown = input.display().to_string();
+        let mut capture =
+            open_capture(input, Access::Map { populate: false }).with_context(|| shown.clone())?;
+        let bar = match (show, capture.total()) {
+            (false, _) => ProgressBar::hidden(),
+            (true, Some(total)) => ProgressBar::new(total).with_style(bar_style(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
+            )),
+            (true, None) => {
+                ProgressBar::new_spinner().with_style(bar_style("{prefix} {spinner} {msg}"))
             }
-            for f in done.drain(..) {
-                writer.write(&f)?;
+        };
+        bar.set_prefix(format!("[{}/{}] {shown}", n + 1, args.inputs.len()));
+        run.meter(&shown, &mut capture, &mut |p| {
+            if let Some(pos) = p.position {
+                bar.set_position(pos);
             }
-        }
+            bar.set_message(format!("{} packets, {} flows", p.packets, p.flows));
+            Control::Continue
+        })?;
+        bar.finish_and_clear();
     }
-    s.evicted_flows = table.evicted;
-    table.finish(&mut done);
-    for f in done.drain(..) {
-        writer.write(&f)?;
-    }
-    s.flows = writer.flows;
-    writer.finish()?;
+    let (mut s, _) = run.finish()?;
     s.seconds = start.elapsed().as_secs_f64();
     s.packets_per_second = s.packets as f64 / s.seconds.max(1e-9);
     Ok(s)
+}
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }

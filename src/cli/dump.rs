@@ -6,6 +6,7 @@
 use crate::meter::capture::{CaptureReader, FileKind, sniff_reader};
 use crate::meter::messages::{Found, MessageFinder};
 use crate::meter::transport::Protocol;
+use crate::store::files::{Access, map_file};
 use crate::wire::ndjson::{self, Origin};
 use crate::wire::{
     DecodedMessage, Decoder, DecoderOptions, MessageReader, MessageSlices, Registry, TemplateEvent,
@@ -42,7 +43,7 @@ pub struct DumpArgs {
     /// Largest IPFIX message accepted from a stream.
     #[arg(long, default_value_t = 65535)]
     pub max_message: usize,
-    /// Read IPFIX files with read(2) instead of mapping them into memory. Mapping is faster
+    /// Read files with read(2) instead of mapping them into memory. Mapping is faster
     /// (no copy out of the page cache) but a file cut short by another process while it is
     /// read ends the process with SIGBUS: use this on files that are still being written.
     #[arg(long)]
@@ -135,30 +136,21 @@ impl<W: Write> Dumper<W> {
         // 64 KiB: the message reader asks for at least that much, so its reads bypass this buffer.
         let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
         match sniff_reader(&mut reader)? {
-            FileKind::Ipfix => match self.map(reader.get_ref()) {
+            FileKind::Ipfix => match map_file(reader.get_ref(), self.access(true)) {
                 Some(all) => self.ipfix_messages(path, MessageSlices::new(all, self.max_message)),
                 None => self.ipfix_messages(path, MessageReader::new(reader, self.max_message)),
             },
-            FileKind::Pcap | FileKind::PcapNg => self.capture(path, reader),
+            FileKind::Pcap | FileKind::PcapNg => {
+                let capture = match map_file(reader.get_ref(), self.access(false)) {
+                    Some(all) => CaptureReader::from_bytes(all)?,
+                    None => CaptureReader::new(reader)?,
+                };
+                self.capture(path, capture)
+            }
             FileKind::Unknown(m) => {
                 anyhow::bail!("neither an IPFIX file nor a capture (starts with {m:02x?})")
             }
         }
-    }
-
-    /// The whole file as one buffer, when it is a regular file and mapping is allowed.
-    fn map(&self, file: &File) -> Option<Bytes> {
-        if self.no_mmap || !file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0) {
-            return None;
-        }
-        // SAFETY: the map is read-only and private. Rust's aliasing rules assume the bytes do
-        // not change while borrowed; another process writing the file breaks that, and one
-        // truncating it raises SIGBUS. Both are documented on --no-mmap (ripgrep makes the same
-        // trade for the same reason: the copy out of the page cache costs more than decoding).
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(file) }.ok()?;
-        // Sequential reading: let the kernel read ahead; a hint, so a failure changes nothing.
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Some(Bytes::from_owner(map))
     }
 
     fn ipfix_messages<I>(&mut self, path: &Path, messages: I) -> anyhow::Result<()>
@@ -176,9 +168,21 @@ impl<W: Write> Dumper<W> {
         Ok(())
     }
 
-    fn capture(&mut self, path: &Path, reader: BufReader<File>) -> anyhow::Result<()> {
+    /// IPFIX files are read whole (populated); captures page in as they are read.
+    fn access(&self, populate: bool) -> Access {
+        if self.no_mmap {
+            Access::Read
+        } else {
+            Access::Map { populate }
+        }
+    }
+
+    fn capture(
+        &mut self,
+        path: &Path,
+        mut capture: CaptureReader<BufReader<File>>,
+    ) -> anyhow::Result<()> {
         let shown = path.display().to_string();
-        let mut capture = CaptureReader::new(reader)?;
         // Taken out of `self` while `self` prints; put back for the next file.
         let mut decoders = std::mem::take(&mut self.decoders);
         let mut found = Vec::new();

@@ -1,9 +1,12 @@
 //! Streaming pcap and pcapng reading (never the whole file in memory), behind one reader that
-//! detects the format from the file's magic number.
+//! detects the format from the file's magic number. The reader takes either a `Read` (pipes,
+//! sockets) or the file's bytes as one buffer (a mapped file: the kernel pages it in as it is
+//! read, and no frame is copied).
 
+use bytes::Bytes;
 use pcap_file::DataLink;
-use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcap::{PcapParser, PcapReader};
+use pcap_file::pcapng::{Block, PcapNgParser, PcapNgReader};
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
 
@@ -62,12 +65,46 @@ pub struct Packet<'a> {
 enum Inner<R: Read> {
     Pcap(PcapReader<R>),
     PcapNg(PcapNgReader<R>),
+    MappedPcap(PcapParser),
+    MappedPcapNg(PcapNgParser),
 }
 
 pub struct CaptureReader<R: Read> {
     inner: Inner<R>,
     frame: u64,
+    /// The current frame, for readers (a mapped file's frames are read in place).
     data: Vec<u8>,
+    /// A mapped file, and where the next record starts in it.
+    all: Bytes,
+    at: usize,
+}
+
+/// The reader type for captures that are all in memory; `Read` is not used.
+pub type MappedCapture = CaptureReader<std::io::Empty>;
+
+impl<R: Read> CaptureReader<R> {
+    /// A capture whose bytes are all here (a mapped or read file); `R` is never read.
+    pub fn from_bytes(all: Bytes) -> Result<CaptureReader<R>, CaptureError> {
+        let (inner, rest) = match sniff(&all) {
+            FileKind::Pcap => {
+                let (rest, p) = PcapParser::new(&all)?;
+                (Inner::MappedPcap(p), rest.len())
+            }
+            FileKind::PcapNg => {
+                let (rest, p) = PcapNgParser::new(&all)?;
+                (Inner::MappedPcapNg(p), rest.len())
+            }
+            FileKind::Ipfix => return Err(CaptureError::NotACapture([0, 10, 0, 0])),
+            FileKind::Unknown(m) => return Err(CaptureError::NotACapture(m)),
+        };
+        Ok(CaptureReader {
+            inner,
+            frame: 0,
+            data: Vec::new(),
+            at: all.len() - rest,
+            all,
+        })
+    }
 }
 
 impl<R: Read> CaptureReader<R> {
@@ -82,15 +119,92 @@ impl<R: Read> CaptureReader<R> {
             inner,
             frame: 0,
             data: Vec::new(),
+            all: Bytes::new(),
+            at: 0,
         })
     }
 }
 
 impl<R: Read> CaptureReader<R> {
+    /// Bytes of the file read so far, when known (mapped captures).
+    pub fn position(&self) -> Option<u64> {
+        match self.inner {
+            Inner::MappedPcap(_) | Inner::MappedPcapNg(_) => Some(self.at as u64),
+            _ => None,
+        }
+    }
+
+    /// Total bytes of the capture, when known (mapped captures).
+    pub fn total(&self) -> Option<u64> {
+        match self.inner {
+            Inner::MappedPcap(_) | Inner::MappedPcapNg(_) => Some(self.all.len() as u64),
+            _ => None,
+        }
+    }
+
     /// The next frame, or `None` at the end. A format error ends the capture (what was read
     /// before it stays valid).
     pub fn next_packet(&mut self) -> Option<Result<Packet<'_>, CaptureError>> {
+        // Where this frame's bytes are: `None` for `self.data`, else a slice of the map.
+        let mut mapped: Option<&[u8]> = None;
         let (link, timestamp, orig_len) = match &mut self.inner {
+            Inner::MappedPcap(parser) => {
+                let rest = &self.all[self.at..];
+                if rest.is_empty() {
+                    return None;
+                }
+                match parser.next_raw_packet(rest) {
+                    Ok((after, p)) => {
+                        self.at = self.all.len() - after.len();
+                        let header = parser.header();
+                        mapped = in_place(p.data, &mut self.data);
+                        let frac = match header.ts_resolution {
+                            pcap_file::TsResolution::MicroSecond => p.ts_frac.min(999_999) * 1_000,
+                            pcap_file::TsResolution::NanoSecond => p.ts_frac.min(999_999_999),
+                        };
+                        (
+                            header.datalink,
+                            Duration::new(p.ts_sec as u64, frac),
+                            p.orig_len,
+                        )
+                    }
+                    Err(e) => {
+                        self.at = self.all.len(); // the rest cannot be framed: stop here
+                        return Some(Err(e.into()));
+                    }
+                }
+            }
+            Inner::MappedPcapNg(parser) => loop {
+                let rest = &self.all[self.at..];
+                if rest.is_empty() {
+                    return None;
+                }
+                let (after, block) = match parser.next_block(rest) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.at = self.all.len();
+                        return Some(Err(e.into()));
+                    }
+                };
+                self.at = self.all.len() - after.len();
+                let (iface, timestamp, orig_len) = match block {
+                    Block::EnhancedPacket(p) => {
+                        mapped = in_place(p.data, &mut self.data);
+                        (p.interface_id as usize, p.timestamp, p.original_len)
+                    }
+                    Block::SimplePacket(p) => {
+                        mapped = in_place(p.data, &mut self.data);
+                        (0, Duration::ZERO, p.original_len)
+                    }
+                    _ => continue,
+                };
+                let link = parser
+                    .interfaces()
+                    .get(iface)
+                    .map(|i| i.linktype)
+                    .unwrap_or(DataLink::ETHERNET);
+                break (link, timestamp, orig_len);
+            },
             Inner::Pcap(r) => {
                 let header = r.header();
                 // The raw record: pcap-file's checked one refuses an original length above the
@@ -144,7 +258,19 @@ impl<R: Read> CaptureReader<R> {
             timestamp,
             link,
             orig_len,
-            data: &self.data,
+            data: mapped.unwrap_or(&self.data),
         }))
+    }
+}
+
+/// A frame's bytes as a slice of the map. pcap-file copies them only when it has to (never from
+/// a slice today); a copy is kept in `buf`.
+fn in_place<'a>(data: std::borrow::Cow<'a, [u8]>, buf: &mut Vec<u8>) -> Option<&'a [u8]> {
+    match data {
+        std::borrow::Cow::Borrowed(b) => Some(b),
+        std::borrow::Cow::Owned(v) => {
+            *buf = v;
+            None
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! payload, and TCP stream reassembly, which `dump` and `send` use to take IPFIX out of captures.
 
 pub mod capture;
+pub mod convert;
 pub mod export;
 pub mod flow;
 pub mod messages;

@@ -1,6 +1,7 @@
 //! State behind one interface with two implementations: in memory (the default, single node)
 //! and Redis (when `redis.url` is set, shared by every node). Today: templates.
 
+pub mod files;
 pub mod templates;
 
 pub use templates::{Invalidation, StoredTemplate, TemplateKey, TemplateStore};
