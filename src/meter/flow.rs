@@ -5,6 +5,8 @@
 
 use super::packet::PacketInfo;
 use rustc_hash::FxHashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 
 /// flowEndReason (IANA IE 136).
@@ -83,11 +85,31 @@ pub struct Flow {
 
 type Key = (u16, u8, IpAddr, u16, IpAddr, u16);
 
+/// One flow in the table, with the expiry deadline its live queue entry carries.
+struct Entry {
+    key: Key,
+    flow: Flow,
+    queued: u64,
+}
+
+/// A table slot; `generation` tells a queue entry for a flow that has left the slot from one
+/// for the flow now in it.
+struct Slot {
+    generation: u32,
+    entry: Option<Entry>,
+}
+
+/// Flows by key (one hash lookup per packet, two for a biflow's reverse direction), stored in
+/// slots, with an expiry queue ordered by deadline: a packet only looks at the queue's head, so
+/// timeouts cost nothing per packet until one is due. Queue entries are lazy: a flow that got
+/// packets since it was queued is put back with its new deadline when its old one comes up.
 pub struct FlowTable {
     cfg: MeterConfig,
     /// FxHash: a capture's 5-tuples are not chosen to collide, and this is the per-packet path.
-    flows: FxHashMap<Key, Flow>,
-    last_sweep_ms: u64,
+    index: FxHashMap<Key, u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    expiry: BinaryHeap<Reverse<(u64, u32, u32)>>,
     pub evicted: u64,
 }
 
@@ -100,62 +122,132 @@ impl FlowTable {
     pub fn new(cfg: MeterConfig) -> FlowTable {
         FlowTable {
             cfg,
-            flows: FxHashMap::default(),
-            last_sweep_ms: 0,
+            index: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            expiry: BinaryHeap::new(),
             evicted: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.index.is_empty()
     }
 
-    /// The table key of a packet, and whether the packet goes in the flow's reverse direction.
-    fn key(&self, p: &PacketInfo) -> (Key, bool) {
-        let fwd = (p.vlan, p.proto, p.src, p.sport, p.dst, p.dport);
-        if !self.cfg.biflow {
-            return (fwd, false);
-        }
-        if self.flows.contains_key(&fwd) {
-            return (fwd, false);
-        }
-        let rev = (p.vlan, p.proto, p.dst, p.dport, p.src, p.sport);
-        if self.flows.contains_key(&rev) {
-            (rev, true)
-        } else {
-            (fwd, false)
-        }
-    }
-
-    /// Counts one packet; flows that ended are appended to `done`.
-    pub fn observe(&mut self, p: &PacketInfo, done: &mut Vec<Flow>) {
-        if p.ts_ms >= self.last_sweep_ms + 1_000 {
-            self.sweep(p.ts_ms, done);
-            self.last_sweep_ms = p.ts_ms;
-        }
-        let (key, reverse) = self.key(p);
-        if let Some(f) = self.flows.get(&key) {
-            let new_connection = f.closing_since.is_some() && p.tcp_flags & (SYN | ACK) == SYN;
-            let too_long = p.ts_ms.saturating_sub(f.start_ms) >= self.cfg.active_ms;
-            if (new_connection || too_long)
-                && let Some(mut old) = self.flows.remove(&key)
-            {
-                old.end_reason = if too_long {
-                    EndReason::ActiveTimeout
-                } else {
-                    EndReason::EndOfFlow
-                };
-                done.push(old);
+    /// When a flow ends if nothing else happens, and why. On a tie, a closed connection is
+    /// reported as ended rather than timed out.
+    fn deadline(&self, f: &Flow) -> (u64, EndReason) {
+        let (idle, active) = (self.cfg.idle_ms, self.cfg.active_ms);
+        let mut due = (f.start_ms.saturating_add(active), EndReason::ActiveTimeout);
+        for (at, reason) in [
+            (f.end_ms.saturating_add(idle), EndReason::IdleTimeout),
+            f.closing_since
+                .map_or((u64::MAX, EndReason::EndOfFlow), |c| {
+                    (c.saturating_add(LINGER_MS.min(idle)), EndReason::EndOfFlow)
+                }),
+        ] {
+            if at <= due.0 {
+                due = (at, reason);
             }
         }
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.cfg.max_flows {
-            self.evict(done);
+        due
+    }
+
+    fn queue(&mut self, slot: u32) {
+        let generation = self.slots[slot as usize].generation;
+        let Some(e) = &self.slots[slot as usize].entry else {
+            return;
+        };
+        let (due, _) = self.deadline(&e.flow);
+        self.expiry.push(Reverse((due, slot, generation)));
+        if let Some(e) = &mut self.slots[slot as usize].entry {
+            e.queued = due;
         }
-        let f = self.flows.entry(key).or_insert_with(|| Flow {
+    }
+
+    fn remove(&mut self, slot: u32, reason: EndReason, done: &mut Vec<Flow>) {
+        let s = &mut self.slots[slot as usize];
+        if let Some(e) = s.entry.take() {
+            s.generation = s.generation.wrapping_add(1);
+            self.index.remove(&e.key);
+            self.free.push(slot);
+            let mut f = e.flow;
+            f.end_reason = reason;
+            done.push(f);
+        }
+    }
+
+    /// The head of the expiry queue if it is the live entry of its flow.
+    fn live_head(&mut self) -> Option<(u64, u32)> {
+        while let Some(&Reverse((due, slot, generation))) = self.expiry.peek() {
+            let s = &self.slots[slot as usize];
+            match &s.entry {
+                Some(e) if s.generation == generation && e.queued == due => {
+                    return Some((due, slot));
+                }
+                _ => {
+                    self.expiry.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Ends the flows whose deadline has passed at `now`.
+    fn expire(&mut self, now: u64, done: &mut Vec<Flow>) {
+        while let Some((due, slot)) = self.live_head() {
+            if due > now {
+                return;
+            }
+            self.expiry.pop();
+            let Some(e) = &self.slots[slot as usize].entry else {
+                continue;
+            };
+            match self.deadline(&e.flow) {
+                (actual, reason) if actual <= now => self.remove(slot, reason, done),
+                _ => self.queue(slot),
+            }
+        }
+    }
+
+    /// The table is full: the flow that would end first goes (the one idle the longest,
+    /// unless one is about to time out or close anyway).
+    fn evict(&mut self, done: &mut Vec<Flow>) {
+        while let Some((due, slot)) = self.live_head() {
+            self.expiry.pop();
+            let Some(e) = &self.slots[slot as usize].entry else {
+                continue;
+            };
+            if self.deadline(&e.flow).0 > due {
+                self.queue(slot); // it has had packets since: not the oldest after all
+                continue;
+            }
+            self.evicted += 1;
+            self.remove(slot, EndReason::LackOfResources, done);
+            return;
+        }
+    }
+
+    /// The slot of a packet's flow, and whether the packet goes in the flow's reverse direction.
+    fn find(&self, p: &PacketInfo) -> Option<(u32, bool)> {
+        let fwd = (p.vlan, p.proto, p.src, p.sport, p.dst, p.dport);
+        if let Some(&slot) = self.index.get(&fwd) {
+            return Some((slot, false));
+        }
+        if !self.cfg.biflow {
+            return None;
+        }
+        let rev = (p.vlan, p.proto, p.dst, p.dport, p.src, p.sport);
+        self.index.get(&rev).map(|&slot| (slot, true))
+    }
+
+    fn insert(&mut self, p: &PacketInfo) -> u32 {
+        let key = (p.vlan, p.proto, p.src, p.sport, p.dst, p.dport);
+        let flow = Flow {
             vlan: p.vlan,
             proto: p.proto,
             src: p.src,
@@ -169,7 +261,63 @@ impl FlowTable {
             icmp: p.icmp,
             end_reason: EndReason::ForcedEnd,
             closing_since: None,
+        };
+        let entry = Some(Entry {
+            key,
+            flow,
+            queued: 0,
         });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize].entry = entry;
+                slot
+            }
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    entry,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, slot);
+        self.queue(slot);
+        slot
+    }
+
+    /// Counts one packet; flows that ended are appended to `done`.
+    pub fn observe(&mut self, p: &PacketInfo, done: &mut Vec<Flow>) {
+        self.expire(p.ts_ms, done);
+        let mut found = self.find(p);
+        if let Some((slot, _)) = found
+            && let Some(e) = &self.slots[slot as usize].entry
+        {
+            let f = &e.flow;
+            let new_connection = f.closing_since.is_some() && p.tcp_flags & (SYN | ACK) == SYN;
+            let too_long = p.ts_ms.saturating_sub(f.start_ms) >= self.cfg.active_ms;
+            if new_connection || too_long {
+                let reason = if too_long {
+                    EndReason::ActiveTimeout
+                } else {
+                    EndReason::EndOfFlow
+                };
+                self.remove(slot, reason, done);
+                found = None;
+            }
+        }
+        let (slot, reverse) = match found {
+            Some(found) => found,
+            None => {
+                if self.index.len() >= self.cfg.max_flows {
+                    self.evict(done);
+                }
+                (self.insert(p), false)
+            }
+        };
+        let Some(e) = &mut self.slots[slot as usize].entry else {
+            return;
+        };
+        let f = &mut e.flow;
         f.end_ms = f.end_ms.max(p.ts_ms);
         if reverse {
             f.reverse.add(p)
@@ -178,57 +326,18 @@ impl FlowTable {
         }
         if p.tcp_flags & (FIN | RST) != 0 && f.closing_since.is_none() {
             f.closing_since = Some(p.ts_ms);
-        }
-    }
-
-    fn sweep(&mut self, now: u64, done: &mut Vec<Flow>) {
-        let (idle, active) = (self.cfg.idle_ms, self.cfg.active_ms);
-        let ended: Vec<(Key, EndReason)> = self
-            .flows
-            .iter()
-            .filter_map(|(k, f)| {
-                let reason = if f
-                    .closing_since
-                    .is_some_and(|c| now.saturating_sub(c) >= LINGER_MS.min(idle))
-                {
-                    EndReason::EndOfFlow
-                } else if now.saturating_sub(f.end_ms) >= idle {
-                    EndReason::IdleTimeout
-                } else if now.saturating_sub(f.start_ms) >= active {
-                    EndReason::ActiveTimeout
-                } else {
-                    return None;
-                };
-                Some((*k, reason))
-            })
-            .collect();
-        for (k, reason) in ended {
-            if let Some(mut f) = self.flows.remove(&k) {
-                f.end_reason = reason;
-                done.push(f);
-            }
-        }
-    }
-
-    /// The table is full: the flow idle the longest goes.
-    fn evict(&mut self, done: &mut Vec<Flow>) {
-        let oldest = self
-            .flows
-            .iter()
-            .min_by_key(|(_, f)| f.end_ms)
-            .map(|(k, _)| *k);
-        if let Some(k) = oldest
-            && let Some(mut f) = self.flows.remove(&k)
-        {
-            f.end_reason = EndReason::LackOfResources;
-            self.evicted += 1;
-            done.push(f);
+            // Closing brings the deadline forward: queue it again (the old entry goes stale).
+            self.queue(slot);
         }
     }
 
     /// End of input: every flow ends (FIN/RST ones as ended, the rest forced).
-    pub fn finish(mut self, done: &mut Vec<Flow>) {
-        let mut rest: Vec<Flow> = self.flows.drain().map(|(_, f)| f).collect();
+    pub fn finish(self, done: &mut Vec<Flow>) {
+        let mut rest: Vec<Flow> = self
+            .slots
+            .into_iter()
+            .filter_map(|s| s.entry.map(|e| e.flow))
+            .collect();
         rest.sort_by_key(|f| f.start_ms);
         for mut f in rest {
             f.end_reason = if f.closing_since.is_some() {
