@@ -48,6 +48,7 @@ fn converted_captures_read_back_and_add_up() {
     std::fs::create_dir_all(&tmp).expect("tmp");
     let files = common::traffic_captures();
     let mut total_flows = 0;
+    let mut total_syn_first = 0;
     for f in &files {
         let out = tmp.join("out.ipfix");
         let s = convert(f, &out, &[]);
@@ -72,6 +73,22 @@ fn converted_captures_read_back_and_add_up() {
                 .as_u64()
                 .is_some_and(|e| (1..=5).contains(&e))
         }));
+        // A flow's first flags are among the flags of all its packets, in each direction.
+        for (initial, union) in [
+            ("initialTCPFlags", "tcpControlBits"),
+            ("reverseInitialTCPFlags", "reverseTcpControlBits"),
+        ] {
+            assert!(rs.iter().all(|r| {
+                let (i, u) = (r[initial].as_u64(), r[union].as_u64());
+                i.is_some() && i.zip(u).is_some_and(|(i, u)| i & u == i)
+            }));
+        }
+        // Most TCP conversations in these captures start with the client's SYN.
+        let syn_first = rs
+            .iter()
+            .filter(|r| r["protocolIdentifier"] == 6 && r["initialTCPFlags"] == 2)
+            .count();
+        total_syn_first += syn_first;
 
         // Uniflows: no reverse fields, the same packets, at least as many flows.
         let uni = convert(f, &out, &["--uniflow"]);
@@ -88,6 +105,7 @@ fn converted_captures_read_back_and_add_up() {
         total_flows += rs.len();
     }
     assert!(total_flows > 100, "{total_flows}");
+    assert!(total_syn_first > 10, "{total_syn_first}");
 
     // A capture cut short: what was read is converted, with a warning.
     let whole = std::fs::read(dir.join("http.pcap")).expect("read");

@@ -4,16 +4,19 @@
 //! Elements (IANA): source/destination IPv4 or IPv6 address, ports, protocolIdentifier, vlanId,
 //! flowStart/EndMilliseconds, packetDeltaCount, octetDeltaCount (IP bytes),
 //! layer2OctetDeltaCount (frame bytes), tcpControlBits (union), icmpTypeCodeIPv4/IPv6,
-//! flowEndReason; and for biflows reversePacketDeltaCount, reverseOctetDeltaCount,
-//! reverseLayer2OctetDeltaCount, reverseTcpControlBits.
+//! flowEndReason; CERT initialTCPFlags (as YAF exports it: IANA has no such element); and for
+//! biflows reversePacketDeltaCount, reverseOctetDeltaCount, reverseLayer2OctetDeltaCount,
+//! reverseTcpControlBits, CERT reverseInitialTCPFlags.
 
 use super::flow::Flow;
-use crate::wire::registry::REVERSE_PEN;
+use crate::wire::registry::{CERT_PEN, CERT_REVERSE_BIT, REVERSE_PEN};
 use crate::wire::{FieldSpec, FieldValue, FileWriter, Plan, Registry, Template, WireError};
 use std::io::Write;
 use std::net::IpAddr;
 
 const V4: u16 = 256;
+/// CERT initialTCPFlags: the flags of the flow's first packet (YAF's element).
+const INITIAL_TCP_FLAGS: u16 = 14;
 const V6: u16 = 257;
 
 fn template(id: u16, v6: bool, biflow: bool) -> Template {
@@ -35,6 +38,7 @@ fn template(id: u16, v6: bool, biflow: bool) -> Template {
         FieldSpec::new(1, 0, 8),
         FieldSpec::new(352, 0, 8),
         FieldSpec::new(6, 0, 2),
+        FieldSpec::new(INITIAL_TCP_FLAGS, CERT_PEN, 1),
         FieldSpec::new(icmp, 0, 2),
         FieldSpec::new(136, 0, 1),
     ];
@@ -44,6 +48,7 @@ fn template(id: u16, v6: bool, biflow: bool) -> Template {
             FieldSpec::new(1, REVERSE_PEN, 8),
             FieldSpec::new(352, REVERSE_PEN, 8),
             FieldSpec::new(6, REVERSE_PEN, 2),
+            FieldSpec::new(INITIAL_TCP_FLAGS | CERT_REVERSE_BIT, CERT_PEN, 1),
         ]);
     }
     Template::data(id, f)
@@ -75,7 +80,7 @@ impl<W: Write> FlowWriter<W> {
             out,
             plans: [Plan::compile(a, &reg), Plan::compile(b, &reg)],
             biflow,
-            values: Vec::with_capacity(18),
+            values: Vec::with_capacity(20),
             flows: 0,
         })
     }
@@ -106,6 +111,7 @@ impl<W: Write> FlowWriter<W> {
             FieldValue::Unsigned(f.forward.octets),
             FieldValue::Unsigned(f.forward.layer2_octets),
             FieldValue::Unsigned(f.forward.tcp_flags as u64),
+            FieldValue::Unsigned(f.forward.initial_tcp_flags as u64),
             FieldValue::Unsigned(f.icmp as u64),
             FieldValue::Unsigned(f.end_reason as u64),
         ]);
@@ -115,6 +121,7 @@ impl<W: Write> FlowWriter<W> {
                 FieldValue::Unsigned(f.reverse.octets),
                 FieldValue::Unsigned(f.reverse.layer2_octets),
                 FieldValue::Unsigned(f.reverse.tcp_flags as u64),
+                FieldValue::Unsigned(f.reverse.initial_tcp_flags as u64),
             ]);
         }
         // Every value fits its field by construction; an error would be a bug here, reported.

@@ -13,6 +13,31 @@ use std::sync::{Arc, OnceLock};
 /// RFC 5103: reverse Information Elements live under this PEN with the forward element's id.
 pub const REVERSE_PEN: u32 = 29305;
 
+/// CERT (YAF's enterprise number). IANA has no element for a flow's first TCP flags; YAF exports
+/// them as these, and so does our Metering Process. Reverse elements of an enterprise follow
+/// RFC 5103 section 6.2: the same PEN with bit 14 of the id set.
+pub const CERT_PEN: u32 = 6871;
+pub const CERT_REVERSE_BIT: u16 = 0x4000;
+
+const fn cert(id: u16, name: &'static str) -> InfoElement {
+    InfoElement {
+        pen: CERT_PEN,
+        id,
+        name: Cow::Borrowed(name),
+        data_type: DataType::Unsigned8,
+        semantics: Semantics::Flags,
+        units: None,
+    }
+}
+
+/// The CERT elements YAF's default export uses for TCP flags (IDs from YAF's documentation).
+const CERT_ELEMENTS: [InfoElement; 4] = [
+    cert(14, "initialTCPFlags"),
+    cert(15, "unionTCPFlags"),
+    cert(14 | CERT_REVERSE_BIT, "reverseInitialTCPFlags"),
+    cert(15 | CERT_REVERSE_BIT, "reverseUnionTCPFlags"),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot read information element file {path}: {source}")]
@@ -58,6 +83,7 @@ impl Registry {
             .get_or_init(|| {
                 let elements = generated::ELEMENTS
                     .iter()
+                    .chain(&CERT_ELEMENTS)
                     .map(|e| ((e.pen, e.id), Arc::new(e.clone())))
                     .collect();
                 Arc::new(Registry { elements })
