@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recreates the seed corpora (gitignored) of the fuzz targets from the shared test data:
-#   fuzz/corpus/{decode_messages,framer_chunks,file_reader,capture}/
+#   fuzz/corpus/{decode_messages,framer_chunks,file_reader,capture,meter}/
 # Usage: fuzz/seed.sh [TESTDATA_DIR]   (default: ../shared/testdata/ipfix beside the repo)
 # Idempotent: seeds are named by content hash; files that libFuzzer added are left alone.
 set -euo pipefail
@@ -168,5 +168,21 @@ for t, d in pairs:
         n["capture"] += put("capture", m, CAP)
 for p in ("cisco-ipfix.pcap", "mixed-sources-ipfix-nfv9.pcap", os.path.join("akvorado", "data+templates.pcap")):
     n["capture"] += put("capture", pcapng(os.path.join(data, p)), CAP)
+# --- the Metering Process: traffic captures, cut to their first frames --------------------------
+n["meter"] = 0
+traffic = os.path.join(os.path.dirname(data), "traffic")
+for f in sorted(os.listdir(traffic)) if os.path.isdir(traffic) else []:
+    link, recs = pcap_records(open(os.path.join(traffic, f), "rb").read())
+    if link is None:
+        continue
+    whole = open(os.path.join(traffic, f), "rb").read()
+    e = "<" if whole[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    out = whole[:24]
+    for ts, tu, orig, frame in recs:
+        rec = struct.pack(e + "IIII", ts, tu, len(frame), orig) + frame
+        if len(out) + len(rec) > CAP:
+            break
+        out += rec
+    n["meter"] += put("meter", out, CAP)
 print("seeds written:", ", ".join(f"{k} {v}" for k, v in n.items()), "->", corpus)
 PY
