@@ -4,9 +4,11 @@
 //! capture meters the same way however fast it is read.
 
 use super::packet::PacketInfo;
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 /// flowEndReason (IANA IE 136).
@@ -85,9 +87,11 @@ pub struct Flow {
 
 type Key = (u16, u8, IpAddr, u16, IpAddr, u16);
 
-/// One flow in the table, with the expiry deadline its live queue entry carries.
+/// One flow in the table, with its key's hash and the expiry deadline its live queue entry
+/// carries.
 struct Entry {
     key: Key,
+    hash: u64,
     flow: Flow,
     queued: u64,
 }
@@ -99,14 +103,16 @@ struct Slot {
     entry: Option<Entry>,
 }
 
-/// Flows by key (one hash lookup per packet, two for a biflow's reverse direction), stored in
-/// slots, with an expiry queue ordered by deadline: a packet only looks at the queue's head, so
+/// Flows stored in slots, found by key through a table of slot numbers (one hash lookup per
+/// packet, two for a biflow's reverse direction; the table is 4 bytes per flow, so it stays in
+/// cache and the only miss is the flow itself), with an expiry queue ordered by deadline: a packet only looks at the queue's head, so
 /// timeouts cost nothing per packet until one is due. Queue entries are lazy: a flow that got
 /// packets since it was queued is put back with its new deadline when its old one comes up.
 pub struct FlowTable {
     cfg: MeterConfig,
     /// FxHash: a capture's 5-tuples are not chosen to collide, and this is the per-packet path.
-    index: FxHashMap<Key, u32>,
+    index: HashTable<u32>,
+    hasher: FxBuildHasher,
     slots: Vec<Slot>,
     free: Vec<u32>,
     expiry: BinaryHeap<Reverse<(u64, u32, u32)>>,
@@ -122,7 +128,8 @@ impl FlowTable {
     pub fn new(cfg: MeterConfig) -> FlowTable {
         FlowTable {
             cfg,
-            index: FxHashMap::default(),
+            index: HashTable::new(),
+            hasher: FxBuildHasher,
             slots: Vec::new(),
             free: Vec::new(),
             expiry: BinaryHeap::new(),
@@ -173,7 +180,9 @@ impl FlowTable {
         let s = &mut self.slots[slot as usize];
         if let Some(e) = s.entry.take() {
             s.generation = s.generation.wrapping_add(1);
-            self.index.remove(&e.key);
+            if let Ok(found) = self.index.find_entry(e.hash, |&s| s == slot) {
+                found.remove();
+            }
             self.free.push(slot);
             let mut f = e.flow;
             f.end_reason = reason;
@@ -235,14 +244,26 @@ impl FlowTable {
     /// The slot of a packet's flow, and whether the packet goes in the flow's reverse direction.
     fn find(&self, p: &PacketInfo) -> Option<(u32, bool)> {
         let fwd = (p.vlan, p.proto, p.src, p.sport, p.dst, p.dport);
-        if let Some(&slot) = self.index.get(&fwd) {
+        if let Some(slot) = self.lookup(&fwd) {
             return Some((slot, false));
         }
         if !self.cfg.biflow {
             return None;
         }
         let rev = (p.vlan, p.proto, p.dst, p.dport, p.src, p.sport);
-        self.index.get(&rev).map(|&slot| (slot, true))
+        self.lookup(&rev).map(|slot| (slot, true))
+    }
+
+    fn lookup(&self, key: &Key) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(self.hasher.hash_one(key), |&s| {
+                slots[s as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.key == *key)
+            })
+            .copied()
     }
 
     fn insert(&mut self, p: &PacketInfo) -> u32 {
@@ -262,8 +283,10 @@ impl FlowTable {
             end_reason: EndReason::ForcedEnd,
             closing_since: None,
         };
+        let hash = self.hasher.hash_one(key);
         let entry = Some(Entry {
             key,
+            hash,
             flow,
             queued: 0,
         });
@@ -280,7 +303,10 @@ impl FlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(key, slot);
+        let slots = &self.slots;
+        self.index.insert_unique(hash, slot, |&s| {
+            slots[s as usize].entry.as_ref().map_or(0, |e| e.hash)
+        });
         self.queue(slot);
         slot
     }
