@@ -357,3 +357,29 @@ async fn records_in_redis_are_read_by_another_node() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cancels_queued_and_running_jobs_and_refuses_new_ones() {
+    let dir = temp_dir("drain");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 1, 4, "node-a").await;
+    let running = submit(&sup, long_spec()).await.expect("starts");
+    let queued = submit(&sup, long_spec()).await.expect("queued");
+    wait_for(&sup, running, JobState::Running).await;
+    ractor::call!(sup, JobMsg::Drain).expect("drains");
+    for id in [running, queued] {
+        let r = get(&sup, id).await.expect("known");
+        assert_eq!(r.state, JobState::Cancelled, "{id}");
+        assert_eq!(r.error.as_deref(), Some("node shutting down"));
+    }
+    assert!(
+        !dir.join("jobs")
+            .join(running.to_string())
+            .join("result.ipfix.part")
+            .exists()
+    );
+    assert_eq!(
+        submit(&sup, spec(vec![capture("dns.pcap")])).await,
+        Err(SubmitError::Draining)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
