@@ -24,6 +24,48 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub store: StoreSettings,
     pub cluster: ClusterSettings,
+    pub jobs: JobsSettings,
+    pub storage: StorageSettings,
+}
+
+/// The `jobs` role: conversion jobs run as supervised actors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsSettings {
+    /// Jobs running at once (each meters on one blocking thread). Default: the cores available.
+    pub workers: usize,
+    /// Jobs waiting for a worker; beyond this, submissions are refused (HTTP 429).
+    pub queue: usize,
+    /// Job records are kept this long after their last change.
+    pub retention_secs: u64,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        JobsSettings {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            queue: 64,
+            retention_secs: 7 * 86_400,
+        }
+    }
+}
+
+/// Files the node keeps: job uploads and results.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// A local folder, or a shared volume (PVC) in Kubernetes so any node serves any result.
+    pub dir: String,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            dir: "./data".into(),
+        }
+    }
 }
 
 /// The ractor cluster across pods. On when a cookie is set.
@@ -314,6 +356,12 @@ impl Settings {
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {
             return bad("cluster.seeds needs cluster.cookie (a shared secret)");
         }
+        if self.jobs.workers == 0 || self.jobs.retention_secs == 0 {
+            return bad("jobs.workers and jobs.retention_secs must be positive");
+        }
+        if self.storage.dir.is_empty() {
+            return bad("storage.dir must be set");
+        }
         if self.output.queue_chunks == 0 {
             return bad("output.queue_chunks must be positive");
         }
@@ -341,6 +389,10 @@ mod tests {
         assert_eq!(s.collector.max_sessions, 9);
         assert_eq!(s.node.roles, vec![Role::Collector]);
         assert_eq!(s.collector.tcp_listen, "0.0.0.0:4739");
+        assert!(s.jobs.workers >= 1, "default: the cores available");
+        assert_eq!(s.jobs.queue, 64);
+        assert_eq!(s.jobs.retention_secs, 7 * 86_400);
+        assert_eq!(s.storage.dir, "./data");
         std::fs::write(&f, "[collector]\nmax_mesage_size = 5\n").expect("write");
         assert!(
             Settings::load(Some(&f)).is_err(),

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod cluster_tls;
 pub mod collector;
 pub mod directory;
+pub mod jobs;
 pub mod node;
 pub mod output;
 pub mod template_cache;

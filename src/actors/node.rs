@@ -1,7 +1,8 @@
 //! NodeSupervisor: the root of one process's tree. Starts a supervisor per configured role and
 //! drains them on shutdown. Roles not built yet are reported once at start.
 //!
-//! Messages: `Drain` (listeners stop, sessions finish their message). A failing role
+//! Messages: `Drain` (listeners stop, sessions finish their message; running jobs are
+//! cancelled and their records marked). A failing role
 //! supervisor is logged and the node stops, so that Kubernetes restarts the pod.
 
 use super::collector::{
@@ -10,13 +11,15 @@ use super::collector::{
 use crate::actors::cluster::{CLUSTER_MEMBER, ClusterArgs, ClusterMember};
 use crate::actors::cluster_tls::ClusterTls;
 use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
+use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::{CacheArgs, TEMPLATE_CACHE, TemplateCache};
 use crate::config::{Role, Settings};
-use crate::store::TemplateStore;
+use crate::store::{JobStore, TemplateStore};
 use crate::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +36,7 @@ pub struct NodeArgs {
 
 pub struct NodeState {
     collector: Option<ActorRef<CollectorMsg>>,
+    jobs: Option<ActorRef<JobMsg>>,
 }
 
 pub struct NodeSupervisor;
@@ -90,6 +94,36 @@ impl Actor for NodeSupervisor {
             .await?;
             collector = Some(c);
         }
+        let mut jobs = None;
+        if roles.contains(&Role::Jobs) {
+            let js = &args.settings.jobs;
+            let retention = Duration::from_secs(js.retention_secs);
+            let store = if args.settings.redis.url.is_empty() {
+                JobStore::memory(retention)
+            } else {
+                JobStore::redis(
+                    &args.settings.redis.url,
+                    retention,
+                    Duration::from_millis(st.timeout_ms),
+                )?
+            };
+            let job_args = JobArgs {
+                store: Arc::new(store),
+                storage_dir: PathBuf::from(&args.settings.storage.dir),
+                workers: js.workers,
+                queue: js.queue,
+                retention,
+                node: args.settings.node.name.clone(),
+            };
+            let (j, _) = Actor::spawn_linked(
+                Some(JOB_SUPERVISOR.into()),
+                JobSupervisor,
+                job_args,
+                myself.get_cell(),
+            )
+            .await?;
+            jobs = Some(j);
+        }
         let dir_args = DirectoryArgs {
             node: args.settings.node.name.clone(),
         };
@@ -126,12 +160,15 @@ impl Actor for NodeSupervisor {
             )
             .await?;
         }
-        let later: Vec<_> = roles.iter().filter(|r| **r != Role::Collector).collect();
+        let later: Vec<_> = roles
+            .iter()
+            .filter(|r| !matches!(r, Role::Collector | Role::Jobs))
+            .collect();
         if !later.is_empty() {
             tracing::info!(roles = ?later, "roles not in this build yet: not started");
         }
         tracing::info!(node = %args.settings.node.name, "node started");
-        Ok(NodeState { collector })
+        Ok(NodeState { collector, jobs })
     }
 
     async fn handle(
@@ -143,6 +180,9 @@ impl Actor for NodeSupervisor {
         let NodeMsg::Drain(reply) = msg;
         if let Some(c) = &state.collector {
             let _ = ractor::call!(c, CollectorMsg::Drain);
+        }
+        if let Some(j) = &state.jobs {
+            let _ = ractor::call!(j, JobMsg::Drain);
         }
         let _ = reply.send(());
         Ok(())

@@ -1,9 +1,12 @@
 //! State behind one interface with two implementations: in memory (the default, single node)
-//! and Redis (when `redis.url` is set, shared by every node). Today: templates.
+//! and Redis (when `redis.url` is set, shared by every node): templates and job records.
 
 pub mod files;
+pub mod jobs;
+mod redis_conn;
 pub mod templates;
 
+pub use jobs::{JobId, JobRecord, JobState, JobStore};
 pub use templates::{Invalidation, StoredTemplate, TemplateKey, TemplateStore};
 
 #[derive(Debug, thiserror::Error)]

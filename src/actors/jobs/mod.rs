@@ -1,0 +1,476 @@
+//! JobSupervisor: runs conversion jobs, each as its own linked PcapConversionJob actor, within a
+//! worker budget, with a bounded FIFO queue in front. The API talks to it only by messages.
+//!
+//! Messages: `Submit` (refused with `QueueFull` and a retry hint when the queue is full), `Get`,
+//! `List`, `Cancel`, `Drain` (from the API and the node); `Progress` and `Finished` (from job
+//! actors).
+//!
+//! Lifecycle: a job is queued, started when a worker is free, and ends succeeded, failed or
+//! cancelled. A job actor that panics or stops without an outcome ends its job as failed with
+//! the reason; its worker goes to the next queued job and its siblings never notice. Every
+//! change of a record is written to the job store by a writer task in order, so this actor never
+//! waits on Redis. `Drain` cancels what is queued and running and answers once the running jobs
+//! have stopped and their records are written.
+
+pub mod conversion;
+pub mod logic;
+
+use crate::store::StoreError;
+use crate::store::jobs::{JobId, JobProgress, JobRecord, JobSpec, JobState, JobStore};
+use conversion::{
+    ConversionArgs, ConversionMsg, Outcome, PART_FILE, PcapConversionJob, RESULT_FILE,
+};
+use logic::{Admission, admit, retry_after, transition, update_mean};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+pub const JOB_SUPERVISOR: &str = "job-supervisor";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Every worker is busy and the queue is full (HTTP 429 with `Retry-After`).
+    #[error("the job queue is full: retry in {} s", retry_after.as_secs())]
+    QueueFull { retry_after: Duration },
+    #[error("this node is shutting down")]
+    Draining,
+    #[error("invalid job: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error("no such job on this node")]
+    NotFound,
+    #[error("the job has already ended ({0:?})")]
+    AlreadyEnded(JobState),
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was waiting: it is cancelled now.
+    Cancelled,
+    /// It is running: it stops at its next progress tick (milliseconds).
+    Cancelling,
+}
+
+#[derive(RactorMessage)]
+pub enum JobMsg {
+    Submit(JobSpec, RpcReplyPort<Result<JobId, SubmitError>>),
+    /// A tenant's job, from this node's memory or the store (any node's job).
+    Get(
+        String,
+        JobId,
+        RpcReplyPort<Result<Option<JobRecord>, StoreError>>,
+    ),
+    /// A tenant's jobs in submit order.
+    List(String, RpcReplyPort<Result<Vec<JobRecord>, StoreError>>),
+    /// Cancels a job this node runs or holds in its queue.
+    Cancel(String, JobId, RpcReplyPort<Result<Cancelled, CancelError>>),
+    Drain(RpcReplyPort<()>),
+    Progress(JobId, JobProgress),
+    Finished(JobId, Outcome),
+}
+
+pub struct JobArgs {
+    pub store: Arc<JobStore>,
+    /// `storage.dir`: results go to `<dir>/jobs/<id>/result.ipfix`.
+    pub storage_dir: PathBuf,
+    pub workers: usize,
+    pub queue: usize,
+    /// Finished records stay in this actor's memory this long (the store keeps its own copy).
+    pub retention: Duration,
+    pub node: String,
+}
+
+/// A job this node knows: its record, and the monotonic times behind its telemetry.
+struct Tracked {
+    record: JobRecord,
+    submitted: Instant,
+    started: Option<Instant>,
+}
+
+struct Running {
+    actor: ActorRef<ConversionMsg>,
+    cancel: Arc<AtomicBool>,
+}
+
+enum Write {
+    Put(Box<JobRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct JobSupervisorState {
+    args: JobArgs,
+    jobs: HashMap<JobId, Tracked>,
+    queue: VecDeque<JobId>,
+    running: HashMap<JobId, Running>,
+    writer: mpsc::UnboundedSender<Write>,
+    mean_exec: Option<Duration>,
+    /// Set by `Drain`: who to answer once nothing runs.
+    draining: Option<Vec<RpcReplyPort<()>>>,
+}
+
+pub struct JobSupervisor;
+
+impl Actor for JobSupervisor {
+    type Msg = JobMsg;
+    type State = JobSupervisorState;
+    type Arguments = JobArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<JobMsg>,
+        args: JobArgs,
+    ) -> Result<JobSupervisorState, ActorProcessingErr> {
+        // Unbounded on purpose: a job makes a handful of writes plus one per 250 ms of progress,
+        // and dropping one would lose a final state.
+        let (writer, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_records(args.store.clone(), rx));
+        tracing::info!(
+            workers = args.workers,
+            queue = args.queue,
+            dir = %args.storage_dir.display(),
+            "job supervisor started"
+        );
+        Ok(JobSupervisorState {
+            args,
+            jobs: HashMap::new(),
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            writer,
+            mean_exec: None,
+            draining: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<JobMsg>,
+        msg: JobMsg,
+        state: &mut JobSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            JobMsg::Submit(spec, reply) => {
+                let submitted = Instant::now();
+                let admission = state.admit(&spec);
+                let id = admission.map(|a| (JobId::new(), a));
+                let _ = reply.send(id.as_ref().map(|(id, _)| *id).map_err(Clone::clone));
+                if let Ok((id, admission)) = id {
+                    let record = JobRecord::queued(id, &spec, &state.args.node);
+                    state.save(&record);
+                    state.jobs.insert(
+                        id,
+                        Tracked {
+                            record,
+                            submitted,
+                            started: None,
+                        },
+                    );
+                    state.queue.push_back(id);
+                    if admission == Admission::Start {
+                        state.start_next(&myself).await;
+                    }
+                }
+            }
+            JobMsg::Get(tenant, id, reply) => match state.jobs.get(&id) {
+                Some(t) if t.record.tenant == tenant => {
+                    let _ = reply.send(Ok(Some(t.record.clone())));
+                }
+                Some(_) => {
+                    let _ = reply.send(Ok(None));
+                }
+                None => {
+                    // Another node's job: the store answers, without holding up this actor.
+                    let store = state.args.store.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(store.get(&tenant, id).await);
+                    });
+                }
+            },
+            JobMsg::List(tenant, reply) => {
+                let local: Vec<JobRecord> = state
+                    .jobs
+                    .values()
+                    .filter(|t| t.record.tenant == tenant)
+                    .map(|t| t.record.clone())
+                    .collect();
+                let store = state.args.store.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(store.list(&tenant).await.map(|s| merge(s, local)));
+                });
+            }
+            JobMsg::Cancel(tenant, id, reply) => {
+                let _ = reply.send(state.cancel(&tenant, id));
+            }
+            JobMsg::Drain(reply) => {
+                state.draining.get_or_insert_with(Vec::new).push(reply);
+                let waiting: Vec<JobId> = state.queue.iter().copied().collect();
+                let running: Vec<JobId> = state.running.keys().copied().collect();
+                for id in waiting.into_iter().chain(running) {
+                    let tenant = state.jobs.get(&id).map(|t| t.record.tenant.clone());
+                    if let Some(tenant) = tenant {
+                        let _ = state.cancel(&tenant, id);
+                    }
+                }
+                state.answer_drain().await;
+            }
+            JobMsg::Progress(id, p) => {
+                if let Some(t) = state.jobs.get_mut(&id)
+                    && t.record.state == JobState::Running
+                {
+                    t.record.progress = p;
+                    let record = t.record.clone();
+                    state.save(&record);
+                }
+            }
+            JobMsg::Finished(id, outcome) => {
+                if let Some(r) = state.running.remove(&id) {
+                    r.actor.stop(None);
+                }
+                state.finish(id, outcome);
+                state.start_next(&myself).await;
+                state.answer_drain().await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<JobMsg>,
+        evt: SupervisionEvent,
+        state: &mut JobSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("job actor failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, why) => (
+                cell,
+                format!(
+                    "job actor stopped without an outcome{}",
+                    why.map(|w| format!(": {w}")).unwrap_or_default()
+                ),
+            ),
+            _ => return Ok(()),
+        };
+        // A child that ended after reporting its outcome is no longer in `running`.
+        let Some(id) = state
+            .running
+            .iter()
+            .find(|(_, r)| r.actor.get_id() == cell.get_id())
+            .map(|(id, _)| *id)
+        else {
+            return Ok(());
+        };
+        if let Some(r) = state.running.remove(&id) {
+            // Its metering thread may still run: stop it, and leave no file behind.
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+        tracing::warn!(job = %id, %reason, "job failed");
+        let dir = state.job_dir(id);
+        tokio::spawn(async move {
+            let _ = tokio::fs::remove_file(dir.join(PART_FILE)).await;
+            let _ = tokio::fs::remove_file(dir.join(RESULT_FILE)).await;
+        });
+        state.finish(id, Outcome::Failed(reason));
+        state.start_next(&myself).await;
+        state.answer_drain().await;
+        Ok(())
+    }
+}
+
+impl JobSupervisorState {
+    fn admit(&self, spec: &JobSpec) -> Result<Admission, SubmitError> {
+        if self.draining.is_some() {
+            return Err(SubmitError::Draining);
+        }
+        if spec.inputs.is_empty() {
+            return Err(SubmitError::Invalid("no input captures".into()));
+        }
+        if spec.tenant.is_empty() || spec.tenant.contains(':') {
+            return Err(SubmitError::Invalid(
+                "tenant must be non-empty and without ':'".into(),
+            ));
+        }
+        let (workers, cap) = (self.args.workers, self.args.queue);
+        match admit(self.running.len(), workers, self.queue.len(), cap) {
+            Admission::Refuse => Err(SubmitError::QueueFull {
+                retry_after: retry_after(self.queue.len(), workers, self.mean_exec),
+            }),
+            a => Ok(a),
+        }
+    }
+
+    fn job_dir(&self, id: JobId) -> PathBuf {
+        self.args.storage_dir.join("jobs").join(id.to_string())
+    }
+
+    fn save(&self, record: &JobRecord) {
+        // The writer lives as long as this actor; a send fails only while it stops.
+        let _ = self.writer.send(Write::Put(Box::new(record.clone())));
+    }
+
+    /// Starts queued jobs while workers are free.
+    async fn start_next(&mut self, myself: &ActorRef<JobMsg>) {
+        while self.running.len() < self.args.workers {
+            let Some(id) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(t) = self.jobs.get(&id) else {
+                continue;
+            };
+            let cancel = Arc::new(AtomicBool::new(false));
+            let args = ConversionArgs {
+                id,
+                inputs: t.record.inputs.clone(),
+                options: t.record.options.clone(),
+                dir: self.job_dir(id),
+                supervisor: myself.clone(),
+                cancel: cancel.clone(),
+            };
+            let spawned = Actor::spawn_linked(
+                Some(format!("job-{id}")),
+                PcapConversionJob,
+                args,
+                myself.get_cell(),
+            )
+            .await;
+            match spawned {
+                Ok((actor, _)) => {
+                    self.running.insert(id, Running { actor, cancel });
+                    if let Some(t) = self.jobs.get_mut(&id)
+                        && transition(&mut t.record, JobState::Running).is_ok()
+                    {
+                        let now = Instant::now();
+                        t.started = Some(now);
+                        t.record.telemetry.queue_wait_ms = Some(ms(now - t.submitted));
+                        let record = t.record.clone();
+                        self.save(&record);
+                    }
+                }
+                Err(e) => self.finish(id, Outcome::Failed(format!("job actor: {e}"))),
+            }
+        }
+    }
+
+    fn cancel(&mut self, tenant: &str, id: JobId) -> Result<Cancelled, CancelError> {
+        let state = match self.jobs.get_mut(&id) {
+            Some(t) if t.record.tenant == tenant => t.record.state,
+            _ => return Err(CancelError::NotFound),
+        };
+        match state {
+            JobState::Queued => {
+                self.queue.retain(|q| *q != id);
+                self.finish(id, Outcome::Cancelled);
+                Ok(Cancelled::Cancelled)
+            }
+            JobState::Running => {
+                if let Some(r) = self.running.get(&id) {
+                    let _ = r.actor.cast(ConversionMsg::Cancel);
+                }
+                Ok(Cancelled::Cancelling)
+            }
+            s => Err(CancelError::AlreadyEnded(s)),
+        }
+    }
+
+    /// Records how a job ended (once: later outcomes are ignored by the state machine).
+    fn finish(&mut self, id: JobId, outcome: Outcome) {
+        let draining = self.draining.is_some();
+        let Some(t) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let to = match &outcome {
+            Outcome::Succeeded { .. } => JobState::Succeeded,
+            Outcome::Cancelled => JobState::Cancelled,
+            Outcome::Failed(_) => JobState::Failed,
+        };
+        if let Err(e) = transition(&mut t.record, to) {
+            tracing::debug!(error = %e, "late job outcome ignored");
+            return;
+        }
+        let r = &mut t.record;
+        match outcome {
+            Outcome::Succeeded {
+                summary,
+                progress,
+                artifact,
+            } => {
+                r.summary = Some(summary);
+                r.progress = progress;
+                r.artifact = Some(artifact.display().to_string());
+            }
+            Outcome::Cancelled if draining => r.error = Some("node shutting down".into()),
+            Outcome::Cancelled => {}
+            Outcome::Failed(e) => r.error = Some(e),
+        }
+        if let Some(started) = t.started {
+            let exec = started.elapsed();
+            r.telemetry.exec_ms = Some(ms(exec));
+            self.mean_exec = Some(update_mean(self.mean_exec, exec));
+        }
+        tracing::info!(job = %id, state = ?r.state, error = r.error.as_deref().unwrap_or(""), "job ended");
+        let record = r.clone();
+        self.save(&record);
+        self.forget_old();
+    }
+
+    /// Ended jobs leave this actor's memory after the retention (they stay in the store).
+    fn forget_old(&mut self) {
+        let oldest =
+            crate::store::jobs::unix_ms().saturating_sub(self.args.retention.as_millis() as u64);
+        self.jobs
+            .retain(|_, t| t.record.finished_ms.is_none_or(|f| f >= oldest));
+    }
+
+    /// Answers `Drain` once nothing runs and every record is written.
+    async fn answer_drain(&mut self) {
+        if !self.running.is_empty() || self.draining.is_none() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Write::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        for reply in self.draining.iter_mut().flat_map(std::mem::take) {
+            let _ = reply.send(());
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e6
+}
+
+/// The store's records, with this node's (fresher) copies in their place.
+fn merge(stored: Vec<JobRecord>, local: Vec<JobRecord>) -> Vec<JobRecord> {
+    let mut by_id: HashMap<JobId, JobRecord> = stored.into_iter().map(|r| (r.id, r)).collect();
+    for r in local {
+        by_id.insert(r.id, r);
+    }
+    let mut all: Vec<JobRecord> = by_id.into_values().collect();
+    all.sort_by_key(|r| (r.submitted_ms, r.id));
+    all
+}
+
+/// Writes records in the order they changed, so a late write never undoes a newer one.
+async fn write_records(store: Arc<JobStore>, mut rx: mpsc::UnboundedReceiver<Write>) {
+    while let Some(w) = rx.recv().await {
+        match w {
+            Write::Put(record) => {
+                if let Err(e) = store.put(&record).await {
+                    tracing::warn!(job = %record.id, error = %e, "job record not stored");
+                }
+            }
+            Write::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}

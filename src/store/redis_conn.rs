@@ -1,0 +1,77 @@
+//! One Redis connection with the store's rules: a timeout on every command, and a second try
+//! when the connection had dropped (the connection manager reconnects on the command after a
+//! broken one). Used by the job store; the template store has its own copy of the same rules.
+
+use super::StoreError;
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+pub struct RedisConn {
+    conn: ConnectionManager,
+    timeout: Duration,
+}
+
+impl RedisConn {
+    /// Connects lazily: a node starts while Redis is down and reconnects with backoff.
+    pub fn new(url: &str, timeout: Duration) -> Result<RedisConn, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(5));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
+        Ok(RedisConn { conn, timeout })
+    }
+
+    async fn attempt<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut last = String::new();
+        for _ in 0..2 {
+            match tokio::time::timeout(self.timeout, op(self.conn.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e))
+                    if e.is_connection_dropped()
+                        || e.is_io_error()
+                        || e.is_connection_refusal() =>
+                {
+                    last = e.to_string()
+                }
+                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("{what}: {e}"))),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{what}: no answer within {:?}",
+                        self.timeout
+                    )));
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!("{what}: {last}")))
+    }
+
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.attempt(
+            what,
+            |mut c| async move { cmd.query_async::<T>(&mut c).await },
+        )
+        .await
+    }
+
+    /// An atomic pipeline whose answers are ignored.
+    pub async fn query_pipe(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        self.attempt(
+            what,
+            |mut c| async move { pipe.query_async::<()>(&mut c).await },
+        )
+        .await
+    }
+}

@@ -1,0 +1,385 @@
+//! Conversion jobs as supervised actors, in process: a JobSupervisor over a temporary storage
+//! folder, real captures, real files, a real redis-server for the shared records.
+
+mod common;
+
+use common::redis_server::RedisServer;
+use ipfixsvc::actors::jobs::{CancelError, Cancelled, JobArgs, JobMsg, JobSupervisor, SubmitError};
+use ipfixsvc::store::jobs::{JobId, JobOptions, JobRecord, JobSpec, JobState, JobStore};
+use ractor::ActorRef;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipfixsvc");
+const TENANT: &str = "acme";
+const RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ipfixsvc-jobs-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn capture(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata/traffic")
+        .join(name);
+    p.display().to_string()
+}
+
+fn spec(inputs: Vec<String>) -> JobSpec {
+    JobSpec {
+        tenant: TENANT.into(),
+        inputs,
+        options: JobOptions::default(),
+    }
+}
+
+/// A job that runs until cancelled (one capture read many times: the run checks for a cancel
+/// after every capture, so it stops within milliseconds).
+fn long_spec() -> JobSpec {
+    spec(vec![capture("wg.pcap"); 20_000])
+}
+
+async fn supervisor(
+    store: JobStore,
+    dir: &Path,
+    workers: usize,
+    queue: usize,
+    node: &str,
+) -> ActorRef<JobMsg> {
+    let args = JobArgs {
+        store: Arc::new(store),
+        storage_dir: dir.to_path_buf(),
+        workers,
+        queue,
+        retention: RETENTION,
+        node: node.into(),
+    };
+    // Unnamed: names are process-wide, and a test may run several "nodes".
+    let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
+        .await
+        .expect("job supervisor starts");
+    sup
+}
+
+async fn submit(sup: &ActorRef<JobMsg>, spec: JobSpec) -> Result<JobId, SubmitError> {
+    ractor::call!(sup, JobMsg::Submit, spec).expect("supervisor answers")
+}
+
+async fn get(sup: &ActorRef<JobMsg>, id: JobId) -> Option<JobRecord> {
+    ractor::call!(sup, JobMsg::Get, TENANT.to_string(), id)
+        .expect("supervisor answers")
+        .expect("store answers")
+}
+
+async fn wait_for(sup: &ActorRef<JobMsg>, id: JobId, state: JobState) -> JobRecord {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(sup, id).await.expect("job known");
+        if r.state == state {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline && !(r.state.is_final()),
+            "job {id} is {:?}, waited for {state:?}: {:?}",
+            r.state,
+            r.error
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `ipfixsvc dump` of an IPFIX file: its records, without what names the file and the moment
+/// it was written (its path and the messages' export time).
+fn dump(file: &Path) -> Vec<serde_json::Value> {
+    let o = Command::new(BIN)
+        .arg("dump")
+        .arg(file)
+        .output()
+        .expect("dump");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            if let Some(m) = v.as_object_mut() {
+                m.remove("@exporter");
+                m.remove("@exportTime");
+            }
+            v
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_writes_what_convert_writes() {
+    let dir = temp_dir("same");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 2, 4, "node-a").await;
+    let inputs: Vec<String> = common::traffic_captures()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let id = submit(&sup, spec(inputs.clone())).await.expect("accepted");
+    let r = wait_for(&sup, id, JobState::Succeeded).await;
+
+    let artifact = PathBuf::from(r.artifact.as_deref().expect("artifact"));
+    assert_eq!(
+        artifact,
+        dir.join("jobs").join(id.to_string()).join("result.ipfix")
+    );
+    assert!(!artifact.with_extension("ipfix.part").exists());
+    let by_cli = dir.join("cli.ipfix");
+    let o = Command::new(BIN)
+        .arg("convert")
+        .args(&inputs)
+        .arg("-o")
+        .arg(&by_cli)
+        .output()
+        .expect("convert");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (job_records, cli_records) = (dump(&artifact), dump(&by_cli));
+    assert!(!job_records.is_empty());
+    assert_eq!(job_records.len(), cli_records.len());
+    for (n, (a, b)) in job_records.iter().zip(&cli_records).enumerate() {
+        assert_eq!(a, b, "record {n}: the job meters as convert does");
+    }
+
+    let summary = r.summary.expect("summary");
+    assert_eq!(summary.flows, job_records.len() as u64);
+    let total: u64 = inputs
+        .iter()
+        .map(|i| std::fs::metadata(i).expect("size").len())
+        .sum();
+    assert_eq!(r.progress.bytes_total, total);
+    assert_eq!(r.progress.bytes_read, total);
+    assert_eq!(r.progress.packets, summary.packets);
+    assert_eq!(r.progress.flows, summary.flows);
+    assert!(r.telemetry.queue_wait_ms.is_some_and(|w| w >= 0.0));
+    assert!(r.telemetry.exec_ms.is_some_and(|e| e > 0.0));
+    assert!(r.started_ms.is_some() && r.finished_ms.is_some());
+    assert_eq!(
+        (r.kind.as_str(), r.node.as_str()),
+        ("pcap_conversion", "node-a")
+    );
+
+    let all = ractor::call!(sup, JobMsg::List, TENANT.to_string())
+        .expect("answers")
+        .expect("store");
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id]);
+    let other = ractor::call!(sup, JobMsg::Get, "someone-else".to_string(), id).expect("answers");
+    assert_eq!(
+        other.ok().flatten(),
+        None,
+        "tenants do not see each other's jobs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_and_cancel_frees_the_worker() {
+    let dir = temp_dir("queue");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 1, 1, "node-a").await;
+    let running = submit(&sup, long_spec()).await.expect("starts");
+    wait_for(&sup, running, JobState::Running).await;
+    let queued = submit(&sup, long_spec()).await.expect("queued");
+    match submit(&sup, long_spec()).await {
+        Err(SubmitError::QueueFull { retry_after }) => assert!(retry_after > Duration::ZERO),
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    // The metering runs off the runtime: the supervisor answers while the job meters.
+    let r = get(&sup, running).await.expect("known");
+    assert_eq!(r.state, JobState::Running);
+    assert_eq!(
+        get(&sup, queued).await.map(|r| r.state),
+        Some(JobState::Queued)
+    );
+
+    let c = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), queued).expect("answers");
+    assert_eq!(c, Ok(Cancelled::Cancelled));
+    assert_eq!(
+        get(&sup, queued).await.map(|r| r.state),
+        Some(JobState::Cancelled)
+    );
+    let again = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), queued).expect("answers");
+    assert_eq!(again, Err(CancelError::AlreadyEnded(JobState::Cancelled)));
+
+    let next = submit(&sup, spec(vec![capture("dns.pcap")]))
+        .await
+        .expect("room again");
+    let c = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), running).expect("answers");
+    assert_eq!(c, Ok(Cancelled::Cancelling));
+    let r = wait_for(&sup, running, JobState::Cancelled).await;
+    assert!(r.artifact.is_none());
+    let job_dir = dir.join("jobs").join(running.to_string());
+    assert!(!job_dir.join("result.ipfix").exists());
+    assert!(
+        !job_dir.join("result.ipfix.part").exists(),
+        "no part file left"
+    );
+
+    let r = wait_for(&sup, next, JobState::Succeeded).await;
+    assert!(r.artifact.is_some_and(|a| Path::new(&a).exists()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_job_fails_alone() {
+    let dir = temp_dir("panic");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 2, 4, "node-a").await;
+    let mut faulty = spec(vec![capture("http.pcap"), capture("tls.pcap")]);
+    faulty.options.fail_after_packets = Some(1);
+    let bad = submit(&sup, faulty).await.expect("accepted");
+    let good = submit(&sup, spec(vec![capture("http.pcap"), capture("tls.pcap")]))
+        .await
+        .expect("accepted");
+    let r = wait_for(&sup, bad, JobState::Failed).await;
+    let error = r.error.unwrap_or_default();
+    assert!(error.contains("injected fault"), "{error}");
+    assert!(r.artifact.is_none());
+    wait_for(&sup, good, JobState::Succeeded).await;
+    let after = submit(&sup, spec(vec![capture("dns.pcap")]))
+        .await
+        .expect("the supervisor goes on");
+    wait_for(&sup, after, JobState::Succeeded).await;
+    let job_dir = dir.join("jobs").join(bad.to_string());
+    common::eventually(
+        "the failed job leaves no file",
+        Duration::from_secs(5),
+        || !job_dir.join("result.ipfix").exists() && !job_dir.join("result.ipfix.part").exists(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_fail_clearly_and_a_cut_capture_succeeds_with_a_warning() {
+    let dir = temp_dir("bad");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 2, 4, "node-a").await;
+    let missing = dir.join("nope.pcap").display().to_string();
+    let id = submit(&sup, spec(vec![missing.clone()]))
+        .await
+        .expect("accepted");
+    let r = wait_for(&sup, id, JobState::Failed).await;
+    assert!(r.error.unwrap_or_default().contains(&missing));
+
+    let text = dir.join("notes.pcap");
+    std::fs::write(&text, "not a capture at all, just words").expect("write");
+    let id = submit(&sup, spec(vec![text.display().to_string()]))
+        .await
+        .expect("accepted");
+    let r = wait_for(&sup, id, JobState::Failed).await;
+    assert!(r.error.unwrap_or_default().contains("notes.pcap"));
+    assert!(
+        !dir.join("jobs")
+            .join(id.to_string())
+            .join("result.ipfix.part")
+            .exists()
+    );
+
+    let whole = std::fs::read(capture("http.pcap")).expect("read");
+    let cut = dir.join("cut.pcap");
+    std::fs::write(&cut, &whole[..whole.len() * 2 / 3]).expect("write");
+    let id = submit(&sup, spec(vec![cut.display().to_string()]))
+        .await
+        .expect("accepted");
+    let r = wait_for(&sup, id, JobState::Succeeded).await;
+    let warnings = r.summary.map(|s| s.warnings).unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w.contains("ends early")),
+        "{warnings:?}"
+    );
+
+    assert!(matches!(
+        submit(&sup, spec(vec![])).await,
+        Err(SubmitError::Invalid(_))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What every store must do, in memory as in Redis.
+async fn store_contract(store: &JobStore) {
+    let mut r = JobRecord::queued(JobId::new(), &spec(vec![capture("dns.pcap")]), "n1");
+    store.put(&r).await.expect("put");
+    assert_eq!(store.get(TENANT, r.id).await.expect("get"), Some(r.clone()));
+    assert_eq!(store.get("other", r.id).await.expect("get"), None);
+    assert_eq!(store.get(TENANT, JobId::new()).await.expect("get"), None);
+    r.state = JobState::Running;
+    r.progress.packets = 7;
+    store.put(&r).await.expect("update");
+    let mut second = JobRecord::queued(JobId::new(), &spec(vec![capture("ntp.pcap")]), "n2");
+    second.submitted_ms = r.submitted_ms + 1;
+    store.put(&second).await.expect("put");
+    let listed = store.list(TENANT).await.expect("list");
+    assert_eq!(listed, vec![r.clone(), second.clone()]);
+    assert!(store.list("other").await.expect("list").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_redis_are_read_by_another_node() {
+    let redis = RedisServer::start();
+    let timeout = Duration::from_millis(500);
+    let open = || JobStore::redis(&redis.url(), RETENTION, timeout).expect("redis store");
+    store_contract(&JobStore::memory(RETENTION)).await;
+    store_contract(&open()).await;
+
+    let dir = temp_dir("redis");
+    let node_a = supervisor(open(), &dir, 1, 4, "node-a").await;
+    let id = submit(&node_a, spec(vec![capture("smtp.pcap")]))
+        .await
+        .expect("accepted");
+    let done = wait_for(&node_a, id, JobState::Succeeded).await;
+
+    // Another node: its own store instance, its own supervisor, neither of which ran the job.
+    let other_store = open();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while other_store.get(TENANT, id).await.ok().flatten().as_ref() != Some(&done) {
+        assert!(Instant::now() < deadline, "the final record reaches Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let node_b = supervisor(open(), &dir, 1, 4, "node-b").await;
+    let seen = get(&node_b, id)
+        .await
+        .expect("node b answers for node a's job");
+    assert_eq!(seen.node, "node-a");
+    assert_eq!(seen.state, JobState::Succeeded);
+    let listed = ractor::call!(node_b, JobMsg::List, TENANT.to_string())
+        .expect("answers")
+        .expect("store");
+    assert!(listed.iter().any(|r| r.id == id));
+    let c = ractor::call!(node_b, JobMsg::Cancel, TENANT.to_string(), id).expect("answers");
+    assert_eq!(
+        c,
+        Err(CancelError::NotFound),
+        "cancel is for the node that runs it"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cancels_queued_and_running_jobs_and_refuses_new_ones() {
+    let dir = temp_dir("drain");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 1, 4, "node-a").await;
+    let running = submit(&sup, long_spec()).await.expect("starts");
+    let queued = submit(&sup, long_spec()).await.expect("queued");
+    wait_for(&sup, running, JobState::Running).await;
+    ractor::call!(sup, JobMsg::Drain).expect("drains");
+    for id in [running, queued] {
+        let r = get(&sup, id).await.expect("known");
+        assert_eq!(r.state, JobState::Cancelled, "{id}");
+        assert_eq!(r.error.as_deref(), Some("node shutting down"));
+    }
+    assert!(
+        !dir.join("jobs")
+            .join(running.to_string())
+            .join("result.ipfix.part")
+            .exists()
+    );
+    assert_eq!(
+        submit(&sup, spec(vec![capture("dns.pcap")])).await,
+        Err(SubmitError::Draining)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
