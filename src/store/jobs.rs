@@ -87,7 +87,9 @@ pub struct JobOptions {
     pub domain: u32,
     /// FOR CHAOS TESTS ONLY: the job's actor panics once it has metered this many packets, so
     /// that the supervision path (failed record, freed worker, siblings unharmed) can be
-    /// exercised on a real job. The API must not accept it from tenants.
+    /// exercised on a real job. Skipped by serde, so no request body or store entry can set it:
+    /// only code in this process can.
+    #[serde(skip)]
     pub fail_after_packets: Option<u64>,
 }
 
