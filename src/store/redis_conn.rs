@@ -1,6 +1,6 @@
 //! One Redis connection with the store's rules: a timeout on every command, and a second try
 //! when the connection had dropped (the connection manager reconnects on the command after a
-//! broken one). Used by the job store; the template store has its own copy of the same rules.
+//! broken one). Used by the template store and the job store.
 
 use super::StoreError;
 use redis::aio::ConnectionManager;

@@ -12,8 +12,8 @@
 //! withdrawal of all templates does not need a key scan. Every command has a timeout.
 
 use super::StoreError;
+use super::redis_conn::RedisConn;
 use crate::wire::{Template, TemplateKind};
-use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -144,18 +144,10 @@ impl TemplateStore {
     pub fn redis(url: &str, ttl: Duration, timeout: Duration) -> Result<TemplateStore, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_secs(5));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
         Ok(TemplateStore::Redis(RedisTemplates {
             client,
-            conn,
+            conn: RedisConn::new(url, timeout)?,
             ttl,
-            timeout,
         }))
     }
 
@@ -293,62 +285,23 @@ impl MemoryTemplates {
 }
 
 pub struct RedisTemplates {
+    /// For pub/sub subscriptions (a connection of their own).
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: RedisConn,
     ttl: Duration,
-    timeout: Duration,
 }
 
 impl RedisTemplates {
-    /// One operation, with the timeout, tried a second time when the connection had dropped:
-    /// the connection manager reconnects on the command after a broken one.
-    async fn attempt<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
-    where
-        F: FnMut(ConnectionManager) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let mut last = String::new();
-        for _ in 0..2 {
-            match tokio::time::timeout(self.timeout, op(self.conn.clone())).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e))
-                    if e.is_connection_dropped()
-                        || e.is_io_error()
-                        || e.is_connection_refusal() =>
-                {
-                    last = e.to_string()
-                }
-                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("{what}: {e}"))),
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{what}: no answer within {:?}",
-                        self.timeout
-                    )));
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!("{what}: {last}")))
-    }
-
     async fn query<T: redis::FromRedisValue>(
         &self,
         what: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        self.attempt(
-            what,
-            |mut c| async move { cmd.query_async::<T>(&mut c).await },
-        )
-        .await
+        self.conn.query(what, cmd).await
     }
 
-    /// An atomic pipeline.
     async fn query_pipe(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
-        self.attempt(
-            what,
-            |mut c| async move { pipe.query_async::<()>(&mut c).await },
-        )
-        .await
+        self.conn.query_pipe(what, pipe).await
     }
 
     async fn put(&self, key: &TemplateKey, value: &StoredTemplate) -> Result<(), StoreError> {
