@@ -1,5 +1,6 @@
 //! A capture read through `Read` and the same capture mapped into memory hand out the same
 //! frames, and a capture cut short ends the same way in both: every whole frame, then an error.
+//! Frame times agree with tshark's, pcapng included (its interface's time resolution applies).
 
 mod common;
 
@@ -53,5 +54,36 @@ fn mapped_and_read_captures_agree() {
             assert_eq!(a_err, b_err, "{} cut at {len}", path.display());
             assert_eq!(a_err, len < bytes.len(), "{}", path.display());
         }
+    }
+}
+
+/// Every frame's time as tshark reads it (pcap and pcapng, whatever the interface's resolution).
+#[test]
+fn frame_times_match_tshark() {
+    for path in common::traffic_captures() {
+        let out = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&path)
+            .args(["-T", "fields", "-e", "frame.time_epoch"])
+            .output()
+            .expect("tshark (./scripts/test installs it)");
+        assert!(out.status.success());
+        // "946712870.501268000": whole microseconds are enough (the captures have no more).
+        let theirs: Vec<u128> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let (s, f) = l.split_once('.').unwrap_or((l, "0"));
+                let f = format!("{f:0<9}");
+                s.parse::<u128>().expect("seconds") * 1_000_000
+                    + f[..6].parse::<u128>().expect("fraction")
+            })
+            .collect();
+        let bytes = std::fs::read(&path).expect("capture");
+        let mut ours = Vec::new();
+        let mut c = MappedCapture::from_bytes(Bytes::from(bytes)).expect("capture");
+        while let Some(Ok(p)) = c.next_packet() {
+            ours.push(p.timestamp.as_micros());
+        }
+        assert_eq!(ours, theirs, "{}", path.display());
     }
 }

@@ -6,6 +6,9 @@
 use bytes::Bytes;
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapParser, PcapReader};
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
 use pcap_file::pcapng::{Block, PcapNgParser, PcapNgReader};
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
@@ -160,13 +163,9 @@ impl<R: Read> CaptureReader<R> {
                         stream_ahead(&self.all, before, self.at);
                         let header = parser.header();
                         mapped = in_place(p.data, &mut self.data);
-                        let frac = match header.ts_resolution {
-                            pcap_file::TsResolution::MicroSecond => p.ts_frac.min(999_999) * 1_000,
-                            pcap_file::TsResolution::NanoSecond => p.ts_frac.min(999_999_999),
-                        };
                         (
                             header.datalink,
-                            Duration::new(p.ts_sec as u64, frac),
+                            pcap_time(p.ts_sec, p.ts_frac, header.ts_resolution),
                             p.orig_len,
                         )
                     }
@@ -202,11 +201,7 @@ impl<R: Read> CaptureReader<R> {
                     }
                     _ => continue,
                 };
-                let link = parser
-                    .interfaces()
-                    .get(iface)
-                    .map(|i| i.linktype)
-                    .unwrap_or(DataLink::ETHERNET);
+                let (link, timestamp) = on_interface(parser.interfaces(), iface, timestamp);
                 break (link, timestamp, orig_len);
             },
             Inner::Pcap(r) => {
@@ -217,13 +212,9 @@ impl<R: Read> CaptureReader<R> {
                     Ok(p) => {
                         self.data.clear();
                         self.data.extend_from_slice(&p.data);
-                        let frac = match header.ts_resolution {
-                            pcap_file::TsResolution::MicroSecond => p.ts_frac.min(999_999) * 1_000,
-                            pcap_file::TsResolution::NanoSecond => p.ts_frac.min(999_999_999),
-                        };
                         (
                             header.datalink,
-                            Duration::new(p.ts_sec as u64, frac),
+                            pcap_time(p.ts_sec, p.ts_frac, header.ts_resolution),
                             p.orig_len,
                         )
                     }
@@ -248,11 +239,7 @@ impl<R: Read> CaptureReader<R> {
                     }
                     _ => continue,
                 };
-                let link = r
-                    .interfaces()
-                    .get(iface)
-                    .map(|i| i.linktype)
-                    .unwrap_or(DataLink::ETHERNET);
+                let (link, timestamp) = on_interface(r.interfaces(), iface, timestamp);
                 break (link, timestamp, orig_len);
             },
         };
@@ -265,6 +252,55 @@ impl<R: Read> CaptureReader<R> {
             data: mapped.unwrap_or(&self.data),
         }))
     }
+}
+
+/// A classic pcap record's time.
+fn pcap_time(sec: u32, frac: u32, resolution: pcap_file::TsResolution) -> Duration {
+    let nanos = match resolution {
+        pcap_file::TsResolution::MicroSecond => frac.min(999_999) * 1_000,
+        pcap_file::TsResolution::NanoSecond => frac.min(999_999_999),
+    };
+    Duration::new(sec as u64, nanos)
+}
+
+/// A pcapng packet's link type and time, from its interface's description. pcap-file reads an
+/// Enhanced Packet Block's 64-bit timestamp as nanoseconds whatever the interface's `if_tsresol`
+/// says (by default microseconds, so times came out 1000 times too small): the raw count is
+/// taken back and scaled here, and `if_tsoffset` (seconds) added.
+fn on_interface(
+    interfaces: &[InterfaceDescriptionBlock<'_>],
+    id: usize,
+    read_as_nanos: Duration,
+) -> (DataLink, Duration) {
+    let Some(iface) = interfaces.get(id) else {
+        return (DataLink::ETHERNET, read_as_nanos);
+    };
+    let (mut resolution, mut offset) = (6u8, 0u64);
+    for option in &iface.options {
+        match option {
+            InterfaceDescriptionOption::IfTsResol(r) => resolution = *r,
+            InterfaceDescriptionOption::IfTsOffset(o) => offset = *o,
+            _ => {}
+        }
+    }
+    // Exact: pcap-file made the Duration with from_nanos of the raw u64.
+    let raw = read_as_nanos.as_nanos();
+    // Units per second: 10^r, or 2^(r & 0x7f) when the high bit is set (bounded: u128).
+    let per_second: u128 = if resolution & 0x80 == 0 {
+        10u128.pow(u32::from(resolution.min(38)))
+    } else {
+        1u128 << u32::from((resolution & 0x7f).min(127))
+    };
+    let secs = u64::try_from(raw / per_second).unwrap_or(u64::MAX);
+    // Saturates only for absurd resolutions (above 2^96 units a second), and stays a fraction.
+    let nanos = ((raw % per_second).saturating_mul(1_000_000_000) / per_second).min(999_999_999);
+    let nanos = nanos as u32;
+    let time = Duration::new(secs, nanos);
+    (
+        iface.linktype,
+        time.checked_add(Duration::from_secs(offset))
+            .unwrap_or(time),
+    )
 }
 
 /// How far ahead of the record being read the map is touched.
