@@ -2,8 +2,9 @@
 //! worker budget, with a bounded FIFO queue in front. The API talks to it only by messages.
 //!
 //! Messages: `Submit` (refused with `QueueFull` and a retry hint when the queue is full), `Get`,
-//! `List`, `Cancel`, `Drain` (from the API and the node); `Progress` and `Finished` (from job
-//! actors).
+//! `List`, `Cancel`, `Drain` (from the API and the node); `CancelHere` (from its JobDirectory:
+//! a cancel another node could not serve, see `directory.rs`); `Progress` and `Finished` (from
+//! job actors).
 //!
 //! Lifecycle: a job is queued, started when a worker is free, and ends succeeded, failed or
 //! cancelled. A job actor that panics or stops without an outcome ends its job as failed with
@@ -13,6 +14,7 @@
 //! have stopped and their records are written.
 
 pub mod conversion;
+pub mod directory;
 pub mod logic;
 
 use crate::store::StoreError;
@@ -43,16 +45,18 @@ pub enum SubmitError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CancelError {
-    #[error("no such job on this node")]
+    #[error("no such job queued or running in the cluster")]
     NotFound,
     #[error("the job has already ended ({0:?})")]
     AlreadyEnded(JobState),
+    #[error("the node running the job gave an answer that cannot be read: {0}")]
+    Peer(String),
 }
 
 /// What a cancel request did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Cancelled {
     /// It was waiting: it is cancelled now.
     Cancelled,
@@ -71,8 +75,10 @@ pub enum JobMsg {
     ),
     /// A tenant's jobs in submit order.
     List(String, RpcReplyPort<Result<Vec<JobRecord>, StoreError>>),
-    /// Cancels a job this node runs or holds in its queue.
+    /// Cancels a job, on whichever node of the cluster runs it or holds it in its queue.
     Cancel(String, JobId, RpcReplyPort<Result<Cancelled, CancelError>>),
+    /// Cancels a job of this node only (what other nodes' requests arrive as).
+    CancelHere(String, JobId, RpcReplyPort<Result<Cancelled, CancelError>>),
     Drain(RpcReplyPort<()>),
     Progress(JobId, JobProgress),
     Finished(JobId, Outcome),
@@ -115,6 +121,8 @@ pub struct JobSupervisorState {
     mean_exec: Option<Duration>,
     /// Set by `Drain`: who to answer once nothing runs.
     draining: Option<Vec<RpcReplyPort<()>>>,
+    /// This supervisor's JobDirectory (cancels from other nodes); none if it failed to start.
+    directory: Option<ActorRef<directory::JobDirectoryMsg>>,
 }
 
 pub struct JobSupervisor;
@@ -126,9 +134,24 @@ impl Actor for JobSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<JobMsg>,
+        myself: ActorRef<JobMsg>,
         args: JobArgs,
     ) -> Result<JobSupervisorState, ActorProcessingErr> {
+        // Jobs still run and answer locally without it: a failure is logged, not fatal.
+        let directory = match Actor::spawn_linked(
+            None,
+            directory::JobDirectory,
+            myself.clone(),
+            myself.get_cell(),
+        )
+        .await
+        {
+            Ok((d, _)) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "job directory not started: cancels from other nodes will not reach this one");
+                None
+            }
+        };
         // Unbounded on purpose: a job makes a handful of writes plus one per 250 ms of progress,
         // and dropping one would lose a final state.
         let (writer, rx) = mpsc::unbounded_channel();
@@ -147,6 +170,7 @@ impl Actor for JobSupervisor {
             writer,
             mean_exec: None,
             draining: None,
+            directory,
         })
     }
 
@@ -206,7 +230,19 @@ impl Actor for JobSupervisor {
                     let _ = reply.send(store.list(&tenant).await.map(|s| merge(s, local)));
                 });
             }
-            JobMsg::Cancel(tenant, id, reply) => {
+            JobMsg::Cancel(tenant, id, reply) => match state.cancel(&tenant, id) {
+                Err(CancelError::NotFound) => {
+                    // Not here: maybe another node's (the record is shared, the job is not).
+                    let own = state.directory.as_ref().map(|d| d.get_id());
+                    tokio::spawn(async move {
+                        let _ = reply.send(directory::cancel_elsewhere(own, tenant, id).await);
+                    });
+                }
+                answer => {
+                    let _ = reply.send(answer);
+                }
+            },
+            JobMsg::CancelHere(tenant, id, reply) => {
                 let _ = reply.send(state.cancel(&tenant, id));
             }
             JobMsg::Drain(reply) => {
