@@ -305,6 +305,24 @@ async fn bad_inputs_fail_clearly_and_a_cut_capture_succeeds_with_a_warning() {
             .exists()
     );
 
+    // A FIFO would block its worker for ever in open(); a folder is no capture either.
+    let fifo = dir.join("pipe.pcap");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    for input in [fifo, dir.clone()] {
+        let id = submit(&sup, spec(vec![input.display().to_string()]))
+            .await
+            .expect("accepted");
+        let r = wait_for(&sup, id, JobState::Failed).await;
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("not a regular file")),
+            "{:?}",
+            r.error
+        );
+    }
+
     let whole = std::fs::read(capture("http.pcap")).expect("read");
     let cut = dir.join("cut.pcap");
     std::fs::write(&cut, &whole[..whole.len() * 2 / 3]).expect("write");
@@ -381,6 +399,40 @@ async fn records_in_redis_are_read_by_another_node() {
         Err(CancelError::AlreadyEnded(JobState::Succeeded)),
         "node a, which ran it, answers through the job directories"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Redis goes away while a job runs: the job still ends, and its final record reaches Redis once
+/// it is back (other nodes would otherwise show the job running for the retention time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_record_written_while_redis_was_down_arrives_later() {
+    let mut redis = RedisServer::start();
+    let open =
+        || JobStore::redis(&redis.url(), RETENTION, Duration::from_millis(300)).expect("store");
+    let dir = temp_dir("redis-down");
+    let sup = supervisor(open(), &dir, 1, 4, "node-a").await;
+    let other = open();
+    let id = submit(&sup, long_spec()).await.expect("starts");
+    wait_for(&sup, id, JobState::Running).await;
+    redis.kill();
+    let c = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), id).expect("answers");
+    assert_eq!(c, Ok(Cancelled::Cancelling));
+    wait_for(&sup, id, JobState::Cancelled).await;
+    // Long enough for the writer to try (and fail) with Redis down.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = other.get(TENANT, id).await.ok().flatten().map(|r| r.state);
+        if stored == Some(JobState::Cancelled) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "final record never stored: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -11,6 +11,8 @@ use pcap_file::pcapng::blocks::interface_description::{
 };
 use pcap_file::pcapng::{Block, PcapNgParser, PcapNgReader};
 use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +67,23 @@ pub struct Packet<'a> {
     pub data: &'a [u8],
 }
 
+/// A reader that counts the bytes taken from it: a streamed capture's position.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 enum Inner<R: Read> {
-    Pcap(PcapReader<R>),
-    PcapNg(PcapNgReader<R>),
+    Pcap(PcapReader<Counted<R>>),
+    PcapNg(PcapNgReader<Counted<R>>),
     MappedPcap(PcapParser),
     MappedPcapNg(PcapNgParser),
 }
@@ -80,6 +96,8 @@ pub struct CaptureReader<R: Read> {
     /// A mapped file, and where the next record starts in it.
     all: Bytes,
     at: usize,
+    /// Bytes taken from a streamed capture (read ahead of the frames by pcap-file's buffer).
+    streamed: Arc<AtomicU64>,
 }
 
 /// The reader type for captures that are all in memory; `Read` is not used.
@@ -106,13 +124,20 @@ impl<R: Read> CaptureReader<R> {
             data: Vec::new(),
             at: all.len() - rest,
             all,
+            streamed: Arc::default(),
         })
     }
 }
 
 impl<R: Read> CaptureReader<R> {
     pub fn new(mut reader: BufReader<R>) -> Result<CaptureReader<BufReader<R>>, CaptureError> {
-        let inner = match sniff_reader(&mut reader)? {
+        let kind = sniff_reader(&mut reader)?;
+        let streamed = Arc::new(AtomicU64::new(0));
+        let reader = Counted {
+            inner: reader,
+            count: streamed.clone(),
+        };
+        let inner = match kind {
             FileKind::Pcap => Inner::Pcap(PcapReader::new(reader)?),
             FileKind::PcapNg => Inner::PcapNg(PcapNgReader::new(reader)?),
             FileKind::Ipfix => return Err(CaptureError::NotACapture([0, 10, 0, 0])),
@@ -124,17 +149,18 @@ impl<R: Read> CaptureReader<R> {
             data: Vec::new(),
             all: Bytes::new(),
             at: 0,
+            streamed,
         })
     }
 }
 
 impl<R: Read> CaptureReader<R> {
-    /// Bytes of the file read so far, when known (mapped captures).
+    /// Bytes of the file read so far (for a stream, what was taken from it: a little ahead).
     pub fn position(&self) -> Option<u64> {
-        match self.inner {
-            Inner::MappedPcap(_) | Inner::MappedPcapNg(_) => Some(self.at as u64),
-            _ => None,
-        }
+        Some(match self.inner {
+            Inner::MappedPcap(_) | Inner::MappedPcapNg(_) => self.at as u64,
+            Inner::Pcap(_) | Inner::PcapNg(_) => self.streamed.load(Ordering::Relaxed),
+        })
     }
 
     /// Total bytes of the capture, when known (mapped captures).

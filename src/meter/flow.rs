@@ -174,6 +174,15 @@ impl FlowTable {
         if let Some(e) = &mut self.slots[slot as usize].entry {
             e.queued = due;
         }
+        // Stale entries (flows re-queued by a FIN, or ended early) wait for their old deadline:
+        // with many short connections they would outnumber the flows. Bounded here.
+        if self.expiry.len() > 2 * self.index.len() + 4096 {
+            let slots = &self.slots;
+            self.expiry.retain(|&Reverse((due, slot, generation))| {
+                let s = &slots[slot as usize];
+                s.generation == generation && s.entry.as_ref().is_some_and(|e| e.queued == due)
+            });
+        }
     }
 
     fn remove(&mut self, slot: u32, reason: EndReason, done: &mut Vec<Flow>) {
@@ -419,6 +428,24 @@ mod tests {
         assert_eq!(f.reverse.tcp_flags, SYN | ACK | FIN);
         assert_eq!(f.end_reason, EndReason::EndOfFlow);
         assert_eq!((f.src, f.sport), (a.into(), 1234));
+    }
+
+    #[test]
+    fn the_expiry_queue_stays_bounded_by_the_flows() {
+        // 100k short connections, one per millisecond: each is queued at its idle deadline
+        // (300 s), then again at its FIN (2 s linger). Only ~2k are open at a time.
+        let mut t = FlowTable::new(MeterConfig::default());
+        let mut done = Vec::new();
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        for i in 0..100_000u64 {
+            let port = (i % 60_000) as u16 + 1024;
+            t.observe(&pkt(i, a, port, b, 80, SYN), &mut done);
+            t.observe(&pkt(i, a, port, b, 80, FIN | ACK), &mut done);
+        }
+        assert!(t.len() < 3_000, "{}", t.len());
+        assert!(t.expiry.len() <= 2 * t.len() + 4096, "{}", t.expiry.len());
+        assert_eq!(done.len() + t.len(), 100_000);
+        assert!(done.iter().all(|f| f.end_reason == EndReason::EndOfFlow));
     }
 
     #[test]

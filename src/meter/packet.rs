@@ -42,14 +42,19 @@ const PROTO_UDP: u8 = 17;
 /// First fragments remembered for their followers, at most.
 const MAX_FRAGMENTS: usize = 65_536;
 
-/// Ports of fragmented datagrams, by (source, destination, protocol, identification).
+/// The fragment key: (source, destination, protocol, identification) for IPv4; for IPv6 the
+/// protocol is 0, since only the first fragment's chain of headers names it (RFC 8200 4.5:
+/// fragments are matched by addresses and identification).
+type FragmentKey = (IpAddr, IpAddr, u8, u32);
+
+/// Protocol and ports of fragmented datagrams, from their first fragment.
 #[derive(Debug, Default)]
 pub struct Fragments {
-    ports: HashMap<(IpAddr, IpAddr, u8, u32), (u16, u16)>,
+    ports: HashMap<FragmentKey, (u8, u16, u16)>,
 }
 
 impl Fragments {
-    fn remember(&mut self, key: (IpAddr, IpAddr, u8, u32), ports: (u16, u16)) {
+    fn remember(&mut self, key: FragmentKey, ports: (u8, u16, u16)) {
         if self.ports.len() >= MAX_FRAGMENTS {
             self.ports.clear(); // rare; later fragments of old datagrams become orphans
         }
@@ -109,6 +114,10 @@ fn link_walk(mut ether_type: u16, mut rest: &[u8]) -> Result<(u16, &[u8]), Skip>
     Err(Skip::Malformed("too many VLAN tags".into()))
 }
 
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP | PROTO_UDPLITE)
+}
+
 fn cut(what: &str) -> Skip {
     Skip::Malformed(format!("frame ends inside a {what}"))
 }
@@ -143,8 +152,8 @@ struct NetPart<'a> {
     dst: IpAddr,
     proto: u8,
     ip_len: u32,
-    /// (identification, is the first fragment) for fragments.
-    frag: Option<(u32, bool)>,
+    /// (identification, is the first fragment, protocol in the fragment key) for fragments.
+    frag: Option<(u32, bool, u8)>,
     /// The transport header and what follows, as far as the frame holds it.
     payload: &'a [u8],
 }
@@ -152,20 +161,29 @@ struct NetPart<'a> {
 fn ipv4(ip: &[u8]) -> Result<NetPart<'_>, Skip> {
     let h = Ipv4HeaderSlice::from_slice(ip).map_err(|e| Skip::Malformed(e.to_string()))?;
     let header_len = h.slice().len();
-    let total = h.total_len() as usize;
+    // A total length shorter than the header: segmentation offload (TSO/GSO) captures write 0
+    // there; the frame holds the whole packet, as tshark takes it.
+    let total = match h.total_len() as usize {
+        t if t < header_len => ip.len(),
+        t => t,
+    };
     // Lax: a frame cut by the snap length still counts with its declared length (as tshark
     // counts it); padding after the declared length is not payload.
     let payload = ip
         .get(header_len..total.clamp(header_len, ip.len()))
         .unwrap_or(&[]);
-    let frag = h
-        .is_fragmenting_payload()
-        .then(|| (h.identification() as u32, h.fragments_offset().value() == 0));
+    let frag = h.is_fragmenting_payload().then(|| {
+        (
+            h.identification() as u32,
+            h.fragments_offset().value() == 0,
+            h.protocol().0,
+        )
+    });
     Ok(NetPart {
         src: IpAddr::V4(h.source_addr()),
         dst: IpAddr::V4(h.destination_addr()),
         proto: h.protocol().0,
-        ip_len: h.total_len() as u32,
+        ip_len: total as u32,
         frag,
         payload,
     })
@@ -173,13 +191,19 @@ fn ipv4(ip: &[u8]) -> Result<NetPart<'_>, Skip> {
 
 fn ipv6(ip: &[u8]) -> Result<NetPart<'_>, Skip> {
     let h = Ipv6HeaderSlice::from_slice(ip).map_err(|e| Skip::Malformed(e.to_string()))?;
-    let end = (40 + h.payload_length() as usize).min(ip.len());
+    // Payload length 0: a jumbogram or BIG TCP (the real length is elsewhere, or only the frame
+    // knows it): the frame holds the packet.
+    let length = match h.payload_length() as usize {
+        0 => ip.len().saturating_sub(40),
+        l => l,
+    };
+    let end = (40 + length).min(ip.len());
     let (exts, next, payload, _) =
         Ipv6ExtensionsSlice::from_slice_lax(h.next_header(), ip.get(40..end).unwrap_or(&[]));
     let frag = if exts.is_fragmenting_payload() {
         exts.clone().into_iter().find_map(|e| match e {
             Ipv6ExtensionSlice::Fragment(f) => {
-                Some((f.identification(), f.fragment_offset().value() == 0))
+                Some((f.identification(), f.fragment_offset().value() == 0, 0))
             }
             _ => None,
         })
@@ -190,7 +214,7 @@ fn ipv6(ip: &[u8]) -> Result<NetPart<'_>, Skip> {
         src: IpAddr::V6(h.source_addr()),
         dst: IpAddr::V6(h.destination_addr()),
         proto: next.0,
-        ip_len: h.payload_length() as u32 + 40,
+        ip_len: length as u32 + 40,
         frag,
         payload,
     })
@@ -227,11 +251,11 @@ pub fn classify(p: &Packet<'_>, frags: &mut Fragments) -> Result<PacketInfo, Ski
         icmp: 0,
     };
     // Later fragments carry no transport header: their ports come from the first fragment.
-    let later_fragment = frag.is_some_and(|(_, first)| !first);
+    let later_fragment = frag.is_some_and(|(_, first, _)| !first);
     if !later_fragment {
         // Ports and flags sit at fixed offsets: read as far as the frame holds them.
         match proto {
-            PROTO_TCP | PROTO_UDP | PROTO_SCTP | PROTO_UDPLITE => {
+            p if has_ports(p) => {
                 info.sport = be16(payload, 0).unwrap_or(0);
                 info.dport = be16(payload, 2).unwrap_or(0);
                 if proto == PROTO_TCP {
@@ -242,16 +266,15 @@ pub fn classify(p: &Packet<'_>, frags: &mut Fragments) -> Result<PacketInfo, Ski
             _ => {}
         }
     }
-    if let Some((id, first)) = frag
-        && matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP | PROTO_UDPLITE)
-    {
-        let key = (src, dst, proto, id);
+    if let Some((id, first, key_proto)) = frag {
+        let key = (src, dst, key_proto, id);
         if first {
-            frags.remember(key, (info.sport, info.dport));
-        } else {
-            let (sp, dp) = frags.ports.get(&key).copied().ok_or(Skip::OrphanFragment)?;
-            info.sport = sp;
-            info.dport = dp;
+            frags.remember(key, (proto, info.sport, info.dport));
+        } else if let Some(&(p, sp, dp)) = frags.ports.get(&key) {
+            // An IPv6 later fragment's own headers cannot name the protocol: the first's does.
+            (info.proto, info.sport, info.dport) = (p, sp, dp);
+        } else if has_ports(proto) {
+            return Err(Skip::OrphanFragment);
         }
     }
     Ok(info)
@@ -342,9 +365,20 @@ mod tests {
     }
 
     #[test]
+    fn offloaded_packets_without_a_length_count_as_the_frame() {
+        // TSO/GSO captures: IPv4 total length 0; the frame holds the whole segment.
+        let mut ip = udp4();
+        ip[2..4].copy_from_slice(&[0, 0]);
+        let info = classify_frame(DataLink::RAW, &ip).expect("ip");
+        assert_eq!((info.sport, info.dport, info.ip_len), (1000, 53, 32));
+    }
+
+    #[test]
     fn ipv6_fragments_count_to_their_flow() {
         // First fragment (offset 0, more fragments) with the UDP header, then a later one.
-        let frag = |offset: u16, more: bool, body: &[u8]| {
+        // `next`: the Fragment header's next header (17, or 60 when Destination Options sit in
+        // the fragmentable part: then only the first fragment can tell UDP follows).
+        let frag = |offset: u16, more: bool, next: u8, body: &[u8]| {
             let mut ip = vec![0x60, 0, 0, 0];
             ip.extend(((8 + body.len()) as u16).to_be_bytes());
             ip.extend([44, 64]); // next header: Fragment
@@ -360,7 +394,7 @@ mod tests {
                     .chain(&[0u8; 11])
                     .chain(&[2]),
             );
-            ip.extend([17, 0]);
+            ip.extend([next, 0]);
             ip.extend((offset << 3 | more as u16).to_be_bytes());
             ip.extend(7u32.to_be_bytes());
             ip.extend(body);
@@ -379,13 +413,22 @@ mod tests {
             };
             classify(&p, &mut frags)
         };
-        let first = one(&frag(0, true, &udp)).expect("first");
-        let later = one(&frag(2, false, &[0u8; 8])).expect("later");
+        let first = one(&frag(0, true, 17, &udp)).expect("first");
+        let later = one(&frag(2, false, 17, &[0u8; 8])).expect("later");
         assert_eq!((first.sport, first.dport), (1234, 53));
         assert_eq!((later.sport, later.dport, later.proto), (1234, 53, 17));
         assert_eq!(
-            one(&frag(2, false, &[0u8; 8])[..48]).map(|i| i.sport),
+            one(&frag(2, false, 17, &[0u8; 8])[..48]).map(|i| i.sport),
             Ok(1234)
         );
+
+        // Destination Options in the fragmentable part; the later fragment's data happens to
+        // look like another such header. Both count to the UDP flow.
+        let mut opts_udp = vec![17, 0, 1, 4, 0, 0, 0, 0]; // next: UDP; PadN
+        opts_udp.extend(&udp);
+        let first = one(&frag(0, true, 60, &opts_udp)).expect("first");
+        let later = one(&frag(3, false, 60, &[60, 0, 1, 4, 0, 0, 0, 0])).expect("later");
+        assert_eq!((first.proto, first.sport, first.dport), (17, 1234, 53));
+        assert_eq!((later.proto, later.sport, later.dport), (17, 1234, 53));
     }
 }

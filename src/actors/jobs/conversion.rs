@@ -204,10 +204,12 @@ fn meter_into(
     let start = Instant::now();
     let mut sizes = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let len = std::fs::metadata(input)
-            .map_err(|e| format!("{input}: {e}"))?
-            .len();
-        sizes.push(len);
+        let meta = std::fs::metadata(input).map_err(|e| format!("{input}: {e}"))?;
+        // A FIFO or device would block the worker in open() or read() with no way to cancel.
+        if !meta.is_file() {
+            return Err(format!("{input}: not a regular file"));
+        }
+        sizes.push(meta.len());
     }
     let bytes_total = sizes.iter().sum();
     let text = |e: ConvertError| e.to_string();
@@ -221,8 +223,10 @@ fn meter_into(
     let mut done_bytes = 0;
     let mut last_report: Option<Instant> = None;
     for (input, size) in inputs.iter().zip(&sizes) {
-        let mut capture = open_capture(Path::new(input), Access::Map { populate: false })
-            .map_err(|e| format!("{input}: {e}"))?;
+        // Read, not mapped: a file cut short under a mapped reader raises SIGBUS, which would
+        // take the whole node down (collector sessions, other jobs) for one tenant's upload.
+        let mut capture =
+            open_capture(Path::new(input), Access::Read).map_err(|e| format!("{input}: {e}"))?;
         let control = conv
             .meter(input, &mut capture, &mut |p| {
                 if cancel.load(Ordering::Relaxed) {

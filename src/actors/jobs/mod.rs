@@ -110,6 +110,8 @@ struct Running {
 enum Write {
     Put(Box<JobRecord>),
     Flush(oneshot::Sender<()>),
+    /// Not sent: the writer's own wake-up to retry unwritten final records.
+    Retry,
 }
 
 pub struct JobSupervisorState {
@@ -495,18 +497,59 @@ fn merge(stored: Vec<JobRecord>, local: Vec<JobRecord>) -> Vec<JobRecord> {
     all
 }
 
-/// Writes records in the order they changed, so a late write never undoes a newer one.
+/// Writes records in the order they changed, so a late write never undoes a newer one. What
+/// queued up meanwhile is written once per job (the latest record), so a slow or absent Redis
+/// costs one write per job, not one per progress report; a final record that could not be
+/// written is tried again every second until it is (other nodes would show it running).
 async fn write_records(store: Arc<JobStore>, mut rx: mpsc::UnboundedReceiver<Write>) {
-    while let Some(w) = rx.recv().await {
-        match w {
+    let mut unwritten: HashMap<JobId, JobRecord> = HashMap::new();
+    loop {
+        let first = if unwritten.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+                Ok(w) => w,
+                Err(_) => Some(Write::Retry),
+            }
+        };
+        let Some(first) = first else {
+            return;
+        };
+        let mut flushes = Vec::new();
+        let mut order: Vec<JobId> = Vec::new();
+        let mut take = |w: Write, unwritten: &mut HashMap<JobId, JobRecord>| match w {
             Write::Put(record) => {
-                if let Err(e) = store.put(&record).await {
-                    tracing::warn!(job = %record.id, error = %e, "job record not stored");
+                order.retain(|id| *id != record.id);
+                order.push(record.id);
+                unwritten.insert(record.id, *record);
+            }
+            Write::Flush(done) => flushes.push(done),
+            Write::Retry => {}
+        };
+        take(first, &mut unwritten);
+        while let Ok(w) = rx.try_recv() {
+            take(w, &mut unwritten);
+        }
+        // Earlier failures first, then this batch in the order its jobs last changed.
+        let mut ids: Vec<JobId> = unwritten
+            .keys()
+            .filter(|id| !order.contains(id))
+            .copied()
+            .collect();
+        ids.extend(order);
+        for id in ids {
+            let Some(record) = unwritten.remove(&id) else {
+                continue;
+            };
+            if let Err(e) = store.put(&record).await {
+                tracing::warn!(job = %record.id, error = %e, "job record not stored");
+                if record.state.is_final() {
+                    unwritten.insert(id, record);
                 }
             }
-            Write::Flush(done) => {
-                let _ = done.send(());
-            }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
