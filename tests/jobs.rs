@@ -220,6 +220,7 @@ async fn a_full_queue_refuses_and_cancel_frees_the_worker() {
         !job_dir.join("result.ipfix.part").exists(),
         "no part file left"
     );
+    assert!(!job_dir.exists(), "no empty folder left either");
 
     let r = wait_for(&sup, next, JobState::Succeeded).await;
     assert!(r.artifact.is_some_and(|a| Path::new(&a).exists()));

@@ -301,11 +301,12 @@ fn on_interface(
     let Some(iface) = interfaces.get(id) else {
         return (DataLink::ETHERNET, read_as_nanos);
     };
-    let (mut resolution, mut offset) = (6u8, 0u64);
+    // if_tsoffset is signed (seconds); pcap-file hands it over as u64.
+    let (mut resolution, mut offset) = (6u8, 0i64);
     for option in &iface.options {
         match option {
             InterfaceDescriptionOption::IfTsResol(r) => resolution = *r,
-            InterfaceDescriptionOption::IfTsOffset(o) => offset = *o,
+            InterfaceDescriptionOption::IfTsOffset(o) => offset = *o as i64,
             _ => {}
         }
     }
@@ -324,8 +325,12 @@ fn on_interface(
     let time = Duration::new(secs, nanos);
     (
         iface.linktype,
-        time.checked_add(Duration::from_secs(offset))
-            .unwrap_or(time),
+        if offset >= 0 {
+            time.checked_add(Duration::from_secs(offset.unsigned_abs()))
+        } else {
+            time.checked_sub(Duration::from_secs(offset.unsigned_abs()))
+        }
+        .unwrap_or(time),
     )
 }
 

@@ -177,20 +177,27 @@ pub fn run(
                     artifact,
                 },
                 Err(e) => {
-                    let _ = std::fs::remove_file(&part);
+                    discard(dir);
                     Outcome::Failed(format!("{}: {e}", artifact.display()))
                 }
             }
         }
         Ok(None) => {
-            let _ = std::fs::remove_file(&part);
+            discard(dir);
             Outcome::Cancelled
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&part);
+            discard(dir);
             Outcome::Failed(e)
         }
     }
+}
+
+/// A job that did not succeed leaves nothing behind: its part file, and its folder if empty.
+pub fn discard(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(PART_FILE));
+    let _ = std::fs::remove_file(dir.join(RESULT_FILE));
+    let _ = std::fs::remove_dir(dir); // only if empty: never someone else's files
 }
 
 /// Meters every input into `part`, exactly as `ipfixsvc convert` does. `None` when cancelled.

@@ -19,9 +19,7 @@ pub mod logic;
 
 use crate::store::StoreError;
 use crate::store::jobs::{JobId, JobProgress, JobRecord, JobSpec, JobState, JobStore};
-use conversion::{
-    ConversionArgs, ConversionMsg, Outcome, PART_FILE, PcapConversionJob, RESULT_FILE,
-};
+use conversion::{ConversionArgs, ConversionMsg, Outcome, PcapConversionJob};
 use logic::{Admission, admit, retry_after, transition, update_mean};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
@@ -312,10 +310,7 @@ impl Actor for JobSupervisor {
         }
         tracing::warn!(job = %id, %reason, "job failed");
         let dir = state.job_dir(id);
-        tokio::spawn(async move {
-            let _ = tokio::fs::remove_file(dir.join(PART_FILE)).await;
-            let _ = tokio::fs::remove_file(dir.join(RESULT_FILE)).await;
-        });
+        tokio::task::spawn_blocking(move || conversion::discard(&dir));
         state.finish(id, Outcome::Failed(reason));
         state.start_next(&myself).await;
         state.answer_drain().await;
