@@ -90,6 +90,15 @@ fn converted_captures_read_back_and_add_up() {
             .count();
         total_syn_first += syn_first;
 
+        // Read instead of mapped: the same file, record for record.
+        let read = tmp.join("read.ipfix");
+        let r = convert(f, &read, &["--no-mmap"]);
+        assert_eq!(
+            (r["flows"].clone(), r["octets"].clone()),
+            (s["flows"].clone(), s["octets"].clone())
+        );
+        assert_eq!(records(&read).len(), rs.len());
+
         // Uniflows: no reverse fields, the same packets, at least as many flows.
         let uni = convert(f, &out, &["--uniflow"]);
         let urs = records(&out);

@@ -39,6 +39,10 @@ pub struct ConvertArgs {
     /// No progress bar (there is none anyway when standard error is not a terminal).
     #[arg(short, long)]
     pub quiet: bool,
+    /// Read captures with read(2) instead of mapping them (slower; for captures another process
+    /// may still write or truncate: a mapped file cut short ends the process with SIGBUS).
+    #[arg(long)]
+    pub no_mmap: bool,
 }
 
 pub fn run(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
@@ -53,10 +57,14 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
     let mut run = Conversion::new(BufWriter::with_capacity(1 << 20, out), cfg, args.domain)?;
     // A bar only for people: on a terminal, and not when asked to be quiet.
     let show = !args.quiet && std::io::stderr().is_terminal();
+    let access = if args.no_mmap {
+        Access::Read
+    } else {
+        Access::Map { populate: false }
+    };
     for (n, input) in args.inputs.iter().enumerate() {
         let shown = input.display().to_string();
-        let mut capture =
-            open_capture(input, Access::Map { populate: false }).with_context(|| shown.clone())?;
+        let mut capture = open_capture(input, access).with_context(|| shown.clone())?;
         let bar = match (show, capture.total()) {
             (false, _) => ProgressBar::hidden(),
             (true, Some(total)) => ProgressBar::new(total).with_style(bar_style(
