@@ -12,12 +12,13 @@
 //! cache writes it all and says so.
 
 use super::collector::session::SessionMsg;
+use crate::store::templates::unix_ms;
 use crate::store::{Invalidation, StoredTemplate, TemplateKey, TemplateStore};
 use crate::wire::{Template, TemplateKind};
 use futures_util::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
@@ -65,8 +66,10 @@ pub struct CacheState {
     refresh_every: Duration,
     local: HashMap<TemplateKey, (Template, Instant)>,
     healthy: bool,
-    learned_while_down: HashSet<TemplateKey>,
-    withdrawn_while_down: HashSet<TemplateKey>,
+    /// Changes the store has not seen, with when they happened (Unix ms): written at re-sync
+    /// unless another node changed the key later.
+    learned_while_down: HashMap<TemplateKey, u64>,
+    withdrawn_while_down: HashMap<TemplateKey, u64>,
     lookups: u64,
     lookups_from_store: u64,
     invalidations: u64,
@@ -113,8 +116,8 @@ impl Actor for TemplateCache {
             refresh_every: args.refresh_every,
             local: HashMap::new(),
             healthy: true,
-            learned_while_down: HashSet::new(),
-            withdrawn_while_down: HashSet::new(),
+            learned_while_down: HashMap::new(),
+            withdrawn_while_down: HashMap::new(),
             lookups: 0,
             lookups_from_store: 0,
             invalidations: 0,
@@ -206,14 +209,15 @@ impl CacheState {
         self.bound();
         self.local.insert(key.clone(), (template.clone(), now));
         self.withdrawn_while_down.remove(&key);
+        let at = unix_ms();
         if !self.healthy {
-            self.learned_while_down.insert(key);
+            self.learned_while_down.insert(key, at);
             return;
         }
         let value = self.stored(&template);
-        if let Err(e) = self.store.put(&key, &value).await {
+        if let Err(e) = self.store.put_if_newer(&key, &value, at).await {
             self.down(&e);
-            self.learned_while_down.insert(key);
+            self.learned_while_down.insert(key, at);
             return;
         }
         if changed {
@@ -228,13 +232,14 @@ impl CacheState {
         }
         self.local.remove(&key);
         self.learned_while_down.remove(&key);
+        let at = unix_ms();
         if !self.healthy {
-            self.withdrawn_while_down.insert(key);
+            self.withdrawn_while_down.insert(key, at);
             return;
         }
-        if let Err(e) = self.store.remove(&key).await {
+        if let Err(e) = self.store.remove_if_newer(&key, at).await {
             self.down(&e);
-            self.withdrawn_while_down.insert(key);
+            self.withdrawn_while_down.insert(key, at);
             return;
         }
         self.publish(&key).await;
@@ -322,36 +327,61 @@ impl CacheState {
         self.healthy = true;
         // What other nodes published while we were cut off was lost with the subscription:
         // forget local copies we did not learn ourselves, so lookups go to the store again.
-        let mine: HashSet<TemplateKey> = self.learned_while_down.iter().cloned().collect();
-        self.local.retain(|k, _| mine.contains(k));
-        let (mut wrote, mut removed) = (0, 0);
+        let learned = &self.learned_while_down;
+        self.local.retain(|k, _| learned.contains_key(k));
+        let (mut wrote, mut removed, mut superseded) = (0, 0, 0);
         // Stop at the first failure: the rest waits for the next probe instead of each key
-        // waiting for its own timeout.
-        while let Some(key) = self.learned_while_down.iter().next().cloned() {
+        // waiting for its own timeout. A change another node made later wins: ours is dropped
+        // (and our local copy, so lookups read the newer one from the store).
+        while let Some((key, at)) = self
+            .learned_while_down
+            .iter()
+            .next()
+            .map(|(k, a)| (k.clone(), *a))
+        {
             if let Some((t, _)) = self.local.get(&key) {
                 let v = self.stored(t);
-                if let Err(e) = self.store.put(&key, &v).await {
-                    self.down(&e);
-                    return;
+                match self.store.put_if_newer(&key, &v, at).await {
+                    Err(e) => {
+                        self.down(&e);
+                        return;
+                    }
+                    Ok(true) => {
+                        self.publish(&key).await;
+                        wrote += 1;
+                    }
+                    Ok(false) => {
+                        self.local.remove(&key);
+                        superseded += 1;
+                    }
                 }
-                self.publish(&key).await;
-                wrote += 1;
             }
             self.learned_while_down.remove(&key);
         }
-        while let Some(key) = self.withdrawn_while_down.iter().next().cloned() {
-            if let Err(e) = self.store.remove(&key).await {
-                self.down(&e);
-                return;
+        while let Some((key, at)) = self
+            .withdrawn_while_down
+            .iter()
+            .next()
+            .map(|(k, a)| (k.clone(), *a))
+        {
+            match self.store.remove_if_newer(&key, at).await {
+                Err(e) => {
+                    self.down(&e);
+                    return;
+                }
+                Ok(true) => {
+                    self.publish(&key).await;
+                    removed += 1;
+                }
+                Ok(false) => superseded += 1,
             }
-            self.publish(&key).await;
             self.withdrawn_while_down.remove(&key);
-            removed += 1;
         }
         if self.healthy {
             tracing::info!(
                 written = wrote,
                 withdrawn = removed,
+                superseded,
                 "template store back: re-synced"
             );
         }
@@ -370,7 +400,7 @@ impl CacheState {
             .collect();
         by_age.sort();
         for (_, k) in by_age.into_iter().take(MAX_LOCAL / 10) {
-            if !self.learned_while_down.contains(&k) {
+            if !self.learned_while_down.contains_key(&k) {
                 self.local.remove(&k);
             }
         }

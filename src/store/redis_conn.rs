@@ -66,6 +66,27 @@ impl RedisConn {
         .await
     }
 
+    /// A Lua script (atomic in Redis), loaded on first use.
+    pub async fn eval<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<T, StoreError> {
+        self.attempt(what, |mut c| {
+            let mut call = script.prepare_invoke();
+            for k in keys {
+                call.key(k);
+            }
+            for a in args {
+                call.arg(a.as_slice());
+            }
+            async move { call.invoke_async::<T>(&mut c).await }
+        })
+        .await
+    }
+
     /// An atomic pipeline whose answers are ignored.
     pub async fn query_pipe(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         self.attempt(

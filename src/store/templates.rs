@@ -10,6 +10,12 @@
 //! Redis layout: one string per template at `ipfix:tpl:{tenant}:{exporter}:{domain}:{id}`, and a
 //! set of the template ids of each (tenant, exporter, domain) at `ipfix:tplids:...` so that a
 //! withdrawal of all templates does not need a key scan. Every command has a timeout.
+//!
+//! Each key also has a version, `ipfix:tplver:...`: the Unix time in milliseconds of its last
+//! definition or withdrawal (a withdrawal leaves it as a tombstone until the TTL). A node that
+//! was cut off from Redis writes what it learned meanwhile with `put_if_newer` /
+//! `remove_if_newer`, which lose against a later change another node made (a Lua script compares
+//! and writes atomically), so a late re-sync never undoes a newer definition.
 
 use super::StoreError;
 use super::redis_conn::RedisConn;
@@ -37,6 +43,13 @@ impl TemplateKey {
 
     fn redis_index(&self) -> String {
         index_key(&self.tenant, self.exporter, self.domain)
+    }
+
+    fn redis_version(&self) -> String {
+        format!(
+            "ipfix:tplver:{}:{}:{}:{}",
+            self.tenant, self.exporter, self.domain, self.template_id
+        )
     }
 }
 
@@ -137,6 +150,7 @@ impl TemplateStore {
         TemplateStore::Memory(MemoryTemplates {
             ttl,
             map: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -184,15 +198,47 @@ impl TemplateStore {
         }
     }
 
-    /// Stores (or refreshes) a template and its TTL.
+    /// Stores (or refreshes) a template and its TTL: a change made now.
     pub async fn put(&self, key: &TemplateKey, value: &StoredTemplate) -> Result<(), StoreError> {
+        self.put_if_newer(key, value, unix_ms()).await.map(|_| ())
+    }
+
+    /// Stores a template defined at `changed_ms` (Unix ms) unless the key has changed since
+    /// (another node's later definition or withdrawal). Whether it was written.
+    pub async fn put_if_newer(
+        &self,
+        key: &TemplateKey,
+        value: &StoredTemplate,
+        changed_ms: u64,
+    ) -> Result<bool, StoreError> {
         match self {
             TemplateStore::Memory(m) => {
+                if !m.newer(key, changed_ms) {
+                    return Ok(false);
+                }
                 m.lock()
                     .insert(key.clone(), (value.clone(), Instant::now() + m.ttl));
-                Ok(())
+                Ok(true)
             }
-            TemplateStore::Redis(r) => r.put(key, value).await,
+            TemplateStore::Redis(r) => r.put_if_newer(key, value, changed_ms).await,
+        }
+    }
+
+    /// Withdraws a template withdrawn at `changed_ms` unless the key has changed since.
+    pub async fn remove_if_newer(
+        &self,
+        key: &TemplateKey,
+        changed_ms: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            TemplateStore::Memory(m) => {
+                if !m.newer(key, changed_ms) {
+                    return Ok(false);
+                }
+                m.lock().remove(key);
+                Ok(true)
+            }
+            TemplateStore::Redis(r) => r.remove_if_newer(key, changed_ms).await,
         }
     }
 
@@ -215,13 +261,7 @@ impl TemplateStore {
 
     /// Template Withdrawal of one template.
     pub async fn remove(&self, key: &TemplateKey) -> Result<(), StoreError> {
-        match self {
-            TemplateStore::Memory(m) => {
-                m.lock().remove(key);
-                Ok(())
-            }
-            TemplateStore::Redis(r) => r.remove(key).await,
-        }
+        self.remove_if_newer(key, unix_ms()).await.map(|_| ())
     }
 
     /// All Templates Withdrawal (of one kind) for an exporter's Observation Domain.
@@ -275,6 +315,8 @@ impl TemplateStore {
 pub struct MemoryTemplates {
     ttl: Duration,
     map: Mutex<HashMap<TemplateKey, (StoredTemplate, Instant)>>,
+    /// Unix milliseconds of each key's last change (as Redis's version keys).
+    versions: Mutex<HashMap<TemplateKey, u64>>,
 }
 
 impl MemoryTemplates {
@@ -282,7 +324,49 @@ impl MemoryTemplates {
         // A panic while holding this lock cannot leave the map half-changed (single calls).
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Records a change at `at` unless a later one is recorded: whether it may be applied.
+    fn newer(&self, key: &TemplateKey, at: u64) -> bool {
+        let mut v = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        match v.get(key) {
+            Some(&stored) if stored > at => false,
+            _ => {
+                v.insert(key.clone(), at);
+                true
+            }
+        }
+    }
 }
+
+/// Unix time in milliseconds: the version of a change.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes a template unless the stored version is later. KEYS: value, version, index;
+/// ARGV: value, ttl (s), version (ms), template id.
+const PUT_IF_NEWER: &str = r"
+local v = tonumber(redis.call('GET', KEYS[2]))
+if v and v > tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 1
+";
+
+/// Withdraws a template unless the stored version is later. KEYS: value, version, index;
+/// ARGV: ttl (s), version (ms), template id.
+const REMOVE_IF_NEWER: &str = r"
+local v = tonumber(redis.call('GET', KEYS[2]))
+if v and v > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[3])
+return 1
+";
 
 pub struct RedisTemplates {
     /// For pub/sub subscriptions (a connection of their own).
@@ -300,29 +384,26 @@ impl RedisTemplates {
         self.conn.query(what, cmd).await
     }
 
-    async fn query_pipe(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
-        self.conn.query_pipe(what, pipe).await
-    }
-
-    async fn put(&self, key: &TemplateKey, value: &StoredTemplate) -> Result<(), StoreError> {
+    async fn put_if_newer(
+        &self,
+        key: &TemplateKey,
+        value: &StoredTemplate,
+        changed_ms: u64,
+    ) -> Result<bool, StoreError> {
         let ttl = self.ttl.as_secs().max(1);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(key.redis_key())
-            .arg(value.encode())
-            .arg("EX")
-            .arg(ttl)
-            .ignore()
-            .cmd("SADD")
-            .arg(key.redis_index())
-            .arg(key.template_id)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(key.redis_index())
-            .arg(ttl)
-            .ignore();
-        self.query_pipe("store template", &pipe).await
+        let keys = [key.redis_key(), key.redis_version(), key.redis_index()];
+        let args = [
+            value.encode(),
+            ttl.to_string().into_bytes(),
+            changed_ms.to_string().into_bytes(),
+            key.template_id.to_string().into_bytes(),
+        ];
+        let script = redis::Script::new(PUT_IF_NEWER);
+        let wrote: i64 = self
+            .conn
+            .eval("store template", &script, &keys, &args)
+            .await?;
+        Ok(wrote == 1)
     }
 
     async fn get(&self, key: &TemplateKey) -> Result<Option<StoredTemplate>, StoreError> {
@@ -333,17 +414,24 @@ impl RedisTemplates {
         bytes.map(|b| StoredTemplate::decode(&k, &b)).transpose()
     }
 
-    async fn remove(&self, key: &TemplateKey) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("DEL")
-            .arg(key.redis_key())
-            .ignore()
-            .cmd("SREM")
-            .arg(key.redis_index())
-            .arg(key.template_id)
-            .ignore();
-        self.query_pipe("withdraw template", &pipe).await
+    async fn remove_if_newer(
+        &self,
+        key: &TemplateKey,
+        changed_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let ttl = self.ttl.as_secs().max(1);
+        let keys = [key.redis_key(), key.redis_version(), key.redis_index()];
+        let args = [
+            ttl.to_string().into_bytes(),
+            changed_ms.to_string().into_bytes(),
+            key.template_id.to_string().into_bytes(),
+        ];
+        let script = redis::Script::new(REMOVE_IF_NEWER);
+        let removed: i64 = self
+            .conn
+            .eval("withdraw template", &script, &keys, &args)
+            .await?;
+        Ok(removed == 1)
     }
 
     async fn list(
