@@ -98,25 +98,51 @@ async fn behaves(store: &TemplateStore) {
 /// wins, whichever order the writes reach the store in.
 async fn late_resync_loses_to_a_later_change(store: &TemplateStore) {
     let (k, now) = (key(500), ipfixsvc::store::templates::unix_ms());
-    let (old, new) = (value(500, TemplateKind::Data), value(500, TemplateKind::Options));
+    let (old, new) = (
+        value(500, TemplateKind::Data),
+        value(500, TemplateKind::Options),
+    );
     // Node B redefines at `now`; node A's definition from 10 s earlier arrives afterwards.
     assert!(store.put_if_newer(&k, &new, now).await.expect("put"));
-    assert!(!store.put_if_newer(&k, &old, now - 10_000).await.expect("put"));
+    assert!(
+        !store
+            .put_if_newer(&k, &old, now - 10_000)
+            .await
+            .expect("put")
+    );
     assert_eq!(store.get(&k).await.expect("get"), Some(new.clone()));
     // A withdrawal made before the redefinition does not remove it either.
-    assert!(!store.remove_if_newer(&k, now - 5_000).await.expect("remove"));
+    assert!(
+        !store
+            .remove_if_newer(&k, now - 5_000)
+            .await
+            .expect("remove")
+    );
     assert!(store.get(&k).await.expect("get").is_some());
     // A later withdrawal does; then an earlier definition cannot bring it back.
-    assert!(store.remove_if_newer(&k, now + 1_000).await.expect("remove"));
+    assert!(
+        store
+            .remove_if_newer(&k, now + 1_000)
+            .await
+            .expect("remove")
+    );
     assert!(!store.put_if_newer(&k, &old, now + 500).await.expect("put"));
     assert_eq!(store.get(&k).await.expect("get"), None);
     let listed = store
         .list(&k.tenant, k.exporter, k.domain)
         .await
         .expect("list");
-    assert!(listed.iter().all(|(lk, _)| lk.template_id != 500), "not listed");
+    assert!(
+        listed.iter().all(|(lk, _)| lk.template_id != 500),
+        "not listed"
+    );
     // A definition after the withdrawal is a definition.
-    assert!(store.put_if_newer(&k, &old, now + 2_000).await.expect("put"));
+    assert!(
+        store
+            .put_if_newer(&k, &old, now + 2_000)
+            .await
+            .expect("put")
+    );
     assert_eq!(store.get(&k).await.expect("get"), Some(old));
 }
 
