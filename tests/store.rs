@@ -97,7 +97,7 @@ async fn behaves(store: &TemplateStore) {
 /// A node cut off from Redis re-syncs what it learned meanwhile; a later change by another node
 /// wins, whichever order the writes reach the store in.
 async fn late_resync_loses_to_a_later_change(store: &TemplateStore) {
-    let (k, now) = (key(500), ipfixsvc::store::templates::unix_ms());
+    let (k, now) = (key(500), ipfixsvc::store::unix_ms());
     let (old, new) = (
         value(500, TemplateKind::Data),
         value(500, TemplateKind::Options),

@@ -10,6 +10,7 @@ use super::cluster::{CLUSTER_MEMBER, ClusterMsg};
 use super::collector::session::SessionMsg;
 use super::collector::session_logic::SessionStats;
 use super::collector::{COLLECTOR_NAME, CollectorMsg};
+use crate::store::codec;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{BytesConvertable, RactorClusterMessage};
 
@@ -30,32 +31,16 @@ pub struct SessionList {
     pub errors: Vec<String>,
 }
 
-const FORMAT: u8 = 1;
-
 impl BytesConvertable for SessionList {
     fn into_bytes(self) -> Vec<u8> {
-        let mut out = vec![FORMAT];
-        out.extend(
-            bincode::serde::encode_to_vec(&self, bincode::config::standard()).unwrap_or_default(),
-        );
-        out
+        codec::encode(&self)
     }
 
     fn from_bytes(bytes: Vec<u8>) -> Self {
-        let config = bincode::config::standard().with_limit::<{ 64 << 20 }>();
-        match bytes.split_first() {
-            Some((&FORMAT, body)) => match bincode::serde::decode_from_slice(body, config) {
-                Ok((v, _)) => v,
-                Err(e) => SessionList {
-                    errors: vec![format!("unreadable answer from a peer: {e}")],
-                    ..SessionList::default()
-                },
-            },
-            _ => SessionList {
-                errors: vec!["answer from a peer of another version".into()],
-                ..SessionList::default()
-            },
-        }
+        codec::decode::<_, { 64 << 20 }>(&bytes).unwrap_or_else(|e| SessionList {
+            errors: vec![format!("unreadable answer from a peer: {e}")],
+            ..SessionList::default()
+        })
     }
 }
 

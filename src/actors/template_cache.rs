@@ -12,7 +12,7 @@
 //! cache writes it all and says so.
 
 use super::collector::session::SessionMsg;
-use crate::store::templates::unix_ms;
+use crate::store::unix_ms;
 use crate::store::{Invalidation, StoredTemplate, TemplateKey, TemplateStore};
 use crate::wire::{Template, TemplateKind};
 use futures_util::StreamExt;

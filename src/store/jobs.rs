@@ -7,13 +7,14 @@
 //! time, trimmed of expired ids when listed. Every command has a timeout and is tried twice.
 
 use super::StoreError;
+use super::codec;
 use super::redis_conn::RedisConn;
 use crate::meter::convert::ConvertSummary;
 use crate::meter::flow::MeterConfig;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A job's id: a random (v4) UUID, so ids are not guessable across tenants.
 #[derive(
@@ -196,48 +197,20 @@ impl JobRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT];
-        // Encoding a plain struct into a Vec cannot fail; an empty body would be refused on read.
-        if let Ok(body) = bincode::serde::encode_to_vec(self, bincode::config::standard()) {
-            out.extend(body);
-        }
-        out
+        codec::encode(self)
     }
 
     /// Never panics: bytes from another version or damaged ones are an error value.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<JobRecord, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
+        // Bound what a damaged length inside the value may make bincode allocate.
+        codec::decode::<_, { 4 << 20 }>(bytes).map_err(|reason| StoreError::Corrupt {
             key: key.to_string(),
             reason,
-        };
-        match bytes.split_first() {
-            Some((&FORMAT, body)) => {
-                // Bound what a damaged length inside the value may make bincode allocate.
-                let config = bincode::config::standard().with_limit::<{ 4 << 20 }>();
-                let (v, used): (JobRecord, usize) = bincode::serde::decode_from_slice(body, config)
-                    .map_err(|e| corrupt(e.to_string()))?;
-                if used != body.len() {
-                    return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
-                }
-                Ok(v)
-            }
-            Some((v, _)) => Err(corrupt(format!(
-                "format version {v}, this node reads {FORMAT}"
-            ))),
-            None => Err(corrupt("empty value".into())),
-        }
+        })
     }
 }
 
-/// Version tag in front of every encoded record, so a future format is told apart, not misread.
-const FORMAT: u8 = 1;
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use super::unix_ms;
 
 fn record_key(tenant: &str, id: JobId) -> String {
     format!("ipfix:job:{tenant}:{id}")

@@ -1,6 +1,7 @@
 //! State behind one interface with two implementations: in memory (the default, single node)
 //! and Redis (when `redis.url` is set, shared by every node): templates and job records.
 
+pub mod codec;
 pub mod files;
 pub mod jobs;
 mod redis_conn;
@@ -21,4 +22,11 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("store configuration: {0}")]
     Config(String),
+}
+
+/// Unix time in milliseconds: when a record or a template last changed.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

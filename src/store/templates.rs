@@ -18,7 +18,9 @@
 //! and writes atomically), so a late re-sync never undoes a newer definition.
 
 use super::StoreError;
+use super::codec;
 use super::redis_conn::RedisConn;
+use super::unix_ms;
 use crate::wire::{Template, TemplateKind};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,42 +67,17 @@ pub struct StoredTemplate {
     pub node: String,
 }
 
-/// Version tag in front of every encoded value, so a future format is told apart, not misread.
-const FORMAT: u8 = 1;
-
 impl StoredTemplate {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT];
-        // Encoding a plain struct into a Vec cannot fail; an empty body would be refused on read.
-        if let Ok(body) = bincode::serde::encode_to_vec(self, bincode::config::standard()) {
-            out.extend(body);
-        }
-        out
+        codec::encode(self)
     }
 
     /// Never panics: bytes from another version or damaged ones are an error value.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<StoredTemplate, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
+        codec::decode::<_, { 1 << 20 }>(bytes).map_err(|reason| StoreError::Corrupt {
             key: key.to_string(),
             reason,
-        };
-        match bytes.split_first() {
-            Some((&FORMAT, body)) => {
-                // Bound what a damaged length inside the value may make bincode allocate.
-                let config = bincode::config::standard().with_limit::<{ 1 << 20 }>();
-                let (v, used): (StoredTemplate, usize) =
-                    bincode::serde::decode_from_slice(body, config)
-                        .map_err(|e| corrupt(e.to_string()))?;
-                if used != body.len() {
-                    return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
-                }
-                Ok(v)
-            }
-            Some((v, _)) => Err(corrupt(format!(
-                "format version {v}, this node reads {FORMAT}"
-            ))),
-            None => Err(corrupt("empty value".into())),
-        }
+        })
     }
 }
 
@@ -336,13 +313,6 @@ impl MemoryTemplates {
             }
         }
     }
-}
-
-/// Unix time in milliseconds: the version of a change.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Writes a template unless the stored version is later. KEYS: value, version, index;

@@ -8,28 +8,16 @@
 //! answers, never forwarding again, so requests cannot loop between nodes).
 
 use super::{CancelError, Cancelled, JobMsg};
+use crate::store::codec;
 use crate::store::jobs::JobId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{BytesConvertable, RactorClusterMessage};
 
 pub const JOB_DIRECTORY_GROUP: &str = "job-directories";
 
-const FORMAT: u8 = 1;
-
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT];
-    out.extend(bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default());
-    out
-}
-
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let config = bincode::config::standard().with_limit::<{ 1 << 20 }>();
-    match bytes.split_first() {
-        Some((&FORMAT, body)) => bincode::serde::decode_from_slice(body, config)
-            .map(|(v, _)| v)
-            .map_err(|e| format!("unreadable message from a peer: {e}")),
-        _ => Err("message from a peer of another version".into()),
-    }
+    codec::decode::<_, { 1 << 20 }>(bytes)
+        .map_err(|e| format!("unreadable message from a peer: {e}"))
 }
 
 /// Which job to cancel. A request that cannot be read names no job (and so finds none).
@@ -41,7 +29,7 @@ pub struct CancelRequest {
 
 impl BytesConvertable for CancelRequest {
     fn into_bytes(self) -> Vec<u8> {
-        encode(&self)
+        codec::encode(&self)
     }
 
     fn from_bytes(bytes: Vec<u8>) -> Self {
@@ -55,7 +43,7 @@ pub struct CancelAnswer(pub Result<Cancelled, CancelError>);
 
 impl BytesConvertable for CancelAnswer {
     fn into_bytes(self) -> Vec<u8> {
-        encode(&self)
+        codec::encode(&self)
     }
 
     fn from_bytes(bytes: Vec<u8>) -> Self {
@@ -172,7 +160,7 @@ mod tests {
         // Another version's bytes: no job named, and an error answer, never a panic.
         assert_eq!(CancelRequest::from_bytes(vec![9, 1, 2]).id, None);
         assert!(matches!(
-            CancelAnswer::from_bytes(vec![FORMAT, 0xff, 0xff]).0,
+            CancelAnswer::from_bytes(vec![codec::FORMAT, 0xff, 0xff]).0,
             Err(CancelError::Peer(_))
         ));
     }
