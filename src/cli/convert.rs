@@ -76,9 +76,7 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         };
         bar.set_prefix(format!("[{}/{}] {shown}", n + 1, args.inputs.len()));
         run.meter(&shown, &mut capture, &mut |p| {
-            if let Some(pos) = p.position {
-                bar.set_position(pos);
-            }
+            bar.set_position(p.position);
             bar.set_message(format!("{} packets, {} flows", p.packets, p.flows));
             Control::Continue
         })?;

@@ -156,11 +156,11 @@ impl<R: Read> CaptureReader<R> {
 
 impl<R: Read> CaptureReader<R> {
     /// Bytes of the file read so far (for a stream, what was taken from it: a little ahead).
-    pub fn position(&self) -> Option<u64> {
-        Some(match self.inner {
+    pub fn position(&self) -> u64 {
+        match self.inner {
             Inner::MappedPcap(_) | Inner::MappedPcapNg(_) => self.at as u64,
             Inner::Pcap(_) | Inner::PcapNg(_) => self.streamed.load(Ordering::Relaxed),
-        })
+        }
     }
 
     /// Total bytes of the capture, when known (mapped captures).

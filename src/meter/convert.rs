@@ -43,8 +43,8 @@ pub struct ConvertSummary {
 /// Where a run stands, for progress bars and job records.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Bytes of the current capture read so far, when its reader knows (mapped files do).
-    pub position: Option<u64>,
+    /// Bytes of the current capture read so far.
+    pub position: u64,
     pub packets: u64,
     /// Flows written plus flows still open.
     pub flows: u64,
@@ -76,9 +76,10 @@ impl<W: Write> Conversion<W> {
         })
     }
 
-    pub fn progress(&self) -> Progress {
+    /// Where the run stands, `position` bytes into the current capture.
+    fn progress(&self, position: u64) -> Progress {
         Progress {
-            position: None,
+            position,
             packets: self.summary.packets,
             flows: self.writer.flows + self.table.len() as u64,
         }
@@ -120,20 +121,12 @@ impl<W: Write> Conversion<W> {
             }
             if self.summary.packets >= next_tick {
                 next_tick += TICK_PACKETS;
-                let progress = Progress {
-                    position: capture.position(),
-                    ..self.progress()
-                };
-                if tick(&progress) == Control::Cancel {
+                if tick(&self.progress(capture.position())) == Control::Cancel {
                     return Ok(Control::Cancel);
                 }
             }
         }
-        let progress = Progress {
-            position: capture.position(),
-            ..self.progress()
-        };
-        Ok(tick(&progress))
+        Ok(tick(&self.progress(capture.position())))
     }
 
     /// Ends every open flow, writes it, and flushes the file.

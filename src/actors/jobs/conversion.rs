@@ -242,7 +242,7 @@ fn meter_into(
                 if last_report.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
                     last_report = Some(Instant::now());
                     report(JobProgress {
-                        bytes_read: done_bytes + p.position.unwrap_or(0).min(*size),
+                        bytes_read: done_bytes + p.position.min(*size),
                         bytes_total,
                         packets: p.packets,
                         flows: p.flows,
