@@ -139,6 +139,8 @@ impl TemplateStore {
             client,
             conn: RedisConn::new(url, timeout)?,
             ttl,
+            put_if_newer: redis::Script::new(PUT_IF_NEWER),
+            remove_if_newer: redis::Script::new(REMOVE_IF_NEWER),
         }))
     }
 
@@ -315,20 +317,18 @@ impl MemoryTemplates {
     }
 }
 
-/// Writes a template unless the stored version is later. KEYS: value, version, index;
-/// ARGV: value, ttl (s), version (ms), template id.
+/// Both scripts take KEYS: value, version, index; ARGV: ttl (s), version (ms), template id, and
+/// for a write the value. Each writes unless the stored version is later.
 const PUT_IF_NEWER: &str = r"
 local v = tonumber(redis.call('GET', KEYS[2]))
-if v and v > tonumber(ARGV[3]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+if v and v > tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
 return 1
 ";
 
-/// Withdraws a template unless the stored version is later. KEYS: value, version, index;
-/// ARGV: ttl (s), version (ms), template id.
 const REMOVE_IF_NEWER: &str = r"
 local v = tonumber(redis.call('GET', KEYS[2]))
 if v and v > tonumber(ARGV[2]) then return 0 end
@@ -343,6 +343,9 @@ pub struct RedisTemplates {
     client: redis::Client,
     conn: RedisConn,
     ttl: Duration,
+    /// Made once: a script is known to Redis by its SHA-1, computed when it is made.
+    put_if_newer: redis::Script,
+    remove_if_newer: redis::Script,
 }
 
 impl RedisTemplates {
@@ -360,20 +363,15 @@ impl RedisTemplates {
         value: &StoredTemplate,
         changed_ms: u64,
     ) -> Result<bool, StoreError> {
-        let ttl = self.ttl.as_secs().max(1);
-        let keys = [key.redis_key(), key.redis_version(), key.redis_index()];
-        let args = [
-            value.encode(),
-            ttl.to_string().into_bytes(),
-            changed_ms.to_string().into_bytes(),
-            key.template_id.to_string().into_bytes(),
-        ];
-        let script = redis::Script::new(PUT_IF_NEWER);
-        let wrote: i64 = self
-            .conn
-            .eval("store template", &script, &keys, &args)
-            .await?;
-        Ok(wrote == 1)
+        let script = &self.put_if_newer;
+        self.if_newer(
+            "store template",
+            script,
+            key,
+            changed_ms,
+            Some(value.encode()),
+        )
+        .await
     }
 
     async fn get(&self, key: &TemplateKey) -> Result<Option<StoredTemplate>, StoreError> {
@@ -389,19 +387,29 @@ impl RedisTemplates {
         key: &TemplateKey,
         changed_ms: u64,
     ) -> Result<bool, StoreError> {
-        let ttl = self.ttl.as_secs().max(1);
+        let script = &self.remove_if_newer;
+        self.if_newer("withdraw template", script, key, changed_ms, None)
+            .await
+    }
+
+    /// Runs one of the compare-and-write scripts; whether it wrote.
+    async fn if_newer(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        key: &TemplateKey,
+        changed_ms: u64,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
         let keys = [key.redis_key(), key.redis_version(), key.redis_index()];
-        let args = [
-            ttl.to_string().into_bytes(),
+        let mut args = vec![
+            self.ttl.as_secs().max(1).to_string().into_bytes(),
             changed_ms.to_string().into_bytes(),
             key.template_id.to_string().into_bytes(),
         ];
-        let script = redis::Script::new(REMOVE_IF_NEWER);
-        let removed: i64 = self
-            .conn
-            .eval("withdraw template", &script, &keys, &args)
-            .await?;
-        Ok(removed == 1)
+        args.extend(value);
+        let wrote: i64 = self.conn.eval(what, script, &keys, &args).await?;
+        Ok(wrote == 1)
     }
 
     async fn list(
