@@ -334,19 +334,21 @@ fn on_interface(
     )
 }
 
-/// How far ahead of the record being read the map is touched.
-const AHEAD: usize = 16 << 10;
+/// How far ahead of the record being read the map is prefetched. Measured on the 3M-packet
+/// benchmark capture: 2-4 KiB is enough to hide the misses; 16 KiB was 5% slower (the stream
+/// then pushes more of the flow table out of the caches).
+const AHEAD: usize = 4 << 10;
 
-/// Touches every cache line of the map once, `AHEAD` bytes in front of the reader, as it moves
-/// from `from` to `to`. Records are chained by their lengths, so reading a capture would be a
-/// walk from one cache miss to the next; these loads do not depend on each other, so the CPU
-/// (and its stream prefetcher, which now sees a sequential scan) fetches the lines in parallel
-/// and the records are in cache when the reader gets there.
+/// Prefetches every cache line of the map once, `AHEAD` bytes in front of the reader, as it
+/// moves from `from` to `to`. Records are chained by their lengths, so reading a capture would be
+/// a walk from one cache miss to the next; these hints do not depend on each other (nor wait for
+/// their data, as loads would), so the lines arrive in parallel and the records are in cache
+/// when the reader gets there.
 #[inline(always)]
 fn stream_ahead(all: &[u8], from: usize, to: usize) {
     let (start, end) = ((from + AHEAD) & !63, (to + AHEAD).min(all.len()));
     for at in (start..end).step_by(64) {
-        std::hint::black_box(all.get(at).copied());
+        super::prefetch::prefetch(all.as_ptr().wrapping_add(at));
     }
 }
 

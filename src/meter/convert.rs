@@ -4,14 +4,20 @@
 
 use super::capture::{CaptureError, CaptureReader};
 use super::export::FlowWriter;
-use super::flow::{Flow, FlowTable, MeterConfig};
+use super::flow::{Flow, FlowTable, MeterConfig, Prepared};
+use super::packet::PacketInfo;
 use super::packet::{Fragments, Skip, classify};
 use crate::wire::WireError;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 
 /// Packets between two progress callbacks: ~20 ms of work, so cancelling is prompt and the
 /// callback costs nothing measurable.
 pub const TICK_PACKETS: u64 = 1 << 16;
+
+/// Packets between preparing a packet (which prefetches its flow) and counting it: enough for
+/// the flow to arrive from memory, few enough that it is still in cache.
+const LOOKAHEAD: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -61,6 +67,8 @@ pub struct Conversion<W: Write> {
     table: FlowTable,
     frags: Fragments,
     writer: FlowWriter<W>,
+    /// Packets prepared and not yet counted, oldest first.
+    pending: VecDeque<(PacketInfo, Prepared)>,
     done: Vec<Flow>,
     summary: ConvertSummary,
 }
@@ -71,6 +79,7 @@ impl<W: Write> Conversion<W> {
             table: FlowTable::new(cfg),
             frags: Fragments::default(),
             writer: FlowWriter::new(out, observation_domain, cfg.biflow)?,
+            pending: VecDeque::with_capacity(LOOKAHEAD),
             done: Vec::new(),
             summary: ConvertSummary::default(),
         })
@@ -110,7 +119,13 @@ impl<W: Write> Conversion<W> {
                 Ok(info) => {
                     s.metered_packets += 1;
                     s.octets += info.ip_len as u64;
-                    self.table.observe(&info, &mut self.done);
+                    let prepared = self.table.prepare(&info);
+                    if self.pending.len() == LOOKAHEAD
+                        && let Some((p, prepared)) = self.pending.pop_front()
+                    {
+                        self.table.count(&p, &prepared, &mut self.done);
+                    }
+                    self.pending.push_back((info, prepared));
                 }
                 Err(Skip::NotIp) => s.skipped_not_ip += 1,
                 Err(Skip::Malformed(_)) => s.skipped_malformed += 1,
@@ -122,11 +137,23 @@ impl<W: Write> Conversion<W> {
             if self.summary.packets >= next_tick {
                 next_tick += TICK_PACKETS;
                 if tick(&self.progress(capture.position())) == Control::Cancel {
+                    self.count_pending()?;
                     return Ok(Control::Cancel);
                 }
             }
         }
+        self.count_pending()?;
         Ok(tick(&self.progress(capture.position())))
+    }
+
+    fn count_pending(&mut self) -> Result<(), ConvertError> {
+        while let Some((p, prepared)) = self.pending.pop_front() {
+            self.table.count(&p, &prepared, &mut self.done);
+            for f in self.done.drain(..) {
+                self.writer.write(&f)?;
+            }
+        }
+        Ok(())
     }
 
     /// Ends every open flow, writes it, and flushes the file.

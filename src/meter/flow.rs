@@ -4,6 +4,7 @@
 //! capture meters the same way however fast it is read.
 
 use super::packet::PacketInfo;
+use super::prefetch::prefetch;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use std::cmp::Reverse;
@@ -54,18 +55,6 @@ pub struct Counters {
     pub tcp_flags: u8,
 }
 
-impl Counters {
-    fn add(&mut self, p: &PacketInfo) {
-        if self.packets == 0 {
-            self.initial_tcp_flags = p.tcp_flags;
-        }
-        self.packets += 1;
-        self.octets += p.ip_len as u64;
-        self.layer2_octets += p.frame_len as u64;
-        self.tcp_flags |= p.tcp_flags;
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
     pub vlan: u16,
@@ -82,35 +71,178 @@ pub struct Flow {
     /// ICMP type << 8 | code of the first ICMP packet.
     pub icmp: u16,
     pub end_reason: EndReason,
-    closing_since: Option<u64>,
 }
 
-type Key = (u16, u8, IpAddr, u16, IpAddr, u16);
+/// A flow's key as the table compares it: both endpoints as 16 bytes (an IPv4 address in the
+/// first 4, with `v6` false). For biflows the lower endpoint comes first, so both directions of
+/// a conversation have one key and a packet needs one lookup whichever way it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    a: [u8; 16],
+    b: [u8; 16],
+    a_port: u16,
+    b_port: u16,
+    vlan: u16,
+    proto: u8,
+    v6: bool,
+}
 
-/// One flow in the table, with its key's hash and the expiry deadline its live queue entry
-/// carries.
-struct Entry {
+fn octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl Key {
+    fn address(&self, bytes: [u8; 16]) -> IpAddr {
+        if self.v6 {
+            IpAddr::from(bytes)
+        } else {
+            IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+        }
+    }
+}
+
+/// A packet's flow key, its hash, and whether the packet goes from the key's `b` endpoint to
+/// its `a` endpoint: all the table needs to find the packet's flow.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
     key: Key,
     hash: u64,
-    flow: Flow,
-    queued: u64,
+    from_b: bool,
 }
 
-/// A table slot; `generation` tells a queue entry for a flow that has left the slot from one
-/// for the flow now in it.
+/// Packets, octets and layer-2 octets of one direction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    packets: u64,
+    octets: u64,
+    layer2_octets: u64,
+}
+
+/// One flow in the table, laid out for the packet path: two cache lines, aligned, so prefetching
+/// a flow is two hints and counting a packet touches nothing else. The first line holds what
+/// every packet reads (key, times, flags), the second the counters.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
 struct Slot {
+    key: Key,
+    occupied: bool,
+    /// The initiator is the key's `b` endpoint.
+    initiator_b: bool,
+    icmp: u16,
+    /// initialTCPFlags and tcpControlBits, forward then reverse.
+    flags: [u8; 4],
+    start_ms: u64,
+    end_ms: u64,
+    forward: Tally,
+    reverse: Tally,
+    /// When the first FIN or RST was seen; `u64::MAX` while the connection is open.
+    closing_since: u64,
+    /// Bumped whenever the flow is queued again or leaves the slot: only the expiry queue entry
+    /// carrying the slot's current generation is live.
     generation: u32,
-    entry: Option<Entry>,
 }
 
-/// Flows stored in slots, found by key through a table of slot numbers (one hash lookup per
-/// packet, two for a biflow's reverse direction; the table is 4 bytes per flow, so it stays in
-/// cache and the only miss is the flow itself), with an expiry queue ordered by deadline: a packet only looks at the queue's head, so
-/// timeouts cost nothing per packet until one is due. Queue entries are lazy: a flow that got
-/// packets since it was queued is put back with its new deadline when its old one comes up.
+const OPEN: u64 = u64::MAX;
+
+// The packet path's layout: two cache lines, no more.
+const _: () = assert!(std::mem::size_of::<Slot>() == 128);
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        key: Key {
+            a: [0; 16],
+            b: [0; 16],
+            a_port: 0,
+            b_port: 0,
+            vlan: 0,
+            proto: 0,
+            v6: false,
+        },
+        occupied: false,
+        initiator_b: false,
+        icmp: 0,
+        flags: [0; 4],
+        start_ms: 0,
+        end_ms: 0,
+        forward: Tally {
+            packets: 0,
+            octets: 0,
+            layer2_octets: 0,
+        },
+        reverse: Tally {
+            packets: 0,
+            octets: 0,
+            layer2_octets: 0,
+        },
+        closing_since: OPEN,
+        generation: 0,
+    };
+
+    fn count(&mut self, p: &PacketInfo, reverse: bool) {
+        let (tally, flags) = if reverse {
+            (&mut self.reverse, &mut self.flags[2..])
+        } else {
+            (&mut self.forward, &mut self.flags[..2])
+        };
+        if tally.packets == 0 {
+            flags[0] = p.tcp_flags;
+        }
+        flags[1] |= p.tcp_flags;
+        tally.packets += 1;
+        tally.octets += p.ip_len as u64;
+        tally.layer2_octets += p.frame_len as u64;
+        self.end_ms = self.end_ms.max(p.ts_ms);
+    }
+
+    fn flow(&self, end_reason: EndReason) -> Flow {
+        let k = &self.key;
+        let (a, b) = ((k.address(k.a), k.a_port), (k.address(k.b), k.b_port));
+        let ((src, sport), (dst, dport)) = if self.initiator_b { (b, a) } else { (a, b) };
+        let counters = |t: &Tally, flags: &[u8]| Counters {
+            packets: t.packets,
+            octets: t.octets,
+            layer2_octets: t.layer2_octets,
+            initial_tcp_flags: flags[0],
+            tcp_flags: flags[1],
+        };
+        Flow {
+            vlan: k.vlan,
+            proto: k.proto,
+            src,
+            sport,
+            dst,
+            dport,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            forward: counters(&self.forward, &self.flags[..2]),
+            reverse: counters(&self.reverse, &self.flags[2..]),
+            icmp: self.icmp,
+            end_reason,
+        }
+    }
+}
+
+/// Flows stored in slots, found by key through an index of slot numbers (one hash lookup per
+/// packet; the index is 4 bytes per flow, so it mostly stays in cache), with an expiry queue
+/// ordered by deadline: a packet only looks at the queue's head, so timeouts cost nothing per
+/// packet until one is due. Queue entries are lazy: a flow that got packets since it was queued
+/// is put back with its new deadline when its old one comes up.
+///
+/// The slots are far larger than the caches, so finding a packet's flow is a cache miss. A
+/// caller that knows the next packets [`prepare`](FlowTable::prepare)s each a few packets before
+/// it [`count`](FlowTable::count)s it: preparing prefetches the flow, and the misses of several
+/// packets overlap.
 pub struct FlowTable {
     cfg: MeterConfig,
-    /// FxHash: a capture's 5-tuples are not chosen to collide, and this is the per-packet path.
+    /// Slot numbers by key hash. FxHash: a capture's 5-tuples are not chosen to collide, and
+    /// this is the per-packet path.
     index: HashTable<u32>,
     hasher: FxBuildHasher,
     slots: Vec<Slot>,
@@ -147,15 +279,17 @@ impl FlowTable {
 
     /// When a flow ends if nothing else happens, and why. On a tie, a closed connection is
     /// reported as ended rather than timed out.
-    fn deadline(&self, f: &Flow) -> (u64, EndReason) {
+    fn deadline(&self, f: &Slot) -> (u64, EndReason) {
         let (idle, active) = (self.cfg.idle_ms, self.cfg.active_ms);
         let mut due = (f.start_ms.saturating_add(active), EndReason::ActiveTimeout);
+        let closed = if f.closing_since == OPEN {
+            u64::MAX
+        } else {
+            f.closing_since.saturating_add(LINGER_MS.min(idle))
+        };
         for (at, reason) in [
             (f.end_ms.saturating_add(idle), EndReason::IdleTimeout),
-            f.closing_since
-                .map_or((u64::MAX, EndReason::EndOfFlow), |c| {
-                    (c.saturating_add(LINGER_MS.min(idle)), EndReason::EndOfFlow)
-                }),
+            (closed, EndReason::EndOfFlow),
         ] {
             if at <= due.0 {
                 due = (at, reason);
@@ -165,52 +299,49 @@ impl FlowTable {
     }
 
     fn queue(&mut self, slot: u32) {
-        let generation = self.slots[slot as usize].generation;
-        let Some(e) = &self.slots[slot as usize].entry else {
-            return;
-        };
-        let (due, _) = self.deadline(&e.flow);
+        let s = &self.slots[slot as usize];
+        let (due, _) = self.deadline(s);
+        let generation = s.generation.wrapping_add(1);
+        self.slots[slot as usize].generation = generation;
         self.expiry.push(Reverse((due, slot, generation)));
-        if let Some(e) = &mut self.slots[slot as usize].entry {
-            e.queued = due;
-        }
         // Stale entries (flows re-queued by a FIN, or ended early) wait for their old deadline:
         // with many short connections they would outnumber the flows. Bounded here.
         if self.expiry.len() > 2 * self.index.len() + 4096 {
             let slots = &self.slots;
-            self.expiry.retain(|&Reverse((due, slot, generation))| {
+            self.expiry.retain(|&Reverse((_, slot, generation))| {
                 let s = &slots[slot as usize];
-                s.generation == generation && s.entry.as_ref().is_some_and(|e| e.queued == due)
+                s.occupied && s.generation == generation
             });
         }
     }
 
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     fn remove(&mut self, slot: u32, reason: EndReason, done: &mut Vec<Flow>) {
         let s = &mut self.slots[slot as usize];
-        if let Some(e) = s.entry.take() {
-            s.generation = s.generation.wrapping_add(1);
-            if let Ok(found) = self.index.find_entry(e.hash, |&s| s == slot) {
-                found.remove();
-            }
-            self.free.push(slot);
-            let mut f = e.flow;
-            f.end_reason = reason;
-            done.push(f);
+        if !s.occupied {
+            return;
         }
+        s.occupied = false;
+        s.generation = s.generation.wrapping_add(1);
+        done.push(s.flow(reason));
+        let hash = self.hash(&self.slots[slot as usize].key);
+        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
+        self.free.push(slot);
     }
 
     /// The head of the expiry queue if it is the live entry of its flow.
     fn live_head(&mut self) -> Option<(u64, u32)> {
         while let Some(&Reverse((due, slot, generation))) = self.expiry.peek() {
             let s = &self.slots[slot as usize];
-            match &s.entry {
-                Some(e) if s.generation == generation && e.queued == due => {
-                    return Some((due, slot));
-                }
-                _ => {
-                    self.expiry.pop();
-                }
+            if s.occupied && s.generation == generation {
+                return Some((due, slot));
             }
+            self.expiry.pop();
         }
         None
     }
@@ -222,10 +353,7 @@ impl FlowTable {
                 return;
             }
             self.expiry.pop();
-            let Some(e) = &self.slots[slot as usize].entry else {
-                continue;
-            };
-            match self.deadline(&e.flow) {
+            match self.deadline(&self.slots[slot as usize]) {
                 (actual, reason) if actual <= now => self.remove(slot, reason, done),
                 _ => self.queue(slot),
             }
@@ -237,10 +365,7 @@ impl FlowTable {
     fn evict(&mut self, done: &mut Vec<Flow>) {
         while let Some((due, slot)) = self.live_head() {
             self.expiry.pop();
-            let Some(e) = &self.slots[slot as usize].entry else {
-                continue;
-            };
-            if self.deadline(&e.flow).0 > due {
+            if self.deadline(&self.slots[slot as usize]).0 > due {
                 self.queue(slot); // it has had packets since: not the oldest after all
                 continue;
             }
@@ -250,71 +375,77 @@ impl FlowTable {
         }
     }
 
-    /// The slot of a packet's flow, and whether the packet goes in the flow's reverse direction.
-    fn find(&self, p: &PacketInfo) -> Option<(u32, bool)> {
-        let fwd = (p.vlan, p.proto, p.src, p.sport, p.dst, p.dport);
-        if let Some(slot) = self.lookup(&fwd) {
-            return Some((slot, false));
+    /// A packet's key and hash, and a prefetch of its flow if it has one: call it a few packets
+    /// before [`count`](FlowTable::count)ing the packet. Flows that start or end in between
+    /// are no matter: the prefetch is only a hint, and `count` looks the flow up again.
+    pub fn prepare(&self, p: &PacketInfo) -> Prepared {
+        let (src, dst) = (octets(p.src), octets(p.dst));
+        let from_b = self.cfg.biflow && (dst, p.dport) < (src, p.sport);
+        let ((a, a_port), (b, b_port)) = if from_b {
+            ((dst, p.dport), (src, p.sport))
+        } else {
+            ((src, p.sport), (dst, p.dport))
+        };
+        let key = Key {
+            a,
+            b,
+            a_port,
+            b_port,
+            vlan: p.vlan,
+            proto: p.proto,
+            v6: p.src.is_ipv6(),
+        };
+        let prepared = Prepared {
+            key,
+            hash: self.hash(&key),
+            from_b,
+        };
+        // The first slot whose 7-bit hash tag matches (the index's own filter), without reading
+        // slots: almost always the flow, and a wrong guess costs only a wasted prefetch.
+        if let Some(&slot) = self.index.find(prepared.hash, |_| true)
+            && let Some(s) = self.slots.get(slot as usize)
+        {
+            let at: *const Slot = s;
+            prefetch(at);
+            prefetch(at.cast::<u8>().wrapping_add(64));
         }
-        if !self.cfg.biflow {
-            return None;
-        }
-        let rev = (p.vlan, p.proto, p.dst, p.dport, p.src, p.sport);
-        self.lookup(&rev).map(|slot| (slot, true))
+        prepared
     }
 
-    fn lookup(&self, key: &Key) -> Option<u32> {
+    fn lookup(&self, prepared: &Prepared) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(self.hasher.hash_one(key), |&s| {
-                slots[s as usize]
-                    .entry
-                    .as_ref()
-                    .is_some_and(|e| e.key == *key)
-            })
+            .find(prepared.hash, |&s| slots[s as usize].key == prepared.key)
             .copied()
     }
 
-    fn insert(&mut self, p: &PacketInfo) -> u32 {
-        let key = (p.vlan, p.proto, p.src, p.sport, p.dst, p.dport);
-        let flow = Flow {
-            vlan: p.vlan,
-            proto: p.proto,
-            src: p.src,
-            sport: p.sport,
-            dst: p.dst,
-            dport: p.dport,
+    fn insert(&mut self, p: &PacketInfo, prepared: &Prepared) -> u32 {
+        let slot = Slot {
+            key: prepared.key,
+            occupied: true,
+            initiator_b: prepared.from_b,
+            icmp: p.icmp,
             start_ms: p.ts_ms,
             end_ms: p.ts_ms,
-            forward: Counters::default(),
-            reverse: Counters::default(),
-            icmp: p.icmp,
-            end_reason: EndReason::ForcedEnd,
-            closing_since: None,
+            ..Slot::EMPTY
         };
-        let hash = self.hasher.hash_one(key);
-        let entry = Some(Entry {
-            key,
-            hash,
-            flow,
-            queued: 0,
-        });
         let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize].entry = entry;
-                slot
+            Some(free) => {
+                let s = &mut self.slots[free as usize];
+                *s = Slot {
+                    generation: s.generation,
+                    ..slot
+                };
+                free
             }
             None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    entry,
-                });
+                self.slots.push(slot);
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
-        self.index.insert_unique(hash, slot, |&s| {
-            slots[s as usize].entry.as_ref().map_or(0, |e| e.hash)
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(prepared.hash, slot, |&s| {
+            hasher.hash_one(slots[s as usize].key)
         });
         self.queue(slot);
         slot
@@ -322,13 +453,18 @@ impl FlowTable {
 
     /// Counts one packet; flows that ended are appended to `done`.
     pub fn observe(&mut self, p: &PacketInfo, done: &mut Vec<Flow>) {
+        let prepared = self.prepare(p);
+        self.count(p, &prepared, done);
+    }
+
+    /// Counts one packet [`prepare`](FlowTable::prepare)d earlier; flows that ended are
+    /// appended to `done`.
+    pub fn count(&mut self, p: &PacketInfo, prepared: &Prepared, done: &mut Vec<Flow>) {
         self.expire(p.ts_ms, done);
-        let mut found = self.find(p);
-        if let Some((slot, _)) = found
-            && let Some(e) = &self.slots[slot as usize].entry
-        {
-            let f = &e.flow;
-            let new_connection = f.closing_since.is_some() && p.tcp_flags & (SYN | ACK) == SYN;
+        let mut found = self.lookup(prepared);
+        if let Some(slot) = found {
+            let f = &self.slots[slot as usize];
+            let new_connection = f.closing_since != OPEN && p.tcp_flags & (SYN | ACK) == SYN;
             let too_long = p.ts_ms.saturating_sub(f.start_ms) >= self.cfg.active_ms;
             if new_connection || too_long {
                 let reason = if too_long {
@@ -340,27 +476,19 @@ impl FlowTable {
                 found = None;
             }
         }
-        let (slot, reverse) = match found {
-            Some(found) => found,
+        let slot = match found {
+            Some(slot) => slot,
             None => {
                 if self.index.len() >= self.cfg.max_flows {
                     self.evict(done);
                 }
-                (self.insert(p), false)
+                self.insert(p, prepared)
             }
         };
-        let Some(e) = &mut self.slots[slot as usize].entry else {
-            return;
-        };
-        let f = &mut e.flow;
-        f.end_ms = f.end_ms.max(p.ts_ms);
-        if reverse {
-            f.reverse.add(p)
-        } else {
-            f.forward.add(p)
-        }
-        if p.tcp_flags & (FIN | RST) != 0 && f.closing_since.is_none() {
-            f.closing_since = Some(p.ts_ms);
+        let f = &mut self.slots[slot as usize];
+        f.count(p, prepared.from_b != f.initiator_b);
+        if p.tcp_flags & (FIN | RST) != 0 && f.closing_since == OPEN {
+            f.closing_since = p.ts_ms;
             // Closing brings the deadline forward: queue it again (the old entry goes stale).
             self.queue(slot);
         }
@@ -368,20 +496,15 @@ impl FlowTable {
 
     /// End of input: every flow ends (FIN/RST ones as ended, the rest forced).
     pub fn finish(self, done: &mut Vec<Flow>) {
-        let mut rest: Vec<Flow> = self
-            .slots
-            .into_iter()
-            .filter_map(|s| s.entry.map(|e| e.flow))
-            .collect();
-        rest.sort_by_key(|f| f.start_ms);
-        for mut f in rest {
-            f.end_reason = if f.closing_since.is_some() {
+        let mut rest: Vec<&Slot> = self.slots.iter().filter(|s| s.occupied).collect();
+        rest.sort_by_key(|s| s.start_ms);
+        done.extend(rest.into_iter().map(|s| {
+            s.flow(if s.closing_since != OPEN {
                 EndReason::EndOfFlow
             } else {
                 EndReason::ForcedEnd
-            };
-            done.push(f);
-        }
+            })
+        }));
     }
 }
 
@@ -483,5 +606,96 @@ mod tests {
             done.last().map(|f| f.end_reason),
             Some(EndReason::ForcedEnd)
         );
+    }
+
+    #[test]
+    fn a_biflow_started_by_the_higher_endpoint_keeps_it_as_source() {
+        let mut t = FlowTable::new(MeterConfig::default());
+        let mut done = Vec::new();
+        let (lo, hi) = ([10, 0, 0, 1], [10, 0, 0, 9]);
+        t.observe(&pkt(1_000, hi, 40_000, lo, 53, 0), &mut done);
+        t.observe(&pkt(1_001, lo, 53, hi, 40_000, 0), &mut done);
+        t.observe(&pkt(1_002, hi, 40_000, lo, 53, 0), &mut done);
+        // Same bytes as IPv6 (0a00:0009::): another flow, whatever the ports.
+        let mut v6 = pkt(1_003, hi, 40_000, lo, 53, 0);
+        v6.src = IpAddr::from([10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        v6.dst = IpAddr::from([10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        t.observe(&v6, &mut done);
+        t.finish(&mut done);
+        assert_eq!(done.len(), 2);
+        let f = &done[0];
+        assert_eq!(
+            (f.src, f.sport, f.dst, f.dport),
+            (hi.into(), 40_000, lo.into(), 53)
+        );
+        assert_eq!((f.forward.packets, f.reverse.packets), (2, 1));
+        assert_eq!((done[1].src, done[1].forward.packets), (v6.src, 1));
+    }
+
+    #[test]
+    fn a_packet_to_itself_is_forward() {
+        let mut t = FlowTable::new(MeterConfig::default());
+        let mut done = Vec::new();
+        let a = [127, 0, 0, 1];
+        t.observe(&pkt(0, a, 7, a, 7, 0), &mut done);
+        t.observe(&pkt(1, a, 7, a, 7, 0), &mut done);
+        t.finish(&mut done);
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].forward.packets, done[0].reverse.packets), (2, 0));
+    }
+
+    /// Counts `packets` preparing each `ahead` packets before counting it, as a metering run
+    /// does, and returns every flow.
+    fn run(cfg: MeterConfig, packets: &[PacketInfo], ahead: usize) -> Vec<Flow> {
+        let mut t = FlowTable::new(cfg);
+        let mut done = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        for p in packets {
+            pending.push_back((*p, t.prepare(p)));
+            if pending.len() > ahead
+                && let Some((p, prepared)) = pending.pop_front()
+            {
+                t.count(&p, &prepared, &mut done);
+            }
+        }
+        for (p, prepared) in pending {
+            t.count(&p, &prepared, &mut done);
+        }
+        t.finish(&mut done);
+        done
+    }
+
+    proptest::proptest! {
+        /// Preparing packets ahead (while earlier ones start, end and evict flows) meters exactly
+        /// as counting each as it comes; and no packet is lost or counted twice.
+        #[test]
+        fn preparing_ahead_changes_nothing(
+            steps in proptest::collection::vec(
+                (0u64..4_000, 0u8..4, 0u8..4, 0u16..3, 0u16..3, 0u8..32, proptest::bool::ANY),
+                1..400,
+            ),
+            biflow in proptest::bool::ANY,
+            max_flows in 1usize..12,
+            ahead in 1usize..12,
+        ) {
+            let cfg = MeterConfig { idle_ms: 5_000, active_ms: 20_000, biflow, max_flows };
+            let mut ts = 0;
+            let packets: Vec<PacketInfo> = steps
+                .iter()
+                .map(|&(gap, s, d, sp, dp, flags, v6)| {
+                    ts += gap;
+                    let mut p = pkt(ts, [10, 0, 0, s], sp, [10, 0, 0, d], dp, flags);
+                    if v6 {
+                        p.src = IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, s as u16]);
+                        p.dst = IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, d as u16]);
+                    }
+                    p
+                })
+                .collect();
+            let direct = run(cfg, &packets, 0);
+            proptest::prop_assert_eq!(&direct, &run(cfg, &packets, ahead));
+            let counted: u64 = direct.iter().map(|f| f.forward.packets + f.reverse.packets).sum();
+            proptest::prop_assert_eq!(counted, packets.len() as u64);
+        }
     }
 }

@@ -8,5 +8,6 @@ pub mod export;
 pub mod flow;
 pub mod messages;
 pub mod packet;
+pub mod prefetch;
 pub mod tcp_stream;
 pub mod transport;
