@@ -3,9 +3,9 @@
 //! input, or eviction when the table is full. Time is the packets' own (capture time), so a
 //! capture meters the same way however fast it is read.
 
+use super::flow_index::FlowIndex;
 use super::packet::PacketInfo;
 use super::prefetch::prefetch;
-use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -243,7 +243,7 @@ pub struct FlowTable {
     cfg: MeterConfig,
     /// Slot numbers by key hash. FxHash: a capture's 5-tuples are not chosen to collide, and
     /// this is the per-packet path.
-    index: HashTable<u32>,
+    index: FlowIndex,
     hasher: FxBuildHasher,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -260,7 +260,7 @@ impl FlowTable {
     pub fn new(cfg: MeterConfig) -> FlowTable {
         FlowTable {
             cfg,
-            index: HashTable::new(),
+            index: FlowIndex::default(),
             hasher: FxBuildHasher,
             slots: Vec::new(),
             free: Vec::new(),
@@ -328,9 +328,7 @@ impl FlowTable {
         s.generation = s.generation.wrapping_add(1);
         done.push(s.flow(reason));
         let hash = self.hash(&self.slots[slot as usize].key);
-        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
-            found.remove();
-        }
+        self.index.remove(hash, slot);
         self.free.push(slot);
     }
 
@@ -395,28 +393,28 @@ impl FlowTable {
             proto: p.proto,
             v6: p.src.is_ipv6(),
         };
-        let prepared = Prepared {
-            key,
-            hash: self.hash(&key),
-            from_b,
-        };
-        // The first slot whose 7-bit hash tag matches (the index's own filter), without reading
-        // slots: almost always the flow, and a wrong guess costs only a wasted prefetch.
-        if let Some(&slot) = self.index.find(prepared.hash, |_| true)
+        let hash = self.hash(&key);
+        self.index.prefetch(hash);
+        Prepared { key, hash, from_b }
+    }
+
+    /// The second step between [`prepare`](FlowTable::prepare) and
+    /// [`count`](FlowTable::count): reads the packet's index entry (prefetched by `prepare`)
+    /// and prefetches its flow.
+    pub fn prefetch(&self, prepared: &Prepared) {
+        if let Some(slot) = self.index.candidate(prepared.hash)
             && let Some(s) = self.slots.get(slot as usize)
         {
             let at: *const Slot = s;
             prefetch(at);
             prefetch(at.cast::<u8>().wrapping_add(64));
         }
-        prepared
     }
 
     fn lookup(&self, prepared: &Prepared) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(prepared.hash, |&s| slots[s as usize].key == prepared.key)
-            .copied()
+            .find(prepared.hash, |s| slots[s as usize].key == prepared.key)
     }
 
     fn insert(&mut self, p: &PacketInfo, prepared: &Prepared) -> u32 {
@@ -443,10 +441,7 @@ impl FlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(prepared.hash, slot, |&s| {
-            hasher.hash_one(slots[s as usize].key)
-        });
+        self.index.insert(prepared.hash, slot);
         self.queue(slot);
         slot
     }
@@ -454,6 +449,7 @@ impl FlowTable {
     /// Counts one packet; flows that ended are appended to `done`.
     pub fn observe(&mut self, p: &PacketInfo, done: &mut Vec<Flow>) {
         let prepared = self.prepare(p);
+        self.prefetch(&prepared);
         self.count(p, &prepared, done);
     }
 
@@ -652,6 +648,9 @@ mod tests {
         let mut pending = std::collections::VecDeque::new();
         for p in packets {
             pending.push_back((*p, t.prepare(p)));
+            if let Some((_, prepared)) = pending.get(pending.len() / 2) {
+                t.prefetch(prepared);
+            }
             if pending.len() > ahead
                 && let Some((p, prepared)) = pending.pop_front()
             {

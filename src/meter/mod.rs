@@ -6,6 +6,7 @@ pub mod capture;
 pub mod convert;
 pub mod export;
 pub mod flow;
+pub mod flow_index;
 pub mod messages;
 pub mod packet;
 pub mod prefetch;
