@@ -6,10 +6,10 @@
 use super::flow_index::FlowIndex;
 use super::packet::PacketInfo;
 use super::prefetch::prefetch;
-use rustc_hash::FxBuildHasher;
+use foldhash::fast::RandomState;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 /// flowEndReason (IANA IE 136).
@@ -29,6 +29,7 @@ pub struct MeterConfig {
     pub active_ms: u64,
     /// Count both directions in one flow (RFC 5103) instead of one flow per direction.
     pub biflow: bool,
+    /// Flows open at once, at most (the table clamps it to 1..=[`MAX_FLOWS`]).
     pub max_flows: usize,
 }
 
@@ -42,6 +43,10 @@ impl Default for MeterConfig {
         }
     }
 }
+
+/// The largest flow table: slots are numbered with 32 bits (and 2^31 flows would already take
+/// 256 GiB).
+pub const MAX_FLOWS: usize = 1 << 31;
 
 /// After a FIN or RST, packets within this time still belong to the flow (the final ACKs).
 const LINGER_MS: u64 = 2_000;
@@ -76,7 +81,7 @@ pub struct Flow {
 /// A flow's key as the table compares it: both endpoints as 16 bytes (an IPv4 address in the
 /// first 4, with `v6` false). For biflows the lower endpoint comes first, so both directions of
 /// a conversation have one key and a packet needs one lookup whichever way it goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     a: [u8; 16],
     b: [u8; 16],
@@ -95,6 +100,21 @@ fn octets(ip: IpAddr) -> [u8; 16] {
             b
         }
         IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl Hash for Key {
+    /// Four words rather than field by field (the derived way hashes each array's length too).
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u128(u128::from_ne_bytes(self.a));
+        h.write_u128(u128::from_ne_bytes(self.b));
+        h.write_u64(
+            u64::from(self.a_port)
+                | u64::from(self.b_port) << 16
+                | u64::from(self.vlan) << 32
+                | u64::from(self.proto) << 48
+                | u64::from(self.v6) << 56,
+        );
     }
 }
 
@@ -230,21 +250,24 @@ impl Slot {
 }
 
 /// Flows stored in slots, found by key through an index of slot numbers (one hash lookup per
-/// packet; the index is 4 bytes per flow, so it mostly stays in cache), with an expiry queue
+/// packet), with an expiry queue
 /// ordered by deadline: a packet only looks at the queue's head, so timeouts cost nothing per
 /// packet until one is due. Queue entries are lazy: a flow that got packets since it was queued
 /// is put back with its new deadline when its old one comes up.
 ///
-/// The slots are far larger than the caches, so finding a packet's flow is a cache miss. A
-/// caller that knows the next packets [`prepare`](FlowTable::prepare)s each a few packets before
-/// it [`count`](FlowTable::count)s it: preparing prefetches the flow, and the misses of several
-/// packets overlap.
+/// The index and the slots are far larger than the caches, so finding a packet's flow is two
+/// cache misses. A caller that knows the next packets [`prepare`](FlowTable::prepare)s each a
+/// few packets before it [`count`](FlowTable::count)s it (which prefetches its index entry),
+/// and calls [`prefetch`](FlowTable::prefetch) for it in between (which prefetches its flow):
+/// the misses of several packets then overlap.
 pub struct FlowTable {
     cfg: MeterConfig,
-    /// Slot numbers by key hash. FxHash: a capture's 5-tuples are not chosen to collide, and
-    /// this is the per-packet path.
+    /// Slot numbers by key hash.
     index: FlowIndex,
-    hasher: FxBuildHasher,
+    /// foldhash, seeded at random for each table: as fast as FxHash on these keys, but a
+    /// capture crafted so that its flows collide (FxHash has no seed) cannot make every
+    /// lookup walk one long cluster of the index.
+    hasher: RandomState,
     slots: Vec<Slot>,
     free: Vec<u32>,
     expiry: BinaryHeap<Reverse<(u64, u32, u32)>>,
@@ -259,9 +282,12 @@ const ACK: u8 = 0x10;
 impl FlowTable {
     pub fn new(cfg: MeterConfig) -> FlowTable {
         FlowTable {
-            cfg,
+            cfg: MeterConfig {
+                max_flows: cfg.max_flows.clamp(1, MAX_FLOWS),
+                ..cfg
+            },
             index: FlowIndex::default(),
-            hasher: FxBuildHasher,
+            hasher: RandomState::default(),
             slots: Vec::new(),
             free: Vec::new(),
             expiry: BinaryHeap::new(),
