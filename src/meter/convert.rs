@@ -8,7 +8,6 @@ use super::flow::{Flow, FlowTable, MeterConfig, Prepared};
 use super::packet::PacketInfo;
 use super::packet::{Fragments, Skip, classify};
 use crate::wire::WireError;
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 
 /// Packets between two progress callbacks: ~20 ms of work, so cancelling is prompt and the
@@ -68,8 +67,10 @@ pub struct Conversion<W: Write> {
     table: FlowTable,
     frags: Fragments,
     writer: FlowWriter<W>,
-    /// Packets prepared and not yet counted, oldest first.
-    pending: VecDeque<(PacketInfo, Prepared)>,
+    /// Packets prepared and not yet counted, a ring: the one prepared `LOOKAHEAD` packets ago
+    /// is at `oldest`.
+    pending: [Option<(PacketInfo, Prepared)>; LOOKAHEAD],
+    oldest: usize,
     done: Vec<Flow>,
     summary: ConvertSummary,
 }
@@ -80,7 +81,8 @@ impl<W: Write> Conversion<W> {
             table: FlowTable::new(cfg),
             frags: Fragments::default(),
             writer: FlowWriter::new(out, observation_domain, cfg.biflow)?,
-            pending: VecDeque::with_capacity(LOOKAHEAD),
+            pending: [None; LOOKAHEAD],
+            oldest: 0,
             done: Vec::new(),
             summary: ConvertSummary::default(),
         })
@@ -122,15 +124,15 @@ impl<W: Write> Conversion<W> {
                     s.octets += info.ip_len as u64;
                     let prepared = self.table.prepare(&info);
                     // Half way: its index entry has arrived, its flow is asked for.
-                    if let Some((_, prepared)) = self.pending.get(LOOKAHEAD / 2) {
+                    let half = (self.oldest + LOOKAHEAD / 2) % LOOKAHEAD;
+                    if let Some((_, prepared)) = &self.pending[half] {
                         self.table.prefetch(prepared);
                     }
-                    if self.pending.len() == LOOKAHEAD
-                        && let Some((p, prepared)) = self.pending.pop_front()
+                    if let Some((p, prepared)) = self.pending[self.oldest].replace((info, prepared))
                     {
                         self.table.count(&p, &prepared, &mut self.done);
                     }
-                    self.pending.push_back((info, prepared));
+                    self.oldest = (self.oldest + 1) % LOOKAHEAD;
                 }
                 Err(Skip::NotIp) => s.skipped_not_ip += 1,
                 Err(Skip::Malformed(_)) => s.skipped_malformed += 1,
@@ -152,7 +154,10 @@ impl<W: Write> Conversion<W> {
     }
 
     fn count_pending(&mut self) -> Result<(), ConvertError> {
-        while let Some((p, prepared)) = self.pending.pop_front() {
+        for i in 0..LOOKAHEAD {
+            let Some((p, prepared)) = self.pending[(self.oldest + i) % LOOKAHEAD].take() else {
+                continue;
+            };
             self.table.count(&p, &prepared, &mut self.done);
             for f in self.done.drain(..) {
                 self.writer.write(&f)?;

@@ -236,7 +236,12 @@ pub fn classify(p: &Packet<'_>, frags: &mut Fragments) -> Result<PacketInfo, Ski
         frag,
         payload,
     } = net;
-    let ts_ms = p.timestamp.as_millis() as u64;
+    // Whole seconds and milliseconds apart: `as_millis` divides a u128, on every packet.
+    let ts_ms = p
+        .timestamp
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(p.timestamp.subsec_millis()));
     let mut info = PacketInfo {
         ts_ms,
         vlan,
