@@ -7,7 +7,8 @@
 #   RUNS=5 PACKETS=1000000 bench/convert_vs_peers.sh
 #
 # Env:
-#   RUNS      rounds (default 3); every round runs every meter once, interleaved, medians reported
+#   RUNS      rounds (default 3); every round runs every meter once, interleaved (each round
+#             starting one meter later), medians reported
 #   PACKETS   capture size given to gen_pcap.py --packets (default 3000000)
 #   GEN       path of gen_pcap.py (default ../shared/bench/gen_pcap.py next to this repository)
 #   IPFIXSVC  use this ipfixsvc binary and skip `cargo build --release` (default: build, then
@@ -427,9 +428,15 @@ printf 'meter\trun\trc\twall_s\tcpu_s\tpackets\toctets\tflows\ttruth_packets\ttr
 : > "$JSONL"
 echo "== warming the page cache with $CAP ($(du -h "$CAP" | cut -f1))" >&2
 cat "$CAP" > /dev/null
+NM=${#METERS[@]}
 for run in $(seq 1 "$RUNS"); do
-    # Interleaved rounds, so drift on a shared machine spreads over all meters.
-    for m in "${METERS[@]}"; do
+    # Interleaved rounds, so drift on a shared machine spreads over all meters; each round starts
+    # with the next meter, so no meter always runs right after pmacctd's teardown; the previous
+    # meter's output is written back before the next starts (`sync`), outside the timing.
+    for k in $(seq 0 $((NM - 1))); do
+        m=${METERS[$(((k + run - 1) % NM))]}
+        sync
+        sleep 0.5
         case $m in
             ipfixsvc-uniflow) run_ipfixsvc "$m" "$run" --uniflow ;;
             ipfixsvc-biflow) run_ipfixsvc "$m" "$run" ;;

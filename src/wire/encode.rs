@@ -265,6 +265,24 @@ impl MessageBuilder {
         Ok(())
     }
 
+    /// Adds one Data Record of `plan`'s template already encoded (its fields in template order,
+    /// network byte order): for writers whose values fit their fields by construction, which
+    /// spares them building a [`FieldValue`] per field. Only the length is checked.
+    pub fn add_encoded_record(&mut self, plan: &Plan, rec: &[u8]) -> Result<(), WireError> {
+        if plan.fixed_len != Some(rec.len()) {
+            return Err(WireError::Encode(format!(
+                "template {} takes {:?}-byte records, {} bytes given",
+                plan.template.id,
+                plan.fixed_len,
+                rec.len()
+            )));
+        }
+        self.reserve(plan.template.id, rec.len())?;
+        self.buf.extend_from_slice(rec);
+        self.records_in_message += 1;
+        Ok(())
+    }
+
     /// Adds one Data Record of `plan`'s template with `values` in template order.
     pub fn add_record(&mut self, plan: &Plan, values: &[FieldValue]) -> Result<(), WireError> {
         if values.len() != plan.fields.len() {
