@@ -360,6 +360,21 @@ async fn store_contract(store: &JobStore) {
     let listed = store.list(TENANT).await.expect("list");
     assert_eq!(listed, vec![r.clone(), second.clone()]);
     assert!(store.list("other").await.expect("list").is_empty());
+    // Submitted longer ago than the retention (it waited or ran that long) but written just now:
+    // a record lives `retention` after its last write, and what Get finds, List shows.
+    let mut long_running = JobRecord::queued(JobId::new(), &spec(vec![]), "n3");
+    long_running.submitted_ms = r.submitted_ms - 2 * RETENTION.as_millis() as u64;
+    long_running.state = JobState::Running;
+    store.put(&long_running).await.expect("put");
+    assert!(
+        store
+            .get(TENANT, long_running.id)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let listed = store.list(TENANT).await.expect("list");
+    assert_eq!(listed, vec![long_running, r.clone(), second.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,6 +416,34 @@ async fn records_in_redis_are_read_by_another_node() {
         "node a, which ran it, answers through the job directories"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A record that expired leaves the listing, and the listing takes its id out of the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_leave_the_listing_and_the_index() {
+    let redis = RedisServer::start();
+    let store = JobStore::redis(
+        &redis.url(),
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+    )
+    .expect("redis store");
+    let gone = JobRecord::queued(JobId::new(), &spec(vec![]), "n1");
+    store.put(&gone).await.expect("put");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let kept = JobRecord::queued(JobId::new(), &spec(vec![]), "n1");
+    store.put(&kept).await.expect("put");
+    assert_eq!(store.list(TENANT).await.expect("list"), vec![kept.clone()]);
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("redis connection");
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("ipfix:jobs:{TENANT}"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("zrange");
+    assert_eq!(ids, vec![kept.id.to_string()]);
 }
 
 /// Redis goes away while a job runs: the job still ends, and its final record reaches Redis once

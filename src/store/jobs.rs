@@ -3,8 +3,11 @@
 //!
 //! Memory (the default, single node) or Redis (when `redis.url` is set). Redis layout: one string
 //! per job at `ipfix:job:{tenant}:{id}` (bincode 2 behind a format byte, expiring after the
-//! retention), and a sorted set `ipfix:jobs:{tenant}` of the tenant's job ids scored by submit
-//! time, trimmed of expired ids when listed. Every command has a timeout and is tried twice.
+//! retention after its last write), and a sorted set `ipfix:jobs:{tenant}` of the tenant's job
+//! ids scored by submit time (the listing's order). An id leaves the set when a listing finds its
+//! record gone, or when more than [`INDEX_LIMIT`] newer ids are in it; never by its submit time,
+//! since a record written last a day after its submission lives a day longer. Every command has
+//! a timeout and is tried twice.
 
 use super::StoreError;
 use super::codec;
@@ -223,6 +226,10 @@ fn index_key(tenant: &str) -> String {
 /// A listing answers with at most this many jobs (the newest).
 pub const LIST_LIMIT: usize = 1000;
 
+/// Ids kept in a tenant's Redis index, at most: the listing reads the newest [`LIST_LIMIT`];
+/// the rest stand in for ids of that many that expire.
+const INDEX_LIMIT: usize = 4 * LIST_LIMIT;
+
 pub enum JobStore {
     Memory(MemoryJobs),
     Redis(RedisJobs),
@@ -284,6 +291,11 @@ impl JobStore {
                     .arg(&index)
                     .arg(rec.submitted_ms)
                     .arg(rec.id.to_string())
+                    .ignore()
+                    .cmd("ZREMRANGEBYRANK")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-(INDEX_LIMIT as i64) - 1)
                     .ignore()
                     .cmd("EXPIRE")
                     .arg(&index)
@@ -349,10 +361,6 @@ impl MemoryJobs {
 impl RedisJobs {
     async fn list(&self, tenant: &str) -> Result<Vec<JobRecord>, StoreError> {
         let index = index_key(tenant);
-        let oldest = unix_ms().saturating_sub(self.retention.as_millis() as u64);
-        let mut trim = redis::cmd("ZREMRANGEBYSCORE");
-        trim.arg(&index).arg("-inf").arg(format!("({oldest}"));
-        self.conn.query::<i64>("trim job index", &trim).await?;
         let mut range = redis::cmd("ZRANGE");
         range.arg(&index).arg(-(LIST_LIMIT as i64)).arg(-1);
         let ids: Vec<String> = self.conn.query("list jobs", &range).await?;
@@ -367,12 +375,24 @@ impl RedisJobs {
         mget.arg(&keys);
         let values: Vec<Option<Vec<u8>>> = self.conn.query("read job records", &mget).await?;
         let mut out = Vec::with_capacity(values.len());
-        for (key, bytes) in keys.iter().zip(values) {
-            // An id whose record expired stays in the index until the next trim: skip it.
-            let Some(bytes) = bytes else { continue };
+        let mut expired = Vec::new();
+        for ((id, key), bytes) in ids.iter().zip(&keys).zip(values) {
+            let Some(bytes) = bytes else {
+                expired.push(id);
+                continue;
+            };
             match JobRecord::decode(key, &bytes) {
                 Ok(r) => out.push(r),
                 Err(e) => tracing::warn!(error = %e, "job record left out of the listing"),
+            }
+        }
+        if !expired.is_empty() {
+            // Their records expired: the index forgets them. Best effort, the listing is right
+            // either way (the next one tries again).
+            let mut forget = redis::cmd("ZREM");
+            forget.arg(&index).arg(&expired);
+            if let Err(e) = self.conn.query::<i64>("forget expired jobs", &forget).await {
+                tracing::warn!(error = %e, "expired job ids left in the index");
             }
         }
         Ok(out)
