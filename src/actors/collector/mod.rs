@@ -33,6 +33,8 @@ pub struct SessionEnv {
     pub live: Arc<AtomicUsize>,
     /// Sessions refused at `max_sessions` (connections closed, datagram bursts dropped).
     pub refused: Arc<AtomicU64>,
+    /// Datagrams handed to a UDP session that ended (idle, or failed) before it read them.
+    pub lost_datagrams: Arc<AtomicU64>,
     /// Shared templates, unless the template scope is `session`.
     pub cache: Option<ActorRef<CacheMsg>>,
     pub tenant: String,
@@ -50,6 +52,7 @@ impl SessionEnv {
             sink,
             live: Arc::new(AtomicUsize::new(0)),
             refused: Arc::new(AtomicU64::new(0)),
+            lost_datagrams: Arc::new(AtomicU64::new(0)),
             cache: None,
             tenant: "default".into(),
         }
@@ -102,6 +105,9 @@ pub struct CollectorCounters {
     pub live_sessions: usize,
     pub refused_sessions: u64,
     pub failed_sessions: u64,
+    /// Datagrams queued for a UDP session that ended before reading them (a session retiring
+    /// while its exporter sends again).
+    pub lost_datagrams: u64,
 }
 
 /// The CollectorSupervisor's registered name.
@@ -298,6 +304,7 @@ impl Actor for CollectorSupervisor {
                     live_sessions: state.env.live.load(Ordering::Relaxed),
                     refused_sessions: state.env.refused.load(Ordering::Relaxed),
                     failed_sessions: state.session_failures,
+                    lost_datagrams: state.env.lost_datagrams.load(Ordering::Relaxed),
                 });
             }
         }

@@ -1,6 +1,7 @@
 //! UdpListener: receives datagrams and routes each to the ExporterSession of its (exporter
 //! address, Observation Domain), starting one on first contact. A session whose queue is full
-//! loses the datagram (counted); one that retired (idle) is started again on its next datagram.
+//! loses the datagram (counted); one that retired (idle) is started again on its next datagram,
+//! and what it had been handed but not read when it ended is counted lost (`lost_datagrams`).
 //!
 //! Lifecycle: binds in `pre_start`; the receive task owns the routing table and ends with the
 //! actor. The actor itself only holds the task.
@@ -156,13 +157,17 @@ async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
         // then, so spoofed or short-lived sources do not accumulate.
         if routes.len() > 64 && last_sweep.elapsed() >= ROUTE_SWEEP {
             last_sweep = std::time::Instant::now();
-            routes.retain(|_, r| {
-                matches!(
+            routes.retain(|&(peer, domain), r| {
+                let alive = matches!(
                     r.session.get_status(),
                     ractor::ActorStatus::Running
                         | ractor::ActorStatus::Starting
                         | ractor::ActorStatus::Upgrading
-                )
+                );
+                if !alive {
+                    count_lost(r, &env, peer, domain);
+                }
+                alive
             });
         }
         for (key, datagrams) in burst.drain() {
@@ -171,7 +176,9 @@ async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
                     Delivery::Queued | Delivery::Dropped => continue,
                     // The session retired (idle) or failed: start a new one below.
                     Delivery::Gone => {
-                        routes.remove(&key);
+                        if let Some(route) = routes.remove(&key) {
+                            count_lost(&route, &env, key.0, key.1);
+                        }
                     }
                 }
             }
@@ -204,6 +211,16 @@ async fn start_session(
     }
 }
 
+/// A session that ended: what it had been handed and never read is lost, and counted. Its
+/// queue is final once the actor has stopped (nothing decrements it any more).
+fn count_lost(route: &Route, env: &SessionEnv, peer: SocketAddr, domain: u32) {
+    let n = route.queue.queued.swap(0, Ordering::Relaxed) as u64;
+    if n > 0 {
+        let total = env.lost_datagrams.fetch_add(n, Ordering::Relaxed) + n;
+        tracing::warn!(%peer, domain, lost = n, total, "datagrams queued for an ended session lost");
+    }
+}
+
 enum Delivery {
     Queued,
     Dropped,
@@ -223,5 +240,66 @@ fn deliver(route: &Route, datagrams: Vec<Bytes>, limit: usize) -> Delivery {
             route.queue.queued.fetch_sub(n, Ordering::Relaxed);
             Delivery::Gone
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::output::RecordSink;
+    use crate::config::{CollectorSettings, OutputFormat, OutputSettings};
+    use crate::wire::Registry;
+
+    /// Stands in for a session: it only has to stop.
+    struct Ended;
+
+    impl Actor for Ended {
+        type Msg = SessionMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<SessionMsg>,
+            _args: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn datagrams_an_ended_session_never_read_are_counted_lost() {
+        let (sink, _writer) = RecordSink::start(&OutputSettings {
+            format: OutputFormat::Count,
+            ..OutputSettings::default()
+        })
+        .await
+        .expect("sink");
+        let env = SessionEnv::new(CollectorSettings::default(), Registry::builtin(), sink);
+        let (session, handle) = Actor::spawn(None, Ended, ()).await.expect("spawn");
+        let route = Route {
+            session: session.clone(),
+            queue: Arc::new(UdpQueue::default()),
+        };
+        // Handed over, not yet read; then the session retires.
+        assert!(matches!(
+            deliver(&route, vec![Bytes::new(); 3], 100),
+            Delivery::Queued
+        ));
+        session.stop(None);
+        handle.await.expect("stopped");
+        assert!(matches!(
+            deliver(&route, vec![Bytes::new(); 2], 100),
+            Delivery::Gone
+        ));
+        let peer: SocketAddr = "127.0.0.1:4739".parse().expect("addr");
+        count_lost(&route, &env, peer, 1);
+        assert_eq!(env.lost_datagrams.load(Ordering::Relaxed), 3);
+        count_lost(&route, &env, peer, 1);
+        assert_eq!(
+            env.lost_datagrams.load(Ordering::Relaxed),
+            3,
+            "counted once"
+        );
     }
 }
