@@ -146,8 +146,8 @@ struct Tally {
 }
 
 /// One flow in the table, laid out for the packet path: two cache lines, aligned, so prefetching
-/// a flow is two hints and counting a packet touches nothing else. The first line holds what
-/// every packet reads (key, times, flags), the second the counters.
+/// a flow is two hints and counting a packet touches nothing else. The first line holds the key,
+/// times and flags, the second the counters and the closing time.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Slot {
@@ -162,7 +162,7 @@ struct Slot {
     end_ms: u64,
     forward: Tally,
     reverse: Tally,
-    /// When the first FIN or RST was seen; `u64::MAX` while the connection is open.
+    /// When the first FIN or RST was seen; `OPEN` (`u64::MAX`) while the connection is open.
     closing_since: u64,
     /// Bumped whenever the flow is queued again or leaves the slot: only the expiry queue entry
     /// carrying the slot's current generation is live.
@@ -510,7 +510,8 @@ impl FlowTable {
         let f = &mut self.slots[slot as usize];
         f.count(p, prepared.from_b != f.initiator_b);
         if p.tcp_flags & (FIN | RST) != 0 && f.closing_since == OPEN {
-            f.closing_since = p.ts_ms;
+            // A crafted capture's time can saturate at u64::MAX ms: still closed, not open.
+            f.closing_since = p.ts_ms.min(OPEN - 1);
             // Closing brings the deadline forward: queue it again (the old entry goes stale).
             self.queue(slot);
         }
@@ -688,6 +689,18 @@ mod tests {
         }
         t.finish(&mut done);
         done
+    }
+
+    #[test]
+    fn a_fin_at_the_end_of_time_still_closes() {
+        let mut t = FlowTable::new(MeterConfig::default());
+        let mut done = Vec::new();
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        // (Every deadline saturates there too: a flow from before would end on this packet.)
+        t.observe(&pkt(u64::MAX, a, 1, b, 2, FIN | ACK), &mut done);
+        t.finish(&mut done);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].end_reason, EndReason::EndOfFlow);
     }
 
     proptest::proptest! {

@@ -245,7 +245,20 @@ pub struct MemoryJobs {
 pub struct RedisJobs {
     conn: RedisConn,
     retention: Duration,
+    forget: redis::Script,
 }
+
+/// KEYS[1] the tenant's index, KEYS[2..] job records, ARGV their ids: takes each id whose record
+/// does not exist out of the index.
+const FORGET_EXPIRED: &str = r#"
+local n = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    n = n + redis.call('ZREM', KEYS[1], ARGV[i - 1])
+  end
+end
+return n
+"#;
 
 impl JobStore {
     pub fn memory(retention: Duration) -> JobStore {
@@ -264,6 +277,7 @@ impl JobStore {
         Ok(JobStore::Redis(RedisJobs {
             conn: RedisConn::new(url, timeout)?,
             retention,
+            forget: redis::Script::new(FORGET_EXPIRED),
         }))
     }
 
@@ -387,11 +401,19 @@ impl RedisJobs {
             }
         }
         if !expired.is_empty() {
-            // Their records expired: the index forgets them. Best effort, the listing is right
-            // either way (the next one tries again).
-            let mut forget = redis::cmd("ZREM");
-            forget.arg(&index).arg(&expired);
-            if let Err(e) = self.conn.query::<i64>("forget expired jobs", &forget).await {
+            // Their records expired: the index forgets them, unless a node wrote one again since
+            // the MGET (checked in the script, atomically). Best effort: the listing is right
+            // either way, and the next one tries again.
+            let (mut keys, mut args) = (vec![index.clone()], Vec::new());
+            for id in expired {
+                keys.push(format!("ipfix:job:{tenant}:{id}"));
+                args.push(id.clone().into_bytes());
+            }
+            let forgot = self
+                .conn
+                .eval::<i64>("forget expired jobs", &self.forget, &keys, &args)
+                .await;
+            if let Err(e) = forgot {
                 tracing::warn!(error = %e, "expired job ids left in the index");
             }
         }

@@ -154,16 +154,12 @@ async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
                 .push(Bytes::copy_from_slice(datagram));
         }
         // Routes of sessions that retired and whose exporter went quiet: forget them now and
-        // then, so spoofed or short-lived sources do not accumulate.
-        if routes.len() > 64 && last_sweep.elapsed() >= ROUTE_SWEEP {
+        // then (counting what they never read), so spoofed or short-lived sources do not
+        // accumulate. Every ROUTE_SWEEP while datagrams arrive, however few routes there are.
+        if last_sweep.elapsed() >= ROUTE_SWEEP {
             last_sweep = std::time::Instant::now();
             routes.retain(|&(peer, domain), r| {
-                let alive = matches!(
-                    r.session.get_status(),
-                    ractor::ActorStatus::Running
-                        | ractor::ActorStatus::Starting
-                        | ractor::ActorStatus::Upgrading
-                );
+                let alive = alive(&r.session);
                 if !alive {
                     count_lost(r, &env, peer, domain);
                 }
@@ -211,6 +207,15 @@ async fn start_session(
     }
 }
 
+fn alive(session: &ActorRef<SessionMsg>) -> bool {
+    matches!(
+        session.get_status(),
+        ractor::ActorStatus::Running
+            | ractor::ActorStatus::Starting
+            | ractor::ActorStatus::Upgrading
+    )
+}
+
 /// A session that ended: what it had been handed and never read is lost, and counted. Its
 /// queue is final once the actor has stopped (nothing decrements it any more).
 fn count_lost(route: &Route, env: &SessionEnv, peer: SocketAddr, domain: u32) {
@@ -230,6 +235,10 @@ enum Delivery {
 fn deliver(route: &Route, datagrams: Vec<Bytes>, limit: usize) -> Delivery {
     let n = datagrams.len();
     if route.queue.queued.load(Ordering::Relaxed) + n > limit {
+        // A session that ended with a full queue would never empty it: replace it.
+        if !alive(&route.session) {
+            return Delivery::Gone;
+        }
         route.queue.dropped.fetch_add(n as u64, Ordering::Relaxed);
         return Delivery::Dropped;
     }
@@ -301,5 +310,11 @@ mod tests {
             3,
             "counted once"
         );
+        // An ended session whose queue is full is replaced, not blamed for every later datagram.
+        route.queue.queued.store(100, Ordering::Relaxed);
+        assert!(matches!(
+            deliver(&route, vec![Bytes::new()], 100),
+            Delivery::Gone
+        ));
     }
 }
