@@ -46,7 +46,8 @@ impl FlowIndex {
         self.entries.len() - 1
     }
 
-    /// Where probing for a tag starts. From the tag, so growing needs no hash but the entry's.
+    /// Where probing for a tag starts. From the tag, so growing needs no hash but the entry's
+    /// (which caps the table at 2^32 entries: twice the flow table's largest).
     fn home(&self, tag: u32) -> usize {
         tag as usize & self.mask()
     }
@@ -86,8 +87,10 @@ impl FlowIndex {
         self.probe(hash).find(|&(_, s)| is_key(s)).map(|(_, s)| s)
     }
 
-    /// Adds a slot for a key the index does not hold.
+    /// Adds a slot for a key the index does not hold. Slots are below `u32::MAX` (the flow
+    /// table holds at most 2^31), so no entry is 0.
     pub fn insert(&mut self, hash: u64, slot: u32) {
+        debug_assert!(slot < u32::MAX);
         if 2 * (self.len + 1) > self.entries.len() {
             self.grow();
         }
