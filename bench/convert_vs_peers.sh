@@ -571,7 +571,9 @@ if "softflowd" in groups:
           f"(per round: {', '.join(f'{x:.2f}x' for x in ratios)})")
 else:
     print("  >= 3x softflowd: not measured (softflowd skipped)")
+per_round = ", ".join(f"{truth['packets'] / float(r['cpu_s']) / 1e6:.2f}M" for r in uni)
 print(f"  >= 5M packets per CPU-second: {'met' if truth['packets'] / cpu >= 5e6 else 'NOT met'} "
-      f"({truth['packets'] / cpu / 1e6:.2f}M; wall {truth['packets'] / base / 1e6:.2f}M packets/s)")
+      f"(median {truth['packets'] / cpu / 1e6:.2f}M, per round {per_round}; "
+      f"wall {truth['packets'] / base / 1e6:.2f}M packets/s)")
 print(f"  totals exactly the capture's: {'met' if exact else 'NOT met'}")
 EOF
