@@ -5,8 +5,7 @@
 use super::capture::{CaptureError, CaptureReader};
 use super::export::FlowWriter;
 use super::flow::{Flow, FlowTable, MeterConfig, Prepared};
-use super::packet::PacketInfo;
-use super::packet::{Fragments, Skip, classify};
+use super::packet::{Fragments, PacketInfo, Skip, classify};
 use crate::wire::WireError;
 use std::io::{Read, Write};
 
@@ -138,9 +137,7 @@ impl<W: Write> Conversion<W> {
                 Err(Skip::Malformed(_)) => s.skipped_malformed += 1,
                 Err(Skip::OrphanFragment) => s.skipped_orphan_fragments += 1,
             }
-            for f in self.done.drain(..) {
-                self.writer.write(&f)?;
-            }
+            self.write_done()?;
             if self.summary.packets >= next_tick {
                 next_tick += TICK_PACKETS;
                 if tick(&self.progress(capture.position())) == Control::Cancel {
@@ -159,9 +156,14 @@ impl<W: Write> Conversion<W> {
                 continue;
             };
             self.table.count(&p, &prepared, &mut self.done);
-            for f in self.done.drain(..) {
-                self.writer.write(&f)?;
-            }
+        }
+        self.write_done()
+    }
+
+    /// Writes the flows that ended.
+    fn write_done(&mut self) -> Result<(), ConvertError> {
+        for f in self.done.drain(..) {
+            self.writer.write(&f)?;
         }
         Ok(())
     }

@@ -215,7 +215,7 @@ impl JobRecord {
 
 pub use super::unix_ms;
 
-fn record_key(tenant: &str, id: JobId) -> String {
+fn record_key(tenant: &str, id: impl std::fmt::Display) -> String {
     format!("ipfix:job:{tenant}:{id}")
 }
 
@@ -381,10 +381,7 @@ impl RedisJobs {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| format!("ipfix:job:{tenant}:{id}"))
-            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| record_key(tenant, id)).collect();
         let mut mget = redis::cmd("MGET");
         mget.arg(&keys);
         let values: Vec<Option<Vec<u8>>> = self.conn.query("read job records", &mget).await?;
@@ -392,7 +389,7 @@ impl RedisJobs {
         let mut expired = Vec::new();
         for ((id, key), bytes) in ids.iter().zip(&keys).zip(values) {
             let Some(bytes) = bytes else {
-                expired.push(id);
+                expired.push((id, key));
                 continue;
             };
             match JobRecord::decode(key, &bytes) {
@@ -404,14 +401,14 @@ impl RedisJobs {
             // Their records expired: the index forgets them, unless a node wrote one again since
             // the MGET (checked in the script, atomically). Best effort: the listing is right
             // either way, and the next one tries again.
-            let (mut keys, mut args) = (vec![index.clone()], Vec::new());
-            for id in expired {
-                keys.push(format!("ipfix:job:{tenant}:{id}"));
+            let (mut gone, mut args) = (vec![index.clone()], Vec::new());
+            for (id, key) in expired {
+                gone.push(key.clone());
                 args.push(id.clone().into_bytes());
             }
             let forgot = self
                 .conn
-                .eval::<i64>("forget expired jobs", &self.forget, &keys, &args)
+                .eval::<i64>("forget expired jobs", &self.forget, &gone, &args)
                 .await;
             if let Err(e) = forgot {
                 tracing::warn!(error = %e, "expired job ids left in the index");
