@@ -177,22 +177,44 @@ pub struct CollectorSettings {
     pub tcp_listen: String,
     /// IPFIX and NetFlow v9 over UDP; empty to disable.
     pub udp_listen: String,
-    /// Concurrent exporter sessions (TCP connections plus UDP exporter/domain pairs).
-    pub max_sessions: usize,
+    /// Concurrent TCP sessions (connections); beyond this new connections are closed.
+    pub max_tcp_sessions: usize,
+    /// Concurrent UDP sessions (exporter address:port and Observation Domain); when full, the
+    /// idlest UDP session is retired to make room, so forged sources cannot lock exporters out.
+    pub max_udp_sessions: usize,
+    /// Sessions one source address may hold, per transport (a NAT or a router with many line
+    /// cards needs several; a forged flood from one address gets no more).
+    pub max_sessions_per_exporter: usize,
+    /// A session that has not sent one valid message this long after it started is closed.
+    pub first_message_secs: u64,
+    /// Pending connections the kernel queues for the TCP listener (capped by
+    /// net.core.somaxconn): a fleet reconnecting after a pod restart arrives at once.
+    pub tcp_backlog: u32,
     /// Largest IPFIX message accepted on TCP (the format allows 65535).
     pub max_message_size: usize,
     /// A session with no complete message for this long is closed (TCP) or retired (UDP).
     pub idle_timeout_secs: u64,
     /// Templates one session may hold across its observation domains.
     pub max_templates_per_session: usize,
+    /// Fields one template may have; a template with more is refused (and its session closed
+    /// on TCP, its datagram dropped on UDP).
+    pub max_template_fields: usize,
+    /// Bytes of compiled templates one session may hold...
+    pub template_bytes_per_session: usize,
+    /// ...all sessions of one exporter address together...
+    pub template_bytes_per_exporter: usize,
+    /// ...and all sessions of this node together. Past any of the three the template is refused.
+    pub template_bytes_total: usize,
     /// UDP templates expire unless re-sent within this time (RFC 7011 section 8.4).
     pub udp_template_lifetime_secs: u64,
     /// Data Sets that arrive before their template are held up to this many bytes per session...
     pub pending_bytes: usize,
     /// ...for at most this long, then dropped and counted.
     pub pending_secs: u64,
-    /// Datagrams queued for one UDP session before new ones are dropped and counted.
-    pub udp_queue_datagrams: usize,
+    /// Bytes of datagrams queued for one UDP session before new ones are dropped and counted...
+    pub udp_queue_bytes: usize,
+    /// ...and for all UDP sessions together.
+    pub udp_queue_bytes_total: usize,
     /// Kernel receive buffer of the UDP socket (SO_RCVBUF), for bursts; the kernel may cap it
     /// (net.core.rmem_max), and the size it granted is logged.
     pub udp_receive_buffer_bytes: usize,
@@ -210,14 +232,23 @@ impl Default for CollectorSettings {
         CollectorSettings {
             tcp_listen: "0.0.0.0:4739".into(),
             udp_listen: "0.0.0.0:4739".into(),
-            max_sessions: 10_000,
+            max_tcp_sessions: 10_000,
+            max_udp_sessions: 10_000,
+            max_sessions_per_exporter: 256,
+            first_message_secs: 10,
+            tcp_backlog: 4_096,
             max_message_size: 65_535,
             idle_timeout_secs: 600,
             max_templates_per_session: 4_096,
+            max_template_fields: 512,
+            template_bytes_per_session: 4 << 20,
+            template_bytes_per_exporter: 16 << 20,
+            template_bytes_total: 512 << 20,
             udp_template_lifetime_secs: 1_800,
             pending_bytes: 256 * 1024,
             pending_secs: 30,
-            udp_queue_datagrams: 4_096,
+            udp_queue_bytes: 4 << 20,
+            udp_queue_bytes_total: 256 << 20,
             udp_receive_buffer_bytes: 8 << 20,
             tcp_inflight_batches: 8,
             template_scope: TemplateScope::Exporter,
@@ -331,10 +362,27 @@ impl Settings {
         if !(16..=65_535).contains(&c.max_message_size) {
             return bad("collector.max_message_size must be between 16 and 65535");
         }
-        if c.max_sessions == 0 || c.tcp_inflight_batches == 0 || c.udp_queue_datagrams == 0 {
-            return bad(
-                "collector.max_sessions, tcp_inflight_batches and udp_queue_datagrams must be positive",
-            );
+        let positive = [
+            ("max_tcp_sessions", c.max_tcp_sessions),
+            ("max_udp_sessions", c.max_udp_sessions),
+            ("max_sessions_per_exporter", c.max_sessions_per_exporter),
+            ("tcp_inflight_batches", c.tcp_inflight_batches),
+            ("tcp_backlog", c.tcp_backlog as usize),
+            ("first_message_secs", c.first_message_secs as usize),
+            ("max_template_fields", c.max_template_fields),
+            ("template_bytes_per_session", c.template_bytes_per_session),
+            ("template_bytes_per_exporter", c.template_bytes_per_exporter),
+            ("template_bytes_total", c.template_bytes_total),
+            ("udp_queue_bytes", c.udp_queue_bytes),
+            ("udp_queue_bytes_total", c.udp_queue_bytes_total),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!(
+                "collector.{key} must be positive"
+            )));
+        }
+        if c.udp_queue_bytes < 65_535 {
+            return bad("collector.udp_queue_bytes must hold at least one datagram (65535)");
         }
         if c.idle_timeout_secs == 0 {
             return bad("collector.idle_timeout_secs must be positive");
@@ -378,15 +426,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ipfixsvc-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let f = dir.join("c.toml");
-        std::fs::write(&f, "[collector]\nidle_timeout_secs = 5\nmax_sessions = 7\n[node]\nroles = [\"collector\"]\n")
+        std::fs::write(&f, "[collector]\nidle_timeout_secs = 5\nmax_tcp_sessions = 7\n[node]\nroles = [\"collector\"]\n")
             .expect("write");
         // The environment is process-wide: one test sets and clears its own key.
-        unsafe { std::env::set_var("IPFIXSVC__COLLECTOR__MAX_SESSIONS", "9") };
+        unsafe { std::env::set_var("IPFIXSVC__COLLECTOR__MAX_TCP_SESSIONS", "9") };
         let s = Settings::load(Some(&f));
-        unsafe { std::env::remove_var("IPFIXSVC__COLLECTOR__MAX_SESSIONS") };
+        unsafe { std::env::remove_var("IPFIXSVC__COLLECTOR__MAX_TCP_SESSIONS") };
         let s = s.expect("loads");
         assert_eq!(s.collector.idle_timeout_secs, 5);
-        assert_eq!(s.collector.max_sessions, 9);
+        assert_eq!(s.collector.max_tcp_sessions, 9);
         assert_eq!(s.node.roles, vec![Role::Collector]);
         assert_eq!(s.collector.tcp_listen, "0.0.0.0:4739");
         assert!(s.jobs.workers >= 1, "default: the cores available");

@@ -64,7 +64,7 @@ async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
     let settings = CollectorSettings {
         tcp_listen: "127.0.0.1:0".into(),
         udp_listen: "127.0.0.1:0".into(),
-        max_sessions: 3,
+        max_tcp_sessions: 3,
         ..CollectorSettings::default()
     };
     let env = SessionEnv::new(settings, Registry::builtin(), sink);

@@ -7,6 +7,7 @@
 //! subTemplateLists later, after the decoder has moved on).
 
 use super::batch::{Batch, decode_records};
+use super::budget::ByteBudget;
 use super::error::WireError;
 use super::header::{
     IPFIX_VERSION, MessageHeader, OPTIONS_TEMPLATE_SET_ID, SetRef, TEMPLATE_SET_ID,
@@ -21,6 +22,10 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
+/// Fields a template may have unless the caller says otherwise: far above what exporters send
+/// (tens of fields), far below the ~16,000 a 64 KiB message can carry.
+pub const MAX_TEMPLATE_FIELDS: usize = 512;
+
 /// The templates of one Observation Domain, by template id.
 pub type TemplateMap = FxHashMap<u16, Arc<Plan>>;
 
@@ -30,6 +35,8 @@ pub struct DecoderOptions {
     pub honour_withdrawals: bool,
     /// Upper bound on templates held across all domains of this decoder.
     pub max_templates: usize,
+    /// Fields one template may have: the format allows ~16,000, real exporters use tens.
+    pub max_template_fields: usize,
 }
 
 impl Default for DecoderOptions {
@@ -37,6 +44,7 @@ impl Default for DecoderOptions {
         DecoderOptions {
             honour_withdrawals: true,
             max_templates: 16_384,
+            max_template_fields: MAX_TEMPLATE_FIELDS,
         }
     }
 }
@@ -71,12 +79,26 @@ impl DecodedMessage {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Not `Clone`: the bytes it holds are charged to its budget, and given back when it is dropped.
+#[derive(Debug)]
 pub struct Decoder {
     registry: Arc<Registry>,
     options: DecoderOptions,
     domains: FxHashMap<u32, Arc<TemplateMap>>,
     template_count: usize,
+    /// Where compiled templates are charged (session, exporter, collector); `None`: unbounded
+    /// but for `max_templates` and `max_template_fields` (files, trusted input).
+    budget: Option<Arc<ByteBudget>>,
+    /// Bytes charged to `budget` for the templates held now.
+    held_bytes: usize,
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give_back(self.held_bytes);
+        }
+    }
 }
 
 impl Decoder {
@@ -86,6 +108,27 @@ impl Decoder {
             options,
             domains: FxHashMap::default(),
             template_count: 0,
+            budget: None,
+            held_bytes: 0,
+        }
+    }
+
+    /// Charges every compiled template to `budget`: a template that does not fit is refused.
+    pub fn with_budget(mut self, budget: Arc<ByteBudget>) -> Decoder {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Bytes the templates held now are charged (whether or not there is a budget).
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    fn release(&mut self, plan: &Plan) {
+        let n = Plan::cost(&plan.template);
+        self.held_bytes = self.held_bytes.saturating_sub(n);
+        if let Some(b) = &self.budget {
+            b.give_back(n);
         }
     }
 
@@ -178,17 +221,22 @@ impl Decoder {
             TemplateEvent::Withdraw { kind, id } if self.options.honour_withdrawals => {
                 if let Some(map) = self.domains.get_mut(&domain)
                     && map.get(id).is_some_and(|p| p.template.kind == *kind)
+                    && let Some(p) = Arc::make_mut(map).remove(id)
                 {
-                    Arc::make_mut(map).remove(id);
                     self.template_count -= 1;
+                    self.release(&p);
                 }
                 Ok(())
             }
             TemplateEvent::WithdrawAll { kind } if self.options.honour_withdrawals => {
-                if let Some(map) = self.domains.get_mut(&domain) {
-                    let before = map.len();
-                    Arc::make_mut(map).retain(|_, p| p.template.kind != *kind);
-                    self.template_count -= before - map.len();
+                let gone: Vec<u16> = self.domains.get(&domain).map_or_else(Vec::new, |m| {
+                    m.iter()
+                        .filter(|(_, p)| p.template.kind == *kind)
+                        .map(|(id, _)| *id)
+                        .collect()
+                });
+                for id in gone {
+                    self.forget(domain, *kind, id);
                 }
                 Ok(())
             }
@@ -197,23 +245,46 @@ impl Decoder {
     }
 
     fn define(&mut self, domain: u32, template: Template) -> Result<(), WireError> {
-        let map = self.domains.entry(domain).or_default();
-        if let Some(existing) = map.get(&template.id) {
-            if existing.template == template {
-                return Ok(()); // a refresh: keep the compiled plan
+        let refused = |reason: String| WireError::TemplateRefused {
+            template_id: template.id,
+            reason,
+        };
+        if template.fields.len() > self.options.max_template_fields {
+            return Err(refused(format!(
+                "{} fields, more than the {} allowed",
+                template.fields.len(),
+                self.options.max_template_fields
+            )));
+        }
+        let existing = self
+            .domains
+            .get(&domain)
+            .and_then(|m| m.get(&template.id))
+            .cloned();
+        match &existing {
+            Some(p) if p.template == template => return Ok(()), // a refresh: keep the plan
+            Some(_) => {}
+            None if self.template_count >= self.options.max_templates => {
+                return Err(refused(format!(
+                    "this session already holds {} templates (the limit)",
+                    self.options.max_templates
+                )));
             }
-        } else if self.template_count >= self.options.max_templates {
-            return Err(WireError::Template {
-                offset: 0,
-                reason: format!(
-                    "template {} refused: this session already holds {} templates (the limit)",
-                    template.id, self.options.max_templates
-                ),
-            });
-        } else {
-            self.template_count += 1;
+            None => {}
+        }
+        // Charge the new plan before giving back the old one: a redefinition that does not fit
+        // leaves the old template in place, as a refused definition would.
+        let cost = Plan::cost(&template);
+        if let Some(b) = &self.budget {
+            b.try_take(cost).map_err(|e| refused(e.to_string()))?;
+        }
+        self.held_bytes += cost;
+        match &existing {
+            Some(old) => self.release(old),
+            None => self.template_count += 1,
         }
         let plan = Arc::new(Plan::compile(template, &self.registry));
+        let map = self.domains.entry(domain).or_default();
         Arc::make_mut(map).insert(plan.template.id, plan);
         Ok(())
     }
@@ -223,9 +294,10 @@ impl Decoder {
     pub fn forget(&mut self, domain: u32, kind: TemplateKind, id: u16) {
         if let Some(map) = self.domains.get_mut(&domain)
             && map.get(&id).is_some_and(|p| p.template.kind == kind)
+            && let Some(p) = Arc::make_mut(map).remove(&id)
         {
-            Arc::make_mut(map).remove(&id);
             self.template_count -= 1;
+            self.release(&p);
         }
     }
 
@@ -238,9 +310,17 @@ impl Decoder {
 
     /// Drops every template of `kind` in every domain.
     pub fn clear(&mut self, kind: Option<TemplateKind>) {
-        for map in self.domains.values_mut() {
-            Arc::make_mut(map).retain(|_, p| kind.is_some_and(|k| p.template.kind != k));
+        let gone: Vec<(u32, TemplateKind, u16)> = self
+            .domains
+            .iter()
+            .flat_map(|(d, m)| {
+                m.values()
+                    .map(move |p| (*d, p.template.kind, p.template.id))
+            })
+            .filter(|(_, k, _)| kind.is_none_or(|want| *k == want))
+            .collect();
+        for (d, k, id) in gone {
+            self.forget(d, k, id);
         }
-        self.template_count = self.domains.values().map(|m| m.len()).sum();
     }
 }

@@ -23,6 +23,10 @@ pub enum WireError {
     ReservedSetId { offset: usize, set_id: u16 },
     #[error("template record at offset {offset}: {reason}")]
     Template { offset: usize, reason: String },
+    /// A well-formed template this decoder will not hold: past a limit (fields, templates,
+    /// bytes). The sender is not malformed, but what it asks would cost too much.
+    #[error("template {template_id} refused: {reason}")]
+    TemplateRefused { template_id: u16, reason: String },
     #[error("data set at offset {offset} (template {template_id}): {reason}")]
     Data {
         offset: usize,

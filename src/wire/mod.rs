@@ -3,6 +3,7 @@
 //! framing. Pure and synchronous: no tokio, no actors, no I/O beyond `Read`/`Write`.
 
 pub mod batch;
+pub mod budget;
 pub mod decoder;
 pub mod encode;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod structured;
 pub mod template;
 
 pub use batch::{Batch, Column, Span, Value};
+pub use budget::{ByteBudget, OverBudget};
 pub use decoder::{DecodedMessage, Decoder, DecoderOptions, MissingTemplate, TemplateMap};
 pub use encode::{FieldValue, FileWriter, MessageBuilder};
 pub use error::WireError;

@@ -238,6 +238,17 @@ impl Plan {
         }
     }
 
+    /// Bytes a compiled `template` holds (the plan, its fields, the template kept inside it, the
+    /// map entry), as charged to a decoder's budget. An estimate from the shape alone, so it can
+    /// be checked before compiling; Information Elements are shared and not counted.
+    pub fn cost(template: &Template) -> usize {
+        const PER_PLAN: usize = std::mem::size_of::<Plan>() + 128; // Arc, map entry, allocator
+        const PER_FIELD: usize = std::mem::size_of::<PlanField>()
+            + std::mem::size_of::<FieldSpec>()
+            + 2 * std::mem::size_of::<usize>(); // segment lengths, occurrence lists
+        PER_PLAN + template.fields.len() * PER_FIELD
+    }
+
     pub fn varlen_count(&self) -> usize {
         self.segment_fixed_len.len() - 1
     }

@@ -5,6 +5,7 @@
 //! Messages: `RestartListener` (from its own backoff timer), `Drain` (stop listening, let each
 //! session finish the message it holds, stop them), `Sessions` (the live session actors).
 
+pub mod admission;
 pub mod session;
 pub mod session_logic;
 pub mod tcp;
@@ -14,12 +15,14 @@ use crate::actors::output::RecordSink;
 use crate::actors::template_cache::CacheMsg;
 use crate::config::CollectorSettings;
 use crate::wire::Registry;
+use admission::{Admission, Refusal, Slot};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use session::SessionMsg;
+use session_logic::Transport;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tcp::{TcpListenerActor, TcpListenerArgs};
 use udp::{UdpListenerActor, UdpListenerArgs};
@@ -30,9 +33,8 @@ pub struct SessionEnv {
     pub settings: CollectorSettings,
     pub registry: Arc<Registry>,
     pub sink: RecordSink,
-    pub live: Arc<AtomicUsize>,
-    /// Sessions refused at `max_sessions` (connections closed, datagram bursts dropped).
-    pub refused: Arc<AtomicU64>,
+    /// Session places and template budgets.
+    pub admission: Arc<Admission>,
     /// Datagrams handed to a UDP session that ended (idle, or failed) before it read them.
     pub lost_datagrams: Arc<AtomicU64>,
     /// Shared templates, unless the template scope is `session`.
@@ -47,11 +49,10 @@ impl SessionEnv {
         sink: RecordSink,
     ) -> SessionEnv {
         SessionEnv {
+            admission: Admission::new(&settings),
             settings,
             registry,
             sink,
-            live: Arc::new(AtomicUsize::new(0)),
-            refused: Arc::new(AtomicU64::new(0)),
             lost_datagrams: Arc::new(AtomicU64::new(0)),
             cache: None,
             tenant: "default".into(),
@@ -71,6 +72,7 @@ impl SessionEnv {
         &self,
         peer: SocketAddr,
         input: session::SessionInput,
+        slot: Slot,
     ) -> session::SessionArgs {
         session::SessionArgs {
             peer,
@@ -78,7 +80,7 @@ impl SessionEnv {
             settings: self.settings.clone(),
             registry: self.registry.clone(),
             sink: self.sink.clone(),
-            live: self.live.clone(),
+            slot,
             cache: self.cache.clone(),
             tenant: self.tenant.clone(),
         }
@@ -86,16 +88,23 @@ impl SessionEnv {
 
     /// Takes a session place, or counts a refusal (logged at powers of two, so a flood of
     /// refusals cannot flood the log).
-    pub fn admit(&self, peer: SocketAddr) -> bool {
-        if self.live.fetch_add(1, Ordering::Relaxed) < self.settings.max_sessions {
-            return true;
-        }
-        self.live.fetch_sub(1, Ordering::Relaxed);
-        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_power_of_two() {
-            tracing::warn!(%peer, limit = self.settings.max_sessions, refused = n, "session limit reached: refused");
-        }
-        false
+    pub fn admit(&self, peer: SocketAddr, transport: Transport) -> Result<Slot, Refusal> {
+        self.admission.admit(peer.ip(), transport).inspect_err(|r| {
+            let counter = match transport {
+                Transport::Tcp => &self.admission.refused_tcp,
+                Transport::Udp => &self.admission.refused_udp,
+            };
+            let n = counter.load(Ordering::Relaxed);
+            if n.is_power_of_two() {
+                let s = &self.settings;
+                let (limit, what) = match (r, transport) {
+                    (Refusal::Exporter, _) => (s.max_sessions_per_exporter, "sessions of one address"),
+                    (Refusal::Transport, Transport::Tcp) => (s.max_tcp_sessions, "TCP sessions"),
+                    (Refusal::Transport, Transport::Udp) => (s.max_udp_sessions, "UDP sessions"),
+                };
+                tracing::warn!(%peer, ?transport, limit, refused = n, "session limit reached ({what}): refused");
+            }
+        })
     }
 }
 
@@ -103,11 +112,22 @@ impl SessionEnv {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CollectorCounters {
     pub live_sessions: usize,
+    pub tcp_sessions: usize,
+    pub udp_sessions: usize,
+    /// Sessions refused at a limit (connections closed, datagram bursts dropped).
     pub refused_sessions: u64,
+    pub refused_tcp_sessions: u64,
+    pub refused_udp_sessions: u64,
+    /// Idle UDP sessions retired early to make room for a new exporter.
+    pub evicted_udp_sessions: u64,
     pub failed_sessions: u64,
     /// Datagrams queued for a UDP session that ended before reading them (a session retiring
     /// while its exporter sends again).
     pub lost_datagrams: u64,
+    /// Bytes of compiled templates all sessions hold.
+    pub template_bytes: usize,
+    /// Bytes of datagrams queued for UDP sessions.
+    pub udp_queued_bytes: usize,
 }
 
 /// The CollectorSupervisor's registered name.
@@ -300,11 +320,24 @@ impl Actor for CollectorSupervisor {
                 let _ = reply.send((tcp, udp));
             }
             CollectorMsg::Counters(reply) => {
+                let a = &state.env.admission;
+                let (tcp, udp) = a.live_sessions();
+                let (refused_tcp, refused_udp) = (
+                    a.refused_tcp.load(Ordering::Relaxed),
+                    a.refused_udp.load(Ordering::Relaxed),
+                );
                 let _ = reply.send(CollectorCounters {
-                    live_sessions: state.env.live.load(Ordering::Relaxed),
-                    refused_sessions: state.env.refused.load(Ordering::Relaxed),
+                    live_sessions: tcp + udp,
+                    tcp_sessions: tcp,
+                    udp_sessions: udp,
+                    refused_sessions: refused_tcp + refused_udp,
+                    refused_tcp_sessions: refused_tcp,
+                    refused_udp_sessions: refused_udp,
+                    evicted_udp_sessions: a.evicted_udp.load(Ordering::Relaxed),
                     failed_sessions: state.session_failures,
                     lost_datagrams: state.env.lost_datagrams.load(Ordering::Relaxed),
+                    template_bytes: a.template_bytes(),
+                    udp_queued_bytes: a.udp_queue_total.used(),
                 });
             }
         }

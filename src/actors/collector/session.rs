@@ -12,14 +12,15 @@
 //! the connection); a UDP session stops after the idle timeout. Either way only this session
 //! ends: its supervisor logs the reason.
 
+use super::admission::Slot;
 use super::session_logic::{SessionCore, SessionLimits, SessionStats, Transport};
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::CacheMsg;
 use crate::config::CollectorSettings;
 use crate::store::TemplateKey;
 use crate::wire::ndjson::{Origin, write_record};
+use crate::wire::{ByteBudget, Framer, Registry};
 use crate::wire::{DecodedMessage, Template, TemplateEvent};
-use crate::wire::{Framer, Registry};
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -47,21 +48,12 @@ pub enum SessionMsg {
     SharedTemplate(u32, Template),
 }
 
-/// A taken place among `max_sessions`.
-struct SessionSlot(Arc<AtomicUsize>);
-
 /// A task that ends with the session, however the session ends.
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -83,12 +75,38 @@ pub enum SessionInput {
     Udp(Arc<UdpQueue>),
 }
 
-/// Shared between the UDP listener and one session: what is queued, and what was dropped
-/// because too much was.
-#[derive(Debug, Default)]
+/// Shared between the UDP listener and one session: what is queued (datagrams, and bytes
+/// charged to the session's queue budget and the node's), and what was dropped because too
+/// much was.
+#[derive(Debug)]
 pub struct UdpQueue {
     pub queued: AtomicUsize,
+    pub bytes: ByteBudget,
     pub dropped: AtomicU64,
+}
+
+impl UdpQueue {
+    pub fn new(limit: usize, total: Arc<ByteBudget>) -> UdpQueue {
+        UdpQueue {
+            queued: AtomicUsize::new(0),
+            bytes: ByteBudget::new("UDP session queue", limit, Some(total)),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The session took these datagrams off its queue.
+    fn taken(&self, datagrams: &[Bytes]) {
+        self.queued.fetch_sub(datagrams.len(), Ordering::Relaxed);
+        self.bytes
+            .give_back(datagrams.iter().map(Bytes::len).sum::<usize>());
+    }
+}
+
+impl Drop for UdpQueue {
+    /// Whatever was never read goes back to the node's total when the queue goes.
+    fn drop(&mut self) {
+        self.bytes.give_back(self.bytes.used());
+    }
 }
 
 pub struct SessionArgs {
@@ -97,8 +115,8 @@ pub struct SessionArgs {
     pub settings: CollectorSettings,
     pub registry: Arc<Registry>,
     pub sink: RecordSink,
-    /// Live sessions of this collector; this session gives its place back when it stops.
-    pub live: Arc<AtomicUsize>,
+    /// This session's place; given back when the session stops.
+    pub slot: Slot,
     /// Shared templates (template scope `exporter`); `None` for strict session scope.
     pub cache: Option<ActorRef<CacheMsg>>,
     pub tenant: String,
@@ -116,7 +134,7 @@ pub struct SessionState {
     last_message: Instant,
     /// Gives the session's place back when the state is dropped, also after a panic (when
     /// ractor does not run `post_stop`).
-    _slot: SessionSlot,
+    _slot: Slot,
     cache: Option<ActorRef<CacheMsg>>,
     tenant: String,
     /// Templates asked of the cache, and when: asked again only after a while.
@@ -146,6 +164,7 @@ impl Actor for ExporterSession {
         };
         let limits = SessionLimits {
             max_templates: s.max_templates_per_session,
+            max_template_fields: s.max_template_fields,
             pending_bytes: s.pending_bytes,
             pending_age: Duration::from_secs(s.pending_secs),
             template_lifetime: (transport == Transport::Udp)
@@ -154,14 +173,15 @@ impl Actor for ExporterSession {
         let mut state = SessionState {
             peer: args.peer,
             exporter: args.peer.to_string(),
-            core: SessionCore::new(args.registry, transport, limits),
+            core: SessionCore::new(args.registry, transport, limits)
+                .with_budget(args.slot.template_budget()),
             sink: args.sink,
             reader: None,
             ticker: None,
             udp_queue: None,
             idle: s.idle_timeout(),
             last_message: Instant::now(),
-            _slot: SessionSlot(args.live),
+            _slot: args.slot,
             cache: args.cache,
             tenant: args.tenant,
             asked: HashMap::new(),
@@ -219,7 +239,7 @@ impl Actor for ExporterSession {
             }
             SessionMsg::Datagrams(ds) => {
                 if let Some(q) = &state.udp_queue {
-                    q.queued.fetch_sub(ds.len(), Ordering::Relaxed);
+                    q.taken(&ds);
                 }
                 for d in ds {
                     // A bad datagram is dropped and counted; the session goes on.

@@ -22,6 +22,7 @@ pub enum Transport {
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub max_templates: usize,
+    pub max_template_fields: usize,
     pub pending_bytes: usize,
     pub pending_age: Duration,
     /// UDP only: templates not refreshed within this time are forgotten.
@@ -40,6 +41,9 @@ pub struct SessionStats {
     pub withdrawals: u64,
     /// Messages that could not be decoded.
     pub errors: u64,
+    /// Templates refused at a limit (fields, templates or bytes); each also ends the TCP
+    /// session or drops the UDP datagram that carried it.
+    pub templates_refused: u64,
     /// IPFIX: data records missing per the sequence numbers. NetFlow v9: packets.
     pub lost: u64,
     /// Messages whose sequence number went backwards (reordered or an exporter restart).
@@ -103,6 +107,7 @@ impl SessionCore {
         let options = DecoderOptions {
             honour_withdrawals: transport == Transport::Tcp,
             max_templates: limits.max_templates,
+            max_template_fields: limits.max_template_fields,
         };
         SessionCore {
             decoder: Decoder::new(registry, options),
@@ -114,6 +119,18 @@ impl SessionCore {
             last_expiry: None,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Charges the session's compiled templates to `budget` (its own, a child of its
+    /// exporter's and the node's).
+    pub fn with_budget(mut self, budget: Arc<crate::wire::ByteBudget>) -> SessionCore {
+        self.decoder = self.decoder.with_budget(budget);
+        self
+    }
+
+    /// Bytes of compiled templates this session holds.
+    pub fn template_bytes(&self) -> usize {
+        self.decoder.held_bytes()
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -146,6 +163,9 @@ impl SessionCore {
         let decoded = match self.decoder.decode(msg) {
             Ok(d) => d,
             Err(e) => {
+                if matches!(e, WireError::TemplateRefused { .. }) {
+                    self.stats.templates_refused += 1;
+                }
                 self.stats.errors += 1;
                 self.stats.last_error = Some(e.to_string());
                 return Err(e);
@@ -398,6 +418,7 @@ mod tests {
     fn limits(lifetime: Option<Duration>) -> SessionLimits {
         SessionLimits {
             max_templates: 100,
+            max_template_fields: 512,
             pending_bytes: 10_000,
             pending_age: Duration::from_secs(30),
             template_lifetime: lifetime,

@@ -5,13 +5,13 @@
 //! fails the start, with the address in the error); the accept task ends with the actor.
 
 use super::session::{ExporterSession, SessionInput};
+use super::session_logic::Transport;
 use super::{SessionEnv, session_name};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 #[derive(RactorMessage)]
@@ -46,7 +46,7 @@ impl Actor for TcpListenerActor {
         myself: ActorRef<TcpListenerMsg>,
         args: TcpListenerArgs,
     ) -> Result<TcpListenerState, ActorProcessingErr> {
-        let listener = TcpListener::bind(&args.listen)
+        let listener = bind(&args.listen, args.env.settings.tcp_backlog)
             .await
             .map_err(|e| format!("cannot listen for IPFIX over TCP on {}: {e}", args.listen))?;
         let local = listener.local_addr()?;
@@ -90,16 +90,16 @@ impl Actor for TcpListenerActor {
             }
         };
         let env = &state.env;
-        if !env.admit(peer) {
+        let Ok(slot) = env.admit(peer, Transport::Tcp) else {
             return Ok(()); // dropping the stream closes the connection
-        }
+        };
         let _ = stream.set_nodelay(true);
-        let args = env.session_args(peer, SessionInput::Tcp(stream));
+        let args = env.session_args(peer, SessionInput::Tcp(stream), slot);
         let name = session_name("tcp", peer, None);
+        // A failed start drops its arguments, and with them the slot.
         if let Err(e) =
             Actor::spawn_linked(Some(name), ExporterSession, args, state.supervisor.clone()).await
         {
-            env.live.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(%peer, error = %e, "could not start a session");
         }
         Ok(())
@@ -113,4 +113,22 @@ impl Actor for TcpListenerActor {
         state.accept.abort();
         Ok(())
     }
+}
+
+/// Binds with a listen backlog sized for a fleet that reconnects at once (the kernel caps it at
+/// net.core.somaxconn). SO_REUSEADDR lets a restarted listener bind while old connections of
+/// the previous one linger in TIME_WAIT.
+async fn bind(listen: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -8,7 +8,7 @@ use super::model::{DataType, InfoElement, Semantics};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// RFC 5103: reverse Information Elements live under this PEN with the forward element's id.
 pub const REVERSE_PEN: u32 = 29305;
@@ -49,11 +49,21 @@ pub enum RegistryError {
     Invalid { path: String, reason: String },
 }
 
+type ElementMap = HashMap<(u32, u16), Arc<InfoElement>>;
+
 /// Lookup table from (PEN, element id) to the element's description.
 #[derive(Debug, Clone)]
 pub struct Registry {
     elements: HashMap<(u32, u16), Arc<InfoElement>>,
+    /// Elements made up on the way (unknown ones, RFC 5103 reverse ones), made once and shared
+    /// by every template that uses them: a template of thousands of unknown fields must not
+    /// allocate a name per field per session.
+    made: Arc<Mutex<ElementMap>>,
 }
+
+/// Made-up elements kept at most; past this each template gets its own (a bounded cost anyway:
+/// templates are charged to a byte budget).
+const MAX_MADE_ELEMENTS: usize = 1 << 16;
 
 #[derive(serde::Deserialize)]
 struct ExtraFile {
@@ -86,7 +96,10 @@ impl Registry {
                     .chain(&CERT_ELEMENTS)
                     .map(|e| ((e.pen, e.id), Arc::new(e.clone())))
                     .collect();
-                Arc::new(Registry { elements })
+                Arc::new(Registry {
+                    elements,
+                    made: Arc::default(),
+                })
             })
             .clone()
     }
@@ -112,6 +125,8 @@ impl Registry {
 
     fn add_toml(&mut self, text: &str) -> Result<(), String> {
         let file: ExtraFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        // Made-up elements (reverse ones) may derive from what this file overrides.
+        self.made = Arc::default();
         for e in file.element {
             if e.id > 0x7fff {
                 return Err(format!(
@@ -161,7 +176,14 @@ impl Registry {
     /// The element for (PEN, id), or an octetArray element with the conventional unknown name:
     /// `_ipfix_<id>` for IANA ids, `e<PEN>id<id>` for enterprise ones.
     pub fn resolve(&self, pen: u32, id: u16) -> Arc<InfoElement> {
-        self.lookup(pen, id).unwrap_or_else(|| {
+        if let Some(e) = self.elements.get(&(pen, id)) {
+            return e.clone();
+        }
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = made.get(&(pen, id)) {
+            return e.clone();
+        }
+        let e = self.lookup(pen, id).unwrap_or_else(|| {
             Arc::new(InfoElement {
                 pen,
                 id,
@@ -170,7 +192,11 @@ impl Registry {
                 semantics: Semantics::Default,
                 units: None,
             })
-        })
+        });
+        if made.len() < MAX_MADE_ELEMENTS {
+            made.insert((pen, id), e.clone());
+        }
+        e
     }
 
     pub fn len(&self) -> usize {

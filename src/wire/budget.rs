@@ -1,0 +1,104 @@
+//! Byte budgets for what input makes a decoder keep (compiled templates). Counting templates
+//! is no bound at all: one template may carry 16,000 fields. A budget is counted in bytes and
+//! may have a parent (session -> exporter -> collector), so one charge is checked against every
+//! level at once and a hostile exporter exhausts its own budget, not the process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Debug)]
+pub struct ByteBudget {
+    /// Which bound this is, for the refusal message ("session", "exporter", "collector").
+    name: &'static str,
+    limit: usize,
+    used: AtomicUsize,
+    parent: Option<Arc<ByteBudget>>,
+}
+
+/// A charge was refused: the named budget is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {name}'s template budget of {limit} bytes is used up ({used} in use, {asked} asked)")]
+pub struct OverBudget {
+    pub name: &'static str,
+    pub limit: usize,
+    pub used: usize,
+    pub asked: usize,
+}
+
+impl ByteBudget {
+    pub fn new(name: &'static str, limit: usize, parent: Option<Arc<ByteBudget>>) -> ByteBudget {
+        ByteBudget {
+            name,
+            limit,
+            used: AtomicUsize::new(0),
+            parent,
+        }
+    }
+
+    /// Takes `n` bytes from this budget and every parent, or from none of them.
+    pub fn try_take(&self, n: usize) -> Result<(), OverBudget> {
+        let before = self.used.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > self.limit {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            return Err(OverBudget {
+                name: self.name,
+                limit: self.limit,
+                used: before,
+                asked: n,
+            });
+        }
+        if let Some(p) = &self.parent
+            && let Err(e) = p.try_take(n)
+        {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives back `n` bytes taken earlier, here and in every parent.
+    pub fn give_back(&self, n: usize) {
+        // Saturating: a bug elsewhere must not wrap the counter into "everything is free".
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+        if let Some(p) = &self.parent {
+            p.give_back(n);
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_is_taken_everywhere_or_nowhere() {
+        let total = Arc::new(ByteBudget::new("collector", 100, None));
+        let exporter = Arc::new(ByteBudget::new("exporter", 60, Some(total.clone())));
+        let a = ByteBudget::new("session", 50, Some(exporter.clone()));
+        let b = ByteBudget::new("session", 50, Some(exporter.clone()));
+        a.try_take(40).expect("fits everywhere");
+        let e = b
+            .try_take(30)
+            .expect_err("the exporter's 60 would be passed");
+        assert_eq!(e.name, "exporter");
+        assert_eq!((b.used(), exporter.used(), total.used()), (0, 40, 40));
+        let e = a.try_take(11).expect_err("the session's own 50");
+        assert_eq!(e.name, "session");
+        a.give_back(40);
+        assert_eq!((a.used(), exporter.used(), total.used()), (0, 0, 0));
+        a.give_back(1);
+        assert_eq!(total.used(), 0, "never below zero");
+    }
+}

@@ -1,0 +1,238 @@
+//! The collector against hostile senders, as a real `ipfixsvc serve` process on loopback: template
+//! bombs (huge templates, endless templates, over TCP and UDP, from many addresses) stay within
+//! the configured byte budgets while a good exporter is collected in full, and a flood of forged
+//! UDP sources cannot lock another exporter out.
+
+mod common;
+
+use common::{Server, eventually};
+use ipfixsvc::wire::{FieldSpec, FieldValue, MessageBuilder, Plan, Registry, Template};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The good exporter's template and `n` messages of `per` records each (record i carries i).
+fn good_messages(domain: u32, n: usize, per: usize) -> Vec<Vec<u8>> {
+    let t = Template::data(300, vec![FieldSpec::new(8, 0, 4), FieldSpec::new(2, 0, 8)]);
+    let plan = Plan::compile(t.clone(), &Registry::builtin());
+    let mut b = MessageBuilder::new(domain, 1400);
+    b.add_template(&t).expect("template fits");
+    b.flush();
+    let mut out = b.take_ready();
+    for m in 0..n {
+        for r in 0..per {
+            let i = (m * per + r) as u64;
+            b.add_record(
+                &plan,
+                &[
+                    FieldValue::Ipv4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+                    FieldValue::Unsigned(i),
+                ],
+            )
+            .expect("record");
+        }
+        b.flush();
+        out.extend(b.take_ready());
+    }
+    out
+}
+
+/// Messages of templates with `fields` one-byte fields each, ids from `first`, as many per
+/// message as fit.
+fn template_bomb(domain: u32, first: u16, count: u16, fields: usize) -> Vec<Vec<u8>> {
+    let mut b = MessageBuilder::new(domain, 65_535);
+    for id in first..first + count {
+        let specs = (0..fields)
+            .map(|k| FieldSpec::new(1000 + (k % 30_000) as u16, 0, 1))
+            .collect();
+        b.add_template(&Template::data(id, specs))
+            .expect("template fits a message");
+    }
+    b.flush();
+    b.take_ready()
+}
+
+async fn connect_from(source: IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::new(source, 0)).expect("bind source");
+    s.connect(to).await.expect("connect")
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn records_from(server: &Server, source: &str) -> usize {
+    let needle = format!("\"@exporter\":\"{source}:");
+    server
+        .output()
+        .iter()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Sends messages until the collector closes the connection (or all are sent); how many went.
+async fn send_until_closed(mut s: tokio::net::TcpStream, messages: &[Vec<u8>]) -> usize {
+    let mut sent = 0;
+    for m in messages {
+        if s.write_all(m).await.is_err() {
+            break;
+        }
+        sent += 1;
+        // A collector never writes: a readable socket means it closed.
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(5), s.read(&mut probe)).await
+        {
+            break;
+        }
+    }
+    sent
+}
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_bombs_stay_within_their_byte_budgets_and_a_good_exporter_is_collected_in_full() {
+    let total = 48 * MIB;
+    let server = Server::start(
+        "template-bomb",
+        &[
+            (
+                "IPFIXSVC__COLLECTOR__TEMPLATE_BYTES_PER_SESSION",
+                &(2 * MIB).to_string(),
+            ),
+            (
+                "IPFIXSVC__COLLECTOR__TEMPLATE_BYTES_PER_EXPORTER",
+                &(8 * MIB).to_string(),
+            ),
+            (
+                "IPFIXSVC__COLLECTOR__TEMPLATE_BYTES_TOTAL",
+                &total.to_string(),
+            ),
+        ],
+    );
+    let pid = server.child.id();
+    let good_ip: IpAddr = "127.0.0.9".parse().expect("ip");
+    let good = good_messages(7, 200, 20);
+    let mut g = connect_from(good_ip, server.tcp).await;
+    // The template and the first half before the bomb, the rest during and after it.
+    for m in &good[..100] {
+        g.write_all(m).await.expect("good exporter");
+    }
+    eventually(
+        "the good exporter's first records",
+        Duration::from_secs(20),
+        || records_from(&server, "127.0.0.9") > 0,
+    );
+    let before = rss_kib(pid, "VmRSS:");
+
+    // Twelve addresses, eight connections each, each sending 512-field templates until
+    // refused: 1.2 GB of compiled templates if nothing stopped them.
+    let mut attackers = Vec::new();
+    for a in 2..14u8 {
+        for c in 0..8u16 {
+            let tcp = server.tcp;
+            attackers.push(tokio::spawn(async move {
+                let ip = IpAddr::from([127, 0, 0, a]);
+                let s = connect_from(ip, tcp).await;
+                send_until_closed(s, &template_bomb(1, 256 + c, 200, 512)).await
+            }));
+        }
+    }
+    // Templates far past the field limit (the format allows 16,377 one-byte fields).
+    for a in 14..16u8 {
+        let s = connect_from(IpAddr::from([127, 0, 0, a]), server.tcp).await;
+        assert!(send_until_closed(s, &template_bomb(1, 256, 1, 16_000)).await <= 1);
+    }
+    // UDP: datagrams full of templates, each to a new Observation Domain (a new session).
+    let udp = std::net::UdpSocket::bind("127.0.0.16:0").expect("udp");
+    for domain in 0..300u32 {
+        for m in template_bomb(domain, 256, 31, 512) {
+            let _ = udp.send_to(&m, server.udp);
+        }
+        if domain % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut sent_by_attackers = 0;
+    for a in attackers {
+        sent_by_attackers += a.await.expect("attacker");
+    }
+    for m in &good[100..] {
+        g.write_all(m).await.expect("good exporter, after the bomb");
+    }
+    drop(g);
+    eventually("every good record", Duration::from_secs(30), || {
+        records_from(&server, "127.0.0.9") == 200 * 20
+    });
+    let peak = rss_kib(pid, "VmHWM:");
+    let grown = peak.saturating_sub(before) as usize * 1024;
+    let refused = server.log_lines("refused").len();
+    assert!(refused > 0, "templates were refused at a budget");
+    // The budget counts compiled templates; decoding buffers, allocator slack and the log add
+    // to it. Unbounded, this bomb takes gigabytes.
+    assert!(
+        grown < total + 40 * MIB,
+        "RSS grew {} MiB (peak {} MiB) for a {} MiB template budget; {sent_by_attackers} bomb messages sent",
+        grown / MIB,
+        peak / 1024,
+        total / MIB
+    );
+    eprintln!(
+        "template bomb: {sent_by_attackers} TCP messages taken before refusal, RSS grew {} MiB (budget {} MiB)",
+        grown / MIB,
+        total / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_udp_flood_does_not_lock_out_another_exporter() {
+    let server = Server::start(
+        "udp-flood",
+        &[
+            ("IPFIXSVC__COLLECTOR__MAX_UDP_SESSIONS", "64"),
+            ("IPFIXSVC__COLLECTOR__MAX_SESSIONS_PER_EXPORTER", "16"),
+        ],
+    );
+    let hello = template_bomb(1, 256, 1, 4).remove(0);
+    // One address, 500 source ports; then 40 addresses of two ports each: more sessions than
+    // the table holds, all quiet after their one datagram.
+    let mut sockets = Vec::new();
+    for _ in 0..500 {
+        sockets.push(std::net::UdpSocket::bind("127.0.0.2:0").expect("bind"));
+    }
+    for a in 30..70u8 {
+        for _ in 0..2 {
+            sockets
+                .push(std::net::UdpSocket::bind((IpAddr::from([127, 0, 0, a]), 0)).expect("bind"));
+        }
+    }
+    for (i, s) in sockets.iter().enumerate() {
+        s.send_to(&hello, server.udp).expect("send");
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    server.wait_log("UDP session table full", 1, Duration::from_secs(10));
+    // Now an exporter the table has never seen.
+    let good = std::net::UdpSocket::bind("127.0.0.9:0").expect("bind");
+    for m in good_messages(3, 50, 20) {
+        good.send_to(&m, server.udp).expect("send");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    eventually(
+        "every record of the new exporter",
+        Duration::from_secs(20),
+        || records_from(&server, "127.0.0.9") == 50 * 20,
+    );
+    assert!(
+        !server.log_lines("UDP session table full").is_empty(),
+        "the flood filled the table"
+    );
+}
