@@ -236,3 +236,35 @@ async fn a_forged_udp_flood_does_not_lock_out_another_exporter() {
         "the flood filled the table"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_a_valid_message_is_closed_at_the_first_message_deadline() {
+    let server = Server::start(
+        "first-message",
+        &[("IPFIXSVC__COLLECTOR__FIRST_MESSAGE_SECS", "1")],
+    );
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.tcp)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("closed long before the 600 s idle timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "the collector closed it");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A good exporter's session outlives the deadline.
+    let mut good = tokio::net::TcpStream::connect(server.tcp)
+        .await
+        .expect("connect");
+    for m in good_messages(1, 3, 5) {
+        good.write_all(&m).await.expect("write");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    good.write_all(&good_messages(1, 1, 5)[1])
+        .await
+        .expect("still open");
+    eventually("the good records", Duration::from_secs(10), || {
+        records_from(&server, "127.0.0.1") == 20
+    });
+}

@@ -43,6 +43,9 @@ pub enum SessionMsg {
     /// The TCP reader stopped.
     ReaderClosed(ReaderEnd),
     Tick,
+    /// `first_message_secs` after the start: a session with no valid message yet is closed, so
+    /// a silent or garbage-sending peer does not keep its place for the whole idle timeout.
+    FirstDeadline,
     GetStats(RpcReplyPort<SessionStats>),
     /// A template this session asked the TemplateCache for (Observation Domain, template).
     SharedTemplate(u32, Template),
@@ -215,6 +218,9 @@ impl Actor for ExporterSession {
                 })));
             }
         }
+        myself.send_after(Duration::from_secs(s.first_message_secs), || {
+            SessionMsg::FirstDeadline
+        });
         tracing::debug!(peer = %state.peer, ?transport, "exporter session started");
         Ok(state)
     }
@@ -271,6 +277,11 @@ impl Actor for ExporterSession {
                 state.core.expire(now);
                 if now.duration_since(state.last_message) >= state.idle {
                     myself.stop(Some("idle timeout".into()));
+                }
+            }
+            SessionMsg::FirstDeadline => {
+                if state.core.stats.messages == 0 {
+                    myself.stop(Some("no valid message in time".into()));
                 }
             }
             SessionMsg::SharedTemplate(domain, template) => {
