@@ -121,6 +121,10 @@ pub struct StoreSettings {
     pub timeout_ms: u64,
     /// Tenant of the records collected by this node (multi-tenancy comes with the API).
     pub tenant: String,
+    /// Bytes of templates the node's TemplateCache keeps (least recently seen go first).
+    pub cache_bytes: usize,
+    /// Bytes of templates the in-memory store keeps (no Redis); closest to expiry go first.
+    pub memory_bytes: usize,
 }
 
 impl Default for StoreSettings {
@@ -129,6 +133,8 @@ impl Default for StoreSettings {
             template_ttl_secs: 86_400,
             timeout_ms: 500,
             tenant: "default".into(),
+            cache_bytes: 128 << 20,
+            memory_bytes: 256 << 20,
         }
     }
 }
@@ -392,6 +398,9 @@ impl Settings {
         }
         if self.store.timeout_ms == 0 || self.store.template_ttl_secs == 0 {
             return bad("store.timeout_ms and store.template_ttl_secs must be positive");
+        }
+        if self.store.cache_bytes == 0 || self.store.memory_bytes == 0 {
+            return bad("store.cache_bytes and store.memory_bytes must be positive");
         }
         let c = &self.cluster;
         let tls = [&c.tls_cert, &c.tls_key, &c.tls_ca]

@@ -268,3 +268,149 @@ async fn a_session_without_a_valid_message_is_closed_at_the_first_message_deadli
         records_from(&server, "127.0.0.1") == 20
     });
 }
+
+/// A message defining template 300 in `domain` as two ports: another layout than the good one.
+fn other_layout(domain: u32) -> Vec<u8> {
+    let t = Template::data(300, vec![FieldSpec::new(7, 0, 2), FieldSpec::new(11, 0, 2)]);
+    let mut b = MessageBuilder::new(domain, 1400);
+    b.add_template(&t).expect("fits");
+    b.flush();
+    b.take_ready().remove(0)
+}
+
+/// The packetDeltaCount values of the records `source` sent, in output order.
+fn counts_from(server: &Server, source: &str) -> Vec<u64> {
+    let needle = format!("\"@exporter\":\"{source}:");
+    server
+        .output()
+        .iter()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v.get("packetDeltaCount")?.as_u64()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_datagram_cannot_poison_the_templates_of_a_tcp_exporter() {
+    let server = Server::start("poison", &[]);
+    let msgs = good_messages(60, 3, 5);
+    // TCP connection A defines 300 in domain 60, sends data, and closes.
+    let mut a = connect_from("127.0.0.3".parse().expect("ip"), server.tcp).await;
+    for m in &msgs[..2] {
+        a.write_all(m).await.expect("a");
+    }
+    drop(a);
+    eventually("A's records", Duration::from_secs(10), || {
+        counts_from(&server, "127.0.0.3").len() == 5
+    });
+    // One datagram from the same address redefines 300 in domain 60.
+    let udp = std::net::UdpSocket::bind("127.0.0.3:0").expect("bind");
+    udp.send_to(&other_layout(60), server.udp).expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // TCP connection B sends data only: decoded with A's template, never the UDP one.
+    let mut b = connect_from("127.0.0.3".parse().expect("ip"), server.tcp).await;
+    b.write_all(&msgs[2]).await.expect("b");
+    drop(b);
+    eventually(
+        "B's records, with A's layout",
+        Duration::from_secs(10),
+        || counts_from(&server, "127.0.0.3").len() == 10,
+    );
+    assert_eq!(
+        counts_from(&server, "127.0.0.3")[5..],
+        [5, 6, 7, 8, 9],
+        "B's data decoded with the TCP template"
+    );
+    let ports = server
+        .output()
+        .iter()
+        .filter(|l| l.contains("\"sourceTransportPort\""))
+        .count();
+    assert_eq!(ports, 0, "nothing was decoded with the UDP layout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_sessions_defining_one_key_differently_are_a_conflict_and_not_shared() {
+    let server = Server::start("conflict", &[]);
+    let ip: IpAddr = "127.0.0.4".parse().expect("ip");
+    let good = good_messages(61, 2, 5);
+    // Two exporters behind one address (a NAT), both live, one template id, two layouts.
+    let mut a = connect_from(ip, server.tcp).await;
+    a.write_all(&good[0]).await.expect("a");
+    a.write_all(&good[1]).await.expect("a");
+    eventually("A's records", Duration::from_secs(10), || {
+        counts_from(&server, "127.0.0.4").len() == 5
+    });
+    let mut b = connect_from(ip, server.tcp).await;
+    b.write_all(&other_layout(61)).await.expect("b");
+    server.wait_log(
+        "define one shared template differently",
+        1,
+        Duration::from_secs(10),
+    );
+    // A third connection with data only gets neither definition.
+    let mut c = connect_from(ip, server.tcp).await;
+    c.write_all(&good[2]).await.expect("c");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        counts_from(&server, "127.0.0.4").len(),
+        5,
+        "C's data is held, not guessed"
+    );
+    drop(c);
+    // B leaves: A's definition is shared again, and what C and later D hold is decoded with it.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.write_all(&good[0]).await.expect("a again");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut d = connect_from(ip, server.tcp).await;
+    d.write_all(&good[2]).await.expect("d");
+    drop(d);
+    eventually(
+        "C's and D's data decoded with A's template",
+        Duration::from_secs(10),
+        || counts_from(&server, "127.0.0.4").len() == 15,
+    );
+    let mut counts = counts_from(&server, "127.0.0.4");
+    counts.sort();
+    assert_eq!(counts[5..], [5, 5, 6, 6, 7, 7, 8, 8, 9, 9]);
+    assert!(!server.log_lines("conflict over").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_udp_template_lifetime_holds_when_templates_are_shared() {
+    let server = Server::start(
+        "udp-lifetime",
+        &[("IPFIXSVC__COLLECTOR__UDP_TEMPLATE_LIFETIME_SECS", "2")],
+    );
+    let msgs = good_messages(62, 3, 5);
+    let udp = std::net::UdpSocket::bind("127.0.0.5:0").expect("bind");
+    for m in &msgs[..2] {
+        udp.send_to(m, server.udp).expect("send");
+    }
+    eventually(
+        "records while the template lives",
+        Duration::from_secs(10),
+        || counts_from(&server, "127.0.0.5").len() == 5,
+    );
+    // RFC 7011 8.4: not re-sent within its lifetime, the template is gone, for the session
+    // and for the cache and store behind it.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    udp.send_to(&msgs[2], server.udp).expect("send");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        counts_from(&server, "127.0.0.5").len(),
+        5,
+        "data after the lifetime is not decoded with an expired template"
+    );
+    // Re-sent, it lives again.
+    udp.send_to(&msgs[0], server.udp).expect("send");
+    udp.send_to(&msgs[2], server.udp).expect("send");
+    eventually(
+        "records after the template came again",
+        Duration::from_secs(10),
+        || counts_from(&server, "127.0.0.5").len() >= 10,
+    );
+}

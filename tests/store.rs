@@ -4,7 +4,7 @@
 mod common;
 
 use common::redis_server::RedisServer;
-use ipfixsvc::store::{StoreError, StoredTemplate, TemplateKey, TemplateStore};
+use ipfixsvc::store::{StoreError, StoredTemplate, TemplateKey, TemplateStore, Transport};
 use ipfixsvc::wire::{FieldSpec, Template, TemplateKind, VARLEN};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -12,9 +12,19 @@ use std::time::{Duration, Instant};
 fn key(id: u16) -> TemplateKey {
     TemplateKey {
         tenant: "default".into(),
+        transport: Transport::Tcp,
         exporter: "192.0.2.7".parse::<IpAddr>().expect("address"),
         domain: 42,
         template_id: id,
+    }
+}
+
+/// The scope (tenant, transport, exporter, domain) of a listing or an All Templates Withdrawal.
+fn scope(tenant: &str, domain: u32) -> TemplateKey {
+    TemplateKey {
+        tenant: tenant.into(),
+        domain,
+        ..key(0)
     }
 }
 
@@ -50,7 +60,7 @@ async fn behaves(store: &TemplateStore) {
         Some(value(256, TemplateKind::Data))
     );
     let listed: Vec<u16> = store
-        .list("default", key(0).exporter, 42)
+        .list(&scope("default", 42))
         .await
         .expect("list")
         .iter()
@@ -59,29 +69,45 @@ async fn behaves(store: &TemplateStore) {
     assert_eq!(listed, vec![256, 257, 300]);
     assert!(
         store
-            .list("other-tenant", key(0).exporter, 42)
+            .list(&scope("other-tenant", 42))
             .await
             .expect("list")
             .is_empty()
     );
     assert!(
         store
-            .list("default", key(0).exporter, 43)
+            .list(&scope("default", 43))
             .await
             .expect("list")
             .is_empty()
     );
+    // What UDP taught is not TCP's: same exporter, domain and id, another key.
+    let udp = TemplateKey {
+        transport: Transport::Udp,
+        ..key(256)
+    };
+    assert_eq!(store.get(&udp).await.expect("get"), None);
+    store
+        .put(&udp, &value(256, TemplateKind::Options))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(&key(256)).await.expect("get"),
+        Some(value(256, TemplateKind::Data)),
+        "a UDP definition leaves the TCP one alone"
+    );
+    assert_eq!(store.list(&udp).await.expect("list").len(), 1);
     store.remove(&key(257)).await.expect("withdraw one");
     assert_eq!(store.get(&key(257)).await.expect("get"), None);
     assert_eq!(
         store
-            .remove_all("default", key(0).exporter, 42, TemplateKind::Data)
+            .remove_all(&scope("default", 42), TemplateKind::Data)
             .await
             .expect("withdraw all"),
         1
     );
     let left: Vec<u16> = store
-        .list("default", key(0).exporter, 42)
+        .list(&scope("default", 42))
         .await
         .expect("list")
         .iter()
@@ -128,10 +154,7 @@ async fn late_resync_loses_to_a_later_change(store: &TemplateStore) {
     );
     assert!(!store.put_if_newer(&k, &old, now + 500).await.expect("put"));
     assert_eq!(store.get(&k).await.expect("get"), None);
-    let listed = store
-        .list(&k.tenant, k.exporter, k.domain)
-        .await
-        .expect("list");
+    let listed = store.list(&k).await.expect("list");
     assert!(
         listed.iter().all(|(lk, _)| lk.template_id != 500),
         "not listed"
@@ -191,7 +214,7 @@ async fn bytes_from_another_version_fail_safe() {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let k = "ipfix:tpl:default:192.0.2.7:42:256";
+    let k = "ipfix:tpl:default:tcp:192.0.2.7:42:256";
     for (bytes, why) in [
         (vec![1u8, 0xff, 0xff, 0xff, 0xff, 0xff], "damaged"),
         (vec![9u8, 1, 2, 3], "a future format"),

@@ -13,7 +13,7 @@ use crate::actors::cluster_tls::ClusterTls;
 use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
 use crate::actors::output::RecordSink;
-use crate::actors::template_cache::{CacheArgs, TEMPLATE_CACHE, TemplateCache};
+use crate::actors::template_cache::{CacheArgs, CacheHandle, TEMPLATE_CACHE, TemplateCache};
 use crate::config::{Role, Settings};
 use crate::store::{JobStore, TemplateStore};
 use crate::wire::Registry;
@@ -56,7 +56,7 @@ impl Actor for NodeSupervisor {
         let ttl = Duration::from_secs(st.template_ttl_secs);
         let store = if args.settings.redis.url.is_empty() {
             tracing::info!("templates kept in memory (single node): set redis.url to share them");
-            TemplateStore::memory(ttl)
+            TemplateStore::memory(ttl).with_max_bytes(st.memory_bytes)
         } else {
             tracing::info!(url = %args.settings.redis.url, "templates shared through Redis");
             TemplateStore::redis(
@@ -65,12 +65,18 @@ impl Actor for NodeSupervisor {
                 Duration::from_millis(st.timeout_ms),
             )?
         };
+        let udp_lifetime = Duration::from_secs(args.settings.collector.udp_template_lifetime_secs);
+        let store = store.with_udp_lifetime(udp_lifetime);
+        let cache_handle = CacheHandle::default();
         let cache_args = CacheArgs {
             store: Arc::new(store),
             node: args.settings.node.name.clone(),
             refresh_every: ttl / 4,
+            udp_lifetime,
+            max_bytes: st.cache_bytes,
+            handle: cache_handle.clone(),
         };
-        let (cache, _) = Actor::spawn_linked(
+        Actor::spawn_linked(
             Some(TEMPLATE_CACHE.into()),
             TemplateCache,
             cache_args,
@@ -84,7 +90,7 @@ impl Actor for NodeSupervisor {
                 args.registry.clone(),
                 args.sink.clone(),
             )
-            .with_cache(cache.clone(), st.tenant.clone());
+            .with_cache(cache_handle.clone(), st.tenant.clone());
             let (c, _) = Actor::spawn_linked(
                 Some(COLLECTOR_NAME.into()),
                 CollectorSupervisor,

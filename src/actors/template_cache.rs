@@ -1,34 +1,70 @@
 //! TemplateCache: this node's template map, shared by its sessions, written through to the store
 //! (Redis when configured) and read through when a session meets a Data Set whose template it
-//! does not hold. Sessions never wait on it: they tell it what they learned, and ask for a
-//! template with their own address as the reply-to; the answer comes as a session message while
-//! the Data Sets wait in the session's bounded pending buffer.
+//! does not hold. Sessions never wait on it: they tell it what changed, and ask for a template
+//! with their own address as the reply-to; the answer comes as a session message while the Data
+//! Sets wait in the session's bounded pending buffer.
 //!
-//! Messages: `Learned`, `Withdrawn` (from sessions), `Lookup` (from sessions), `Invalidate` (from
-//! other nodes, over Redis pub/sub), `Probe` (own timer: health and re-sync), `Status`.
+//! Messages: `Learned`, `Withdrawn`, `WithdrawnAll`, `Lookup` (from sessions, through a
+//! `CacheHandle` that bounds how many may wait and finds the cache by its registered name, so a
+//! restarted cache is found again), `Invalidate` (from other nodes, over Redis pub/sub), `Probe`
+//! (own timer: health, re-sync, sweeps), `Status`.
+//!
+//! Keys carry the transport: what a UDP datagram (whose source is trivially forged) defines is
+//! never used by a TCP session. Two live sessions of this node that define one key differently
+//! (exporters behind one NAT address, or a forged datagram) are a conflict: logged, counted, the
+//! key is withdrawn from the store and not shared until one of the two sessions has ended. Each
+//! session keeps decoding with its own definition meanwhile.
+//!
+//! Bounds: the local map in bytes (`store.cache_bytes`), recent misses (answered without a store
+//! round trip for `MISS_TTL`), the changes remembered while the store is away, and the messages
+//! waiting for the cache (`MAX_WAITING`; beyond, sessions drop and count).
 //!
 //! Redis down: one log line, `healthy` goes false, the store is left alone (no waits on the hot
 //! path) and what is learned or withdrawn meanwhile is remembered; when a probe succeeds the
 //! cache writes it all and says so.
 
 use super::collector::session::SessionMsg;
+use crate::store::templates::stored_cost;
 use crate::store::unix_ms;
-use crate::store::{Invalidation, StoredTemplate, TemplateKey, TemplateStore};
+use crate::store::{Invalidation, StoredTemplate, TemplateKey, TemplateStore, Transport};
 use crate::wire::{Template, TemplateKind};
 use futures_util::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 pub const TEMPLATE_CACHE: &str = "template-cache";
 
+/// Messages from sessions that may wait for the cache at once; past this they are dropped and
+/// counted (a lookup is asked again later, a definition is re-sent by its exporter).
+pub const MAX_WAITING: usize = 20_000;
+
+/// How long a miss is remembered: sessions asking for the same missing template meanwhile are
+/// answered (with nothing) without a store round trip.
+const MISS_TTL: Duration = Duration::from_secs(2);
+const MAX_MISSES: usize = 100_000;
+
+/// Changes remembered while the store is away, at most; past this they are dropped (counted,
+/// logged once): the exporters send them again.
+const MAX_UNSYNCED: usize = 100_000;
+
+/// Lookups that missed are answered when the template is defined within this time...
+const WAITER_TTL: Duration = Duration::from_secs(30);
+/// ...for at most this many keys and sessions per key.
+const MAX_WAITED_KEYS: usize = 10_000;
+const MAX_WAITERS_PER_KEY: usize = 64;
+
+/// How often the memory store is swept of expired templates and stale versions.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(RactorMessage)]
 pub enum CacheMsg {
-    /// A session saw this template defined (or re-sent).
-    Learned(TemplateKey, Template),
+    /// A session saw this template defined (new, changed, or its refresh is due).
+    Learned(TemplateKey, Template, ActorRef<SessionMsg>),
     /// A session saw this template withdrawn.
     Withdrawn(TemplateKey, TemplateKind),
     /// A session saw all templates of `kind` withdrawn for the key's exporter and domain (the
@@ -45,45 +81,144 @@ pub enum CacheMsg {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStatus {
     pub templates: usize,
+    /// What the local map holds, by `stored_cost`.
+    pub bytes: usize,
     pub store_healthy: bool,
     /// Changes made while the store was away, not written yet.
     pub unsynced: usize,
+    /// Changes dropped because too many were waiting for the store.
+    pub unsynced_dropped: u64,
     pub lookups: u64,
     pub lookups_from_store: u64,
+    /// Lookups answered from the recent-miss memory, without a store round trip.
+    pub misses_remembered: u64,
     pub invalidations_received: u64,
+    /// Keys defined differently by two live sessions, now (not shared) and ever.
+    pub conflicts_live: usize,
+    pub conflicts: u64,
+    /// Session messages dropped because `MAX_WAITING` were already waiting.
+    pub dropped_messages: u64,
 }
 
+/// How sessions reach the cache: by its registered name (a restarted cache is found again), with
+/// a bound on how many of their messages may wait for it.
+#[derive(Debug, Clone, Default)]
+pub struct CacheHandle {
+    waiting: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl CacheHandle {
+    /// Sends a session's message; false when it was dropped (queue full, or no cache running).
+    pub fn send(&self, msg: CacheMsg) -> bool {
+        if self.waiting.load(Ordering::Relaxed) >= MAX_WAITING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let Some(cell) = ractor::registry::where_is(TEMPLATE_CACHE) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if ActorRef::<CacheMsg>::from(cell).cast(msg).is_err() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn taken(&self) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_sub(1))
+            });
+    }
+}
+
+#[derive(Clone)]
 pub struct CacheArgs {
     pub store: Arc<TemplateStore>,
     pub node: String,
     /// How often to re-send an unchanged template to the store (its TTL refresh).
     pub refresh_every: Duration,
+    /// RFC 7011 8.4: templates learned over UDP are forgotten unless re-sent within this.
+    pub udp_lifetime: Duration,
+    /// Bytes of templates the local map holds at most.
+    pub max_bytes: usize,
+    pub handle: CacheHandle,
+}
+
+/// One template as this node knows it.
+struct Entry {
+    template: Template,
+    /// When it was last written to the store.
+    written: Instant,
+    /// When a session last defined it (or it was read from the store).
+    seen: Instant,
+    /// The local session that defined it; `None` when it came from the store.
+    from: Option<ActorRef<SessionMsg>>,
+}
+
+/// Two definitions of one key by live sessions.
+struct Conflict {
+    sessions: [ActorRef<SessionMsg>; 2],
+}
+
+impl Conflict {
+    fn over(&self) -> bool {
+        !self.sessions.iter().all(alive)
+    }
+
+    /// The conflict is over: the session still there shares its definition again (it will not
+    /// on its own, having told the cache once already).
+    fn end(&self, key: &TemplateKey) {
+        tracing::info!(exporter = %key.exporter, domain = key.domain, template = key.template_id, "template conflict over: shared again");
+        for s in self.sessions.iter().filter(|s| alive(s)) {
+            let _ = s.cast(SessionMsg::ShareAgain(key.domain, key.template_id));
+        }
+    }
+}
+
+fn alive(s: &ActorRef<SessionMsg>) -> bool {
+    matches!(
+        s.get_status(),
+        ractor::ActorStatus::Running | ractor::ActorStatus::Starting
+    )
 }
 
 pub struct CacheState {
     store: Arc<TemplateStore>,
     node: String,
     refresh_every: Duration,
-    local: HashMap<TemplateKey, (Template, Instant)>,
+    udp_lifetime: Duration,
+    max_bytes: usize,
+    handle: CacheHandle,
+    local: HashMap<TemplateKey, Entry>,
+    bytes: usize,
+    misses: HashMap<TemplateKey, Instant>,
+    /// Sessions whose lookup missed, answered as soon as a session of this node defines the
+    /// template (when it was first asked, and who asked).
+    waiters: HashMap<TemplateKey, (Instant, Vec<ActorRef<SessionMsg>>)>,
+    conflicts: HashMap<TemplateKey, Conflict>,
     healthy: bool,
     /// Changes the store has not seen, with when they happened (Unix ms): written at re-sync
     /// unless another node changed the key later.
     learned_while_down: HashMap<TemplateKey, u64>,
     withdrawn_while_down: HashMap<TemplateKey, u64>,
+    unsynced_dropped: u64,
     lookups: u64,
     lookups_from_store: u64,
+    misses_remembered: u64,
     invalidations: u64,
+    conflicts_total: u64,
+    last_sweep: Instant,
     subscriber: Option<JoinHandle<()>>,
     prober: Option<JoinHandle<()>>,
 }
 
 pub struct TemplateCache;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl Actor for TemplateCache {
     type Msg = CacheMsg;
@@ -95,6 +230,8 @@ impl Actor for TemplateCache {
         myself: ActorRef<CacheMsg>,
         args: CacheArgs,
     ) -> Result<CacheState, ActorProcessingErr> {
+        // A restart: what waited in the old mailbox is gone, and counted no more.
+        args.handle.waiting.store(0, Ordering::Relaxed);
         let subscriber = args
             .store
             .redis_client()
@@ -114,13 +251,24 @@ impl Actor for TemplateCache {
             store: args.store,
             node: args.node,
             refresh_every: args.refresh_every,
+            udp_lifetime: args.udp_lifetime,
+            max_bytes: args.max_bytes,
+            handle: args.handle,
             local: HashMap::new(),
+            bytes: 0,
+            misses: HashMap::new(),
+            waiters: HashMap::new(),
+            conflicts: HashMap::new(),
             healthy: true,
             learned_while_down: HashMap::new(),
             withdrawn_while_down: HashMap::new(),
+            unsynced_dropped: 0,
             lookups: 0,
             lookups_from_store: 0,
+            misses_remembered: 0,
             invalidations: 0,
+            conflicts_total: 0,
+            last_sweep: Instant::now(),
             subscriber,
             prober: Some(prober),
         })
@@ -133,30 +281,51 @@ impl Actor for TemplateCache {
         state: &mut CacheState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CacheMsg::Learned(key, template) => state.learned(key, template).await,
-            CacheMsg::Withdrawn(key, kind) => state.withdrawn(key, kind).await,
-            CacheMsg::WithdrawnAll(scope, kind) => state.withdrawn_all(scope, kind).await,
+            CacheMsg::Learned(key, template, from) => {
+                state.handle.taken();
+                state.learned(key, template, from).await;
+            }
+            CacheMsg::Withdrawn(key, kind) => {
+                state.handle.taken();
+                state.withdrawn(key, kind).await;
+            }
+            CacheMsg::WithdrawnAll(scope, kind) => {
+                state.handle.taken();
+                state.withdrawn_all(scope, kind).await;
+            }
             CacheMsg::Lookup(key, reply) => {
+                state.handle.taken();
                 state.lookups += 1;
-                if let Some(t) = state.lookup(&key).await {
-                    let _ = reply.cast(SessionMsg::SharedTemplate(key.domain, t));
+                match state.lookup(&key).await {
+                    Some(t) => {
+                        let _ = reply.cast(SessionMsg::SharedTemplate(key.domain, t));
+                    }
+                    None => state.wait_for(key, reply),
                 }
             }
             CacheMsg::Invalidate(inv) => {
                 if inv.node != state.node {
                     state.invalidations += 1;
-                    state.local.remove(&inv.key());
+                    let key = inv.key();
+                    state.misses.remove(&key);
+                    state.forget(&key);
                 }
             }
             CacheMsg::Probe => state.probe().await,
             CacheMsg::Status(reply) => {
                 let _ = reply.send(CacheStatus {
                     templates: state.local.len(),
+                    bytes: state.bytes,
                     store_healthy: state.healthy,
                     unsynced: state.learned_while_down.len() + state.withdrawn_while_down.len(),
+                    unsynced_dropped: state.unsynced_dropped,
                     lookups: state.lookups,
                     lookups_from_store: state.lookups_from_store,
+                    misses_remembered: state.misses_remembered,
                     invalidations_received: state.invalidations,
+                    conflicts_live: state.conflicts.len(),
+                    conflicts: state.conflicts_total,
+                    dropped_messages: state.handle.dropped.load(Ordering::Relaxed),
                 });
             }
         }
@@ -189,78 +358,196 @@ impl CacheState {
     fn stored(&self, template: &Template) -> StoredTemplate {
         StoredTemplate {
             template: template.clone(),
-            first_seen: unix_now(),
+            first_seen: unix_ms() / 1000,
             node: self.node.clone(),
         }
     }
 
-    async fn learned(&mut self, key: TemplateKey, template: Template) {
+    /// How often an unchanged template is written again: within the store's TTL, and for UDP
+    /// within the template lifetime (the store's UDP keys expire with it).
+    fn refresh_of(&self, key: &TemplateKey) -> Duration {
+        match key.transport {
+            Transport::Tcp => self.refresh_every,
+            Transport::Udp => self.refresh_every.min(self.udp_lifetime / 4),
+        }
+    }
+
+    fn insert(&mut self, key: TemplateKey, entry: Entry) {
+        self.bytes += stored_cost(&entry.template);
+        if let Some(old) = self.local.insert(key, entry) {
+            self.bytes = self.bytes.saturating_sub(stored_cost(&old.template));
+        }
+        self.bound();
+    }
+
+    fn forget(&mut self, key: &TemplateKey) -> Option<Entry> {
+        let e = self.local.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(stored_cost(&e.template));
+        Some(e)
+    }
+
+    /// Remembers a change for the re-sync, within `MAX_UNSYNCED`.
+    fn unsynced(&mut self, key: TemplateKey, at: u64, withdrawn: bool) {
+        let full = self.learned_while_down.len() + self.withdrawn_while_down.len() >= MAX_UNSYNCED;
+        let (map, other) = if withdrawn {
+            (&mut self.withdrawn_while_down, &mut self.learned_while_down)
+        } else {
+            (&mut self.learned_while_down, &mut self.withdrawn_while_down)
+        };
+        other.remove(&key);
+        if full && !map.contains_key(&key) {
+            self.unsynced_dropped += 1;
+            if self.unsynced_dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.unsynced_dropped,
+                    limit = MAX_UNSYNCED,
+                    "template store still away: changes past the limit are not kept for the re-sync"
+                );
+            }
+            return;
+        }
+        map.insert(key, at);
+    }
+
+    async fn learned(&mut self, key: TemplateKey, template: Template, from: ActorRef<SessionMsg>) {
         let now = Instant::now();
+        self.misses.remove(&key);
+        if let Some(c) = self.conflicts.get(&key) {
+            if !c.over() {
+                return; // still two live definitions: not shared
+            }
+            c.end(&key);
+            self.conflicts.remove(&key);
+        }
         let (changed, due) = match self.local.get(&key) {
-            Some((t, written)) => (
-                *t != template,
-                now.duration_since(*written) >= self.refresh_every,
+            Some(e) => (
+                e.template != template,
+                now.duration_since(e.written) >= self.refresh_of(&key),
             ),
             None => (true, true),
         };
-        if !changed && !due {
+        if changed
+            && let Some(e) = self.local.get(&key)
+            && let Some(other) = &e.from
+            && other.get_id() != from.get_id()
+            && alive(other)
+        {
+            let other = other.clone();
+            self.conflict(key, other, from).await;
             return;
         }
-        self.bound();
-        self.local.insert(key.clone(), (template.clone(), now));
-        self.withdrawn_while_down.remove(&key);
+        if !changed && !due {
+            if let Some(e) = self.local.get_mut(&key) {
+                e.seen = now;
+                e.from = Some(from);
+            }
+            return;
+        }
+        let entry = Entry {
+            template: template.clone(),
+            written: now,
+            seen: now,
+            from: Some(from),
+        };
+        self.insert(key.clone(), entry);
         let at = unix_ms();
         if !self.healthy {
-            self.learned_while_down.insert(key, at);
+            self.unsynced(key, at, false);
             return;
         }
         let value = self.stored(&template);
         if let Err(e) = self.store.put_if_newer(&key, &value, at).await {
             self.down(&e);
-            self.learned_while_down.insert(key, at);
+            self.unsynced(key, at, false);
             return;
         }
         if changed {
             // A redefinition: other nodes must not keep decoding with the old one.
             self.publish(&key).await;
         }
+        if let Some((_, waiting)) = self.waiters.remove(&key) {
+            for s in waiting {
+                let _ = s.cast(SessionMsg::SharedTemplate(key.domain, template.clone()));
+            }
+        }
     }
 
-    async fn withdrawn(&mut self, key: TemplateKey, kind: TemplateKind) {
-        if self.local.get(&key).is_some_and(|(t, _)| t.kind != kind) {
+    /// Remembers who asked for a template nobody had, within bounds.
+    fn wait_for(&mut self, key: TemplateKey, session: ActorRef<SessionMsg>) {
+        if !self.waiters.contains_key(&key) && self.waiters.len() >= MAX_WAITED_KEYS {
             return;
         }
-        self.local.remove(&key);
-        self.learned_while_down.remove(&key);
+        let (_, list) = self
+            .waiters
+            .entry(key)
+            .or_insert_with(|| (Instant::now(), Vec::new()));
+        if list.len() < MAX_WAITERS_PER_KEY && !list.iter().any(|s| s.get_id() == session.get_id())
+        {
+            list.push(session);
+        }
+    }
+
+    /// Two live sessions define `key` differently: nobody gets either definition from here
+    /// until one of them ends.
+    async fn conflict(
+        &mut self,
+        key: TemplateKey,
+        first: ActorRef<SessionMsg>,
+        second: ActorRef<SessionMsg>,
+    ) {
+        self.conflicts_total += 1;
+        tracing::warn!(
+            exporter = %key.exporter, transport = key.transport.as_str(), domain = key.domain,
+            template = key.template_id,
+            first = first.get_name().unwrap_or_default(), second = second.get_name().unwrap_or_default(),
+            conflicts = self.conflicts_total,
+            "two live sessions define one shared template differently (a NAT, or a forged source): not shared until one ends"
+        );
+        self.conflicts.insert(
+            key.clone(),
+            Conflict {
+                sessions: [first, second],
+            },
+        );
+        self.forget(&key);
+        self.drop_from_store(key).await;
+    }
+
+    async fn drop_from_store(&mut self, key: TemplateKey) {
         let at = unix_ms();
         if !self.healthy {
-            self.withdrawn_while_down.insert(key, at);
+            self.unsynced(key, at, true);
             return;
         }
         if let Err(e) = self.store.remove_if_newer(&key, at).await {
             self.down(&e);
-            self.withdrawn_while_down.insert(key, at);
+            self.unsynced(key, at, true);
             return;
         }
         self.publish(&key).await;
     }
 
+    async fn withdrawn(&mut self, key: TemplateKey, kind: TemplateKind) {
+        if self
+            .local
+            .get(&key)
+            .is_some_and(|e| e.template.kind != kind)
+        {
+            return;
+        }
+        self.forget(&key);
+        self.drop_from_store(key).await;
+    }
+
     async fn withdrawn_all(&mut self, scope: TemplateKey, kind: TemplateKind) {
-        let same = |k: &TemplateKey| {
-            k.tenant == scope.tenant && k.exporter == scope.exporter && k.domain == scope.domain
-        };
         let mut keys: Vec<TemplateKey> = self
             .local
             .iter()
-            .filter(|(k, (t, _))| same(k) && t.kind == kind)
+            .filter(|(k, e)| k.same_scope(&scope) && e.template.kind == kind)
             .map(|(k, _)| k.clone())
             .collect();
         if self.healthy {
-            match self
-                .store
-                .list(&scope.tenant, scope.exporter, scope.domain)
-                .await
-            {
+            match self.store.list(&scope).await {
                 Ok(stored) => keys.extend(
                     stored
                         .into_iter()
@@ -281,6 +568,7 @@ impl CacheState {
         let inv = Invalidation {
             node: self.node.clone(),
             tenant: key.tenant.clone(),
+            transport: key.transport,
             exporter: key.exporter,
             domain: key.domain,
             template_id: key.template_id,
@@ -291,8 +579,29 @@ impl CacheState {
     }
 
     async fn lookup(&mut self, key: &TemplateKey) -> Option<Template> {
-        if let Some((t, _)) = self.local.get(key) {
-            return Some(t.clone());
+        let now = Instant::now();
+        if let Some(c) = self.conflicts.get(key) {
+            if !c.over() {
+                return None;
+            }
+            c.end(key);
+            self.conflicts.remove(key);
+        }
+        if let Some(e) = self.local.get(key) {
+            // RFC 7011 8.4: a UDP template not re-sent within its lifetime is gone.
+            if key.transport == Transport::Udp && now.duration_since(e.seen) >= self.udp_lifetime {
+                self.forget(key);
+                return None;
+            }
+            return Some(e.template.clone());
+        }
+        if self
+            .misses
+            .get(key)
+            .is_some_and(|at| now.duration_since(*at) < MISS_TTL)
+        {
+            self.misses_remembered += 1;
+            return None;
         }
         if !self.healthy {
             return None;
@@ -300,11 +609,22 @@ impl CacheState {
         match self.store.get(key).await {
             Ok(Some(v)) => {
                 self.lookups_from_store += 1;
-                self.local
-                    .insert(key.clone(), (v.template.clone(), Instant::now()));
+                let entry = Entry {
+                    template: v.template.clone(),
+                    written: now,
+                    seen: now,
+                    from: None,
+                };
+                self.insert(key.clone(), entry);
                 Some(v.template)
             }
-            Ok(None) => None,
+            Ok(None) => {
+                if self.misses.len() >= MAX_MISSES {
+                    self.misses.clear();
+                }
+                self.misses.insert(key.clone(), now);
+                None
+            }
             Err(crate::store::StoreError::Corrupt { key, reason }) => {
                 tracing::warn!(%key, %reason, "unreadable template in the store: ignored");
                 None
@@ -316,8 +636,37 @@ impl CacheState {
         }
     }
 
-    /// While the store is away: is it back? Then write what changed meanwhile.
+    /// Health and re-sync while the store is away; sweeps of the memory store, the miss memory
+    /// and ended conflicts.
     async fn probe(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.last_sweep = now;
+            self.store.sweep();
+            self.misses
+                .retain(|_, at| now.duration_since(*at) < MISS_TTL);
+            self.conflicts.retain(|k, c| {
+                let over = c.over();
+                if over {
+                    c.end(k);
+                }
+                !over
+            });
+            self.waiters
+                .retain(|_, (at, _)| now.duration_since(*at) < WAITER_TTL);
+            let lifetime = self.udp_lifetime;
+            let expired: Vec<TemplateKey> = self
+                .local
+                .iter()
+                .filter(|(k, e)| {
+                    k.transport == Transport::Udp && now.duration_since(e.seen) >= lifetime
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                self.forget(&k);
+            }
+        }
         if self.healthy {
             return;
         }
@@ -327,8 +676,16 @@ impl CacheState {
         self.healthy = true;
         // What other nodes published while we were cut off was lost with the subscription:
         // forget local copies we did not learn ourselves, so lookups go to the store again.
-        let learned = &self.learned_while_down;
-        self.local.retain(|k, _| learned.contains_key(k));
+        let stale: Vec<TemplateKey> = self
+            .local
+            .keys()
+            .filter(|k| !self.learned_while_down.contains_key(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.forget(&k);
+        }
+        self.misses.clear();
         let (mut wrote, mut removed, mut superseded) = (0, 0, 0);
         // Stop at the first failure: the rest waits for the next probe instead of each key
         // waiting for its own timeout. A change another node made later wins: ours is dropped
@@ -339,8 +696,8 @@ impl CacheState {
             .next()
             .map(|(k, a)| (k.clone(), *a))
         {
-            if let Some((t, _)) = self.local.get(&key) {
-                let v = self.stored(t);
+            if let Some(e) = self.local.get(&key) {
+                let v = self.stored(&e.template);
                 match self.store.put_if_newer(&key, &v, at).await {
                     Err(e) => {
                         self.down(&e);
@@ -351,7 +708,7 @@ impl CacheState {
                         wrote += 1;
                     }
                     Ok(false) => {
-                        self.local.remove(&key);
+                        self.forget(&key);
                         superseded += 1;
                     }
                 }
@@ -387,28 +744,28 @@ impl CacheState {
         }
     }
 
-    /// Keeps the local map within `MAX_LOCAL` entries by dropping the least recently written
-    /// (they are in the store, or re-sent by their exporters).
+    /// Keeps the local map within `max_bytes` by dropping the least recently seen tenth (they
+    /// are in the store, or re-sent by their exporters); changes not yet re-synced stay.
     fn bound(&mut self) {
-        if self.local.len() < MAX_LOCAL {
+        if self.bytes <= self.max_bytes {
             return;
         }
         let mut by_age: Vec<(Instant, TemplateKey)> = self
             .local
             .iter()
-            .map(|(k, (_, at))| (*at, k.clone()))
+            .filter(|(k, _)| !self.learned_while_down.contains_key(k))
+            .map(|(k, e)| (e.seen, k.clone()))
             .collect();
         by_age.sort();
-        for (_, k) in by_age.into_iter().take(MAX_LOCAL / 10) {
-            if !self.learned_while_down.contains_key(&k) {
-                self.local.remove(&k);
+        let target = self.max_bytes - self.max_bytes / 10;
+        for (_, k) in by_age {
+            if self.bytes <= target {
+                break;
             }
+            self.forget(&k);
         }
     }
 }
-
-/// Templates a node keeps in its cache at most.
-const MAX_LOCAL: usize = 100_000;
 
 /// Listens for other nodes' invalidations, reconnecting (with a pause) when Redis goes away.
 async fn subscribe(client: redis::Client, cache: ActorRef<CacheMsg>, node: String) {

@@ -8,7 +8,7 @@ mod redis_conn;
 pub mod templates;
 
 pub use jobs::{JobId, JobRecord, JobState, JobStore};
-pub use templates::{Invalidation, StoredTemplate, TemplateKey, TemplateStore};
+pub use templates::{Invalidation, StoredTemplate, TemplateKey, TemplateStore, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,15 +1,21 @@
 //! Templates shared across nodes, so that an exporter that reconnects to another pod is decoded
 //! at once instead of after the minutes it takes to re-send its templates.
 //!
-//! Key: tenant, exporter address, Observation Domain, template id. The exporter's source port is
-//! not part of it: a TCP exporter reconnects from a new port (and a restarted UDP exporter may
-//! too), and its templates are still its own. Value: the template (bincode 2, with its kind),
+//! Key: tenant, transport, exporter address, Observation Domain, template id. The exporter's
+//! source port is not part of it: a TCP exporter reconnects from a new port (and a restarted UDP
+//! exporter may too), and its templates are still its own. The transport is: a UDP source address
+//! is forged with one datagram, so what UDP taught must never reach a TCP session (and the two
+//! follow different rules anyway: UDP templates live `udp_template_lifetime_secs`, RFC 7011 8.4). Value: the template (bincode 2, with its kind),
 //! when it was first seen and which node learned it. Entries expire after a TTL that every
 //! (re)definition refreshes.
 //!
-//! Redis layout: one string per template at `ipfix:tpl:{tenant}:{exporter}:{domain}:{id}`, and a
-//! set of the template ids of each (tenant, exporter, domain) at `ipfix:tplids:...` so that a
-//! withdrawal of all templates does not need a key scan. Every command has a timeout.
+//! Redis layout: one string per template at `ipfix:tpl:{tenant}:{transport}:{exporter}:{domain}:{id}`,
+//! and a set of the template ids of each (tenant, transport, exporter, domain) at
+//! `ipfix:tplids:...` so that a withdrawal of all templates does not need a key scan. Every
+//! command has a timeout.
+//!
+//! The memory store keeps at most `max_bytes` of templates (the ones closest to expiry go
+//! first) and is swept of expired entries and stale versions on a timer, not only on read.
 //!
 //! Each key also has a version, `ipfix:tplver:...`: the Unix time in milliseconds of its last
 //! definition or withdrawal (a withdrawal leaves it as a tombstone until the TTL). A node that
@@ -27,9 +33,30 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The transport a template was learned over (RFC 7011 section 10: the Collecting Process's
+/// rules differ, and so does how far a source address can be trusted).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TemplateKey {
     pub tenant: String,
+    pub transport: Transport,
     pub exporter: IpAddr,
     pub domain: u32,
     pub template_id: u16,
@@ -38,25 +65,50 @@ pub struct TemplateKey {
 impl TemplateKey {
     fn redis_key(&self) -> String {
         format!(
-            "ipfix:tpl:{}:{}:{}:{}",
-            self.tenant, self.exporter, self.domain, self.template_id
+            "ipfix:tpl:{}:{}:{}:{}:{}",
+            self.tenant,
+            self.transport.as_str(),
+            self.exporter,
+            self.domain,
+            self.template_id
         )
     }
 
     fn redis_index(&self) -> String {
-        index_key(&self.tenant, self.exporter, self.domain)
+        index_key(&self.tenant, self.transport, self.exporter, self.domain)
     }
 
     fn redis_version(&self) -> String {
         format!(
-            "ipfix:tplver:{}:{}:{}:{}",
-            self.tenant, self.exporter, self.domain, self.template_id
+            "ipfix:tplver:{}:{}:{}:{}:{}",
+            self.tenant,
+            self.transport.as_str(),
+            self.exporter,
+            self.domain,
+            self.template_id
         )
+    }
+
+    /// Same tenant, transport, exporter and domain (the scope of an All Templates Withdrawal).
+    pub fn same_scope(&self, other: &TemplateKey) -> bool {
+        self.tenant == other.tenant
+            && self.transport == other.transport
+            && self.exporter == other.exporter
+            && self.domain == other.domain
     }
 }
 
-fn index_key(tenant: &str, exporter: IpAddr, domain: u32) -> String {
-    format!("ipfix:tplids:{tenant}:{exporter}:{domain}")
+fn index_key(tenant: &str, transport: Transport, exporter: IpAddr, domain: u32) -> String {
+    format!(
+        "ipfix:tplids:{tenant}:{}:{exporter}:{domain}",
+        transport.as_str()
+    )
+}
+
+/// What a stored template costs the memory store or a cache: its fields, the key and the
+/// bookkeeping around them.
+pub fn stored_cost(t: &Template) -> usize {
+    256 + t.fields.len() * std::mem::size_of::<crate::wire::FieldSpec>()
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -89,6 +141,7 @@ pub const INVALIDATION_CHANNEL: &str = "ipfix:tpl:invalidate";
 pub struct Invalidation {
     pub node: String,
     pub tenant: String,
+    pub transport: Transport,
     pub exporter: IpAddr,
     pub domain: u32,
     pub template_id: u16,
@@ -98,6 +151,7 @@ impl Invalidation {
     pub fn key(&self) -> TemplateKey {
         TemplateKey {
             tenant: self.tenant.clone(),
+            transport: self.transport,
             exporter: self.exporter,
             domain: self.domain,
             template_id: self.template_id,
@@ -126,9 +180,46 @@ impl TemplateStore {
     pub fn memory(ttl: Duration) -> TemplateStore {
         TemplateStore::Memory(MemoryTemplates {
             ttl,
-            map: Mutex::new(HashMap::new()),
+            udp_ttl: ttl,
+            max_bytes: DEFAULT_MEMORY_BYTES,
+            map: Mutex::new(MemoryMap::default()),
             versions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Templates learned over UDP expire after `lifetime` (RFC 7011 section 8.4's template
+    /// lifetime) when that is shorter than the store's TTL.
+    pub fn with_udp_lifetime(mut self, lifetime: Duration) -> TemplateStore {
+        match &mut self {
+            TemplateStore::Memory(m) => m.udp_ttl = lifetime.min(m.ttl),
+            TemplateStore::Redis(r) => r.udp_ttl = lifetime.min(r.ttl),
+        }
+        self
+    }
+
+    /// The memory store keeps at most `max_bytes` of templates (no-op for Redis, whose memory
+    /// is Redis's to bound).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> TemplateStore {
+        if let TemplateStore::Memory(m) = &mut self {
+            m.max_bytes = max_bytes;
+        }
+        self
+    }
+
+    /// Forgets expired templates and versions older than the TTL (memory; Redis expires its
+    /// own keys). Called on a timer.
+    pub fn sweep(&self) {
+        if let TemplateStore::Memory(m) = self {
+            m.sweep(Instant::now(), unix_ms());
+        }
+    }
+
+    /// Bytes the memory store holds (0 for Redis).
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            TemplateStore::Memory(m) => m.lock().bytes,
+            TemplateStore::Redis(_) => 0,
+        }
     }
 
     /// Connects lazily: a node starts while Redis is down and the store reconnects with backoff.
@@ -139,6 +230,7 @@ impl TemplateStore {
             client,
             conn: RedisConn::new(url, timeout)?,
             ttl,
+            udp_ttl: ttl,
             put_if_newer: redis::Script::new(PUT_IF_NEWER),
             remove_if_newer: redis::Script::new(REMOVE_IF_NEWER),
         }))
@@ -195,8 +287,7 @@ impl TemplateStore {
                 if !m.newer(key, changed_ms) {
                     return Ok(false);
                 }
-                m.lock()
-                    .insert(key.clone(), (value.clone(), Instant::now() + m.ttl));
+                m.insert(key, value);
                 Ok(true)
             }
             TemplateStore::Redis(r) => r.put_if_newer(key, value, changed_ms).await,
@@ -225,7 +316,7 @@ impl TemplateStore {
         match self {
             TemplateStore::Memory(m) => {
                 let mut map = m.lock();
-                match map.get(key) {
+                match map.entries.get(key) {
                     Some((_, expiry)) if *expiry <= Instant::now() => {
                         map.remove(key);
                         Ok(None)
@@ -246,13 +337,11 @@ impl TemplateStore {
     /// All Templates Withdrawal (of one kind) for an exporter's Observation Domain.
     pub async fn remove_all(
         &self,
-        tenant: &str,
-        exporter: IpAddr,
-        domain: u32,
+        scope: &TemplateKey,
         kind: TemplateKind,
     ) -> Result<usize, StoreError> {
         let keys: Vec<TemplateKey> = self
-            .list(tenant, exporter, domain)
+            .list(scope)
             .await?
             .into_iter()
             .filter(|(_, v)| v.template.kind == kind)
@@ -264,44 +353,120 @@ impl TemplateStore {
         Ok(keys.len())
     }
 
-    /// The templates of one exporter's Observation Domain.
+    /// The templates of one exporter's Observation Domain over one transport: the scope of
+    /// `scope` (its template id is not used).
     pub async fn list(
         &self,
-        tenant: &str,
-        exporter: IpAddr,
-        domain: u32,
+        scope: &TemplateKey,
     ) -> Result<Vec<(TemplateKey, StoredTemplate)>, StoreError> {
         match self {
             TemplateStore::Memory(m) => {
                 let now = Instant::now();
-                let mut map = m.lock();
-                map.retain(|_, (_, expiry)| *expiry > now);
+                let map = m.lock();
                 let mut v: Vec<_> = map
+                    .entries
                     .iter()
-                    .filter(|(k, _)| {
-                        k.tenant == tenant && k.exporter == exporter && k.domain == domain
-                    })
+                    .filter(|(k, (_, expiry))| k.same_scope(scope) && *expiry > now)
                     .map(|(k, (t, _))| (k.clone(), t.clone()))
                     .collect();
                 v.sort_by_key(|(k, _)| k.template_id);
                 Ok(v)
             }
-            TemplateStore::Redis(r) => r.list(tenant, exporter, domain).await,
+            TemplateStore::Redis(r) => r.list(scope).await,
         }
+    }
+}
+
+/// Templates the memory store keeps unless told otherwise.
+pub const DEFAULT_MEMORY_BYTES: usize = 256 << 20;
+
+#[derive(Default)]
+pub struct MemoryMap {
+    entries: HashMap<TemplateKey, (StoredTemplate, Instant)>,
+    /// What `entries` cost, by `stored_cost`.
+    bytes: usize,
+}
+
+impl MemoryMap {
+    fn remove(&mut self, key: &TemplateKey) -> Option<StoredTemplate> {
+        let (v, _) = self.entries.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(stored_cost(&v.template));
+        Some(v)
     }
 }
 
 pub struct MemoryTemplates {
     ttl: Duration,
-    map: Mutex<HashMap<TemplateKey, (StoredTemplate, Instant)>>,
+    udp_ttl: Duration,
+    max_bytes: usize,
+    map: Mutex<MemoryMap>,
     /// Unix milliseconds of each key's last change (as Redis's version keys).
     versions: Mutex<HashMap<TemplateKey, u64>>,
 }
 
 impl MemoryTemplates {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TemplateKey, (StoredTemplate, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryMap> {
         // A panic while holding this lock cannot leave the map half-changed (single calls).
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ttl_of(&self, key: &TemplateKey) -> Duration {
+        match key.transport {
+            Transport::Tcp => self.ttl,
+            Transport::Udp => self.udp_ttl,
+        }
+    }
+
+    /// Stores `value`, making room within `max_bytes` by dropping the templates closest to
+    /// expiry (a bounded cache of what exporters send again anyway).
+    fn insert(&self, key: &TemplateKey, value: &StoredTemplate) {
+        let cost = stored_cost(&value.template);
+        let expiry = Instant::now() + self.ttl_of(key);
+        let mut map = self.lock();
+        map.remove(key);
+        if map.bytes + cost > self.max_bytes {
+            let mut by_expiry: Vec<(Instant, TemplateKey)> = map
+                .entries
+                .iter()
+                .map(|(k, (_, e))| (*e, k.clone()))
+                .collect();
+            by_expiry.sort();
+            // A tenth at a time, so a full store does not sort on every insert.
+            let target = (self.max_bytes - self.max_bytes / 10).saturating_sub(cost);
+            for (_, k) in by_expiry {
+                if map.bytes <= target {
+                    break;
+                }
+                map.remove(&k);
+            }
+        }
+        if cost <= self.max_bytes {
+            map.bytes += cost;
+            map.entries.insert(key.clone(), (value.clone(), expiry));
+        }
+    }
+
+    fn sweep(&self, now: Instant, now_ms: u64) {
+        {
+            let mut map = self.lock();
+            let expired: Vec<TemplateKey> = map
+                .entries
+                .iter()
+                .filter(|(_, (_, e))| *e <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                map.remove(&k);
+            }
+        }
+        // A version only has to outlive the longest a late re-sync can be compared with it.
+        let keep_ms = self.ttl.as_millis() as u64;
+        let mut v = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|_, at| now_ms.saturating_sub(*at) < keep_ms);
+    }
+
+    pub fn versions_held(&self) -> usize {
+        self.versions.lock().map_or(0, |v| v.len())
     }
 
     /// Records a change at `at` unless a later one is recorded: whether it may be applied.
@@ -343,6 +508,7 @@ pub struct RedisTemplates {
     client: redis::Client,
     conn: RedisConn,
     ttl: Duration,
+    udp_ttl: Duration,
     /// Made once: a script is known to Redis by its SHA-1, computed when it is made.
     put_if_newer: redis::Script,
     remove_if_newer: redis::Script,
@@ -402,8 +568,12 @@ impl RedisTemplates {
         value: Option<Vec<u8>>,
     ) -> Result<bool, StoreError> {
         let keys = [key.redis_key(), key.redis_version(), key.redis_index()];
+        let ttl = match key.transport {
+            Transport::Tcp => self.ttl,
+            Transport::Udp => self.udp_ttl,
+        };
         let mut args = vec![
-            self.ttl.as_secs().max(1).to_string().into_bytes(),
+            ttl.as_secs().max(1).to_string().into_bytes(),
             changed_ms.to_string().into_bytes(),
             key.template_id.to_string().into_bytes(),
         ];
@@ -414,20 +584,16 @@ impl RedisTemplates {
 
     async fn list(
         &self,
-        tenant: &str,
-        exporter: IpAddr,
-        domain: u32,
+        scope: &TemplateKey,
     ) -> Result<Vec<(TemplateKey, StoredTemplate)>, StoreError> {
         let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(index_key(tenant, exporter, domain));
+        cmd.arg(scope.redis_index());
         let ids: Vec<u16> = self.query("list templates", &cmd).await?;
         let mut out = Vec::with_capacity(ids.len());
         for template_id in ids {
             let key = TemplateKey {
-                tenant: tenant.to_string(),
-                exporter,
-                domain,
                 template_id,
+                ..scope.clone()
             };
             // An id whose template expired stays in the set until its own TTL: skip it.
             if let Some(v) = self.get(&key).await? {
@@ -445,6 +611,44 @@ mod tests {
     use crate::wire::FieldSpec;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_memory_store_is_swept_of_expired_templates_and_old_versions() {
+        let store = TemplateStore::memory(Duration::from_millis(50))
+            .with_udp_lifetime(Duration::from_millis(20));
+        let TemplateStore::Memory(m) = &store else {
+            unreachable!()
+        };
+        let key = |transport, id| TemplateKey {
+            tenant: "t".into(),
+            transport,
+            exporter: "192.0.2.1".parse().expect("ip"),
+            domain: 1,
+            template_id: id,
+        };
+        let v = StoredTemplate {
+            template: Template::data(256, vec![FieldSpec::new(8, 0, 4)]),
+            first_seen: 0,
+            node: String::new(),
+        };
+        let now = unix_ms();
+        assert!(m.newer(&key(Transport::Tcp, 256), now));
+        m.insert(&key(Transport::Tcp, 256), &v);
+        m.insert(&key(Transport::Udp, 256), &v);
+        let t0 = Instant::now();
+        // UDP keys live the template lifetime, TCP ones the TTL; nobody reads them meanwhile.
+        m.sweep(t0 + Duration::from_millis(30), now + 30);
+        assert_eq!(m.lock().entries.len(), 1);
+        assert_eq!(m.versions_held(), 1);
+        m.sweep(t0 + Duration::from_millis(60), now + 60);
+        assert_eq!(m.lock().entries.len(), 0);
+        assert_eq!(m.lock().bytes, 0);
+        assert_eq!(
+            m.versions_held(),
+            0,
+            "versions older than the TTL are pruned"
+        );
+    }
+
     proptest! {
         #[test]
         fn stored_templates_round_trip(id in 256u16.., fields in proptest::collection::vec((0u16..0x7fff, any::<u32>(), any::<u16>()), 1..40), node in "[a-z0-9-]{0,20}") {
@@ -454,6 +658,27 @@ mod tests {
                 node,
             };
             prop_assert_eq!(StoredTemplate::decode("k", &v.encode()).ok(), Some(v));
+        }
+
+        #[test]
+        fn the_memory_store_stays_within_its_bytes(ids in proptest::collection::vec(256u16..2000, 1..300), fields in 1usize..60) {
+            let store = TemplateStore::memory(Duration::from_secs(60)).with_max_bytes(20_000);
+            let TemplateStore::Memory(m) = &store else { unreachable!() };
+            for id in ids {
+                let k = TemplateKey {
+                    tenant: "t".into(),
+                    transport: Transport::Tcp,
+                    exporter: "192.0.2.1".parse().expect("ip"),
+                    domain: 1,
+                    template_id: id,
+                };
+                let t = Template::data(id, (0..fields).map(|f| FieldSpec::new(f as u16 + 1, 0, 4)).collect());
+                m.insert(&k, &StoredTemplate { template: t, first_seen: 0, node: String::new() });
+                let map = m.lock();
+                let counted: usize = map.entries.values().map(|(v, _)| stored_cost(&v.template)).sum();
+                prop_assert_eq!(map.bytes, counted);
+                prop_assert!(map.bytes <= 20_000);
+            }
         }
 
         #[test]

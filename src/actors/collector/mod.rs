@@ -12,7 +12,7 @@ pub mod tcp;
 pub mod udp;
 
 use crate::actors::output::RecordSink;
-use crate::actors::template_cache::CacheMsg;
+use crate::actors::template_cache::CacheHandle;
 use crate::config::CollectorSettings;
 use crate::wire::Registry;
 use admission::{Admission, Refusal, Slot};
@@ -38,7 +38,7 @@ pub struct SessionEnv {
     /// Datagrams handed to a UDP session that ended (idle, or failed) before it read them.
     pub lost_datagrams: Arc<AtomicU64>,
     /// Shared templates, unless the template scope is `session`.
-    pub cache: Option<ActorRef<CacheMsg>>,
+    pub cache: Option<CacheHandle>,
     pub tenant: String,
 }
 
@@ -60,7 +60,7 @@ impl SessionEnv {
     }
 
     /// Shares templates through `cache` for `tenant` (template scope `exporter`).
-    pub fn with_cache(mut self, cache: ActorRef<CacheMsg>, tenant: String) -> SessionEnv {
+    pub fn with_cache(mut self, cache: CacheHandle, tenant: String) -> SessionEnv {
         if self.settings.template_scope == crate::config::TemplateScope::Exporter {
             self.cache = Some(cache);
         }

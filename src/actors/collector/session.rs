@@ -15,7 +15,7 @@
 use super::admission::Slot;
 use super::session_logic::{SessionCore, SessionLimits, SessionStats, Transport};
 use crate::actors::output::RecordSink;
-use crate::actors::template_cache::CacheMsg;
+use crate::actors::template_cache::{CacheHandle, CacheMsg};
 use crate::config::CollectorSettings;
 use crate::store::TemplateKey;
 use crate::wire::ndjson::{Origin, write_record};
@@ -49,6 +49,9 @@ pub enum SessionMsg {
     GetStats(RpcReplyPort<SessionStats>),
     /// A template this session asked the TemplateCache for (Observation Domain, template).
     SharedTemplate(u32, Template),
+    /// The cache lost this session's definition (a conflict with another session ended): tell
+    /// it again.
+    ShareAgain(u32, u16),
 }
 
 /// A task that ends with the session, however the session ends.
@@ -121,7 +124,7 @@ pub struct SessionArgs {
     /// This session's place; given back when the session stops.
     pub slot: Slot,
     /// Shared templates (template scope `exporter`); `None` for strict session scope.
-    pub cache: Option<ActorRef<CacheMsg>>,
+    pub cache: Option<CacheHandle>,
     pub tenant: String,
 }
 
@@ -138,8 +141,14 @@ pub struct SessionState {
     /// Gives the session's place back when the state is dropped, also after a panic (when
     /// ractor does not run `post_stop`).
     _slot: Slot,
-    cache: Option<ActorRef<CacheMsg>>,
+    cache: Option<CacheHandle>,
     tenant: String,
+    transport: Transport,
+    /// What this session last told the cache of each template (a fingerprint, and when):
+    /// unchanged re-sends within `share_refresh` stay here instead of becoming messages.
+    shared: HashMap<(u32, u16), (u64, Instant)>,
+    share_refresh: Duration,
+    max_templates: usize,
     /// Templates asked of the cache, and when: asked again only after a while.
     asked: HashMap<(u32, u16), Instant>,
     /// This session, as the reply-to of its lookups.
@@ -187,6 +196,14 @@ impl Actor for ExporterSession {
             _slot: args.slot,
             cache: args.cache,
             tenant: args.tenant,
+            transport,
+            shared: HashMap::new(),
+            // Often enough to keep a UDP template alive in the cache (its lifetime) and the
+            // store's TTL fresh; rare enough to cost nothing.
+            share_refresh: Duration::from_secs(60)
+                .min(Duration::from_secs(s.udp_template_lifetime_secs) / 4)
+                .max(Duration::from_secs(1)),
+            max_templates: s.max_templates_per_session,
             asked: HashMap::new(),
             me: myself.clone(),
             closing: false,
@@ -290,6 +307,22 @@ impl Actor for ExporterSession {
                     myself.stop(None);
                 }
             }
+            SessionMsg::ShareAgain(domain, id) => {
+                state.shared.remove(&(domain, id));
+                if let Some(plan) = state.core.template(domain, id) {
+                    let t = plan.template.clone();
+                    if let Some(cache) = &state.cache {
+                        state
+                            .shared
+                            .insert((domain, id), (fingerprint(&t), Instant::now()));
+                        cache.send(CacheMsg::Learned(
+                            state.key(domain, id),
+                            t,
+                            state.me.clone(),
+                        ));
+                    }
+                }
+            }
             SessionMsg::GetStats(reply) => {
                 let mut stats = state.core.stats.clone();
                 if let Some(q) = &state.udp_queue {
@@ -345,10 +378,21 @@ impl SessionState {
 
     /// Tells the TemplateCache what this message defined or withdrew, and asks it for templates
     /// this session lacks (the answer arrives as `SharedTemplate`).
+    fn key(&self, domain: u32, template_id: u16) -> TemplateKey {
+        TemplateKey {
+            tenant: self.tenant.clone(),
+            transport: self.transport,
+            exporter: self.peer.ip(),
+            domain,
+            template_id,
+        }
+    }
+
     fn share(&mut self, decoded: &[DecodedMessage]) {
         let Some(cache) = &self.cache else { return };
         let key = |domain: u32, template_id: u16| TemplateKey {
             tenant: self.tenant.clone(),
+            transport: self.transport,
             exporter: self.peer.ip(),
             domain,
             template_id,
@@ -357,24 +401,40 @@ impl SessionState {
         for d in decoded {
             let domain = d.header.observation_domain;
             for ev in &d.events {
-                let _ = match ev {
+                match ev {
                     TemplateEvent::Define(t) => {
                         // The exporter's own definition wins over any lookup still under way.
                         self.asked.remove(&(domain, t.id));
-                        cache.cast(CacheMsg::Learned(key(domain, t.id), t.clone()))
+                        let fp = fingerprint(t);
+                        if self.shared.get(&(domain, t.id)).is_some_and(|(f, at)| {
+                            *f == fp && now.duration_since(*at) < self.share_refresh
+                        }) {
+                            continue;
+                        }
+                        if self.shared.len() >= 2 * self.max_templates {
+                            self.shared.clear();
+                        }
+                        self.shared.insert((domain, t.id), (fp, now));
+                        cache.send(CacheMsg::Learned(
+                            key(domain, t.id),
+                            t.clone(),
+                            self.me.clone(),
+                        ));
                     }
                     // RFC 7011 section 8.4: UDP withdrawals are not applied, so not shared either
                     // (a spoofed datagram must not withdraw an exporter's templates cluster-wide).
-                    _ if self.udp_queue.is_some() => Ok(()),
+                    _ if self.udp_queue.is_some() => {}
                     TemplateEvent::Withdraw { kind, id } => {
-                        cache.cast(CacheMsg::Withdrawn(key(domain, *id), *kind))
+                        self.shared.remove(&(domain, *id));
+                        cache.send(CacheMsg::Withdrawn(key(domain, *id), *kind));
                     }
                     // The cache (and the store) know which of the exporter's templates are of that
                     // kind, including those this session never saw.
                     TemplateEvent::WithdrawAll { kind } => {
-                        cache.cast(CacheMsg::WithdrawnAll(key(domain, 0), *kind))
+                        self.shared.retain(|(d, _), _| *d != domain);
+                        cache.send(CacheMsg::WithdrawnAll(key(domain, 0), *kind));
                     }
-                };
+                }
             }
             // Ask for missing templates, a bounded number of them: a peer sending data sets for
             // thousands of made-up template ids must not flood the cache.
@@ -400,7 +460,7 @@ impl SessionState {
                 }
                 self.asked.insert(k, now);
                 asked_now += 1;
-                let _ = cache.cast(CacheMsg::Lookup(
+                cache.send(CacheMsg::Lookup(
                     key(domain, m.template_id),
                     self.me.clone(),
                 ));
@@ -441,6 +501,15 @@ impl SessionState {
         }
         Ok(())
     }
+}
+
+/// A template's fingerprint: equal templates, equal fingerprints (a collision only delays a
+/// change by one refresh period).
+fn fingerprint(t: &Template) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
 }
 
 /// Rendered records handed to the output at a time, at most (plus one record).

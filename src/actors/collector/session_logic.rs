@@ -12,12 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Tcp,
-    Udp,
-}
+pub use crate::store::Transport;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
@@ -131,6 +126,11 @@ impl SessionCore {
     /// Bytes of compiled templates this session holds.
     pub fn template_bytes(&self) -> usize {
         self.decoder.held_bytes()
+    }
+
+    /// The compiled template `id` of `domain`, if this session holds it.
+    pub fn template(&self, domain: u32, id: u16) -> Option<&Arc<crate::wire::Plan>> {
+        self.decoder.templates(domain).and_then(|m| m.get(&id))
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
