@@ -6,7 +6,7 @@
 //! supervisor is logged and the node stops, so that Kubernetes restarts the pod.
 
 use super::collector::{
-    COLLECTOR_NAME, CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv,
+    COLLECTOR_NAME, CollectorArgs, CollectorMsg, CollectorSupervisor, DrainReport, SessionEnv,
 };
 use crate::actors::cluster::{CLUSTER_MEMBER, ClusterArgs, ClusterMember};
 use crate::actors::cluster_tls::ClusterTls;
@@ -25,7 +25,8 @@ use std::time::Duration;
 
 #[derive(RactorMessage)]
 pub enum NodeMsg {
-    Drain(RpcReplyPort<()>),
+    /// Drain every role within the time given; the collector's report comes back.
+    Drain(Duration, RpcReplyPort<DrainReport>),
 }
 
 pub struct NodeArgs {
@@ -183,14 +184,18 @@ impl Actor for NodeSupervisor {
         msg: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        let NodeMsg::Drain(reply) = msg;
+        let NodeMsg::Drain(within, reply) = msg;
+        let mut report = DrainReport::default();
         if let Some(c) = &state.collector {
-            let _ = ractor::call!(c, CollectorMsg::Drain);
+            match ractor::call!(c, CollectorMsg::Drain, within) {
+                Ok(r) => report = r,
+                Err(e) => tracing::warn!(error = %e, "collector did not drain"),
+            }
         }
         if let Some(j) = &state.jobs {
             let _ = ractor::call!(j, JobMsg::Drain);
         }
-        let _ = reply.send(());
+        let _ = reply.send(report);
         Ok(())
     }
 

@@ -31,12 +31,19 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(settings, registry))
+    let result = runtime.block_on(serve(settings, registry));
+    // A write to a blocked output sits in a blocking thread that no deadline can cancel: do not
+    // wait for it, or the process would outlive its grace period (and need SIGKILL).
+    runtime.shutdown_timeout(EXIT_MARGIN);
+    result
 }
+
+/// Past the grace period, the most the process takes to exit.
+const EXIT_MARGIN: Duration = Duration::from_millis(500);
 
 async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown.grace_secs);
-    let (sink, writer) = RecordSink::start(&settings.output).await?;
+    let (sink, mut writer) = RecordSink::start(&settings.output).await?;
     let args = NodeArgs {
         settings,
         registry,
@@ -45,32 +52,58 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
     let (node, node_done) = Actor::spawn(Some("node".into()), NodeSupervisor, args)
         .await
         .map_err(|e| anyhow::anyhow!("node did not start: {e}"))?;
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down"),
-        _ = wait_stopped(&node) => anyhow::bail!("the node stopped on its own (see the errors above)"),
-    }
-    let drained = tokio::time::timeout(grace, async {
-        let _ = ractor::call!(node, NodeMsg::Drain);
-        node.stop(None);
-        let _ = node_done.await;
-        // Every session's output handle is gone now: the writer drains and ends.
-        writer.await
-    })
-    .await;
-    match drained {
-        Ok(Ok(Ok(()))) => {
-            tracing::info!("stopped");
-            Ok(())
+    let failed = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            None
         }
-        Ok(Ok(Err(e))) => Err(anyhow::anyhow!("writing records: {e}")),
-        Ok(Err(e)) => Err(anyhow::anyhow!("output writer: {e}")),
-        Err(_) => {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "grace period over: exiting with work in flight"
+        _ = wait_stopped(&node) => Some(anyhow::anyhow!("the node stopped on its own (see the errors above)")),
+        // Records can no longer be written (a full disk, a closed pipe): sessions would close
+        // after their first message while the node looked healthy. Say so and exit non-zero,
+        // so the orchestrator restarts the pod.
+        end = &mut writer => Some(match end {
+            Ok(Ok(())) => anyhow::anyhow!("the record output ended"),
+            Ok(Err(e)) => anyhow::anyhow!("the record output failed: {e}"),
+            Err(e) => anyhow::anyhow!("the record output writer: {e}"),
+        }),
+    };
+    if let Some(e) = failed {
+        tracing::error!(error = %e, "stopping");
+        node.stop(Some(e.to_string()));
+        let _ = tokio::time::timeout(grace, node_done).await;
+        return Err(e);
+    }
+    // Sessions get most of the grace period, the output's last flush the rest.
+    let started = tokio::time::Instant::now();
+    let deadline = started + grace;
+    let sessions_within = grace.mul_f64(0.8);
+    let report = ractor::call!(node, NodeMsg::Drain, sessions_within).unwrap_or_default();
+    node.stop(None);
+    let stopped = tokio::time::timeout_at(deadline, node_done).await.is_ok();
+    // Every session's output handle is gone now: the writer drains and ends.
+    let flushed = tokio::time::timeout_at(deadline, writer).await;
+    let took = started.elapsed().as_millis() as u64;
+    match flushed {
+        Ok(Ok(Ok(()))) if report.unfinished == 0 && stopped => {
+            tracing::info!(
+                sessions = report.sessions,
+                took_ms = took,
+                "stopped: every record read was written"
             );
             Ok(())
         }
+        Ok(Ok(Ok(()))) => anyhow::bail!(
+            "shutdown: {} of {} sessions did not finish within shutdown.grace_secs ({} s): what they held is lost",
+            report.unfinished,
+            report.sessions,
+            grace.as_secs()
+        ),
+        Ok(Ok(Err(e))) => anyhow::bail!("writing records: {e}"),
+        Ok(Err(e)) => anyhow::bail!("output writer: {e}"),
+        Err(_) => anyhow::bail!(
+            "shutdown: the record output did not take the last records within shutdown.grace_secs ({} s): they are lost",
+            grace.as_secs()
+        ),
     }
 }
 

@@ -130,6 +130,14 @@ pub struct CollectorCounters {
     pub udp_queued_bytes: usize,
 }
 
+/// How a drain went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DrainReport {
+    pub sessions: usize,
+    /// Sessions still busy when the time was up (stopped anyway: what they held is lost).
+    pub unfinished: usize,
+}
+
 /// The CollectorSupervisor's registered name.
 pub const COLLECTOR_NAME: &str = "collector";
 pub const TCP_LISTENER: &str = "collector/tcp-listener";
@@ -152,7 +160,9 @@ pub enum ListenerKind {
 #[derive(RactorMessage)]
 pub enum CollectorMsg {
     RestartListener(ListenerKind),
-    Drain(RpcReplyPort<()>),
+    /// Stop listening, let every session finish what it has read (in parallel) within the
+    /// time given, and report.
+    Drain(Duration, RpcReplyPort<DrainReport>),
     Sessions(RpcReplyPort<Vec<ActorRef<SessionMsg>>>),
     /// Where the listeners are bound (TCP, UDP); `None` for a disabled or restarting one.
     ListenAddrs(RpcReplyPort<(Option<SocketAddr>, Option<SocketAddr>)>),
@@ -270,7 +280,8 @@ impl Actor for CollectorSupervisor {
                     tracing::info!(?kind, "listener restarted");
                 }
             }
-            CollectorMsg::Drain(reply) => {
+            CollectorMsg::Drain(within, reply) => {
+                let deadline = tokio::time::Instant::now() + within;
                 state.draining = true;
                 for name in [TCP_LISTENER, UDP_LISTENER] {
                     if let Some(l) = myself
@@ -281,11 +292,29 @@ impl Actor for CollectorSupervisor {
                         let _ = l.stop_and_wait(Some("shutting down".into()), None).await;
                     }
                 }
-                // `stop` waits for the message being handled: each session finishes it first.
-                for s in Self::sessions(&myself) {
-                    let _ = s.stop_and_wait(Some("shutting down".into()), None).await;
+                // A message, not `stop`: ractor handles a stop before queued messages, and those
+                // are batches already read from TCP (acknowledged) or datagrams received.
+                let sessions = Self::sessions(&myself);
+                for s in &sessions {
+                    let _ = ActorRef::<SessionMsg>::from(s.clone()).cast(SessionMsg::Drain);
                 }
-                let _ = reply.send(());
+                let all = futures_util::future::join_all(sessions.iter().map(|s| s.wait(None)));
+                let _ = tokio::time::timeout_at(deadline, all).await;
+                let unfinished: Vec<&ActorCell> = sessions
+                    .iter()
+                    .filter(|s| !matches!(s.get_status(), ractor::ActorStatus::Stopped))
+                    .collect();
+                for s in &unfinished {
+                    tracing::warn!(
+                        session = s.get_name().unwrap_or_default(),
+                        "shutting down: session did not finish in time"
+                    );
+                    s.kill();
+                }
+                let _ = reply.send(DrainReport {
+                    sessions: sessions.len(),
+                    unfinished: unfinished.len(),
+                });
             }
             CollectorMsg::Sessions(reply) => {
                 let refs = Self::sessions(&myself)

@@ -42,6 +42,9 @@ pub enum SessionMsg {
     Datagrams(Vec<Bytes>),
     /// The TCP reader stopped.
     ReaderClosed(ReaderEnd),
+    /// The node is shutting down: finish what was read (everything queued before this), then
+    /// stop. TCP sessions first stop their reader, which hands over what it framed and closes.
+    Drain,
     Tick,
     /// `first_message_secs` after the start: a session with no valid message yet is closed, so
     /// a silent or garbage-sending peer does not keep its place for the whole idle timeout.
@@ -72,6 +75,8 @@ pub enum ReaderEnd {
     Idle,
     /// Framing lost (an impossible header, a message cut short) or a read error.
     Failed(String),
+    /// Told to stop reading (shutdown); `partial` bytes of a message begun were not framed.
+    Drained { partial: usize },
 }
 
 /// How the session gets its bytes.
@@ -155,6 +160,13 @@ pub struct SessionState {
     me: ActorRef<SessionMsg>,
     /// The exporter closed; the session waits for outstanding template lookups.
     closing: bool,
+    /// Tells the TCP reader to stop reading (drain).
+    stop_reading: Option<tokio::sync::watch::Sender<bool>>,
+    /// Why the session ends, for its last log line.
+    end_reason: Option<String>,
+    /// Messages the TCP reader took off the socket and handed over: at the end, equal to the
+    /// messages decoded (plus errors) unless something read was lost.
+    read_messages: Arc<AtomicU64>,
 }
 
 pub struct ExporterSession;
@@ -207,16 +219,23 @@ impl Actor for ExporterSession {
             asked: HashMap::new(),
             me: myself.clone(),
             closing: false,
+            stop_reading: None,
+            end_reason: None,
+            read_messages: Arc::new(AtomicU64::new(0)),
         };
         match args.input {
             SessionInput::Tcp(stream) => {
                 let permits = Arc::new(Semaphore::new(s.tcp_inflight_batches));
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                state.stop_reading = Some(stop_tx);
                 state.reader = Some(AbortOnDrop(tokio::spawn(read_tcp(
                     stream,
                     myself.clone(),
                     permits,
                     s.max_message_size,
                     s.idle_timeout(),
+                    stop_rx,
+                    state.read_messages.clone(),
                 ))));
             }
             SessionInput::Udp(queue) => {
@@ -254,7 +273,7 @@ impl Actor for ExporterSession {
                     if let Err(reason) = state.decode(m).await {
                         // RFC 7011 section 10.3: a malformed message ends the TCP connection.
                         drop(permit);
-                        myself.stop(Some(reason));
+                        state.end(&myself, reason);
                         return Ok(());
                     }
                 }
@@ -280,31 +299,45 @@ impl Actor for ExporterSession {
                     state.closing = true;
                     myself.send_after(LOOKUP_GRACE, || SessionMsg::ReaderClosed(ReaderEnd::Eof));
                 }
-                ReaderEnd::Eof => myself.stop(None),
-                ReaderEnd::Idle => myself.stop(Some("idle timeout".into())),
+                ReaderEnd::Eof => state.end(&myself, "the exporter closed".into()),
+                ReaderEnd::Idle => state.end(&myself, "idle timeout".into()),
+                ReaderEnd::Drained { partial } => {
+                    if partial > 0 {
+                        tracing::warn!(peer = %state.peer, bytes = partial, "shutting down: a message the exporter had begun to send is lost");
+                    }
+                    state.end(&myself, "node shutting down".into());
+                }
                 ReaderEnd::Failed(reason) => {
                     state.core.stats.errors += 1;
                     state.core.stats.last_error = Some(reason.clone());
                     tracing::warn!(peer = %state.peer, error = %reason, "malformed stream: connection closed");
-                    myself.stop(Some(reason));
+                    state.end(&myself, reason);
                 }
             },
             SessionMsg::Tick => {
                 let now = Instant::now();
                 state.core.expire(now);
                 if now.duration_since(state.last_message) >= state.idle {
-                    myself.stop(Some("idle timeout".into()));
+                    state.end(&myself, "idle timeout".into());
                 }
             }
+            SessionMsg::Drain => match &state.stop_reading {
+                // The reader's last message, after everything it framed, ends the session.
+                Some(tx) => {
+                    let _ = tx.send(true);
+                }
+                // UDP: every datagram handed over before this has been decoded.
+                None => state.end(&myself, "node shutting down".into()),
+            },
             SessionMsg::FirstDeadline => {
                 if state.core.stats.messages == 0 {
-                    myself.stop(Some("no valid message in time".into()));
+                    state.end(&myself, "no valid message in time".into());
                 }
             }
             SessionMsg::SharedTemplate(domain, template) => {
                 self_learn(state, domain, template).await;
                 if state.closing && state.core.pending_sets() == 0 {
-                    myself.stop(None);
+                    state.end(&myself, "the exporter closed".into());
                 }
             }
             SessionMsg::ShareAgain(domain, id) => {
@@ -347,15 +380,29 @@ impl Actor for ExporterSession {
             .udp_queue
             .as_ref()
             .map_or(0, |q| q.dropped.load(Ordering::Relaxed));
+        let reason = state.end_reason.as_deref().unwrap_or("stopped");
+        let read = match state.udp_queue {
+            Some(_) => s.messages + s.errors,
+            None => state.read_messages.load(Ordering::Relaxed),
+        };
         tracing::info!(
-            peer = %state.peer, messages = s.messages, records = s.data_records, errors = s.errors,
-            lost = s.lost, dropped_datagrams = dropped, "exporter session ended"
+            peer = %state.peer, reason, read_messages = read, messages = s.messages, records = s.data_records,
+            options_records = s.options_records, errors = s.errors, lost = s.lost,
+            dropped_datagrams = dropped, dropped_sets_no_template = s.dropped_sets_no_template,
+            dropped_sets_buffer_full = s.dropped_sets_buffer_full,
+            templates_refused = s.templates_refused, "exporter session ended"
         );
         Ok(())
     }
 }
 
 impl SessionState {
+    /// Stops the session, remembering why for its last log line.
+    fn end(&mut self, myself: &ActorRef<SessionMsg>, reason: String) {
+        myself.stop(Some(reason.clone()));
+        self.end_reason.get_or_insert(reason);
+    }
+
     /// Decodes one message and sends its records on. Err carries the line to log and the
     /// reason to stop with (TCP).
     async fn decode(&mut self, msg: Bytes) -> Result<(), String> {
@@ -551,6 +598,8 @@ async fn read_tcp(
     permits: Arc<Semaphore>,
     max_message: usize,
     idle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    read_messages: Arc<AtomicU64>,
 ) {
     let mut framer = Framer::new(max_message);
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -559,7 +608,11 @@ async fn read_tcp(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        let read = tokio::select! {
+            biased;
+            _ = stop.changed() => break ReaderEnd::Drained { partial: buf.len() },
+            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+        };
         match read {
             Err(_) => break ReaderEnd::Idle,
             Ok(Err(e)) => break ReaderEnd::Failed(format!("read error: {e}")),
@@ -584,9 +637,11 @@ async fn read_tcp(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break ReaderEnd::Eof;
             };
+            let n = msgs.len() as u64;
             if session.cast(SessionMsg::Messages(msgs, permit)).is_err() {
                 return;
             }
+            read_messages.fetch_add(n, Ordering::Relaxed);
         }
         if let Some(e) = framing {
             break ReaderEnd::Failed(e);
