@@ -241,7 +241,9 @@ fn two_hundred_exporters_and_one_sends_garbage() {
     assert_eq!(ended.len(), 200, "sessions ended: {}", ended.len());
     let complete = ended
         .iter()
-        .filter(|l| l.contains("records=3979 errors=0 lost=0"))
+        .filter(|l| {
+            l.contains(" records=3979 ") && l.contains(" errors=0 ") && l.contains(" lost=0 ")
+        })
         .count();
     assert_eq!(complete, 199, "199 exporters must lose nothing");
     let bad = server.log_lines("malformed stream");
@@ -284,7 +286,11 @@ fn idle_and_trickling_peers_are_closed_at_the_idle_timeout() {
         "the silent peer is closed too"
     );
     assert_eq!(
-        server.log_lines("idle timeout").len(),
+        server
+            .log_lines("idle timeout")
+            .iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count(),
         0,
         "idle closes are not errors"
     );

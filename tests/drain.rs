@@ -185,3 +185,30 @@ fn sigterm_with_a_blocked_output_exits_within_the_grace_period_and_says_so() {
         "says why: {log:?}"
     );
 }
+
+#[test]
+fn a_record_output_that_fails_ends_the_node_with_status_1() {
+    // A full disk: every write fails.
+    let server = Server::start("output-full", &[("IPFIXSVC__OUTPUT__PATH", "/dev/full")]);
+    let mut s = std::net::TcpStream::connect(server.tcp).expect("connect");
+    let _ = s.write_all(&example());
+    let mut server = server;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(st)) = server.child.try_wait() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node kept running without an output"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !server.log_lines("the record output failed").is_empty(),
+        "{:?}",
+        server.log_lines("")
+    );
+}

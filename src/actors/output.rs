@@ -10,7 +10,10 @@ use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 pub struct RecordSink {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    /// Held by every session even in `count` mode: the writer ends when the last one goes, so
+    /// its end means "drained" (or, before shutdown, "failed") in both modes.
+    tx: mpsc::Sender<Vec<u8>>,
+    renders: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +27,13 @@ impl RecordSink {
         settings: &OutputSettings,
     ) -> std::io::Result<(RecordSink, JoinHandle<std::io::Result<()>>)> {
         if settings.format == OutputFormat::Count {
-            let sink = RecordSink { tx: None };
-            return Ok((sink, tokio::spawn(async { Ok(()) })));
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
+            let sink = RecordSink { tx, renders: false };
+            let writer = tokio::spawn(async move {
+                while rx.recv().await.is_some() {}
+                Ok(())
+            });
+            return Ok((sink, writer));
         }
         let mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = if settings.path.is_empty() {
             Box::new(tokio::io::stdout())
@@ -49,18 +57,18 @@ impl RecordSink {
             }
             out.flush().await
         });
-        Ok((RecordSink { tx: Some(tx) }, writer))
+        Ok((RecordSink { tx, renders: true }, writer))
     }
 
     pub fn renders(&self) -> bool {
-        self.tx.is_some()
+        self.renders
     }
 
     /// Queues one rendered chunk, waiting while the queue is full.
     pub async fn write(&self, chunk: Vec<u8>) -> Result<(), SinkClosed> {
-        match &self.tx {
-            Some(tx) => tx.send(chunk).await.map_err(|_| SinkClosed),
-            None => Ok(()),
+        if !self.renders {
+            return Ok(());
         }
+        self.tx.send(chunk).await.map_err(|_| SinkClosed)
     }
 }
