@@ -44,6 +44,13 @@ pub fn write_record(
     }
     out.extend_from_slice(b",\"@exportTime\":");
     write_time(out, msg.header.export_time as i64, 0, SecondsFormat::Secs);
+    // NetFlow's FIRST_SWITCHED/LAST_SWITCHED (flowStartSysUpTime/flowEndSysUpTime) count
+    // milliseconds since the exporter booted: without the header's sysUptime next to the export
+    // time, a reader cannot turn them into absolute times.
+    if let Some(up) = msg.header.sys_uptime_ms {
+        out.extend_from_slice(b",\"@sysUptime\":");
+        write_u64(out, up as u64);
+    }
     let ctx = Ctx {
         msg: &msg.buf,
         templates: &msg.templates,
@@ -300,6 +307,41 @@ mod tests {
         // 2023-01-01T00:00:00.5Z
         let ntp = ((1_672_531_200i64 + NTP_UNIX_OFFSET) as u64) << 32 | 0x8000_0000;
         assert_eq!(ntp_to_unix(ntp), (1_672_531_200, 500_000_000));
+    }
+
+    fn one_line(msg: &[u8]) -> String {
+        let registry = Registry::builtin();
+        let mut d = crate::wire::Decoder::new(registry.clone(), Default::default());
+        let m = d
+            .decode(bytes::Bytes::copy_from_slice(msg))
+            .expect("decodes");
+        let mut out = Vec::new();
+        let origin = Origin { exporter: "x" };
+        write_record(&mut out, origin, &m, &m.batches[0], 0, &registry);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn netflow_v9_records_carry_the_sys_uptime() {
+        // v9 header (count 2, sysUptime 123456 ms, 2023-11-14T22:13:20Z, sequence 1, source 7),
+        // template 256 = L4_SRC_PORT in 2 bytes, then one record.
+        let mut m = vec![
+            0, 9, 0, 2, 0, 1, 0xe2, 0x40, 0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 1, 0, 0, 0, 7,
+        ];
+        m.extend_from_slice(&[0, 0, 0, 12, 1, 0, 0, 1, 0, 7, 0, 2]);
+        m.extend_from_slice(&[1, 0, 0, 6, 0x1f, 0x90]);
+        let line = one_line(&m);
+        assert!(
+            line.contains(r#""@exportTime":"2023-11-14T22:13:20Z","@sysUptime":123456,"#),
+            "{line}"
+        );
+        // IPFIX has no sysUptime: no key.
+        let mut m = vec![0, 10, 0, 0, 0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 0, 0, 0, 0, 7];
+        m.extend_from_slice(&[0, 2, 0, 12, 1, 0, 0, 1, 0, 7, 0, 2]);
+        m.extend_from_slice(&[1, 0, 0, 6, 0x1f, 0x90]);
+        let len = m.len() as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        assert!(!one_line(&m).contains("@sysUptime"));
     }
 
     #[test]

@@ -72,6 +72,9 @@ struct Pending {
     domain: u32,
     template_id: u16,
     export_time: u32,
+    /// NetFlow only: the exporter's uptime when it sent the set. Its records' sysUptime-based
+    /// times (flowStartSysUpTime...) mean nothing without it.
+    sys_uptime_ms: Option<u32>,
     set: Bytes,
     since: Instant,
 }
@@ -290,6 +293,7 @@ impl SessionCore {
             domain: d.header.observation_domain,
             template_id,
             export_time: d.header.export_time,
+            sys_uptime_ms: d.header.sys_uptime_ms,
             // A copy: holding a slice would pin the whole message buffer.
             set: Bytes::copy_from_slice(&d.buf[offset..offset + len]),
             since: now,
@@ -369,7 +373,7 @@ fn peek_domain(m: &[u8]) -> Option<u32> {
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// A held Data Set as a message of its own, with the original header's domain and time.
+/// A held Data Set as a message of its own, with the original header's domain and times.
 fn wrap_set(p: &Pending) -> Bytes {
     let mut m = BytesMut::with_capacity(NETFLOW_V9_HEADER_LEN + p.set.len());
     if p.version == IPFIX_VERSION {
@@ -381,7 +385,7 @@ fn wrap_set(p: &Pending) -> Bytes {
     } else {
         m.put_u16(p.version);
         m.put_u16(1);
-        m.put_u32(0);
+        m.put_u32(p.sys_uptime_ms.unwrap_or(0));
         m.put_u32(p.export_time);
         m.put_u32(0);
         m.put_u32(p.domain);
@@ -463,6 +467,26 @@ mod tests {
         assert_eq!(out[0].data_records(), 2);
         assert_eq!(s.stats.pending_decoded_sets, 1);
         assert_eq!(s.pending_sets(), 0);
+    }
+
+    #[test]
+    fn held_netflow_v9_sets_keep_their_sys_uptime() {
+        // v9 header: count, sysUptime 123456 ms, unix secs, sequence, source id 7.
+        let v9 = |seq: u8, set: &[u8]| {
+            let mut m = vec![0, 9, 0, 1, 0, 1, 0xe2, 0x40, 0x65, 0x53, 0xf1, 0x00];
+            m.extend_from_slice(&[0, 0, 0, seq, 0, 0, 0, 7]);
+            m.extend_from_slice(set);
+            Bytes::from(m)
+        };
+        let data = v9(0, &[1, 0, 0, 6, 0x1f, 0x90]);
+        let template = v9(1, &[0, 0, 0, 12, 1, 0, 0, 1, 0, 7, 0, 2]);
+        let mut s = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None));
+        let now = Instant::now();
+        s.on_message(data, now).expect("held");
+        let out = s.on_message(template, now).expect("template");
+        assert_eq!(out[0].data_records(), 1, "the held set, decoded");
+        assert_eq!(out[0].header.sys_uptime_ms, Some(123_456));
+        assert_eq!(out[0].header.export_time, 0x6553_f100);
     }
 
     #[test]
