@@ -110,6 +110,19 @@ pub fn parse_header(buf: &[u8]) -> Result<MessageHeader, WireError> {
     }
 }
 
+/// The Observation Domain of a message (NetFlow v9: its Source ID) read from the header alone,
+/// without decoding: for routing datagrams to sessions and for naming the domain of a message
+/// that fails to decode. `None` for an unknown version or a header cut short.
+pub fn peek_observation_domain(msg: &[u8]) -> Option<u32> {
+    let at = match u16::from_be_bytes([*msg.first()?, *msg.get(1)?]) {
+        IPFIX_VERSION => 12,
+        // After count, sysUptime, unix secs and the sequence number (RFC 3954 section 5.1).
+        NETFLOW_V9_VERSION => 16,
+        _ => return None,
+    };
+    msg.get(at..at + 4).map(|b| be32(b, 0))
+}
+
 pub(crate) fn check_ipfix_length(declared: usize, available: usize) -> Result<(), WireError> {
     if declared < IPFIX_HEADER_LEN {
         return Err(WireError::MessageLength {
@@ -272,6 +285,20 @@ mod tests {
             parse_header(&[0, 10, 0]),
             Err(WireError::ShortHeader { .. })
         ));
+    }
+
+    #[test]
+    fn observation_domain_by_version() {
+        assert_eq!(peek_observation_domain(&msg(&[])), Some(3));
+        // NetFlow v9: bytes 12..16 are the sequence number, the source id follows.
+        let v9 = [0, 9, 0, 1, 0, 0, 0, 5, 0, 0, 0, 6, 0, 0, 0, 7, 0, 0, 0, 8];
+        assert_eq!(peek_observation_domain(&v9), Some(8));
+        assert_eq!(peek_observation_domain(&v9[..19]), None);
+        assert_eq!(peek_observation_domain(&[0, 10, 0]), None);
+        assert_eq!(peek_observation_domain(&[0]), None);
+        let mut v8 = [0u8; 24];
+        v8[1] = 8;
+        assert_eq!(peek_observation_domain(&v8), None);
     }
 
     #[test]

@@ -364,13 +364,7 @@ impl SessionCore {
 
 /// The Observation Domain in an IPFIX or NetFlow v9 header, if there is one.
 fn peek_domain(m: &[u8]) -> Option<u32> {
-    let at = match m.get(..2)? {
-        [0, 10] => 12,
-        [0, 9] => 16,
-        _ => return None,
-    };
-    m.get(at..at + 4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    crate::wire::header::peek_observation_domain(m)
 }
 
 /// A held Data Set as a message of its own, with the original header's domain and times.
