@@ -230,14 +230,10 @@ impl SessionCore {
     }
 
     /// RFC 7011 section 3.1: the sequence number counts Data Records sent before this message
-    /// in this domain. RFC 3954: NetFlow v9 counts packets.
+    /// in this domain, as NetFlow v5's counts flows. RFC 3954: NetFlow v9 counts packets.
     fn account_sequence(&mut self, d: &DecodedMessage) {
         let h = &d.header;
-        let next = if h.version == IPFIX_VERSION {
-            h.sequence.wrapping_add(d.data_records() as u32)
-        } else {
-            h.sequence.wrapping_add(1)
-        };
+        let next = h.sequence.wrapping_add(h.sequence_step(d.data_records()));
         if let Some(&expected) = self.expected.get(&h.observation_domain)
             && h.sequence != expected
         {
@@ -481,6 +477,29 @@ mod tests {
         assert_eq!(out[0].data_records(), 1, "the held set, decoded");
         assert_eq!(out[0].header.sys_uptime_ms, Some(123_456));
         assert_eq!(out[0].header.export_time, 0x6553_f100);
+    }
+
+    #[test]
+    fn netflow_v5_sequence_numbers_count_flows() {
+        // A v5 packet of `n` zeroed records from engine 1/2 with flow_sequence `seq`.
+        let v5 = |seq: u32, n: u16| {
+            let mut m = vec![0, 5];
+            m.extend_from_slice(&n.to_be_bytes());
+            m.resize(16, 0);
+            m.extend_from_slice(&seq.to_be_bytes());
+            m.extend_from_slice(&[1, 2, 0, 0]);
+            m.resize(24 + 48 * n as usize, 0);
+            Bytes::from(m)
+        };
+        let mut s = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None));
+        let now = Instant::now();
+        for (seq, n) in [(0, 2), (2, 3), (5, 1)] {
+            s.on_message(v5(seq, n), now).expect("decodes");
+        }
+        assert_eq!((s.stats.lost, s.stats.data_records), (0, 6));
+        s.on_message(v5(10, 1), now).expect("decodes"); // flows 6 to 9 never came
+        assert_eq!(s.stats.lost, 4);
+        assert_eq!(s.stats.out_of_order, 0);
     }
 
     #[test]

@@ -97,7 +97,7 @@ async fn bind(listen: &str, receive_buffer: usize) -> std::io::Result<UdpSocket>
     UdpSocket::from_std(socket.into())
 }
 
-/// The Observation Domain of an IPFIX message or NetFlow v9 packet, if the header is there.
+/// The Observation Domain of an IPFIX message or NetFlow v9/v5 packet, if the header is there.
 fn domain_of(d: &[u8]) -> Option<u32> {
     crate::wire::header::peek_observation_domain(d)
 }
@@ -136,7 +136,7 @@ async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
             let Some(domain) = domain_of(datagram) else {
                 unroutable += 1;
                 if unroutable.is_power_of_two() {
-                    tracing::warn!(%peer, dropped = unroutable, "datagram that is neither IPFIX nor NetFlow v9 dropped");
+                    tracing::warn!(%peer, dropped = unroutable, "datagram that is neither IPFIX nor NetFlow v9/v5 dropped");
                 }
                 continue;
             };
