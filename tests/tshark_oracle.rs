@@ -18,7 +18,7 @@ use ipfixsvc::meter::messages::{Found, MessageFinder};
 use ipfixsvc::meter::transport::Protocol;
 use ipfixsvc::wire::ndjson::ntp_to_unix;
 use ipfixsvc::wire::{
-    DecodedMessage, Decoder, DecoderOptions, MessageReader, Registry, TemplateEvent, Value,
+    Batch, DecodedMessage, Decoder, DecoderOptions, MessageReader, Registry, TemplateEvent, Value,
     WireError,
 };
 use serde_json::Value as J;
@@ -142,6 +142,120 @@ fn value_mismatch(ours: Value<'_>, e: &J) -> Option<String> {
     (!ok).then(|| format!("tshark {kind} {v} vs ours {ours:?}"))
 }
 
+/// The Information Element of a tshark NetFlow v5 record field.
+fn v5_element(tshark_field: &str) -> Option<u64> {
+    Some(match tshark_field.strip_prefix("cflow.")? {
+        "srcaddr" => 8,
+        "dstaddr" => 12,
+        "nexthop" => 15,
+        "inputint" => 10,
+        "outputint" => 14,
+        "packets" => 2,
+        "octets" => 1,
+        "timestart" => 22,
+        "timeend" => 21,
+        "srcport" => 7,
+        "dstport" => 11,
+        "padding" => 210,
+        "tcpflags" => 6,
+        "protocol" => 4,
+        "tos" => 5,
+        "srcas" => 16,
+        "dstas" => 17,
+        "srcmask" => 9,
+        "dstmask" => 13,
+        _ => return None,
+    })
+}
+
+/// Compares the records of one of our batches with tshark's, entry by entry; returns how many
+/// fields were compared.
+fn compare_records(
+    at: &str,
+    ours: &DecodedMessage,
+    batch: &Batch,
+    moff: u64,
+    records: &[J],
+    p: &mut impl FnMut(String),
+) -> usize {
+    let mut fields_checked = 0;
+    for (r, rec) in records.iter().enumerate() {
+        let spans: Vec<_> = (0..batch.plan.fields.len())
+            .map(|f| batch.field_span(r, f))
+            .collect();
+        let mut matched = vec![false; spans.len()];
+        for e in rec.as_array().into_iter().flatten() {
+            if e.get("part_of_ie").is_some() {
+                continue;
+            }
+            let eoff = e["offset"].as_u64().unwrap_or(0);
+            let Some(f) = spans
+                .iter()
+                .position(|s| moff + s.start as u64 == eoff && s.len > 0)
+            else {
+                p(format!(
+                    "{at}: record {r}: tshark field {} at {eoff} matches none of ours",
+                    e["field"]
+                ));
+                continue;
+            };
+            matched[f] = true;
+            fields_checked += 1;
+            let pf = &batch.plan.fields[f];
+            // tshark annotates NetFlow v5 entries with no element (v5 has no template): its
+            // field names say which one the bytes are.
+            let ie = match e["ie"].as_u64() {
+                Some(ie) => Some(ie),
+                None if ours.header.version == 5 => e["field"].as_str().and_then(v5_element),
+                None => None,
+            };
+            if let Some(ie) = ie
+                && (pf.spec.id as u64 != ie || pf.spec.pen as u64 != e["pen"].as_u64().unwrap_or(0))
+            {
+                p(format!(
+                    "{at}: record {r}: field at {eoff} is ie {ie}, ours {}/{}",
+                    pf.spec.pen, pf.spec.id
+                ));
+            }
+            let want_len = e
+                .get("field_length")
+                .and_then(J::as_u64)
+                .unwrap_or(e["length"].as_u64().unwrap_or(0));
+            if spans[f].len as u64 != want_len {
+                p(format!(
+                    "{at}: record {r}: {} length {want_len} vs ours {}",
+                    pf.element.name, spans[f].len
+                ));
+            }
+            let bytes = &ours.buf[spans[f].range()];
+            if e.get("field_length").is_none() && e["raw"].as_str() != Some(&hex(bytes)) {
+                p(format!(
+                    "{at}: record {r}: {} bytes differ",
+                    pf.element.name
+                ));
+            }
+            if e.get("bitmask").is_some() || e.get("field_length").is_some() {
+                continue; // tshark shows part of the field's bits
+            }
+            if let Some(msg) = value_mismatch(batch.value(&ours.buf, r, f), e) {
+                p(format!(
+                    "{at}: record {r}: {} ({}): {msg}",
+                    pf.element.name, e["field"]
+                ));
+            }
+        }
+        for (f, ok) in matched.iter().enumerate() {
+            if !ok && spans[f].len > 0 {
+                p(format!(
+                    "{at}: record {r}: our field {} has no tshark counterpart",
+                    batch.plan.fields[f].element.name
+                ));
+            }
+        }
+    }
+    fields_checked
+}
+
 fn compare(expected_path: &Path) -> (usize, Vec<String>) {
     let exp: J = serde_json::from_slice(&std::fs::read(expected_path).expect("read expected"))
         .expect("json");
@@ -184,14 +298,6 @@ fn compare(expected_path: &Path) -> (usize, Vec<String>) {
             ));
             continue;
         };
-        if m["version"].as_u64() == Some(5) {
-            if !matches!(result, Err(WireError::Version(5))) {
-                p(format!(
-                    "{at}: NetFlow v5 should be refused as an unsupported version"
-                ));
-            }
-            continue;
-        }
         let ours = match result {
             Ok(d) => d,
             Err(e) => {
@@ -199,6 +305,45 @@ fn compare(expected_path: &Path) -> (usize, Vec<String>) {
                 continue;
             }
         };
+        // The header as tshark read it. NetFlow v5 has no domain: engine type and id are ours.
+        let h = &ours.header;
+        let domain = match m["version"].as_u64() {
+            Some(5) => m["engine_type"]
+                .as_u64()
+                .zip(m["engine_id"].as_u64())
+                .map(|(t, i)| t << 8 | i),
+            _ => m["observation_domain"].as_u64(),
+        };
+        let header = [
+            (
+                "export_time",
+                m["export_time"].as_u64(),
+                Some(h.export_time),
+            ),
+            ("sequence", m["sequence"].as_u64(), Some(h.sequence)),
+            ("domain", domain, Some(h.observation_domain)),
+            ("sys_uptime", m["sys_uptime"].as_u64(), h.sys_uptime_ms),
+        ];
+        for (what, theirs, ours) in header {
+            if theirs != ours.map(u64::from) {
+                p(format!(
+                    "{at}: header {what}: tshark {theirs:?}, ours {ours:?}"
+                ));
+            }
+        }
+        if let Some(records) = m["v5_records"].as_array() {
+            match ours.batches.as_slice() {
+                [batch] if batch.len() == records.len() => {
+                    fields_checked += compare_records(&at, ours, batch, moff, records, &mut p);
+                }
+                other => p(format!(
+                    "{at}: NetFlow v5: tshark {} records, ours {:?}",
+                    records.len(),
+                    other.iter().map(|b| b.len()).collect::<Vec<_>>()
+                )),
+            }
+            continue;
+        }
         for set in m["sets"].as_array().into_iter().flatten() {
             let soff = set["offset"].as_u64().unwrap_or(0);
             if let Some(templates) = set["templates"].as_array() {
@@ -266,74 +411,7 @@ fn compare(expected_path: &Path) -> (usize, Vec<String>) {
                 ));
                 continue;
             }
-            for (r, rec) in records.iter().enumerate() {
-                let spans: Vec<_> = (0..batch.plan.fields.len())
-                    .map(|f| batch.field_span(r, f))
-                    .collect();
-                let mut matched = vec![false; spans.len()];
-                for e in rec.as_array().into_iter().flatten() {
-                    if e.get("part_of_ie").is_some() {
-                        continue;
-                    }
-                    let eoff = e["offset"].as_u64().unwrap_or(0);
-                    let Some(f) = spans
-                        .iter()
-                        .position(|s| moff + s.start as u64 == eoff && s.len > 0)
-                    else {
-                        p(format!(
-                            "{at}: record {r}: tshark field {} at {eoff} matches none of ours",
-                            e["field"]
-                        ));
-                        continue;
-                    };
-                    matched[f] = true;
-                    fields_checked += 1;
-                    let pf = &batch.plan.fields[f];
-                    if let Some(ie) = e["ie"].as_u64()
-                        && (pf.spec.id as u64 != ie
-                            || pf.spec.pen as u64 != e["pen"].as_u64().unwrap_or(0))
-                    {
-                        p(format!(
-                            "{at}: record {r}: field at {eoff} is ie {ie}, ours {}/{}",
-                            pf.spec.pen, pf.spec.id
-                        ));
-                    }
-                    let want_len = e
-                        .get("field_length")
-                        .and_then(J::as_u64)
-                        .unwrap_or(e["length"].as_u64().unwrap_or(0));
-                    if spans[f].len as u64 != want_len {
-                        p(format!(
-                            "{at}: record {r}: {} length {want_len} vs ours {}",
-                            pf.element.name, spans[f].len
-                        ));
-                    }
-                    let bytes = &ours.buf[spans[f].range()];
-                    if e.get("field_length").is_none() && e["raw"].as_str() != Some(&hex(bytes)) {
-                        p(format!(
-                            "{at}: record {r}: {} bytes differ",
-                            pf.element.name
-                        ));
-                    }
-                    if e.get("bitmask").is_some() || e.get("field_length").is_some() {
-                        continue; // tshark shows part of the field's bits
-                    }
-                    if let Some(msg) = value_mismatch(batch.value(&ours.buf, r, f), e) {
-                        p(format!(
-                            "{at}: record {r}: {} ({}): {msg}",
-                            pf.element.name, e["field"]
-                        ));
-                    }
-                }
-                for (f, ok) in matched.iter().enumerate() {
-                    if !ok && spans[f].len > 0 {
-                        p(format!(
-                            "{at}: record {r}: our field {} has no tshark counterpart",
-                            batch.plan.fields[f].element.name
-                        ));
-                    }
-                }
-            }
+            fields_checked += compare_records(&at, ours, batch, moff, records, &mut p);
         }
     }
     // Counts must match exactly.
@@ -349,12 +427,20 @@ fn compare(expected_path: &Path) -> (usize, Vec<String>) {
             .filter(|e| matches!(e, TemplateEvent::Define(t) if (t.scope_field_count > 0) == opt))
             .count() as u64
     };
-    let records: u64 = ok_msgs.iter().map(|m| m.data_records() as u64).sum();
+    // tshark's data_records are IPFIX and NetFlow v9 records; v5 records are counted apart.
+    let records = |v5: bool| -> u64 {
+        ok_msgs
+            .iter()
+            .filter(|m| (m.header.version == 5) == v5)
+            .map(|m| m.data_records() as u64)
+            .sum()
+    };
     let counts = [
         ("messages", ours.len() as u64),
         ("template_records", defined(false)),
         ("options_template_records", defined(true)),
-        ("data_records", records),
+        ("data_records", records(false)),
+        ("v5_records", records(true)),
     ];
     for (k, v) in counts {
         if c[k].as_u64() != Some(v) {

@@ -1,10 +1,12 @@
-//! `ipfixsvc send`: replay an IPFIX file (RFC 5655) or the IPFIX/NetFlow v9 messages in a
+//! `ipfixsvc send`: replay an IPFIX file (RFC 5655) or the IPFIX/NetFlow v9/v5 messages in a
 //! capture to a collector, over TCP (default) or UDP, at an optional record rate, a number of
 //! times: a real Exporting Process for demos, tests and load.
 
 use crate::meter::capture::{CaptureReader, FileKind, sniff_reader};
 use crate::meter::messages::{Found, MessageFinder};
-use crate::wire::header::{IPFIX_VERSION, NETFLOW_V9_VERSION};
+use crate::wire::header::{
+    IPFIX_VERSION, NETFLOW_V5_VERSION, NETFLOW_V9_VERSION, peek_observation_domain,
+};
 use crate::wire::{Decoder, DecoderOptions, MessageReader, Registry};
 use anyhow::Context;
 use bytes::Bytes;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
-    /// An IPFIX file, or a capture whose IPFIX/NetFlow v9 messages are replayed.
+    /// An IPFIX file, or a capture whose IPFIX/NetFlow v9/v5 messages are replayed.
     pub file: PathBuf,
     /// The collector, HOST:PORT.
     #[arg(long)]
@@ -110,7 +112,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
     let msgs = messages(&args.file, &args.ports)?;
     if msgs.is_empty() {
         anyhow::bail!(
-            "{}: no IPFIX or NetFlow v9 messages found (a capture's ports other than 4739, 2055, 9995, 9996 need --port)",
+            "{}: no IPFIX or NetFlow v9/v5 messages found (a capture's ports other than 4739, 2055, 9995, 9996 need --port)",
             args.file.display()
         );
     }
@@ -181,17 +183,55 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
     Ok(summary)
 }
 
-/// RFC 7011 section 3.1: IPFIX counts data records before the message per domain; RFC 3954:
-/// NetFlow v9 counts packets per source id.
+/// RFC 7011 section 3.1: IPFIX counts data records before the message per domain, and NetFlow
+/// v5 flows per engine; RFC 3954: NetFlow v9 counts packets per source id.
 fn renumber(m: &mut [u8], records: u64, seq: &mut HashMap<(u16, u32), u32>) {
     let version = m.get(..2).map_or(0, |v| u16::from_be_bytes([v[0], v[1]]));
-    let (seq_at, dom_at, step) = match version {
-        IPFIX_VERSION if m.len() >= 16 => (8, 12, records as u32),
-        NETFLOW_V9_VERSION if m.len() >= 20 => (12, 16, 1),
+    let (seq_at, step) = match version {
+        IPFIX_VERSION => (8, records as u32),
+        NETFLOW_V9_VERSION => (12, 1),
+        NETFLOW_V5_VERSION => (16, records as u32),
         _ => return,
     };
-    let domain = u32::from_be_bytes([m[dom_at], m[dom_at + 1], m[dom_at + 2], m[dom_at + 3]]);
+    // The domain lies after the sequence number in each header: a header it can be read from
+    // holds the sequence number too.
+    let Some(domain) = peek_observation_domain(m) else {
+        return;
+    };
     let next = seq.entry((version, domain)).or_insert(0);
     m[seq_at..seq_at + 4].copy_from_slice(&next.to_be_bytes());
     *next = next.wrapping_add(step);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_renumber_netflow_v5_by_flows_per_engine() {
+        // Two v5 packets of engine 1/2 with 3 and 1 flows, a third from engine 1/3.
+        let v5 = |count: u16, engine_id: u8| {
+            let mut m = vec![0, 5];
+            m.extend_from_slice(&count.to_be_bytes());
+            m.resize(16, 0);
+            m.extend_from_slice(&[0xff; 4]); // the recorded sequence, replaced
+            m.extend_from_slice(&[1, engine_id, 0, 0]);
+            m.resize(24 + 48 * count as usize, 0);
+            m
+        };
+        let mut seq = HashMap::new();
+        let mut sent = Vec::new();
+        for _ in 0..2 {
+            for (count, engine) in [(3, 2), (1, 2), (2, 3)] {
+                let mut m = v5(count, engine);
+                renumber(&mut m, count as u64, &mut seq);
+                sent.push(be32_at(&m, 16));
+            }
+        }
+        assert_eq!(sent, vec![0, 3, 0, 4, 7, 2]);
+    }
+
+    fn be32_at(m: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]])
+    }
 }

@@ -1,4 +1,4 @@
-//! IPFIX and NetFlow v9 messages carried in a capture: UDP datagrams split into messages, TCP
+//! IPFIX and NetFlow v9/v5 messages carried in a capture: UDP datagrams split into messages, TCP
 //! streams reassembled and framed. Shared by `dump` (decode a capture) and `send` (replay one).
 
 use super::capture::Packet;
@@ -128,7 +128,7 @@ impl MessageFinder {
 }
 
 /// One datagram normally holds one message; several IPFIX messages back to back are split by
-/// their length fields. The last piece (and any NetFlow v9 packet) runs to the datagram's end and
+/// their length fields. The last piece (and any NetFlow packet) runs to the datagram's end and
 /// the decoder judges its header. Returns (offset in the datagram, message).
 pub fn split_datagram(payload: Bytes) -> Vec<(usize, Bytes)> {
     let mut out = Vec::new();

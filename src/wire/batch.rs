@@ -150,6 +150,20 @@ fn read_f64(b: &[u8]) -> f64 {
 }
 
 impl Batch {
+    /// A batch of no records, without going through [`decode_records`]: that refuses plans of
+    /// zero-length records, which is what a basicList of zero-length elements compiles to.
+    pub(crate) fn empty(plan: Arc<Plan>, set_offset: usize) -> Batch {
+        Batch {
+            plan,
+            set_offset,
+            start: 0,
+            len: 0,
+            cap: 0,
+            arena: Vec::new(),
+            bases_at: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -10,8 +10,9 @@ use super::batch::{Batch, decode_records};
 use super::budget::ByteBudget;
 use super::error::WireError;
 use super::header::{
-    IPFIX_VERSION, MessageHeader, OPTIONS_TEMPLATE_SET_ID, SetRef, TEMPLATE_SET_ID,
-    V9_OPTIONS_TEMPLATE_SET_ID, V9_TEMPLATE_SET_ID, parse_header, sets,
+    IPFIX_VERSION, MessageHeader, NETFLOW_V5_HEADER_LEN, NETFLOW_V5_VERSION,
+    OPTIONS_TEMPLATE_SET_ID, SetRef, TEMPLATE_SET_ID, V9_OPTIONS_TEMPLATE_SET_ID,
+    V9_TEMPLATE_SET_ID, parse_header, sets,
 };
 use super::plan::Plan;
 use super::registry::Registry;
@@ -91,6 +92,9 @@ pub struct Decoder {
     budget: Option<Arc<ByteBudget>>,
     /// Bytes charged to `budget` for the templates held now.
     held_bytes: usize,
+    /// NetFlow v5's fixed record layout, compiled once. Not in any domain's template map: it is
+    /// no exporter's template, so it is neither counted, shared nor expired.
+    v5_plan: Arc<Plan>,
 }
 
 impl Drop for Decoder {
@@ -103,6 +107,7 @@ impl Drop for Decoder {
 
 impl Decoder {
     pub fn new(registry: Arc<Registry>, options: DecoderOptions) -> Decoder {
+        let v5_plan = Arc::new(Plan::compile(super::netflow_v5::template(), &registry));
         Decoder {
             registry,
             options,
@@ -110,6 +115,7 @@ impl Decoder {
             template_count: 0,
             budget: None,
             held_bytes: 0,
+            v5_plan,
         }
     }
 
@@ -145,8 +151,8 @@ impl Decoder {
         self.template_count
     }
 
-    /// Decodes one IPFIX message or NetFlow v9 packet. For IPFIX, `buf` must start with the
-    /// message; bytes past the header's length are ignored.
+    /// Decodes one IPFIX message or NetFlow v9 or v5 packet. For IPFIX, `buf` must start with
+    /// the message; bytes past the header's length are ignored.
     ///
     /// Template Sets are applied as they are met, so Data Sets later in the same message can use
     /// them. On error, the template changes of the Sets before the bad one stay applied.
@@ -167,6 +173,17 @@ impl Decoder {
             missing: Vec::new(),
         };
         let msg: &[u8] = &buf;
+        if header.version == NETFLOW_V5_VERSION {
+            // parse_header checked that the records fill the packet exactly.
+            let batch = decode_records(
+                &self.v5_plan,
+                msg,
+                NETFLOW_V5_HEADER_LEN,
+                msg.len(),
+                NETFLOW_V5_HEADER_LEN,
+            )?;
+            out.batches.push(batch);
+        }
         for set in sets(msg, &header) {
             let set = set?;
             match set.id {

@@ -6,8 +6,13 @@
 pub enum WireError {
     #[error("message of {len} bytes is shorter than its {need}-byte header")]
     ShortHeader { len: usize, need: usize },
-    #[error("unsupported version {0} (10 is IPFIX, 9 is NetFlow v9)")]
+    #[error("unsupported version {0} (10 is IPFIX, 9 and 5 are NetFlow v9 and v5)")]
     Version(u16),
+    #[error(
+        "NetFlow v5 packet of {len} bytes with count {count}: a packet is the 24-byte header \
+         and exactly count (1 to 30) 48-byte records"
+    )]
+    V5Length { len: usize, count: u16 },
     #[error("message length {declared} is impossible: {reason}")]
     MessageLength {
         declared: usize,

@@ -1,4 +1,4 @@
-//! IPFIX itself (RFC 7011, 7012, 6313, 5655, 5103) and NetFlow v9 (RFC 3954): headers, sets,
+//! IPFIX itself (RFC 7011, 7012, 6313, 5655, 5103), NetFlow v9 (RFC 3954) and NetFlow v5: headers, sets,
 //! templates, the information model, typed values, decoding into columns, encoding, and stream
 //! framing. Pure and synchronous: no tokio, no actors, no I/O beyond `Read`/`Write`.
 
@@ -11,6 +11,7 @@ pub mod framing;
 pub mod header;
 pub mod model;
 pub mod ndjson;
+pub mod netflow_v5;
 pub mod plan;
 pub mod registry;
 pub mod structured;

@@ -44,6 +44,13 @@ pub fn write_record(
     }
     out.extend_from_slice(b",\"@exportTime\":");
     write_time(out, msg.header.export_time as i64, 0, SecondsFormat::Secs);
+    // NetFlow's FIRST_SWITCHED/LAST_SWITCHED (flowStartSysUpTime/flowEndSysUpTime) count
+    // milliseconds since the exporter booted: without the header's sysUptime next to the export
+    // time, a reader cannot turn them into absolute times.
+    if let Some(up) = msg.header.sys_uptime_ms {
+        out.extend_from_slice(b",\"@sysUptime\":");
+        write_u64(out, up as u64);
+    }
     let ctx = Ctx {
         msg: &msg.buf,
         templates: &msg.templates,
@@ -169,8 +176,19 @@ fn trim_nul(b: &[u8]) -> &[u8] {
 }
 
 /// Converts a 64-bit NTP timestamp to Unix seconds and nanoseconds.
+///
+/// The 32-bit seconds wrap on 2036-02-07T06:28:16Z. RFC 4330 section 3 (and RFC 5905's era
+/// rule): when the most significant bit of the seconds is 0, the time is in era 1, after the
+/// wrap. This reads 1968-2036 and 2036-2104 correctly; times before 1968 cannot be expressed,
+/// which costs nothing for flow times.
 pub fn ntp_to_unix(ntp: u64) -> (i64, u32) {
-    let secs = (ntp >> 32) as i64 - NTP_UNIX_OFFSET;
+    let ntp_secs = (ntp >> 32) as i64;
+    let era_base = if ntp_secs & 0x8000_0000 == 0 {
+        1 << 32
+    } else {
+        0
+    };
+    let secs = ntp_secs + era_base - NTP_UNIX_OFFSET;
     let nanos = (((ntp & 0xffff_ffff) * 1_000_000_000) >> 32) as u32;
     (secs, nanos)
 }
@@ -300,6 +318,63 @@ mod tests {
         // 2023-01-01T00:00:00.5Z
         let ntp = ((1_672_531_200i64 + NTP_UNIX_OFFSET) as u64) << 32 | 0x8000_0000;
         assert_eq!(ntp_to_unix(ntp), (1_672_531_200, 500_000_000));
+    }
+
+    fn rendered(ntp: u64) -> String {
+        let (s, ns) = ntp_to_unix(ntp);
+        let mut out = Vec::new();
+        write_time(&mut out, s, ns, SecondsFormat::Nanos);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn ntp_eras_around_2036() {
+        // 2035-01-01: still era 0 (seconds 4,260,211,200, most significant bit set).
+        let ntp_2035 = ((2_051_222_400i64 + NTP_UNIX_OFFSET) as u64) << 32;
+        assert_eq!(ntp_to_unix(ntp_2035), (2_051_222_400, 0));
+        assert_eq!(rendered(ntp_2035), "\"2035-01-01T00:00:00.000000000Z\"");
+        // 2037-01-01: the seconds wrapped to 28,402,304 (most significant bit clear): era 1.
+        let ntp_2037 = ((2_114_380_800i64 + NTP_UNIX_OFFSET - (1 << 32)) as u64) << 32 | 1 << 31;
+        assert_eq!(ntp_to_unix(ntp_2037), (2_114_380_800, 500_000_000));
+        assert_eq!(rendered(ntp_2037), "\"2037-01-01T00:00:00.500000000Z\"");
+        // The last second of era 0 and the first of era 1 are one second apart.
+        assert_eq!(ntp_to_unix(0xffff_ffff_0000_0000).0 + 1, ntp_to_unix(0).0);
+        assert_eq!(rendered(0), "\"2036-02-07T06:28:16.000000000Z\"");
+    }
+
+    fn one_line(msg: &[u8]) -> String {
+        let registry = Registry::builtin();
+        let mut d = crate::wire::Decoder::new(registry.clone(), Default::default());
+        let m = d
+            .decode(bytes::Bytes::copy_from_slice(msg))
+            .expect("decodes");
+        let mut out = Vec::new();
+        let origin = Origin { exporter: "x" };
+        write_record(&mut out, origin, &m, &m.batches[0], 0, &registry);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn netflow_v9_records_carry_the_sys_uptime() {
+        // v9 header (count 2, sysUptime 123456 ms, 2023-11-14T22:13:20Z, sequence 1, source 7),
+        // template 256 = L4_SRC_PORT in 2 bytes, then one record.
+        let mut m = vec![
+            0, 9, 0, 2, 0, 1, 0xe2, 0x40, 0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 1, 0, 0, 0, 7,
+        ];
+        m.extend_from_slice(&[0, 0, 0, 12, 1, 0, 0, 1, 0, 7, 0, 2]);
+        m.extend_from_slice(&[1, 0, 0, 6, 0x1f, 0x90]);
+        let line = one_line(&m);
+        assert!(
+            line.contains(r#""@exportTime":"2023-11-14T22:13:20Z","@sysUptime":123456,"#),
+            "{line}"
+        );
+        // IPFIX has no sysUptime: no key.
+        let mut m = vec![0, 10, 0, 0, 0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 0, 0, 0, 0, 7];
+        m.extend_from_slice(&[0, 2, 0, 12, 1, 0, 0, 1, 0, 7, 0, 2]);
+        m.extend_from_slice(&[1, 0, 0, 6, 0x1f, 0x90]);
+        let len = m.len() as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        assert!(!one_line(&m).contains("@sysUptime"));
     }
 
     #[test]

@@ -76,11 +76,17 @@ pub fn decode_basic_list(
     };
     let spec = FieldSpec::new(raw_id & 0x7fff, pen, length);
     let content = start + header..end;
+    // Zero-length elements: no content means no elements; any content cannot be made of them
+    // (it would hold any number of elements and still leave the bytes over), so it is
+    // malformed. Neither case reaches the record decoder, which refuses zero-length records.
     if length == 0 {
         if !content.is_empty() {
             return Err(list_err(
                 start,
-                "basicList of zero-length elements has content",
+                format!(
+                    "basicList of zero-length elements has {} bytes of content",
+                    content.len()
+                ),
             ));
         }
     } else if !spec.is_varlen() && content.len() % length as usize != 0 {
@@ -95,7 +101,7 @@ pub fn decode_basic_list(
     let plan = Arc::new(Plan::compile(Template::data(0, vec![spec]), registry));
     let element = plan.fields[0].element.clone();
     let batch = if length == 0 {
-        empty_batch(&plan)?
+        Batch::empty(plan, start)
     } else {
         decode_records(&plan, msg, content.start, content.end, start)?
     };
@@ -104,10 +110,6 @@ pub fn decode_basic_list(
         element,
         batch,
     })
-}
-
-fn empty_batch(plan: &Arc<Plan>) -> Result<Batch, WireError> {
-    decode_records(plan, &[], 0, 0, 0)
 }
 
 /// Decodes a subTemplateList whose bytes are `msg[span]` with the domain's templates.
@@ -187,4 +189,37 @@ pub fn decode_sub_template_multi_list(
         pos += len;
     }
     Ok((semantic, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic_list(bytes: &[u8]) -> Result<BasicList, WireError> {
+        let span = Span {
+            start: 0,
+            len: bytes.len() as u32,
+        };
+        decode_basic_list(bytes, span, &Registry::builtin())
+    }
+
+    #[test]
+    fn basic_list_of_zero_length_elements_is_empty() {
+        // allOf, protocolIdentifier (4) in 0 bytes, no content.
+        let list = basic_list(&[3, 0, 4, 0, 0]).expect("an empty list decodes");
+        assert_eq!(list.batch.len(), 0);
+        assert_eq!(list.element.name, "protocolIdentifier");
+        assert!(list.batch.column(0).is_empty());
+        // The same with an enterprise element.
+        let list = basic_list(&[3, 0x80, 4, 0, 0, 0, 0, 0x1a, 0xd7]).expect("decodes");
+        assert_eq!((list.batch.len(), list.element.pen), (0, 6871));
+    }
+
+    #[test]
+    fn basic_list_of_zero_length_elements_with_content_is_malformed() {
+        // Zero-length elements cannot account for content bytes: however many, never a loop.
+        let mut b = vec![3, 0, 4, 0, 0];
+        b.extend_from_slice(&[0; 1000]);
+        assert!(matches!(basic_list(&b), Err(WireError::List { .. })));
+    }
 }

@@ -296,11 +296,25 @@ pub fn parse_v9_template_set(msg: &[u8], set: &SetRef) -> Result<Vec<TemplateEve
             )));
         }
         let mut fields = Vec::with_capacity(field_count);
-        for _ in 0..field_count {
+        for i in 0..field_count {
+            let (field_type, length) = (be16(msg, pos), be16(msg, pos + 2));
+            // RFC 3954 has no variable-length encoding: 65535 is IPFIX's marker (RFC 7011
+            // section 7), not v9's. Read as a fixed length it is impossible (no UDP datagram
+            // holds a 65535-byte field after the headers), so every Data Set would decode to
+            // nothing, silently. tshark 4.0 reads it as IPFIX variable length; decoding v9 by
+            // IPFIX rules would guess at what the exporter meant, so the template is refused
+            // and the error says which one, for the operator to take up with the exporter.
+            if length == VARLEN {
+                return Err(err(format!(
+                    "template {id}: field {} of {field_count} (type {field_type}) has length 65535, \
+                     which NetFlow v9 does not define (no variable-length fields in RFC 3954)",
+                    i + 1
+                )));
+            }
             fields.push(FieldSpec {
-                id: be16(msg, pos),
+                id: field_type,
                 pen: 0,
-                length: be16(msg, pos + 2),
+                length,
             });
             pos += 4;
         }
@@ -376,6 +390,27 @@ mod tests {
                 },
             ])
         );
+    }
+
+    #[test]
+    fn v9_field_length_65535_is_refused_not_read_as_varlen() {
+        // Template 256: IP_SRC_ADDR (8) in 4 bytes, IF_NAME (82) in 65535.
+        let (m, s) = set_of(0, &[1, 0, 0, 2, 0, 8, 0, 4, 0, 82, 0xff, 0xff]);
+        match parse_v9_template_set(&m, &s) {
+            Err(WireError::Template { reason, .. }) => {
+                assert!(
+                    reason.contains("template 256") && reason.contains("type 82"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The same in an options template (scope System, 4 bytes; option 82 in 65535).
+        let (m, s) = set_of(1, &[1, 1, 0, 4, 0, 4, 0, 1, 0, 4, 0, 82, 0xff, 0xff]);
+        assert!(parse_v9_template_set(&m, &s).is_err());
+        // IPFIX keeps its variable length.
+        let (m, s) = set_of(2, &[1, 0, 0, 1, 0, 82, 0xff, 0xff]);
+        assert!(parse_template_set(&m, &s).is_ok());
     }
 
     #[test]

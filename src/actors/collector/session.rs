@@ -407,11 +407,7 @@ impl SessionState {
     /// reason to stop with (TCP).
     async fn decode(&mut self, msg: Bytes) -> Result<(), String> {
         self.last_message = Instant::now();
-        let domain = if msg.len() >= 16 {
-            u32::from_be_bytes([msg[12], msg[13], msg[14], msg[15]])
-        } else {
-            0
-        };
+        let domain = crate::wire::header::peek_observation_domain(&msg).unwrap_or(0);
         let decoded = match self.core.on_message(msg, self.last_message) {
             Ok(d) => d,
             Err(e) => {

@@ -71,6 +71,9 @@ struct Pending {
     domain: u32,
     template_id: u16,
     export_time: u32,
+    /// NetFlow only: the exporter's uptime when it sent the set. Its records' sysUptime-based
+    /// times (flowStartSysUpTime...) mean nothing without it.
+    sys_uptime_ms: Option<u32>,
     set: Bytes,
     since: Instant,
 }
@@ -247,14 +250,10 @@ impl SessionCore {
     }
 
     /// RFC 7011 section 3.1: the sequence number counts Data Records sent before this message
-    /// in this domain. RFC 3954: NetFlow v9 counts packets.
+    /// in this domain, as NetFlow v5's counts flows. RFC 3954: NetFlow v9 counts packets.
     fn account_sequence(&mut self, d: &DecodedMessage) {
         let h = &d.header;
-        let next = if h.version == IPFIX_VERSION {
-            h.sequence.wrapping_add(d.data_records() as u32)
-        } else {
-            h.sequence.wrapping_add(1)
-        };
+        let next = h.sequence.wrapping_add(h.sequence_step(d.data_records()));
         if let Some(&expected) = self.expected.get(&h.observation_domain)
             && h.sequence != expected
         {
@@ -310,6 +309,7 @@ impl SessionCore {
             domain: d.header.observation_domain,
             template_id,
             export_time: d.header.export_time,
+            sys_uptime_ms: d.header.sys_uptime_ms,
             // A copy: holding a slice would pin the whole message buffer.
             set: Bytes::copy_from_slice(&d.buf[offset..offset + len]),
             since: now,
@@ -380,16 +380,10 @@ impl SessionCore {
 
 /// The Observation Domain in an IPFIX or NetFlow v9 header, if there is one.
 fn peek_domain(m: &[u8]) -> Option<u32> {
-    let at = match m.get(..2)? {
-        [0, 10] => 12,
-        [0, 9] => 16,
-        _ => return None,
-    };
-    m.get(at..at + 4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    crate::wire::header::peek_observation_domain(m)
 }
 
-/// A held Data Set as a message of its own, with the original header's domain and time.
+/// A held Data Set as a message of its own, with the original header's domain and times.
 fn wrap_set(p: &Pending) -> Bytes {
     let mut m = BytesMut::with_capacity(NETFLOW_V9_HEADER_LEN + p.set.len());
     if p.version == IPFIX_VERSION {
@@ -401,7 +395,7 @@ fn wrap_set(p: &Pending) -> Bytes {
     } else {
         m.put_u16(p.version);
         m.put_u16(1);
-        m.put_u32(0);
+        m.put_u32(p.sys_uptime_ms.unwrap_or(0));
         m.put_u32(p.export_time);
         m.put_u32(0);
         m.put_u32(p.domain);
@@ -484,6 +478,49 @@ mod tests {
         assert_eq!(out[0].data_records(), 2);
         assert_eq!(s.stats.pending_decoded_sets, 1);
         assert_eq!(s.pending_sets(), 0);
+    }
+
+    #[test]
+    fn held_netflow_v9_sets_keep_their_sys_uptime() {
+        // v9 header: count, sysUptime 123456 ms, unix secs, sequence, source id 7.
+        let v9 = |seq: u8, set: &[u8]| {
+            let mut m = vec![0, 9, 0, 1, 0, 1, 0xe2, 0x40, 0x65, 0x53, 0xf1, 0x00];
+            m.extend_from_slice(&[0, 0, 0, seq, 0, 0, 0, 7]);
+            m.extend_from_slice(set);
+            Bytes::from(m)
+        };
+        let data = v9(0, &[1, 0, 0, 6, 0x1f, 0x90]);
+        let template = v9(1, &[0, 0, 0, 12, 1, 0, 0, 1, 0, 7, 0, 2]);
+        let mut s = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None));
+        let now = Instant::now();
+        s.on_message(data, now).expect("held");
+        let out = s.on_message(template, now).expect("template");
+        assert_eq!(out[0].data_records(), 1, "the held set, decoded");
+        assert_eq!(out[0].header.sys_uptime_ms, Some(123_456));
+        assert_eq!(out[0].header.export_time, 0x6553_f100);
+    }
+
+    #[test]
+    fn netflow_v5_sequence_numbers_count_flows() {
+        // A v5 packet of `n` zeroed records from engine 1/2 with flow_sequence `seq`.
+        let v5 = |seq: u32, n: u16| {
+            let mut m = vec![0, 5];
+            m.extend_from_slice(&n.to_be_bytes());
+            m.resize(16, 0);
+            m.extend_from_slice(&seq.to_be_bytes());
+            m.extend_from_slice(&[1, 2, 0, 0]);
+            m.resize(24 + 48 * n as usize, 0);
+            Bytes::from(m)
+        };
+        let mut s = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None));
+        let now = Instant::now();
+        for (seq, n) in [(0, 2), (2, 3), (5, 1)] {
+            s.on_message(v5(seq, n), now).expect("decodes");
+        }
+        assert_eq!((s.stats.lost, s.stats.data_records), (0, 6));
+        s.on_message(v5(10, 1), now).expect("decodes"); // flows 6 to 9 never came
+        assert_eq!(s.stats.lost, 4);
+        assert_eq!(s.stats.out_of_order, 0);
     }
 
     #[test]

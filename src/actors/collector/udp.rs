@@ -100,17 +100,9 @@ async fn bind(listen: &str, receive_buffer: usize) -> std::io::Result<UdpSocket>
     UdpSocket::from_std(socket.into())
 }
 
-/// The Observation Domain of an IPFIX message or NetFlow v9 packet, if the header is there.
+/// The Observation Domain of an IPFIX message or NetFlow v9/v5 packet, if the header is there.
 fn domain_of(d: &[u8]) -> Option<u32> {
-    match d.get(..2)? {
-        [0, 10] => d
-            .get(12..16)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        [0, 9] => d
-            .get(16..20)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        _ => None,
-    }
+    crate::wire::header::peek_observation_domain(d)
 }
 
 struct Route {
@@ -214,7 +206,7 @@ async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
             let Some(domain) = domain_of(datagram) else {
                 unroutable += 1;
                 if unroutable.is_power_of_two() {
-                    tracing::warn!(%peer, dropped = unroutable, "datagram that is neither IPFIX nor NetFlow v9 dropped");
+                    tracing::warn!(%peer, dropped = unroutable, "datagram that is neither IPFIX nor NetFlow v9/v5 dropped");
                 }
                 continue;
             };
