@@ -364,6 +364,23 @@ impl Settings {
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {
             return bad("cluster.seeds needs cluster.cookie (a shared secret)");
         }
+        // Addresses are checked here, not when the listener or the cluster member starts:
+        // there a bad one surfaces late, wrapped in one actor startup failure per supervisor.
+        for (key, value) in [
+            ("collector.tcp_listen", &self.collector.tcp_listen),
+            ("collector.udp_listen", &self.collector.udp_listen),
+        ] {
+            // Empty disables that listener.
+            if !value.is_empty() {
+                check_listen(key, value)?;
+            }
+        }
+        if self.cluster.enabled() || !self.cluster.listen.is_empty() {
+            check_listen("cluster.listen", &self.cluster.listen)?;
+        }
+        for (i, seed) in self.cluster.seeds.iter().enumerate() {
+            check_seed(&format!("cluster.seeds[{i}]"), seed)?;
+        }
         if self.jobs.workers == 0 || self.jobs.retention_secs == 0 {
             return bad("jobs.workers and jobs.retention_secs must be positive");
         }
@@ -375,6 +392,87 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `key = "value": why`, the shape of every address error.
+fn bad_address(key: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("{key} = {value:?}: {why}"))
+}
+
+/// Splits `host:port` (`[v6]:port` for an IPv6 address), or says what is wrong with it.
+fn host_port<'a>(key: &str, value: &'a str) -> Result<(&'a str, u16), ConfigError> {
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(bad_address(key, value, "expected host:port"));
+    };
+    let port: u16 = port.parse().map_err(|_| {
+        bad_address(
+            key,
+            value,
+            "expected host:port, the port a number up to 65535",
+        )
+    })?;
+    if host.is_empty() {
+        return Err(bad_address(key, value, "expected host:port"));
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok((host, port)),
+            Err(_) => Err(bad_address(
+                key,
+                value,
+                "not an IPv6 address in the brackets",
+            )),
+        };
+    }
+    if host.contains(':') {
+        return Err(bad_address(
+            key,
+            value,
+            "expected host:port; an IPv6 address goes in brackets, [addr]:port",
+        ));
+    }
+    // A DNS name (RFC 1123 letters, digits, hyphens, dots; `_` as some service names have) or
+    // an IPv4 address: anything else (spaces, slashes, a URL) is a typo to catch now.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(bad_address(
+            key,
+            value,
+            "expected host:port, the host a name or an IP address",
+        ));
+    }
+    Ok((host, port))
+}
+
+/// A listen address is `IP:port` (port 0: any free port), or `host:port` with a host name that
+/// resolves now (`localhost`, the pod's own name): the listener binds the first address it gets.
+fn check_listen(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    host_port(key, value)?;
+    use std::net::ToSocketAddrs;
+    match value.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(bad_address(key, value, "the host name has no address")),
+        Err(e) => Err(bad_address(
+            key,
+            value,
+            format!("the host name does not resolve ({e})"),
+        )),
+    }
+}
+
+/// A seed is `host:port`. It is not resolved here: seeds are dialed, and resolved, again and
+/// again, and in Kubernetes a StatefulSet's headless names resolve only once their pods run.
+fn check_seed(key: &str, value: &str) -> Result<(), ConfigError> {
+    let (_, port) = host_port(key, value)?;
+    if port == 0 {
+        return Err(bad_address(key, value, "port 0 cannot be dialed"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -407,5 +505,68 @@ mod tests {
             "a misspelt key is an error, not ignored"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn addresses_are_checked_when_configuration_loads() {
+        let refused = |f: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            s.validate().expect_err("refused").to_string()
+        };
+        assert_eq!(
+            refused(&|s| s.collector.tcp_listen = "notanaddr".into()),
+            r#"configuration: collector.tcp_listen = "notanaddr": expected host:port"#
+        );
+        assert!(refused(&|s| s.collector.udp_listen = "0.0.0.0:99999".into())
+            .starts_with(r#"configuration: collector.udp_listen = "0.0.0.0:99999": expected host:port, the port"#));
+        assert!(refused(&|s| s.collector.tcp_listen = "::1:4739".into()).contains("brackets"));
+        assert!(
+            refused(&|s| s.collector.tcp_listen = "no-such-host.invalid:4739".into())
+                .contains("does not resolve")
+        );
+        assert!(
+            refused(&|s| s.collector.tcp_listen = "http://x:4739".into())
+                .contains("expected host:port")
+        );
+        assert!(
+            refused(&|s| s.cluster.listen = ":4800".into())
+                .starts_with("configuration: cluster.listen")
+        );
+        assert_eq!(
+            refused(&|s| {
+                s.cluster.cookie = "secret".into();
+                s.cluster.seeds = vec!["node-0.ipfix:4800".into(), "node-1".into()];
+            }),
+            r#"configuration: cluster.seeds[1] = "node-1": expected host:port"#
+        );
+        assert!(
+            refused(&|s| {
+                s.cluster.cookie = "secret".into();
+                s.cluster.seeds = vec!["node-0:0".into()];
+            })
+            .contains("port 0 cannot be dialed")
+        );
+        assert!(
+            refused(&|s| {
+                s.cluster.cookie = "secret".into();
+                s.cluster.listen = String::new();
+            })
+            .starts_with("configuration: cluster.listen")
+        );
+
+        // Accepted: IP:port (v4, v6, port 0), a name that resolves, empty to disable a
+        // listener; seeds are names that need not resolve yet.
+        let mut s = Settings::default();
+        s.collector.tcp_listen = "[::1]:0".into();
+        s.collector.udp_listen = String::new();
+        s.cluster.listen = "localhost:4800".into();
+        s.cluster.cookie = "secret".into();
+        s.cluster.seeds = vec![
+            "ipfix-0.ipfix.default.svc.cluster.local:4800".into(),
+            "10.0.0.7:4800".into(),
+            "[fd00::7]:4800".into(),
+        ];
+        s.validate().expect("valid addresses");
     }
 }

@@ -58,3 +58,71 @@ fn a_configuration_error_is_said_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_unusable_listen_address_is_refused_at_load_naming_its_key() {
+    for (key, var, value) in [
+        (
+            "collector.tcp_listen",
+            "IPFIXSVC__COLLECTOR__TCP_LISTEN",
+            "notanaddr",
+        ),
+        (
+            "collector.udp_listen",
+            "IPFIXSVC__COLLECTOR__UDP_LISTEN",
+            "127.0.0.1:99999",
+        ),
+        ("cluster.listen", "IPFIXSVC__CLUSTER__LISTEN", "127.0.0.1"),
+    ] {
+        let o = serve(&[], &[(var, value), ("IPFIXSVC__CLUSTER__COOKIE", "c")]);
+        let err = stderr(&o);
+        assert!(!o.status.success());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "configuration: {key} = \"{value}\": expected host:port"
+            )),
+            "{err}"
+        );
+    }
+    let o = serve(
+        &[],
+        &[
+            ("IPFIXSVC__CLUSTER__COOKIE", "c"),
+            ("IPFIXSVC__CLUSTER__SEEDS", "node-0:4800,node-1"),
+        ],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(r#"cluster.seeds[1] = "node-1": expected host:port"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_port_already_taken_is_said_once_plainly() {
+    for var in [
+        "IPFIXSVC__COLLECTOR__TCP_LISTEN",
+        "IPFIXSVC__CLUSTER__LISTEN",
+    ] {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let addr = taken.local_addr().expect("its address").to_string();
+        let started = std::time::Instant::now();
+        let o = serve(&[], &[(var, &addr), ("IPFIXSVC__CLUSTER__COOKIE", "c")]);
+        let err = stderr(&o);
+        assert!(!o.status.success());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "fails at once, not after retries"
+        );
+        let failure: Vec<&str> = err.lines().filter(|l| l.contains(&addr)).collect();
+        assert_eq!(failure.len(), 1, "{err}");
+        assert!(
+            failure[0].starts_with("ipfixsvc: node did not start: cannot listen")
+                && failure[0].contains("Address already in use"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -89,7 +89,7 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
         .with_listen_addr([127, 0, 0, 1].into());
     let (server, _) = Actor::spawn(None, server, ())
         .await
-        .map_err(|e| anyhow::anyhow!("cluster client: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cluster client: {}", crate::actors::startup_failure(&e)))?;
     if args.tls.tls_cert.is_empty() {
         ractor_cluster::client_connect(&server, args.seed.as_str())
             .await

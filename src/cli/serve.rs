@@ -44,7 +44,9 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
     };
     let (node, node_done) = Actor::spawn(Some("node".into()), NodeSupervisor, args)
         .await
-        .map_err(|e| anyhow::anyhow!("node did not start: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("node did not start: {}", crate::actors::startup_failure(&e))
+        })?;
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         _ = wait_stopped(&node) => anyhow::bail!("the node stopped on its own (see the errors above)"),
