@@ -85,6 +85,7 @@ pub struct ClusterSettings {
     /// Other nodes, host:port (in Kubernetes: the StatefulSet's headless-service names).
     pub seeds: Vec<String>,
     /// Shared secret (from a Kubernetes Secret); required for a cluster. Use a long random one.
+    #[serde(deserialize_with = "string_only")]
     pub cookie: String,
     /// Mutual TLS between nodes: this node's certificate chain and key, and the CA that signs
     /// every node's certificate (PEM files). All three, or none (plain TCP).
@@ -104,6 +105,26 @@ impl Default for ClusterSettings {
             tls_ca: String::new(),
         }
     }
+}
+
+/// The cookie is compared byte for byte with every other node's and with the one `ipfixsvc
+/// cluster` is given. A file value that YAML or TOML reads as a number (`cookie: 000123`) would
+/// come back as `123`: refused, so it gets quoted, rather than turned into a string.
+fn string_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string (in a file, quote it)")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_any(Text)
 }
 
 impl ClusterSettings {
@@ -313,22 +334,77 @@ impl Default for ShutdownSettings {
     }
 }
 
+/// Environment variables are `IPFIXSVC__SECTION__KEY`.
+const ENV_PREFIX: &str = "IPFIXSVC";
+
+/// Keys whose environment value is a comma-separated list.
+const ENV_LIST_KEYS: [&str; 2] = ["node.roles", "cluster.seeds"];
+
+/// The process's `IPFIXSVC__*` variables. A value that is not UTF-8 is an error naming the
+/// variable (others are not ours to judge).
+fn environment() -> Result<config::Map<String, String>, ConfigError> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut env = config::Map::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if !name
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(&prefix))
+        {
+            continue;
+        }
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError::Invalid(format!("{name}: not valid UTF-8")))?;
+        env.insert(name.to_string(), value);
+    }
+    Ok(env)
+}
+
 impl Settings {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, environment()?)
+    }
+
+    /// [`Settings::load`] with the `IPFIXSVC__*` variables given: tests pass their own instead
+    /// of changing the process's environment, which every thread shares.
+    fn load_from(
+        file: Option<&Path>,
+        env: config::Map<String, String>,
+    ) -> Result<Settings, ConfigError> {
         let mut b =
             config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
         if let Some(f) = file {
             b = b.add_source(config::File::from(f).required(true));
         }
-        let env = config::Environment::with_prefix("IPFIXSVC")
+        // try_parsing stays off: every value from the environment is a string, and serde parses
+        // numbers for the keys typed so. With it on, config made an all-digit value a number
+        // before any key's type was known, so a string key lost what it was set to: the cookie
+        // 000123456789012345678901 became 1.2345678901234568e20 (leading zeros gone, the rest
+        // rounded through f64) and no longer matched the one `ipfixsvc cluster` reads.
+        let source = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("node.roles")
-            .with_list_parse_key("cluster.seeds");
-        let s: Settings = b.add_source(env).build()?.try_deserialize()?;
+            .source(Some(env.clone()));
+        b = b.add_source(source);
+        // config splits lists only with try_parsing on, so the list keys are split here and set
+        // as overrides, which rank where the environment does: above defaults and the file.
+        for key in ENV_LIST_KEYS {
+            let var = format!("{ENV_PREFIX}__{}", key.replace('.', "__"));
+            // config matches names without regard to case; so does this.
+            if let Some((_, value)) = env.iter().find(|(k, _)| k.eq_ignore_ascii_case(&var)) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    // `IPFIXSVC__CLUSTER__SEEDS=` is no seeds, not one empty seed.
+                    .filter(|item| !item.is_empty())
+                    .map(String::from)
+                    .collect();
+                b = b.set_override(key, items)?;
+            }
+        }
+        let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
         Ok(s)
     }
@@ -568,5 +644,64 @@ mod tests {
             "[fd00::7]:4800".into(),
         ];
         s.validate().expect("valid addresses");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> config::Map<String, String> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_values_stay_strings_and_typed_keys_still_parse() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("IPFIXSVC__CLUSTER__COOKIE", "000123456789012345678901"),
+                ("IPFIXSVC__COLLECTOR__MAX_SESSIONS", "9"),
+                ("IPFIXSVC__STORE__TENANT", "0042"),
+                ("IPFIXSVC__NODE__ROLES", "collector,jobs"),
+                ("IPFIXSVC__CLUSTER__SEEDS", "node-0:4800, node-1:4800"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.cluster.cookie, "000123456789012345678901");
+        assert_eq!(s.collector.max_sessions, 9);
+        assert_eq!(s.store.tenant, "0042");
+        assert_eq!(s.node.roles, vec![Role::Collector, Role::Jobs]);
+        assert_eq!(s.cluster.seeds, vec!["node-0:4800", "node-1:4800"]);
+
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("IPFIXSVC__CLUSTER__COOKIE", "1e3"),
+                ("IPFIXSVC__CLUSTER__SEEDS", ""),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.cluster.cookie, "1e3");
+        assert!(s.cluster.seeds.is_empty(), "empty is no seeds");
+
+        let e = Settings::load_from(None, env(&[("IPFIXSVC__COLLECTOR__MAX_SESSIONS", "many")]))
+            .expect_err("not a number");
+        assert!(e.to_string().contains("max_sessions"), "{e}");
+    }
+
+    #[test]
+    fn a_cookie_a_file_reads_as_a_number_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ipfixsvc-cookie-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let toml = dir.join("c.toml");
+        std::fs::write(&toml, "[cluster]\ncookie = 123\n").expect("write");
+        let e = Settings::load_from(Some(&toml), env(&[])).expect_err("a number");
+        assert!(e.to_string().contains("quote it"), "{e}");
+        std::fs::write(&toml, "[cluster]\ncookie = \"000123\"\n").expect("write");
+        let s = Settings::load_from(Some(&toml), env(&[])).expect("a string");
+        assert_eq!(s.cluster.cookie, "000123");
+        let yaml = dir.join("c.yaml");
+        std::fs::write(&yaml, "cluster:\n  cookie: 000123\n").expect("write");
+        let e = Settings::load_from(Some(&yaml), env(&[])).expect_err("YAML reads a number");
+        assert!(e.to_string().contains("quote it"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

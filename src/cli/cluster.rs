@@ -1,10 +1,13 @@
-//! `ipfixsvc cluster sessions|view --seed HOST:PORT --cookie C`: ask a running node, over the
+//! `ipfixsvc cluster sessions|view --seed HOST:PORT`, the cookie from IPFIXSVC__CLUSTER__COOKIE
+//! or `--cookie-file`: ask a running node, over the
 //! ractor cluster, for every exporter session in the cluster, or for its view of the cluster.
 //! The command joins as a short-lived node of its own (isolated: it talks to the seed only).
 
 use crate::actors::directory::{DIRECTORY_GROUP, DirectoryMsg};
+use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServer;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -14,15 +17,15 @@ pub struct ClusterArgs {
     /// A node of the cluster, HOST:PORT of its cluster.listen.
     #[arg(long, global = true, default_value = "127.0.0.1:4800")]
     pub seed: String,
-    /// The cluster's shared secret (or IPFIXSVC__CLUSTER__COOKIE).
-    #[arg(
-        long,
-        global = true,
-        env = "IPFIXSVC__CLUSTER__COOKIE",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    pub cookie: String,
+    /// The cluster's shared secret. Discouraged: a command line is visible to every user of
+    /// the host (ps, /proc/PID/cmdline). Without it and --cookie-file, the secret comes from
+    /// IPFIXSVC__CLUSTER__COOKIE.
+    #[arg(long, global = true, conflicts_with = "cookie_file")]
+    pub cookie: Option<String>,
+    /// A file holding the cluster's shared secret (a mounted Kubernetes Secret, say); a
+    /// trailing newline is not part of it.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cookie_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -74,18 +77,44 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
     rt.block_on(query(args))
 }
 
-async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
-    if args.cookie.is_empty() {
+/// The shared secret, byte for byte as `serve` takes it: --cookie-file, else --cookie, else
+/// IPFIXSVC__CLUSTER__COOKIE (flags given on purpose win over an environment left set).
+fn cookie(args: &ClusterArgs) -> anyhow::Result<String> {
+    const VAR: &str = "IPFIXSVC__CLUSTER__COOKIE";
+    let cookie = if let Some(path) = &args.cookie_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--cookie-file {}", path.display()))?;
+        // `echo "$COOKIE" > file` and most editors end the file with a newline.
+        let cookie = text.trim_end_matches(['\n', '\r']).to_string();
+        if cookie.is_empty() {
+            anyhow::bail!("--cookie-file {}: the file is empty", path.display());
+        }
+        cookie
+    } else if let Some(c) = &args.cookie {
+        c.clone()
+    } else {
+        match std::env::var(VAR) {
+            Ok(c) => c,
+            Err(std::env::VarError::NotPresent) => String::new(),
+            Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("{VAR}: not valid UTF-8"),
+        }
+    };
+    if cookie.is_empty() {
         anyhow::bail!(
-            "--cookie (or IPFIXSVC__CLUSTER__COOKIE) is required: the cluster's shared secret"
+            "the cluster's shared secret is required: set {VAR}, or give --cookie-file PATH"
         );
     }
+    Ok(cookie)
+}
+
+async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
+    let cookie = cookie(args)?;
     let name = format!(
         "{}{}",
         crate::actors::cluster::CLI_NODE_PREFIX,
         std::process::id()
     );
-    let server = NodeServer::new(0, args.cookie.clone(), name, "localhost".into(), None, None)
+    let server = NodeServer::new(0, cookie, name, "localhost".into(), None, None)
         .with_listen_addr([127, 0, 0, 1].into());
     let (server, _) = Actor::spawn(None, server, ())
         .await
