@@ -332,3 +332,58 @@ fn an_all_digit_cookie_reaches_node_and_client_alike_from_environment_or_file() 
     assert!(!ok && err.contains("cannot be used with"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reader_that_leaves_ends_the_cluster_queries_quietly() {
+    // `ipfixsvc cluster sessions | head -2`: println! panicked on the closed pipe.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let node = Server::start(
+        "cluster-pipe",
+        &[
+            ("IPFIXSVC__NODE__NAME", "node-pipe"),
+            ("IPFIXSVC__CLUSTER__COOKIE", COOKIE),
+            ("IPFIXSVC__CLUSTER__LISTEN", &listen),
+            ("IPFIXSVC__OUTPUT__FORMAT", "count"),
+        ],
+    );
+    // Two exporters, so `sessions` has more than one line to write.
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("file");
+    let mut exporters = Vec::new();
+    for _ in 0..2 {
+        let mut e = TcpStream::connect(node.tcp).expect("connect");
+        e.write_all(&file).expect("send");
+        exporters.push(e);
+    }
+    let port: u16 = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    eventually(
+        "the node lists both sessions",
+        Duration::from_secs(20),
+        || cluster("sessions", port).0.lines().count() == 2,
+    );
+    for what in [&["sessions"][..], &["view"], &["ping", "--count", "5"]] {
+        let mut child = Command::new(BIN)
+            .arg("cluster")
+            .args(what)
+            .args(["--seed", &listen])
+            .env("IPFIXSVC__CLUSTER__COOKIE", COOKIE)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ipfixsvc cluster");
+        // The reader leaves before the first line: every write meets a closed pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("ends");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what:?}: {:?} {err}", out.status);
+        assert!(!err.contains("panicked"), "{what:?}: {err}");
+    }
+    drop(exporters);
+}

@@ -154,15 +154,25 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    match &args.what {
+    let answered = answer(&args.what, directory).await;
+    server.stop(None);
+    answered
+}
+
+/// Asks the seed's directory and prints the answer. Lines go through [`super::Lines`]:
+/// `ipfixsvc cluster sessions | head -2` ends quietly when head leaves.
+async fn answer(what: &ClusterQuery, directory: ActorRef<DirectoryMsg>) -> anyhow::Result<()> {
+    let mut out = super::stdout_lines();
+    match what {
         ClusterQuery::Sessions => {
             let list = ractor::call_t!(directory, DirectoryMsg::ListCluster, 10_000)
                 .map_err(|e| anyhow::anyhow!("listing sessions: {e}"))?;
-            for s in &list.sessions {
-                println!("{}", serde_json::to_string(s)?);
-            }
+            // Errors first: a reader that leaves after a few lines must not hide them.
             for e in &list.errors {
                 eprintln!("ipfixsvc cluster: {e}");
+            }
+            for s in &list.sessions {
+                out.line(serde_json::to_string(s)?)?;
             }
         }
         &ClusterQuery::Ping { count } => {
@@ -175,17 +185,13 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
             }
             rtts.sort_unstable();
             let pick = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
-            println!(
-                "{}",
-                serde_json::json!({"count": rtts.len(), "median_us": pick(0.5), "p99_us": pick(0.99), "max_us": pick(1.0)})
-            );
+            out.line(serde_json::json!({"count": rtts.len(), "median_us": pick(0.5), "p99_us": pick(0.99), "max_us": pick(1.0)}))?;
         }
         ClusterQuery::View => {
             let view = ractor::call_t!(directory, DirectoryMsg::ClusterView, 5_000)
                 .map_err(|e| anyhow::anyhow!("cluster view: {e}"))?;
-            println!("{}", view.0);
+            out.line(&view.0)?;
         }
     }
-    server.stop(None);
-    Ok(())
+    out.flush()
 }
