@@ -7,10 +7,18 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Shows config's message itself, so it is not also this error's `source()`: printed as a
+    /// chain (anyhow's `{:#}`), the message would appear twice.
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -77,6 +85,7 @@ pub struct ClusterSettings {
     /// Other nodes, host:port (in Kubernetes: the StatefulSet's headless-service names).
     pub seeds: Vec<String>,
     /// Shared secret (from a Kubernetes Secret); required for a cluster. Use a long random one.
+    #[serde(deserialize_with = "string_only")]
     pub cookie: String,
     /// Mutual TLS between nodes: this node's certificate chain and key, and the CA that signs
     /// every node's certificate (PEM files). All three, or none (plain TCP).
@@ -96,6 +105,26 @@ impl Default for ClusterSettings {
             tls_ca: String::new(),
         }
     }
+}
+
+/// The cookie is compared byte for byte with every other node's and with the one `ipfixsvc
+/// cluster` is given. A file value that YAML or TOML reads as a number (`cookie: 000123`) would
+/// come back as `123`: refused, so it gets quoted, rather than turned into a string.
+fn string_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string (in a file, quote it)")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_any(Text)
 }
 
 impl ClusterSettings {
@@ -342,22 +371,77 @@ impl Default for ShutdownSettings {
     }
 }
 
+/// Environment variables are `IPFIXSVC__SECTION__KEY`.
+const ENV_PREFIX: &str = "IPFIXSVC";
+
+/// Keys whose environment value is a comma-separated list.
+const ENV_LIST_KEYS: [&str; 2] = ["node.roles", "cluster.seeds"];
+
+/// The process's `IPFIXSVC__*` variables. A value that is not UTF-8 is an error naming the
+/// variable (others are not ours to judge).
+fn environment() -> Result<config::Map<String, String>, ConfigError> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut env = config::Map::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if !name
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(&prefix))
+        {
+            continue;
+        }
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError::Invalid(format!("{name}: not valid UTF-8")))?;
+        env.insert(name.to_string(), value);
+    }
+    Ok(env)
+}
+
 impl Settings {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, environment()?)
+    }
+
+    /// [`Settings::load`] with the `IPFIXSVC__*` variables given: tests pass their own instead
+    /// of changing the process's environment, which every thread shares.
+    fn load_from(
+        file: Option<&Path>,
+        env: config::Map<String, String>,
+    ) -> Result<Settings, ConfigError> {
         let mut b =
             config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
         if let Some(f) = file {
             b = b.add_source(config::File::from(f).required(true));
         }
-        let env = config::Environment::with_prefix("IPFIXSVC")
+        // try_parsing stays off: every value from the environment is a string, and serde parses
+        // numbers for the keys typed so. With it on, config made an all-digit value a number
+        // before any key's type was known, so a string key lost what it was set to: the cookie
+        // 000123456789012345678901 became 1.2345678901234568e20 (leading zeros gone, the rest
+        // rounded through f64) and no longer matched the one `ipfixsvc cluster` reads.
+        let source = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("node.roles")
-            .with_list_parse_key("cluster.seeds");
-        let s: Settings = b.add_source(env).build()?.try_deserialize()?;
+            .source(Some(env.clone()));
+        b = b.add_source(source);
+        // config splits lists only with try_parsing on, so the list keys are split here and set
+        // as overrides, which rank where the environment does: above defaults and the file.
+        for key in ENV_LIST_KEYS {
+            let var = format!("{ENV_PREFIX}__{}", key.replace('.', "__"));
+            // config matches names without regard to case; so does this.
+            if let Some((_, value)) = env.iter().find(|(k, _)| k.eq_ignore_ascii_case(&var)) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    // `IPFIXSVC__CLUSTER__SEEDS=` is no seeds, not one empty seed.
+                    .filter(|item| !item.is_empty())
+                    .map(String::from)
+                    .collect();
+                b = b.set_override(key, items)?;
+            }
+        }
+        let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
         Ok(s)
     }
@@ -413,6 +497,23 @@ impl Settings {
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {
             return bad("cluster.seeds needs cluster.cookie (a shared secret)");
         }
+        // Addresses are checked here, not when the listener or the cluster member starts:
+        // there a bad one surfaces late, wrapped in one actor startup failure per supervisor.
+        for (key, value) in [
+            ("collector.tcp_listen", &self.collector.tcp_listen),
+            ("collector.udp_listen", &self.collector.udp_listen),
+        ] {
+            // Empty disables that listener.
+            if !value.is_empty() {
+                check_listen(key, value)?;
+            }
+        }
+        if self.cluster.enabled() || !self.cluster.listen.is_empty() {
+            check_listen("cluster.listen", &self.cluster.listen)?;
+        }
+        for (i, seed) in self.cluster.seeds.iter().enumerate() {
+            check_seed(&format!("cluster.seeds[{i}]"), seed)?;
+        }
         if self.jobs.workers == 0 || self.jobs.retention_secs == 0 {
             return bad("jobs.workers and jobs.retention_secs must be positive");
         }
@@ -424,6 +525,87 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `key = "value": why`, the shape of every address error.
+fn bad_address(key: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("{key} = {value:?}: {why}"))
+}
+
+/// Splits `host:port` (`[v6]:port` for an IPv6 address), or says what is wrong with it.
+fn host_port<'a>(key: &str, value: &'a str) -> Result<(&'a str, u16), ConfigError> {
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(bad_address(key, value, "expected host:port"));
+    };
+    let port: u16 = port.parse().map_err(|_| {
+        bad_address(
+            key,
+            value,
+            "expected host:port, the port a number up to 65535",
+        )
+    })?;
+    if host.is_empty() {
+        return Err(bad_address(key, value, "expected host:port"));
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok((host, port)),
+            Err(_) => Err(bad_address(
+                key,
+                value,
+                "not an IPv6 address in the brackets",
+            )),
+        };
+    }
+    if host.contains(':') {
+        return Err(bad_address(
+            key,
+            value,
+            "expected host:port; an IPv6 address goes in brackets, [addr]:port",
+        ));
+    }
+    // A DNS name (RFC 1123 letters, digits, hyphens, dots; `_` as some service names have) or
+    // an IPv4 address: anything else (spaces, slashes, a URL) is a typo to catch now.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(bad_address(
+            key,
+            value,
+            "expected host:port, the host a name or an IP address",
+        ));
+    }
+    Ok((host, port))
+}
+
+/// A listen address is `IP:port` (port 0: any free port), or `host:port` with a host name that
+/// resolves now (`localhost`, the pod's own name): the listener binds the first address it gets.
+fn check_listen(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    host_port(key, value)?;
+    use std::net::ToSocketAddrs;
+    match value.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(bad_address(key, value, "the host name has no address")),
+        Err(e) => Err(bad_address(
+            key,
+            value,
+            format!("the host name does not resolve ({e})"),
+        )),
+    }
+}
+
+/// A seed is `host:port`. It is not resolved here: seeds are dialed, and resolved, again and
+/// again, and in Kubernetes a StatefulSet's headless names resolve only once their pods run.
+fn check_seed(key: &str, value: &str) -> Result<(), ConfigError> {
+    let (_, port) = host_port(key, value)?;
+    if port == 0 {
+        return Err(bad_address(key, value, "port 0 cannot be dialed"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -455,6 +637,131 @@ mod tests {
             Settings::load(Some(&f)).is_err(),
             "a misspelt key is an error, not ignored"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn addresses_are_checked_when_configuration_loads() {
+        let refused = |f: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            s.validate().expect_err("refused").to_string()
+        };
+        assert_eq!(
+            refused(&|s| s.collector.tcp_listen = "notanaddr".into()),
+            r#"configuration: collector.tcp_listen = "notanaddr": expected host:port"#
+        );
+        assert!(refused(&|s| s.collector.udp_listen = "0.0.0.0:99999".into())
+            .starts_with(r#"configuration: collector.udp_listen = "0.0.0.0:99999": expected host:port, the port"#));
+        assert!(refused(&|s| s.collector.tcp_listen = "::1:4739".into()).contains("brackets"));
+        assert!(
+            refused(&|s| s.collector.tcp_listen = "no-such-host.invalid:4739".into())
+                .contains("does not resolve")
+        );
+        assert!(
+            refused(&|s| s.collector.tcp_listen = "http://x:4739".into())
+                .contains("expected host:port")
+        );
+        assert!(
+            refused(&|s| s.cluster.listen = ":4800".into())
+                .starts_with("configuration: cluster.listen")
+        );
+        assert_eq!(
+            refused(&|s| {
+                s.cluster.cookie = "secret".into();
+                s.cluster.seeds = vec!["node-0.ipfix:4800".into(), "node-1".into()];
+            }),
+            r#"configuration: cluster.seeds[1] = "node-1": expected host:port"#
+        );
+        assert!(
+            refused(&|s| {
+                s.cluster.cookie = "secret".into();
+                s.cluster.seeds = vec!["node-0:0".into()];
+            })
+            .contains("port 0 cannot be dialed")
+        );
+        assert!(
+            refused(&|s| {
+                s.cluster.cookie = "secret".into();
+                s.cluster.listen = String::new();
+            })
+            .starts_with("configuration: cluster.listen")
+        );
+
+        // Accepted: IP:port (v4, v6, port 0), a name that resolves, empty to disable a
+        // listener; seeds are names that need not resolve yet.
+        let mut s = Settings::default();
+        s.collector.tcp_listen = "[::1]:0".into();
+        s.collector.udp_listen = String::new();
+        s.cluster.listen = "localhost:4800".into();
+        s.cluster.cookie = "secret".into();
+        s.cluster.seeds = vec![
+            "ipfix-0.ipfix.default.svc.cluster.local:4800".into(),
+            "10.0.0.7:4800".into(),
+            "[fd00::7]:4800".into(),
+        ];
+        s.validate().expect("valid addresses");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> config::Map<String, String> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_values_stay_strings_and_typed_keys_still_parse() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("IPFIXSVC__CLUSTER__COOKIE", "000123456789012345678901"),
+                ("IPFIXSVC__COLLECTOR__MAX_TCP_SESSIONS", "9"),
+                ("IPFIXSVC__STORE__TENANT", "0042"),
+                ("IPFIXSVC__NODE__ROLES", "collector,jobs"),
+                ("IPFIXSVC__CLUSTER__SEEDS", "node-0:4800, node-1:4800"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.cluster.cookie, "000123456789012345678901");
+        assert_eq!(s.collector.max_tcp_sessions, 9);
+        assert_eq!(s.store.tenant, "0042");
+        assert_eq!(s.node.roles, vec![Role::Collector, Role::Jobs]);
+        assert_eq!(s.cluster.seeds, vec!["node-0:4800", "node-1:4800"]);
+
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("IPFIXSVC__CLUSTER__COOKIE", "1e3"),
+                ("IPFIXSVC__CLUSTER__SEEDS", ""),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.cluster.cookie, "1e3");
+        assert!(s.cluster.seeds.is_empty(), "empty is no seeds");
+
+        let e = Settings::load_from(
+            None,
+            env(&[("IPFIXSVC__COLLECTOR__MAX_TCP_SESSIONS", "many")]),
+        )
+        .expect_err("not a number");
+        assert!(e.to_string().contains("max_tcp_sessions"), "{e}");
+    }
+
+    #[test]
+    fn a_cookie_a_file_reads_as_a_number_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ipfixsvc-cookie-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let toml = dir.join("c.toml");
+        std::fs::write(&toml, "[cluster]\ncookie = 123\n").expect("write");
+        let e = Settings::load_from(Some(&toml), env(&[])).expect_err("a number");
+        assert!(e.to_string().contains("quote it"), "{e}");
+        std::fs::write(&toml, "[cluster]\ncookie = \"000123\"\n").expect("write");
+        let s = Settings::load_from(Some(&toml), env(&[])).expect("a string");
+        assert_eq!(s.cluster.cookie, "000123");
+        let yaml = dir.join("c.yaml");
+        std::fs::write(&yaml, "cluster:\n  cookie: 000123\n").expect("write");
+        let e = Settings::load_from(Some(&yaml), env(&[])).expect_err("YAML reads a number");
+        assert!(e.to_string().contains("quote it"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,18 +17,5 @@ fn main() -> std::process::ExitCode {
             eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
         }),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        // `dump ... | head`: the reader left; that is not an error worth a message.
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ipfixsvc: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ipfixsvc::cli::exit_code(result)
 }

@@ -272,3 +272,118 @@ fn nodes_speak_mutual_tls_and_refuse_plain_peers() {
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `ipfixsvc cluster view` against `seed`, the cookie given by `how`; stdout, stderr, success.
+fn view_with(seed: &str, how: &[&str], env_cookie: Option<&str>) -> (String, String, bool) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["cluster", "view", "--seed", seed])
+        .args(how)
+        .env_remove("IPFIXSVC__CLUSTER__COOKIE");
+    if let Some(c) = env_cookie {
+        cmd.env("IPFIXSVC__CLUSTER__COOKIE", c);
+    }
+    let out = cmd.output().expect("run ipfixsvc cluster view");
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn an_all_digit_cookie_reaches_node_and_client_alike_from_environment_or_file() {
+    // Through config's number parsing this became 1.2345678901234568e20 in the node, while the
+    // client used the digits: the handshake failed.
+    const DIGITS: &str = "000123456789012345678901";
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _node = Server::start(
+        "cookie-digits",
+        &[
+            ("IPFIXSVC__NODE__NAME", "node-digits"),
+            ("IPFIXSVC__CLUSTER__COOKIE", DIGITS),
+            ("IPFIXSVC__CLUSTER__LISTEN", &listen),
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("ipfixsvc-cookie-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("cookie");
+    std::fs::write(&file, format!("{DIGITS}\n")).expect("write");
+    let file = file.to_string_lossy().to_string();
+
+    let (out, err, ok) = view_with(&listen, &[], Some(DIGITS));
+    assert!(
+        ok && out.contains("node-digits"),
+        "from the environment: {err}"
+    );
+    let (out, err, ok) = view_with(&listen, &["--cookie-file", &file], None);
+    assert!(ok && out.contains("node-digits"), "from a file: {err}");
+    let (out, err, ok) = view_with(&listen, &["--cookie", DIGITS], None);
+    assert!(
+        ok && out.contains("node-digits"),
+        "on the command line: {err}"
+    );
+    // A file given on purpose wins over an environment left set.
+    let (_, err, ok) = view_with(&listen, &["--cookie-file", &file], Some("stale"));
+    assert!(ok, "{err}");
+
+    let (_, err, ok) = view_with(&listen, &[], None);
+    assert!(!ok && err.contains("IPFIXSVC__CLUSTER__COOKIE"), "{err}");
+    let (_, err, ok) = view_with(&listen, &["--cookie", "x", "--cookie-file", &file], None);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reader_that_leaves_ends_the_cluster_queries_quietly() {
+    // `ipfixsvc cluster sessions | head -2`: println! panicked on the closed pipe.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let node = Server::start(
+        "cluster-pipe",
+        &[
+            ("IPFIXSVC__NODE__NAME", "node-pipe"),
+            ("IPFIXSVC__CLUSTER__COOKIE", COOKIE),
+            ("IPFIXSVC__CLUSTER__LISTEN", &listen),
+            ("IPFIXSVC__OUTPUT__FORMAT", "count"),
+        ],
+    );
+    // Two exporters, so `sessions` has more than one line to write.
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("file");
+    let mut exporters = Vec::new();
+    for _ in 0..2 {
+        let mut e = TcpStream::connect(node.tcp).expect("connect");
+        e.write_all(&file).expect("send");
+        exporters.push(e);
+    }
+    let port: u16 = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    eventually(
+        "the node lists both sessions",
+        Duration::from_secs(20),
+        || cluster("sessions", port).0.lines().count() == 2,
+    );
+    for what in [&["sessions"][..], &["view"], &["ping", "--count", "5"]] {
+        let mut child = Command::new(BIN)
+            .arg("cluster")
+            .args(what)
+            .args(["--seed", &listen])
+            .env("IPFIXSVC__CLUSTER__COOKIE", COOKIE)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ipfixsvc cluster");
+        // The reader leaves before the first line: every write meets a closed pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("ends");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what:?}: {:?} {err}", out.status);
+        assert!(!err.contains("panicked"), "{what:?}: {err}");
+    }
+    drop(exporters);
+}

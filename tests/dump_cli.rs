@@ -93,8 +93,75 @@ fn malformed_messages_are_reported_with_their_place_and_dump_goes_on() {
     // Not IPFIX at all.
     let junk = temp("junk.bin");
     std::fs::write(&junk, b"hello world").expect("write");
-    let (_, err, _) = dump(&[], &[&junk]);
+    let (_, err, ok) = dump(&[], &[&junk]);
     assert!(err.contains("neither an IPFIX file nor a capture"), "{err}");
+    assert!(!ok, "nothing of the input could be read");
+}
+
+#[test]
+fn inputs_that_cannot_be_read_fail_the_run_with_one_line_each() {
+    let junk = temp("hostname");
+    std::fs::write(&junk, b"myhost\n").expect("write");
+    let empty = temp("empty.ipfix");
+    std::fs::write(&empty, b"").expect("write");
+    // Starts like IPFIX (version 10), but its first message cannot be framed.
+    let fake = temp("fake.ipfix");
+    std::fs::write(&fake, b"\x00\x0a\x00\x05abcdefghijklmnop").expect("write");
+    let bad_capture = temp("bad.pcap");
+    std::fs::write(&bad_capture, b"\xd4\xc3\xb2\xa1xx").expect("write");
+    let missing = temp("missing.ipfix");
+    for (input, reason) in [
+        (&missing, "cannot open"),
+        (&junk, "neither an IPFIX file nor a capture"),
+        (&empty, "empty"),
+        (&fake, "not IPFIX"),
+        (&bad_capture, "not a readable capture"),
+        (&std::env::temp_dir(), "cannot read"),
+    ] {
+        let (out, err, ok) = dump(&[], &[input]);
+        assert!(!ok, "{}: exits non-zero", input.display());
+        assert!(out.is_empty(), "{out}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(
+            lines[0].starts_with(&format!("{}: ", input.display())) && lines[0].contains(reason),
+            "names the file and the reason: {err}"
+        );
+    }
+
+    // A good file before a missing one is still decoded and counted; the run fails.
+    let good = testdata("example_flows.ipfix");
+    let (out, err, ok) = dump(&["--count"], &[&good, &missing]);
+    assert!(!ok);
+    let counts: serde_json::Value = serde_json::from_str(out.trim()).expect("counts JSON");
+    assert_eq!(counts["dataRecords"], 3979);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_reader_that_leaves_ends_dump_quietly() {
+    // `dump FILE | head -1`: the reader closes the pipe after one line.
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .arg("dump")
+        .arg(testdata("example_flows.ipfix"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dump");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("one line");
+    assert!(first.starts_with('{'), "{first}");
+    // The reader is dropped here: dump's next write meets a closed pipe.
+    let out = child.wait_with_output().expect("dump ends");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

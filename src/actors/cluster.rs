@@ -181,7 +181,12 @@ impl Actor for ClusterMember {
         let (server, _) =
             Actor::spawn_linked(Some(NODE_SERVER.into()), server, (), myself.get_cell())
                 .await
-                .map_err(|e| format!("cluster server on {listen}: {e}"))?;
+                .map_err(|e| {
+                    format!(
+                        "cannot listen for the cluster (cluster.listen) on {listen}: {}",
+                        super::startup_failure(&e)
+                    )
+                })?;
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cluster-member".into(),
             subscription: Box::new(Forward(myself.clone())),

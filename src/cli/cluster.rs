@@ -1,10 +1,13 @@
-//! `ipfixsvc cluster sessions|view --seed HOST:PORT --cookie C`: ask a running node, over the
+//! `ipfixsvc cluster sessions|view --seed HOST:PORT`, the cookie from IPFIXSVC__CLUSTER__COOKIE
+//! or `--cookie-file`: ask a running node, over the
 //! ractor cluster, for every exporter session in the cluster, or for its view of the cluster.
 //! The command joins as a short-lived node of its own (isolated: it talks to the seed only).
 
 use crate::actors::directory::{DIRECTORY_GROUP, DirectoryMsg};
+use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServer;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -14,15 +17,15 @@ pub struct ClusterArgs {
     /// A node of the cluster, HOST:PORT of its cluster.listen.
     #[arg(long, global = true, default_value = "127.0.0.1:4800")]
     pub seed: String,
-    /// The cluster's shared secret (or IPFIXSVC__CLUSTER__COOKIE).
-    #[arg(
-        long,
-        global = true,
-        env = "IPFIXSVC__CLUSTER__COOKIE",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    pub cookie: String,
+    /// The cluster's shared secret. Discouraged: a command line is visible to every user of
+    /// the host (ps, /proc/PID/cmdline). Without it and --cookie-file, the secret comes from
+    /// IPFIXSVC__CLUSTER__COOKIE.
+    #[arg(long, global = true, conflicts_with = "cookie_file")]
+    pub cookie: Option<String>,
+    /// A file holding the cluster's shared secret (a mounted Kubernetes Secret, say); a
+    /// trailing newline is not part of it.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cookie_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -74,22 +77,48 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
     rt.block_on(query(args))
 }
 
-async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
-    if args.cookie.is_empty() {
+/// The shared secret, byte for byte as `serve` takes it: --cookie-file, else --cookie, else
+/// IPFIXSVC__CLUSTER__COOKIE (flags given on purpose win over an environment left set).
+fn cookie(args: &ClusterArgs) -> anyhow::Result<String> {
+    const VAR: &str = "IPFIXSVC__CLUSTER__COOKIE";
+    let cookie = if let Some(path) = &args.cookie_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--cookie-file {}", path.display()))?;
+        // `echo "$COOKIE" > file` and most editors end the file with a newline.
+        let cookie = text.trim_end_matches(['\n', '\r']).to_string();
+        if cookie.is_empty() {
+            anyhow::bail!("--cookie-file {}: the file is empty", path.display());
+        }
+        cookie
+    } else if let Some(c) = &args.cookie {
+        c.clone()
+    } else {
+        match std::env::var(VAR) {
+            Ok(c) => c,
+            Err(std::env::VarError::NotPresent) => String::new(),
+            Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("{VAR}: not valid UTF-8"),
+        }
+    };
+    if cookie.is_empty() {
         anyhow::bail!(
-            "--cookie (or IPFIXSVC__CLUSTER__COOKIE) is required: the cluster's shared secret"
+            "the cluster's shared secret is required: set {VAR}, or give --cookie-file PATH"
         );
     }
+    Ok(cookie)
+}
+
+async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
+    let cookie = cookie(args)?;
     let name = format!(
         "{}{}",
         crate::actors::cluster::CLI_NODE_PREFIX,
         std::process::id()
     );
-    let server = NodeServer::new(0, args.cookie.clone(), name, "localhost".into(), None, None)
+    let server = NodeServer::new(0, cookie, name, "localhost".into(), None, None)
         .with_listen_addr([127, 0, 0, 1].into());
     let (server, _) = Actor::spawn(None, server, ())
         .await
-        .map_err(|e| anyhow::anyhow!("cluster client: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cluster client: {}", crate::actors::startup_failure(&e)))?;
     if args.tls.tls_cert.is_empty() {
         ractor_cluster::client_connect(&server, args.seed.as_str())
             .await
@@ -125,15 +154,25 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    match &args.what {
+    let answered = answer(&args.what, directory).await;
+    server.stop(None);
+    answered
+}
+
+/// Asks the seed's directory and prints the answer. Lines go through [`super::Lines`]:
+/// `ipfixsvc cluster sessions | head -2` ends quietly when head leaves.
+async fn answer(what: &ClusterQuery, directory: ActorRef<DirectoryMsg>) -> anyhow::Result<()> {
+    let mut out = super::stdout_lines();
+    match what {
         ClusterQuery::Sessions => {
             let list = ractor::call_t!(directory, DirectoryMsg::ListCluster, 10_000)
                 .map_err(|e| anyhow::anyhow!("listing sessions: {e}"))?;
-            for s in &list.sessions {
-                println!("{}", serde_json::to_string(s)?);
-            }
+            // Errors first: a reader that leaves after a few lines must not hide them.
             for e in &list.errors {
                 eprintln!("ipfixsvc cluster: {e}");
+            }
+            for s in &list.sessions {
+                out.line(serde_json::to_string(s)?)?;
             }
         }
         &ClusterQuery::Ping { count } => {
@@ -146,17 +185,13 @@ async fn query(args: &ClusterArgs) -> anyhow::Result<()> {
             }
             rtts.sort_unstable();
             let pick = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
-            println!(
-                "{}",
-                serde_json::json!({"count": rtts.len(), "median_us": pick(0.5), "p99_us": pick(0.99), "max_us": pick(1.0)})
-            );
+            out.line(serde_json::json!({"count": rtts.len(), "median_us": pick(0.5), "p99_us": pick(0.99), "max_us": pick(1.0)}))?;
         }
         ClusterQuery::View => {
             let view = ractor::call_t!(directory, DirectoryMsg::ClusterView, 5_000)
                 .map_err(|e| anyhow::anyhow!("cluster view: {e}"))?;
-            println!("{}", view.0);
+            out.line(&view.0)?;
         }
     }
-    server.stop(None);
-    Ok(())
+    out.flush()
 }

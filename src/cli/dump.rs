@@ -9,8 +9,8 @@ use crate::meter::transport::Protocol;
 use crate::store::files::{Access, map_file};
 use crate::wire::ndjson::{self, Origin};
 use crate::wire::{
-    DecodedMessage, Decoder, DecoderOptions, MessageReader, MessageSlices, Registry, TemplateEvent,
-    TemplateKind,
+    DecodedMessage, Decoder, DecoderOptions, FramingError, MessageReader, MessageSlices, Registry,
+    TemplateEvent, TemplateKind,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -112,58 +112,110 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
         decoders: HashMap::new(),
         finder: MessageFinder::new(ports, args.max_message),
     };
+    // Every input is tried, as cat does; one that gives nothing fails the run at the end.
+    let mut unusable = 0;
     for f in &args.files {
-        if let Err(e) = d.file(f) {
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::BrokenPipe
-            {
-                return Err(e);
+        match d.file(f) {
+            Ok(()) => {}
+            Err(FileError::Output(e)) => return Err(super::stdout_error(e)),
+            Err(FileError::Stopped(why)) => {
+                d.counts.errors += 1;
+                eprintln!("{}: {why}", f.display());
             }
-            d.counts.errors += 1;
-            eprintln!("{}: {e}", f.display());
+            Err(FileError::Unusable(why)) => {
+                d.counts.errors += 1;
+                unusable += 1;
+                eprintln!("{}: {why}", f.display());
+            }
         }
     }
     if args.count {
-        serde_json::to_writer(&mut d.out, &d.counts)?;
-        d.out.write_all(b"\n")?;
+        // Serialized first: serde_json's error would hide an EPIPE from stdout_error.
+        let mut line = serde_json::to_vec(&d.counts)?;
+        line.push(b'\n');
+        d.out.write_all(&line).map_err(super::stdout_error)?;
     }
-    d.out.flush()?;
+    d.out.flush().map_err(super::stdout_error)?;
+    if unusable > 0 {
+        // Each one has had its line above; main adds none.
+        return Err(super::Reported(format!(
+            "{unusable} of {} inputs could not be read",
+            args.files.len()
+        ))
+        .into());
+    }
     Ok(d.counts)
 }
 
+/// Why one input stopped.
+enum FileError {
+    /// Nothing of it could be read as IPFIX or a capture (missing, unreadable, empty, another
+    /// format, a broken capture header, no IPFIX message at its start): dump exits non-zero,
+    /// as tshark and nfdump do.
+    Unusable(String),
+    /// It stopped being readable after some of it was decoded (cut inside a message, a read
+    /// error): what was read stays printed, and the run goes on, as for a malformed message.
+    Stopped(String),
+    /// Standard output failed; EPIPE is the `dump | head` case.
+    Output(std::io::Error),
+}
+
 impl<W: Write> Dumper<W> {
-    fn file(&mut self, path: &Path) -> anyhow::Result<()> {
+    fn file(&mut self, path: &Path) -> Result<(), FileError> {
+        let file =
+            File::open(path).map_err(|e| FileError::Unusable(format!("cannot open: {e}")))?;
         // 64 KiB: the message reader asks for at least that much, so its reads bypass this buffer.
-        let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
-        match sniff_reader(&mut reader)? {
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        let kind = sniff_reader(&mut reader)
+            .map_err(|e| FileError::Unusable(format!("cannot read: {e}")))?;
+        match kind {
             FileKind::Ipfix => match map_file(reader.get_ref(), self.access(true)) {
                 Some(all) => self.ipfix_messages(path, MessageSlices::new(all, self.max_message)),
                 None => self.ipfix_messages(path, MessageReader::new(reader, self.max_message)),
             },
             FileKind::Pcap | FileKind::PcapNg => {
                 let capture = match map_file(reader.get_ref(), self.access(false)) {
-                    Some(all) => CaptureReader::from_bytes(all)?,
-                    None => CaptureReader::new(reader)?,
-                };
-                self.capture(path, capture)
+                    Some(all) => CaptureReader::from_bytes(all),
+                    None => CaptureReader::new(reader),
+                }
+                .map_err(|e| FileError::Unusable(format!("not a readable capture: {e}")))?;
+                self.capture(path, capture).map_err(FileError::Output)
             }
-            FileKind::Unknown(m) => {
-                anyhow::bail!("neither an IPFIX file nor a capture (starts with {m:02x?})")
-            }
+            // sniff_reader filled the buffer: nothing in it is nothing in the file.
+            FileKind::Unknown(_) if reader.buffer().is_empty() => Err(FileError::Unusable(
+                "empty: neither an IPFIX file nor a capture".into(),
+            )),
+            FileKind::Unknown(m) => Err(FileError::Unusable(format!(
+                "neither an IPFIX file nor a capture (starts with {m:02x?})"
+            ))),
         }
     }
 
-    fn ipfix_messages<I>(&mut self, path: &Path, messages: I) -> anyhow::Result<()>
+    fn ipfix_messages<I>(&mut self, path: &Path, messages: I) -> Result<(), FileError>
     where
-        I: Iterator<Item = Result<(u64, Bytes), crate::wire::FramingError>>,
+        I: Iterator<Item = Result<(u64, Bytes), FramingError>>,
     {
         let shown = path.display().to_string();
         let mut decoder = Decoder::new(self.registry.clone(), DecoderOptions::default());
+        let mut framed = false;
         for m in messages {
-            let (offset, msg) = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (offset, msg) = match m {
+                Ok(m) => m,
+                // Two bytes of 0x000a make a file look like IPFIX; a first message that cannot
+                // be framed says it is not.
+                Err(e @ FramingError::Truncated { .. }) if !framed => {
+                    return Err(FileError::Unusable(format!(
+                        "cut short inside its first message: {e}"
+                    )));
+                }
+                Err(e) if !framed => return Err(FileError::Unusable(format!("not IPFIX: {e}"))),
+                Err(e) => return Err(FileError::Stopped(e.to_string())),
+            };
+            framed = true;
             self.message(&mut decoder, &shown, msg, &|| {
                 format!("{shown}: message at offset {offset}")
-            })?;
+            })
+            .map_err(FileError::Output)?;
         }
         Ok(())
     }
@@ -181,7 +233,7 @@ impl<W: Write> Dumper<W> {
         &mut self,
         path: &Path,
         mut capture: CaptureReader<BufReader<File>>,
-    ) -> anyhow::Result<()> {
+    ) -> std::io::Result<()> {
         let shown = path.display().to_string();
         // Taken out of `self` while `self` prints; put back for the next file.
         let mut decoders = std::mem::take(&mut self.decoders);

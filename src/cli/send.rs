@@ -12,7 +12,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -48,17 +48,74 @@ pub struct SendSummary {
 }
 
 enum Out {
-    Tcp(TcpStream),
+    Tcp(TcpStream, Watcher),
     Udp(UdpSocket, SocketAddr),
 }
 
 impl Out {
     fn send(&mut self, m: &[u8]) -> std::io::Result<()> {
         match self {
-            Out::Tcp(s) => s.write_all(m),
+            Out::Tcp(s, _) => s.write_all(m),
             Out::Udp(s, to) => s.send_to(m, *to).map(|_| ()),
         }
     }
+}
+
+/// After our FIN, how long send waits for the collector to read the rest and close in turn.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// How the collector's side of a TCP connection ended.
+#[derive(Debug)]
+enum Hangup {
+    /// FIN: it closed the connection.
+    Closed,
+    /// RST or another error: it closed with our data unread, or the connection broke.
+    Broken(std::io::Error),
+}
+
+/// Watches the read side of the TCP connection. An IPFIX collector never writes (RFC 7011: the
+/// Collecting Process only receives), so a read that returns means the collector closed the
+/// connection (0 bytes) or reset it (an error). Without the watch, a collector that hangs up
+/// mid-stream goes unnoticed until a write fails, or never, when the rest of the file fits in
+/// the socket buffers.
+struct Watcher {
+    hangup: std::sync::mpsc::Receiver<Hangup>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(stream: &TcpStream) -> std::io::Result<Watcher> {
+        let mut reader = stream.try_clone()?;
+        let (tx, hangup) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let end = loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break Hangup::Closed,
+                    // Bytes from a collector mean nothing in IPFIX: ignored.
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Hangup::Broken(e),
+                }
+            };
+            // No receiver any more is fine: send has finished or failed already.
+            let _ = tx.send(end);
+        });
+        Ok(Watcher { hangup, thread })
+    }
+}
+
+/// The error for a collector that hung up before send was done.
+fn hung_up(to: SocketAddr, summary: &SendSummary, why: &Hangup) -> anyhow::Error {
+    let reason = match why {
+        Hangup::Broken(e) => format!(": {e}"),
+        Hangup::Closed => String::new(),
+    };
+    anyhow::anyhow!(
+        "the collector at {to} closed the connection after {} bytes ({} messages) had been sent{reason}",
+        summary.bytes,
+        summary.messages
+    )
 }
 
 /// The messages of `path` in order, with their data record counts (for pacing and summary).
@@ -143,7 +200,8 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
         let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
             .with_context(|| format!("connecting to {to}"))?;
         s.set_nodelay(true)?;
-        Out::Tcp(s)
+        let watcher = Watcher::start(&s)?;
+        Out::Tcp(s, watcher)
     };
     let mut summary = SendSummary::default();
     let start = Instant::now();
@@ -162,23 +220,53 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
                     std::thread::sleep(due - now);
                 }
             }
-            out.send(&m).with_context(|| {
-                format!(
+            if let Err(e) = out.send(&m) {
+                if let Out::Tcp(_, w) = &out {
+                    // EPIPE or ECONNRESET on the socket is the collector hanging up (never the
+                    // quiet `| head` case, which is about standard output); the watcher has
+                    // the first cause, or is about to.
+                    let why = w
+                        .hangup
+                        .recv_timeout(Duration::from_millis(200))
+                        .unwrap_or(Hangup::Broken(e));
+                    return Err(hung_up(to, &summary, &why));
+                }
+                return Err(anyhow::Error::new(e).context(format!(
                     "sending message {} (round {})",
                     summary.messages + 1,
                     round + 1
-                )
-            })?;
+                )));
+            }
             summary.messages += 1;
             summary.records += records;
             summary.bytes += m.len() as u64;
+            if let Out::Tcp(_, w) = &out
+                && let Ok(why) = w.hangup.try_recv()
+            {
+                return Err(hung_up(to, &summary, &why));
+            }
         }
     }
-    if let Out::Tcp(s) = &mut out {
-        s.flush()?;
-        let _ = s.shutdown(std::net::Shutdown::Write);
-    }
+    // The sending time: the wait for the collector's close below is not part of it.
     summary.seconds = start.elapsed().as_secs_f64();
+    if let Out::Tcp(s, w) = out {
+        // A hangup before our FIN: the collector closed on its own, before the end.
+        if let Ok(why) = w.hangup.try_recv() {
+            return Err(hung_up(to, &summary, &why));
+        }
+        s.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| hung_up(to, &summary, &Hangup::Broken(e)))?;
+        // After our FIN a collector reads what is left and closes in turn: a FIN back is the
+        // clean end; a reset means it dropped data unread. One that keeps the connection open
+        // is not waited for past LINGER.
+        let end = w.hangup.recv_timeout(LINGER);
+        // Wakes the watcher's read if the collector is still there, so its thread ends.
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = w.thread.join();
+        if let Ok(why @ Hangup::Broken(_)) = end {
+            return Err(hung_up(to, &summary, &why));
+        }
+    }
     summary.records_per_second = summary.records as f64 / summary.seconds.max(1e-9);
     Ok(summary)
 }

@@ -51,7 +51,9 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
     };
     let (node, node_done) = Actor::spawn(Some("node".into()), NodeSupervisor, args)
         .await
-        .map_err(|e| anyhow::anyhow!("node did not start: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("node did not start: {}", crate::actors::startup_failure(&e))
+        })?;
     let failed = tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
