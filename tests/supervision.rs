@@ -201,3 +201,87 @@ async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
     assert!(eventually(back).await, "the TCP listener came back");
     collector.stop(None);
 }
+
+/// The good exporter's template message and one data message of five records (domain 9).
+fn template_and_data() -> (Vec<u8>, Vec<u8>) {
+    use ipfixsvc::wire::{FieldSpec, FieldValue, MessageBuilder, Plan, Template};
+    let t = Template::data(300, vec![FieldSpec::new(2, 0, 8)]);
+    let plan = Plan::compile(t.clone(), &Registry::builtin());
+    let mut b = MessageBuilder::new(9, 1400);
+    b.add_template(&t).expect("template");
+    b.flush();
+    let template = b.take_ready().remove(0);
+    for i in 0..5 {
+        b.add_record(&plan, &[FieldValue::Unsigned(i)])
+            .expect("record");
+    }
+    b.flush();
+    (template, b.take_ready().remove(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_template_cache_and_the_directory_are_restarted_and_found_by_name() {
+    use ipfixsvc::actors::directory::DIRECTORY_NAME;
+    use ipfixsvc::actors::node::{NodeArgs, NodeSupervisor};
+    use ipfixsvc::actors::template_cache::TEMPLATE_CACHE;
+    use ipfixsvc::config::{Role, Settings};
+    let (sink, _writer) = RecordSink::start(&OutputSettings {
+        format: OutputFormat::Count,
+        ..OutputSettings::default()
+    })
+    .await
+    .expect("sink");
+    let mut settings = Settings::default();
+    settings.node.roles = vec![Role::Collector];
+    settings.collector.tcp_listen = "127.0.0.1:0".into();
+    settings.collector.udp_listen = String::new();
+    let args = NodeArgs {
+        settings,
+        registry: Registry::builtin(),
+        sink,
+    };
+    let (_node, _) = Actor::spawn(Some("node".into()), NodeSupervisor, args)
+        .await
+        .expect("node");
+    let collector: ActorRef<CollectorMsg> = ractor::registry::where_is("collector")
+        .expect("collector")
+        .into();
+    let (tcp, _) = ractor::call!(collector, CollectorMsg::ListenAddrs).expect("addresses");
+    let tcp = tcp.expect("tcp");
+    let (template, data) = template_and_data();
+    let mut a = tokio::net::TcpStream::connect(tcp).await.expect("a");
+    a.write_all(&template).await.expect("a");
+    a.write_all(&data).await.expect("a");
+    // The cache and the directory die; the node starts them again under their names.
+    for name in [TEMPLATE_CACHE, DIRECTORY_NAME] {
+        let old = ractor::registry::where_is(name).expect(name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        old.kill();
+        assert!(
+            eventually(async || ractor::registry::where_is(name)
+                .is_some_and(|c| c.get_id() != old.get_id()))
+            .await,
+            "{name} restarted"
+        );
+    }
+    // A second connection of the same exporter sends data only: decoded with the template the
+    // first one defined, found through the new cache (the store outlived the old one).
+    let mut b = tokio::net::TcpStream::connect(tcp).await.expect("b");
+    b.write_all(&data).await.expect("b");
+    let decoded = async || {
+        let Ok(sessions) = ractor::call!(collector, CollectorMsg::Sessions) else {
+            return false;
+        };
+        let mut total = 0;
+        for s in sessions {
+            total += ractor::call!(s, SessionMsg::GetStats)
+                .map(|st| st.data_records)
+                .unwrap_or(0);
+        }
+        total == 10
+    };
+    assert!(
+        eventually(decoded).await,
+        "B decoded with the shared template"
+    );
+}

@@ -77,6 +77,7 @@ pub struct ClusterView {
     pub seeds: Vec<SeedView>,
 }
 
+#[derive(Clone)]
 pub struct ClusterArgs {
     pub node: String,
     pub listen: String,

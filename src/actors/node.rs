@@ -1,9 +1,16 @@
 //! NodeSupervisor: the root of one process's tree. Starts a supervisor per configured role and
 //! drains them on shutdown. Roles not built yet are reported once at start.
 //!
-//! Messages: `Drain` (listeners stop, sessions finish their message; running jobs are
-//! cancelled and their records marked). A failing role
-//! supervisor is logged and the node stops, so that Kubernetes restarts the pod.
+//! Messages: `Drain` (listeners stop, sessions finish what they read; running jobs are
+//! cancelled and their records marked), `Restart` (own backoff timer).
+//!
+//! Supervision: the TemplateCache, the SessionDirectory and the ClusterMember hold no state that
+//! cannot be rebuilt (templates are in the store, the directory asks the collector, the cluster
+//! member dials again), so when one fails or stops it is started again under the same name with
+//! backoff (100 ms doubling to 30 s, back to 100 ms after a minute without a restart); others find
+//! them by name. A role supervisor (collector, jobs) that fails or stops takes the node down
+//! instead, so that Kubernetes restarts the pod: a node that runs without its role only looks
+//! healthy.
 
 use super::collector::{
     COLLECTOR_NAME, CollectorArgs, CollectorMsg, CollectorSupervisor, DrainReport, SessionEnv,
@@ -27,6 +34,67 @@ use std::time::Duration;
 pub enum NodeMsg {
     /// Drain every role within the time given; the collector's report comes back.
     Drain(Duration, RpcReplyPort<DrainReport>),
+    /// Start this restartable child again (its registered name).
+    Restart(String),
+}
+
+/// Children started again when they end, with what they need to start.
+#[derive(Clone)]
+enum Restartable {
+    Cache(CacheArgs),
+    Directory(String),
+    Cluster(ClusterArgs),
+}
+
+impl Restartable {
+    fn name(&self) -> &'static str {
+        match self {
+            Restartable::Cache(_) => TEMPLATE_CACHE,
+            Restartable::Directory(_) => DIRECTORY_NAME,
+            Restartable::Cluster(_) => CLUSTER_MEMBER,
+        }
+    }
+
+    async fn spawn(&self, supervisor: ractor::ActorCell) -> Result<(), ActorProcessingErr> {
+        let name = Some(self.name().to_string());
+        match self {
+            Restartable::Cache(a) => {
+                Actor::spawn_linked(name, TemplateCache, a.clone(), supervisor).await?;
+            }
+            Restartable::Directory(node) => {
+                let args = DirectoryArgs { node: node.clone() };
+                Actor::spawn_linked(name, SessionDirectory, args, supervisor).await?;
+            }
+            Restartable::Cluster(a) => {
+                Actor::spawn_linked(name, ClusterMember, a.clone(), supervisor).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Restarts of one child: how many in a row, and when the last was.
+#[derive(Default)]
+struct Restarts {
+    count: u32,
+    last: Option<std::time::Instant>,
+}
+
+impl Restarts {
+    /// The wait before the next restart; a child that ran a minute since its last restart
+    /// starts over at 100 ms.
+    fn next_delay(&mut self) -> Duration {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.count = 0;
+        }
+        let delay = Duration::from_millis(100u64 << self.count.min(9)).min(Duration::from_secs(30));
+        self.count += 1;
+        self.last = Some(std::time::Instant::now());
+        delay
+    }
 }
 
 pub struct NodeArgs {
@@ -38,6 +106,9 @@ pub struct NodeArgs {
 pub struct NodeState {
     collector: Option<ActorRef<CollectorMsg>>,
     jobs: Option<ActorRef<JobMsg>>,
+    restartable: Vec<Restartable>,
+    restarts: std::collections::HashMap<&'static str, Restarts>,
+    draining: bool,
 }
 
 pub struct NodeSupervisor;
@@ -77,13 +148,11 @@ impl Actor for NodeSupervisor {
             max_bytes: st.cache_bytes,
             handle: cache_handle.clone(),
         };
-        Actor::spawn_linked(
-            Some(TEMPLATE_CACHE.into()),
-            TemplateCache,
-            cache_args,
-            myself.get_cell(),
-        )
-        .await?;
+        let mut restartable = vec![
+            Restartable::Cache(cache_args),
+            Restartable::Directory(args.settings.node.name.clone()),
+        ];
+        restartable[0].spawn(myself.get_cell()).await?;
         let mut collector = None;
         if roles.contains(&Role::Collector) {
             let env = SessionEnv::new(
@@ -131,16 +200,7 @@ impl Actor for NodeSupervisor {
             .await?;
             jobs = Some(j);
         }
-        let dir_args = DirectoryArgs {
-            node: args.settings.node.name.clone(),
-        };
-        Actor::spawn_linked(
-            Some(DIRECTORY_NAME.into()),
-            SessionDirectory,
-            dir_args,
-            myself.get_cell(),
-        )
-        .await?;
+        restartable[1].spawn(myself.get_cell()).await?;
         let cl = &args.settings.cluster;
         if cl.enabled() {
             let tls = if cl.tls_cert.is_empty() {
@@ -159,13 +219,9 @@ impl Actor for NodeSupervisor {
                 cookie: cl.cookie.clone(),
                 tls,
             };
-            Actor::spawn_linked(
-                Some(CLUSTER_MEMBER.into()),
-                ClusterMember,
-                cluster_args,
-                myself.get_cell(),
-            )
-            .await?;
+            let member = Restartable::Cluster(cluster_args);
+            member.spawn(myself.get_cell()).await?;
+            restartable.push(member);
         }
         let later: Vec<_> = roles
             .iter()
@@ -175,27 +231,53 @@ impl Actor for NodeSupervisor {
             tracing::info!(roles = ?later, "roles not in this build yet: not started");
         }
         tracing::info!(node = %args.settings.node.name, "node started");
-        Ok(NodeState { collector, jobs })
+        Ok(NodeState {
+            collector,
+            jobs,
+            restartable,
+            restarts: Default::default(),
+            draining: false,
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<NodeMsg>,
+        myself: ActorRef<NodeMsg>,
         msg: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        let NodeMsg::Drain(within, reply) = msg;
-        let mut report = DrainReport::default();
-        if let Some(c) = &state.collector {
-            match ractor::call!(c, CollectorMsg::Drain, within) {
-                Ok(r) => report = r,
-                Err(e) => tracing::warn!(error = %e, "collector did not drain"),
+        match msg {
+            NodeMsg::Drain(within, reply) => {
+                state.draining = true;
+                let mut report = DrainReport::default();
+                if let Some(c) = &state.collector {
+                    match ractor::call!(c, CollectorMsg::Drain, within) {
+                        Ok(r) => report = r,
+                        Err(e) => tracing::warn!(error = %e, "collector did not drain"),
+                    }
+                }
+                if let Some(j) = &state.jobs {
+                    let _ = ractor::call!(j, JobMsg::Drain);
+                }
+                let _ = reply.send(report);
+            }
+            NodeMsg::Restart(name) => {
+                if state.draining {
+                    return Ok(());
+                }
+                let Some(child) = state.restartable.iter().find(|r| r.name() == name).cloned()
+                else {
+                    return Ok(());
+                };
+                match child.spawn(myself.get_cell()).await {
+                    Ok(()) => tracing::info!(actor = name, "restarted"),
+                    Err(e) => {
+                        tracing::error!(actor = name, error = %e, "restart failed: will try again");
+                        state.schedule_restart(&myself, child.name());
+                    }
+                }
             }
         }
-        if let Some(j) = &state.jobs {
-            let _ = ractor::call!(j, JobMsg::Drain);
-        }
-        let _ = reply.send(report);
         Ok(())
     }
 
@@ -203,12 +285,38 @@ impl Actor for NodeSupervisor {
         &self,
         myself: ActorRef<NodeMsg>,
         evt: SupervisionEvent,
-        _state: &mut NodeState,
+        state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            tracing::error!(role = cell.get_name().unwrap_or_default(), error = %err, "role supervisor failed: stopping the node");
-            myself.stop(Some(format!("role supervisor failed: {err}")));
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!(
+                    "stopped: {}",
+                    reason.unwrap_or_else(|| "no reason given".into())
+                ),
+            ),
+            _ => return Ok(()),
+        };
+        if state.draining {
+            return Ok(());
+        }
+        let name = cell.get_name().unwrap_or_default();
+        if let Some(child) = state.restartable.iter().find(|r| r.name() == name) {
+            let child = child.name();
+            tracing::error!(actor = child, why, "node actor ended: restarting it");
+            state.schedule_restart(&myself, child);
+        } else {
+            tracing::error!(role = name, why, "role supervisor ended: stopping the node");
+            myself.stop(Some(format!("role supervisor {name} {why}")));
         }
         Ok(())
+    }
+}
+
+impl NodeState {
+    fn schedule_restart(&mut self, myself: &ActorRef<NodeMsg>, name: &'static str) {
+        let delay = self.restarts.entry(name).or_default().next_delay();
+        myself.send_after(delay, move || NodeMsg::Restart(name.to_string()));
     }
 }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tcp::{TcpListenerActor, TcpListenerArgs};
+use tokio::task::AbortHandle;
 use udp::{UdpListenerActor, UdpListenerArgs};
 
 /// What every session of this collector shares.
@@ -130,6 +131,28 @@ pub struct CollectorCounters {
     pub udp_queued_bytes: usize,
 }
 
+/// Runs a listener's loop as a task whose end, however it comes (a panic included), stops the
+/// listener actor with the reason, so the CollectorSupervisor restarts it: a loop that died on
+/// its own would leave a listener that looks alive and accepts nothing.
+/// The listener aborts the loop through the returned handle when it stops.
+pub(crate) fn watched<F>(listener: ActorCell, what: &'static str, work: F) -> AbortHandle
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let task = tokio::spawn(work);
+    let abort = task.abort_handle();
+    tokio::spawn(async move {
+        let why = match task.await {
+            Ok(()) => format!("{what} ended"),
+            // Aborted with its listener: nothing to report.
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => format!("{what} failed: {e}"),
+        };
+        listener.stop(Some(why));
+    });
+    abort
+}
+
 /// How a drain went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct DrainReport {
@@ -171,8 +194,8 @@ pub enum CollectorMsg {
 
 pub struct CollectorState {
     env: SessionEnv,
-    /// Consecutive restarts per listener, for the backoff.
-    restarts: [u32; 2],
+    /// Consecutive restarts per listener, for the backoff, and when the last one was.
+    restarts: [(u32, Option<std::time::Instant>); 2],
     draining: bool,
     pub session_failures: u64,
 }
@@ -256,7 +279,7 @@ impl Actor for CollectorSupervisor {
         Self::start_listener(ListenerKind::Udp, &myself, &args.env).await?;
         Ok(CollectorState {
             env: args.env,
-            restarts: [0; 2],
+            restarts: [(0, None); 2],
             draining: false,
             session_failures: 0,
         })
@@ -412,15 +435,28 @@ impl Actor for CollectorSupervisor {
 }
 
 impl CollectorSupervisor {
-    /// 100 ms doubling to 30 s.
+    /// 100 ms doubling to 30 s; back to 100 ms once a listener ran a minute without a restart.
     fn schedule_restart(
         myself: &ActorRef<CollectorMsg>,
         kind: ListenerKind,
         state: &mut CollectorState,
     ) {
-        let n = &mut state.restarts[kind as usize];
+        let (n, last) = &mut state.restarts[kind as usize];
+        if last.is_some_and(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *n = 0;
+        }
         let delay = Duration::from_millis(100u64 << (*n).min(9)).min(Duration::from_secs(30));
         *n += 1;
+        *last = Some(std::time::Instant::now());
+        if kind == ListenerKind::Udp {
+            // The UDP sessions were routed by the listener's receive task, gone with it: retire
+            // them (their templates are in the cache) rather than leave them unreachable.
+            for s in Self::sessions(myself) {
+                if s.get_name().is_some_and(|n| n.starts_with("session/udp/")) {
+                    s.stop(Some("UDP listener restarting".into()));
+                }
+            }
+        }
         myself.send_after(delay, move || CollectorMsg::RestartListener(kind));
     }
 }

@@ -12,7 +12,6 @@ use ractor_cluster::RactorMessage;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::task::JoinHandle;
 
 #[derive(RactorMessage)]
 pub enum TcpListenerMsg {
@@ -30,7 +29,7 @@ pub struct TcpListenerArgs {
 pub struct TcpListenerState {
     env: SessionEnv,
     supervisor: ActorCell,
-    accept: JoinHandle<()>,
+    accept: tokio::task::AbortHandle,
     pub local: SocketAddr,
 }
 
@@ -52,7 +51,7 @@ impl Actor for TcpListenerActor {
         let local = listener.local_addr()?;
         tracing::info!(tcp = %local, "collector TCP listener ready");
         let me = myself.clone();
-        let accept = tokio::spawn(async move {
+        let accept = super::watched(myself.get_cell(), "TCP accept loop", async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {

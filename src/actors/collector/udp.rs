@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
 
 #[derive(RactorMessage)]
 pub enum UdpListenerMsg {
@@ -33,7 +32,7 @@ pub struct UdpListenerArgs {
 }
 
 pub struct UdpListenerState {
-    receive: JoinHandle<()>,
+    receive: tokio::task::AbortHandle,
     local: SocketAddr,
 }
 
@@ -46,7 +45,7 @@ impl Actor for UdpListenerActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<UdpListenerMsg>,
+        myself: ActorRef<UdpListenerMsg>,
         args: UdpListenerArgs,
     ) -> Result<UdpListenerState, ActorProcessingErr> {
         let socket = bind(&args.listen, args.env.settings.udp_receive_buffer_bytes)
@@ -57,7 +56,11 @@ impl Actor for UdpListenerActor {
             .recv_buffer_size()
             .unwrap_or(0);
         tracing::info!(udp = %local, receive_buffer = granted, "collector UDP listener ready");
-        let receive = tokio::spawn(receive(socket, args.env, args.supervisor));
+        let receive = super::watched(
+            myself.get_cell(),
+            "UDP receive loop",
+            receive(socket, args.env, args.supervisor),
+        );
         Ok(UdpListenerState { receive, local })
     }
 
