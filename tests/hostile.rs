@@ -414,3 +414,65 @@ async fn the_udp_template_lifetime_holds_when_templates_are_shared() {
         || counts_from(&server, "127.0.0.5").len() >= 10,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_datagrams_and_forged_sources_does_not_flood_the_log() {
+    let server = Server::start(
+        "log-flood",
+        &[
+            ("IPFIXSVC__COLLECTOR__IDLE_TIMEOUT_SECS", "1"),
+            ("IPFIXSVC__COLLECTOR__FIRST_MESSAGE_SECS", "1"),
+        ],
+    );
+    // An IPFIX header whose set runs past the message: malformed, but routable.
+    let mut bad = template_bomb(1, 256, 1, 4).remove(0);
+    let at = 16 + 2; // the first set's length
+    bad[at..at + 2].copy_from_slice(&0xfff0u16.to_be_bytes());
+    let one = std::net::UdpSocket::bind("127.0.0.6:0").expect("bind");
+    for _ in 0..2000 {
+        let _ = one.send_to(&bad, server.udp);
+    }
+    // 1,000 sources, one template each, then silence: 1,000 sessions retire.
+    let hello = template_bomb(1, 256, 1, 4).remove(0);
+    for i in 0..1000 {
+        let s = std::net::UdpSocket::bind("127.0.0.7:0").expect("bind");
+        let _ = s.send_to(&hello, server.udp);
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let malformed = server.log_lines("malformed").len();
+    let ended = server.log_lines("ended").len();
+    assert!(
+        malformed > 0 && malformed < 20,
+        "{malformed} lines for 2,000 bad datagrams"
+    );
+    assert!(
+        ended > 0 && ended < 20,
+        "{ended} lines for 1,000 retired sessions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_redefinition_without_withdrawal_is_logged_and_counted() {
+    let server = Server::start("redefinition", &[]);
+    let mut s = tokio::net::TcpStream::connect(server.tcp)
+        .await
+        .expect("connect");
+    let good = good_messages(63, 1, 5);
+    s.write_all(&good[0]).await.expect("template");
+    s.write_all(&other_layout(63)).await.expect("redefinition");
+    s.write_all(&other_layout(63))
+        .await
+        .expect("the same again: no news");
+    drop(s);
+    let lines = server.wait_log(
+        "template redefined without a withdrawal",
+        1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(lines.len(), 1, "one line per session");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.log_lines("template redefined").len(), 1);
+}

@@ -253,6 +253,7 @@ async fn a_cancel_reaches_the_node_running_the_job() {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_job_fails_alone() {
     let dir = temp_dir("panic");

@@ -14,7 +14,7 @@ use ractor_cluster::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub const NODE_SERVER: &str = "cluster/node-server";
 pub const CLUSTER_MEMBER: &str = "cluster";
@@ -142,12 +142,6 @@ impl NodeEventSubscription for Forward {
             name: peer_name(&ses).unwrap_or_default(),
         });
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 pub struct ClusterMember;
@@ -312,7 +306,7 @@ impl ClusterState {
                         addr,
                         outgoing,
                         state: "opened".into(),
-                        since: unix_now(),
+                        since: crate::store::unix_secs(),
                     },
                 );
             }

@@ -358,7 +358,7 @@ impl CacheState {
     fn stored(&self, template: &Template) -> StoredTemplate {
         StoredTemplate {
             template: template.clone(),
-            first_seen: unix_ms() / 1000,
+            first_seen: crate::store::unix_secs(),
             node: self.node.clone(),
         }
     }

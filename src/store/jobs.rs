@@ -89,10 +89,10 @@ pub struct JobOptions {
     pub uniflow: bool,
     pub max_flows: u64,
     pub domain: u32,
-    /// FOR CHAOS TESTS ONLY: the job's actor panics once it has metered this many packets, so
-    /// that the supervision path (failed record, freed worker, siblings unharmed) can be
-    /// exercised on a real job. Skipped by serde, so no request body or store entry can set it:
-    /// only code in this process can.
+    /// Tests only (feature `fault-injection`): the job's actor panics once it has metered this
+    /// many packets, so that the supervision path (failed record, freed worker, siblings
+    /// unharmed) can be exercised on a real job. Skipped by serde: no request can set it.
+    #[cfg(feature = "fault-injection")]
     #[serde(skip)]
     pub fail_after_packets: Option<u64>,
 }
@@ -105,6 +105,7 @@ impl Default for JobOptions {
             uniflow: false,
             max_flows: 1_000_000,
             domain: 0,
+            #[cfg(feature = "fault-injection")]
             fail_after_packets: None,
         }
     }

@@ -30,3 +30,8 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Unix time in whole seconds.
+pub fn unix_secs() -> u64 {
+    unix_ms() / 1000
+}

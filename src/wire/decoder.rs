@@ -92,6 +92,9 @@ pub struct Decoder {
     budget: Option<Arc<ByteBudget>>,
     /// Bytes charged to `budget` for the templates held now.
     held_bytes: usize,
+    /// Templates redefined differently without a withdrawal where withdrawals apply (TCP):
+    /// RFC 7011 section 8.1 calls that a malfunction of the exporter.
+    redefinitions: u64,
     /// NetFlow v5's fixed record layout, compiled once. Not in any domain's template map: it is
     /// no exporter's template, so it is neither counted, shared nor expired.
     v5_plan: Arc<Plan>,
@@ -115,6 +118,7 @@ impl Decoder {
             template_count: 0,
             budget: None,
             held_bytes: 0,
+            redefinitions: 0,
             v5_plan,
         }
     }
@@ -123,6 +127,11 @@ impl Decoder {
     pub fn with_budget(mut self, budget: Arc<ByteBudget>) -> Decoder {
         self.budget = Some(budget);
         self
+    }
+
+    /// Differing redefinitions seen where withdrawals apply (RFC 7011 8.1); they are applied.
+    pub fn redefinitions(&self) -> u64 {
+        self.redefinitions
     }
 
     /// Bytes the templates held now are charged (whether or not there is a budget).
@@ -297,7 +306,12 @@ impl Decoder {
         }
         self.held_bytes += cost;
         match &existing {
-            Some(old) => self.release(old),
+            Some(old) => {
+                if self.options.honour_withdrawals {
+                    self.redefinitions += 1;
+                }
+                self.release(old)
+            }
             None => self.template_count += 1,
         }
         let plan = Arc::new(Plan::compile(template, &self.registry));

@@ -164,6 +164,8 @@ pub struct SessionState {
     stop_reading: Option<tokio::sync::watch::Sender<bool>>,
     /// Why the session ends, for its last log line.
     end_reason: Option<String>,
+    /// Dropped Data Sets were logged once already.
+    drops_noted: bool,
     /// Messages the TCP reader took off the socket and handed over: at the end, equal to the
     /// messages decoded (plus errors) unless something read was lost.
     read_messages: Arc<AtomicU64>,
@@ -221,6 +223,7 @@ impl Actor for ExporterSession {
             closing: false,
             stop_reading: None,
             end_reason: None,
+            drops_noted: false,
             read_messages: Arc::new(AtomicU64::new(0)),
         };
         match args.input {
@@ -317,6 +320,7 @@ impl Actor for ExporterSession {
             SessionMsg::Tick => {
                 let now = Instant::now();
                 state.core.expire(now);
+                state.note_drops();
                 if now.duration_since(state.last_message) >= state.idle {
                     state.end(&myself, "idle timeout".into());
                 }
@@ -381,6 +385,14 @@ impl Actor for ExporterSession {
             .as_ref()
             .map_or(0, |q| q.dropped.load(Ordering::Relaxed));
         let reason = state.end_reason.as_deref().unwrap_or("stopped");
+        if state.transport == Transport::Udp && s.data_records == 0 {
+            // Forged or stray sources end by the thousand: a line now and then says how many.
+            let n = UDP_QUIET_ENDS.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::info!(peer = %state.peer, reason, ended_without_records = n, "UDP sessions ended without a data record (this one among them)");
+            }
+            return Ok(());
+        }
         let read = match state.udp_queue {
             Some(_) => s.messages + s.errors,
             None => state.read_messages.load(Ordering::Relaxed),
@@ -408,19 +420,47 @@ impl SessionState {
     async fn decode(&mut self, msg: Bytes) -> Result<(), String> {
         self.last_message = Instant::now();
         let domain = crate::wire::header::peek_observation_domain(&msg).unwrap_or(0);
+        let redefinitions = self.core.stats.template_redefinitions;
         let decoded = match self.core.on_message(msg, self.last_message) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(peer = %self.peer, domain, error = %e, "malformed message");
+                if self.transport == Transport::Tcp {
+                    tracing::warn!(peer = %self.peer, domain, error = %e, "malformed message");
+                } else {
+                    // One line per datagram would let a flood of forged garbage flood the log:
+                    // the first of each session, then at powers of two across the node.
+                    let n = UDP_MALFORMED.fetch_add(1, Ordering::Relaxed) + 1;
+                    if self.core.stats.errors == 1 && n < 64 || n.is_power_of_two() {
+                        tracing::warn!(peer = %self.peer, domain, error = %e, malformed_datagrams = n, "malformed datagram dropped");
+                    }
+                }
                 return Err(format!("malformed message: {e}"));
             }
         };
+        if redefinitions == 0 && self.core.stats.template_redefinitions > 0 {
+            tracing::warn!(peer = %self.peer, domain, "template redefined without a withdrawal (RFC 7011 8.1: an exporter malfunction): applied, counted in template_redefinitions");
+        }
+        self.note_drops();
         self.share(&decoded);
         self.emit(&decoded).await
     }
 
-    /// Tells the TemplateCache what this message defined or withdrew, and asks it for templates
-    /// this session lacks (the answer arrives as `SharedTemplate`).
+    /// Says once per session that Data Sets are being dropped for want of a template (the count
+    /// goes on in the statistics and the session's last line).
+    fn note_drops(&mut self) {
+        let s = &self.core.stats;
+        if !self.drops_noted && s.dropped_sets_no_template + s.dropped_sets_buffer_full > 0 {
+            self.drops_noted = true;
+            tracing::warn!(
+                peer = %self.peer,
+                no_template = s.dropped_sets_no_template,
+                buffer_full = s.dropped_sets_buffer_full,
+                "data sets dropped undecoded: their template never came (or too many waited)"
+            );
+        }
+    }
+
+    /// This session's shared-template key for `template_id` of `domain`.
     fn key(&self, domain: u32, template_id: u16) -> TemplateKey {
         TemplateKey {
             tenant: self.tenant.clone(),
@@ -431,6 +471,8 @@ impl SessionState {
         }
     }
 
+    /// Tells the TemplateCache what this message defined or withdrew, and asks it for templates
+    /// this session lacks (the answer arrives as `SharedTemplate`).
     fn share(&mut self, decoded: &[DecodedMessage]) {
         let Some(cache) = &self.cache else { return };
         let key = |domain: u32, template_id: u16| TemplateKey {
@@ -545,6 +587,10 @@ impl SessionState {
         Ok(())
     }
 }
+
+/// Node-wide counts behind the rate-limited UDP log lines.
+static UDP_MALFORMED: AtomicU64 = AtomicU64::new(0);
+static UDP_QUIET_ENDS: AtomicU64 = AtomicU64::new(0);
 
 /// A template's fingerprint: equal templates, equal fingerprints (a collision only delays a
 /// change by one refresh period).

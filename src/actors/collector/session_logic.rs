@@ -10,7 +10,7 @@ use crate::wire::{
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 pub use crate::store::Transport;
 
@@ -51,6 +51,9 @@ pub struct SessionStats {
     /// UDP datagrams dropped because the session's queue was full.
     pub dropped_datagrams: u64,
     pub templates_expired: u64,
+    /// TCP: templates redefined differently without a withdrawal (RFC 7011 8.1: a malfunction
+    /// of the exporter; applied, logged, counted).
+    pub template_redefinitions: u64,
     /// Templates this session took from the shared store instead of the exporter.
     pub templates_from_store: u64,
     /// Unix seconds.
@@ -88,12 +91,6 @@ pub struct SessionCore {
     template_refreshed: HashMap<(u32, u16), (TemplateKind, Instant)>,
     last_expiry: Option<Instant>,
     pub stats: SessionStats,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl SessionCore {
@@ -163,6 +160,7 @@ impl SessionCore {
             return Err(e);
         }
         let len = msg.len() as u64;
+        let redefinitions = self.decoder.redefinitions();
         let decoded = match self.decoder.decode(msg) {
             Ok(d) => d,
             Err(e) => {
@@ -174,7 +172,8 @@ impl SessionCore {
                 return Err(e);
             }
         };
-        let wall = unix_now();
+        self.stats.template_redefinitions += self.decoder.redefinitions() - redefinitions;
+        let wall = crate::store::unix_secs();
         self.stats.first_seen.get_or_insert(wall);
         self.stats.last_seen = Some(wall);
         self.stats.messages += 1;

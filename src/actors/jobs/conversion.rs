@@ -66,16 +66,19 @@ pub struct ConversionState {
     id: JobId,
     supervisor: ActorRef<JobMsg>,
     cancel: Arc<AtomicBool>,
+    #[cfg(feature = "fault-injection")]
     fail_after_packets: Option<u64>,
 }
 
 impl ConversionState {
-    /// The chaos-test fault (see `JobOptions::fail_after_packets`): a panic in this handler.
-    fn maybe_fail(&self, packets: u64) {
+    /// Test builds: the injected fault (see `JobOptions::fail_after_packets`), a panic in this
+    /// handler. Release builds: nothing.
+    fn maybe_fail(&self, _packets: u64) {
+        #[cfg(feature = "fault-injection")]
         if let Some(limit) = self.fail_after_packets
-            && packets >= limit
+            && _packets >= limit
         {
-            panic!("injected fault (fail_after_packets = {limit}) at {packets} packets");
+            panic!("injected fault (fail_after_packets = {limit}) at {_packets} packets");
         }
     }
 }
@@ -96,6 +99,7 @@ impl Actor for PcapConversionJob {
             id: args.id,
             supervisor: args.supervisor,
             cancel: args.cancel.clone(),
+            #[cfg(feature = "fault-injection")]
             fail_after_packets: args.options.fail_after_packets,
         };
         let me = myself.clone();
