@@ -143,7 +143,11 @@ def tcp_run(path, records, sessions):
 
 def idle_memory(n):
     raise_nofile(n + 1024)
-    s = Serve({"IPFIXSVC__COLLECTOR__IDLE_TIMEOUT_SECS": "600"})
+    # Idle connections from one address that never send a message: lift the per-address cap and
+    # the first-message deadline that would close them.
+    s = Serve({"IPFIXSVC__COLLECTOR__IDLE_TIMEOUT_SECS": "600",
+               "IPFIXSVC__COLLECTOR__MAX_SESSIONS_PER_EXPORTER": str(n + 1),
+               "IPFIXSVC__COLLECTOR__FIRST_MESSAGE_SECS": "600"})
     time.sleep(0.5)
     before = rss_kib(s.proc.pid)
     socks = []

@@ -244,8 +244,10 @@ pub struct CollectorSettings {
     pub udp_template_lifetime_secs: u64,
     /// Data Sets that arrive before their template are held up to this many bytes per session...
     pub pending_bytes: usize,
-    /// ...for at most this long, then dropped and counted.
+    /// ...for at most this long, then dropped and counted...
     pub pending_secs: u64,
+    /// ...and at most this many bytes for all sessions together.
+    pub pending_bytes_total: usize,
     /// Bytes of datagrams queued for one UDP session before new ones are dropped and counted...
     pub udp_queue_bytes: usize,
     /// ...and for all UDP sessions together.
@@ -282,6 +284,7 @@ impl Default for CollectorSettings {
             udp_template_lifetime_secs: 1_800,
             pending_bytes: 256 * 1024,
             pending_secs: 30,
+            pending_bytes_total: 256 << 20,
             udp_queue_bytes: 4 << 20,
             udp_queue_bytes_total: 256 << 20,
             udp_receive_buffer_bytes: 8 << 20,
@@ -465,6 +468,7 @@ impl Settings {
             ("template_bytes_total", c.template_bytes_total),
             ("udp_queue_bytes", c.udp_queue_bytes),
             ("udp_queue_bytes_total", c.udp_queue_bytes_total),
+            ("pending_bytes_total", c.pending_bytes_total),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!(

@@ -56,6 +56,14 @@ impl ByteBudget {
         Ok(())
     }
 
+    /// Counts `n` bytes held already, here and in every parent, past the limit if need be.
+    pub fn take_anyway(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.take_anyway(n);
+        }
+    }
+
     /// Gives back `n` bytes taken earlier, here and in every parent.
     pub fn give_back(&self, n: usize) {
         // Saturating: a bug elsewhere must not wrap the counter into "everything is free".

@@ -95,9 +95,10 @@ pub struct Decoder {
     /// Templates redefined differently without a withdrawal where withdrawals apply (TCP):
     /// RFC 7011 section 8.1 calls that a malfunction of the exporter.
     redefinitions: u64,
-    /// NetFlow v5's fixed record layout, compiled once. Not in any domain's template map: it is
-    /// no exporter's template, so it is neither counted, shared nor expired.
-    v5_plan: Arc<Plan>,
+    /// NetFlow v5's fixed record layout, compiled on the first v5 packet (most sessions never
+    /// see one, and each idle session should cost little). Not in any domain's template map: it
+    /// is no exporter's template, so it is neither counted, shared nor expired.
+    v5_plan: Option<Arc<Plan>>,
 }
 
 impl Drop for Decoder {
@@ -110,7 +111,6 @@ impl Drop for Decoder {
 
 impl Decoder {
     pub fn new(registry: Arc<Registry>, options: DecoderOptions) -> Decoder {
-        let v5_plan = Arc::new(Plan::compile(super::netflow_v5::template(), &registry));
         Decoder {
             registry,
             options,
@@ -119,14 +119,24 @@ impl Decoder {
             budget: None,
             held_bytes: 0,
             redefinitions: 0,
-            v5_plan,
+            v5_plan: None,
         }
     }
 
     /// Charges every compiled template to `budget`: a template that does not fit is refused.
     pub fn with_budget(mut self, budget: Arc<ByteBudget>) -> Decoder {
-        self.budget = Some(budget);
+        self.set_budget(budget);
         self
+    }
+
+    /// As `with_budget`. What is held already moves to the new budget whatever its limit (it is
+    /// held; the budget must count it, or giving it back later would free others' bytes).
+    pub fn set_budget(&mut self, budget: Arc<ByteBudget>) {
+        if let Some(old) = self.budget.take() {
+            old.give_back(self.held_bytes);
+        }
+        budget.take_anyway(self.held_bytes);
+        self.budget = Some(budget);
     }
 
     /// Differing redefinitions seen where withdrawals apply (RFC 7011 8.1); they are applied.
@@ -183,9 +193,13 @@ impl Decoder {
         };
         let msg: &[u8] = &buf;
         if header.version == NETFLOW_V5_VERSION {
+            let registry = &self.registry;
+            let plan = self.v5_plan.get_or_insert_with(|| {
+                Arc::new(Plan::compile(super::netflow_v5::template(), registry))
+            });
             // parse_header checked that the records fill the packet exactly.
             let batch = decode_records(
-                &self.v5_plan,
+                plan,
                 msg,
                 NETFLOW_V5_HEADER_LEN,
                 msg.len(),

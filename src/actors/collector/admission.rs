@@ -44,6 +44,8 @@ pub struct Admission {
     templates_total: Arc<ByteBudget>,
     /// Datagrams queued for UDP sessions, all together.
     pub udp_queue_total: Arc<ByteBudget>,
+    /// Data Sets held for a missing template, all sessions together.
+    pub pending_total: Arc<ByteBudget>,
     pub refused_tcp: AtomicU64,
     pub refused_udp: AtomicU64,
     /// UDP sessions retired early to make room for a new one.
@@ -65,6 +67,11 @@ impl Admission {
             udp_queue_total: Arc::new(ByteBudget::new(
                 "node's UDP queues",
                 s.udp_queue_bytes_total,
+                None,
+            )),
+            pending_total: Arc::new(ByteBudget::new(
+                "node's held data sets",
+                s.pending_bytes_total,
                 None,
             )),
             refused_tcp: AtomicU64::new(0),
@@ -199,6 +206,11 @@ impl Slot {
     /// Gives the place back now (an evicted UDP session), not when the last clone goes.
     pub fn release(&self) {
         self.0.release();
+    }
+
+    /// The node's budget for Data Sets held while their template is missing.
+    pub fn pending_budget(&self) -> Arc<ByteBudget> {
+        self.0.admission.pending_total.clone()
     }
 
     /// A new session's own template budget, a child of its exporter's.

@@ -129,6 +129,8 @@ pub struct CollectorCounters {
     pub template_bytes: usize,
     /// Bytes of datagrams queued for UDP sessions.
     pub udp_queued_bytes: usize,
+    /// Bytes of Data Sets held for a missing template, all sessions.
+    pub pending_bytes: usize,
 }
 
 /// Runs a listener's loop as a task whose end, however it comes (a panic included), stops the
@@ -390,6 +392,7 @@ impl Actor for CollectorSupervisor {
                     lost_datagrams: state.env.lost_datagrams.load(Ordering::Relaxed),
                     template_bytes: a.template_bytes(),
                     udp_queued_bytes: a.udp_queue_total.used(),
+                    pending_bytes: a.pending_total.used(),
                 });
             }
         }

@@ -200,7 +200,8 @@ impl Actor for ExporterSession {
             peer: args.peer,
             exporter: args.peer.to_string(),
             core: SessionCore::new(args.registry, transport, limits)
-                .with_budget(args.slot.template_budget()),
+                .with_budget(args.slot.template_budget())
+                .with_pending_budget(args.slot.pending_budget()),
             sink: args.sink,
             reader: None,
             ticker: None,

@@ -90,7 +90,18 @@ pub struct SessionCore {
     pending_bytes: usize,
     template_refreshed: HashMap<(u32, u16), (TemplateKind, Instant)>,
     last_expiry: Option<Instant>,
+    /// The node's budget for held Data Sets (all sessions together), charged with
+    /// `pending_bytes` as it changes.
+    pending_budget: Option<Arc<crate::wire::ByteBudget>>,
     pub stats: SessionStats,
+}
+
+impl Drop for SessionCore {
+    fn drop(&mut self) {
+        if let Some(b) = &self.pending_budget {
+            b.give_back(self.pending_bytes);
+        }
+    }
 }
 
 impl SessionCore {
@@ -112,6 +123,7 @@ impl SessionCore {
             pending_bytes: 0,
             template_refreshed: HashMap::new(),
             last_expiry: None,
+            pending_budget: None,
             stats: SessionStats::default(),
         }
     }
@@ -119,8 +131,22 @@ impl SessionCore {
     /// Charges the session's compiled templates to `budget` (its own, a child of its
     /// exporter's and the node's).
     pub fn with_budget(mut self, budget: Arc<crate::wire::ByteBudget>) -> SessionCore {
-        self.decoder = self.decoder.with_budget(budget);
+        self.decoder.set_budget(budget);
         self
+    }
+
+    /// Charges held Data Sets to the node's budget too (`collector.pending_bytes_total`).
+    pub fn with_pending_budget(mut self, budget: Arc<crate::wire::ByteBudget>) -> SessionCore {
+        self.pending_budget = Some(budget);
+        self
+    }
+
+    /// Held bytes go down by `n` (a set released, dropped or expired).
+    fn unhold(&mut self, n: usize) {
+        self.pending_bytes -= n;
+        if let Some(b) = &self.pending_budget {
+            b.give_back(n);
+        }
     }
 
     /// Bytes of compiled templates this session holds.
@@ -296,11 +322,19 @@ impl SessionCore {
         while self.pending_bytes + cost > self.limits.pending_bytes {
             match self.pending.pop_front() {
                 Some(p) => {
-                    self.pending_bytes -= p.set.len() + PENDING_ENTRY_COST;
+                    self.unhold(p.set.len() + PENDING_ENTRY_COST);
                     self.stats.dropped_sets_buffer_full += 1;
                 }
                 None => break,
             }
+        }
+        // The node's total: when every session holds sets, the newest is the one that waits
+        // least for nothing.
+        if let Some(b) = &self.pending_budget
+            && b.try_take(cost).is_err()
+        {
+            self.stats.dropped_sets_buffer_full += 1;
+            return;
         }
         self.pending_bytes += cost;
         self.pending.push_back(Pending {
@@ -323,7 +357,7 @@ impl SessionCore {
                 keep.push_back(p);
                 continue;
             }
-            self.pending_bytes -= p.set.len() + PENDING_ENTRY_COST;
+            self.unhold(p.set.len() + PENDING_ENTRY_COST);
             match self.decoder.decode(wrap_set(&p)) {
                 Ok(d) if d.missing.is_empty() => {
                     self.stats.pending_decoded_sets += 1;
@@ -353,7 +387,8 @@ impl SessionCore {
             if now.duration_since(p.since) < self.limits.pending_age {
                 break;
             }
-            self.pending_bytes -= p.set.len() + PENDING_ENTRY_COST;
+            let n = p.set.len() + PENDING_ENTRY_COST;
+            self.unhold(n);
             self.pending.pop_front();
             self.stats.dropped_sets_no_template += 1;
         }
@@ -542,6 +577,31 @@ mod tests {
             s.stats,
             s.pending_sets()
         );
+    }
+
+    #[test]
+    fn held_sets_are_charged_to_the_node_and_given_back() {
+        let (t, data) = messages(40);
+        let node = Arc::new(crate::wire::ByteBudget::new("node", 300, None));
+        let mut a = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None))
+            .with_pending_budget(node.clone());
+        let mut b = SessionCore::new(Registry::builtin(), Transport::Udp, limits(None))
+            .with_pending_budget(node.clone());
+        let now = Instant::now();
+        for d in &data[..20] {
+            a.on_message(d.clone(), now).expect("held");
+            b.on_message(d.clone(), now).expect("held");
+        }
+        assert!(node.used() <= 300, "the node's bound holds across sessions");
+        assert!(a.stats.dropped_sets_buffer_full + b.stats.dropped_sets_buffer_full > 0);
+        assert_eq!(node.used(), a.pending_bytes + b.pending_bytes);
+        a.on_message(t, now).expect("template releases what a held");
+        assert_eq!(node.used(), b.pending_bytes);
+        b.expire(now + Duration::from_secs(31));
+        assert_eq!(node.used(), 0);
+        drop(a);
+        drop(b);
+        assert_eq!(node.used(), 0);
     }
 
     #[test]
