@@ -257,7 +257,9 @@ impl Actor for NodeSupervisor {
                     }
                 }
                 if let Some(j) = &state.jobs {
-                    let _ = ractor::call!(j, JobMsg::Drain);
+                    // Bounded: the process must exit within its grace period whatever a job does.
+                    let ms = (within.as_millis() as u64 / 4).max(100);
+                    let _ = ractor::call_t!(j, JobMsg::Drain, ms);
                 }
                 let _ = reply.send(report);
             }

@@ -58,6 +58,9 @@ const WAITER_TTL: Duration = Duration::from_secs(30);
 const MAX_WAITED_KEYS: usize = 10_000;
 const MAX_WAITERS_PER_KEY: usize = 64;
 
+/// Conflicts tracked at most (each holds two session references).
+const MAX_CONFLICTS: usize = 10_000;
+
 /// How often the memory store is swept of expired templates and stale versions.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -74,6 +77,9 @@ pub enum CacheMsg {
     Lookup(TemplateKey, ActorRef<SessionMsg>),
     /// Another node withdrew or redefined it.
     Invalidate(Invalidation),
+    /// Invalidations came faster than the cache took them: drop every local copy (lookups go
+    /// to the store again) instead of queueing without bound.
+    InvalidationsOverflowed,
     Probe,
     Status(RpcReplyPort<CacheStatus>),
 }
@@ -93,6 +99,8 @@ pub struct CacheStatus {
     /// Lookups answered from the recent-miss memory, without a store round trip.
     pub misses_remembered: u64,
     pub invalidations_received: u64,
+    /// Times invalidations came too fast and every local copy was dropped instead.
+    pub invalidations_overflowed: u64,
     /// Keys defined differently by two live sessions, now (not shared) and ever.
     pub conflicts_live: usize,
     pub conflicts: u64,
@@ -123,6 +131,19 @@ impl CacheHandle {
         if ActorRef::<CacheMsg>::from(cell).cast(msg).is_err() {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Sends past the bound (a message that stands for many).
+    fn force(&self, msg: CacheMsg) -> bool {
+        let Some(cell) = ractor::registry::where_is(TEMPLATE_CACHE) else {
+            return false;
+        };
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if ActorRef::<CacheMsg>::from(cell).cast(msg).is_err() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         true
@@ -212,6 +233,7 @@ pub struct CacheState {
     lookups_from_store: u64,
     misses_remembered: u64,
     invalidations: u64,
+    invalidations_overflowed: u64,
     conflicts_total: u64,
     last_sweep: Instant,
     subscriber: Option<JoinHandle<()>>,
@@ -232,11 +254,10 @@ impl Actor for TemplateCache {
     ) -> Result<CacheState, ActorProcessingErr> {
         // A restart: what waited in the old mailbox is gone, and counted no more.
         args.handle.waiting.store(0, Ordering::Relaxed);
-        let subscriber = args
-            .store
-            .redis_client()
-            .cloned()
-            .map(|client| tokio::spawn(subscribe(client, myself.clone(), args.node.clone())));
+        let subscriber =
+            args.store.redis_client().cloned().map(|client| {
+                tokio::spawn(subscribe(client, args.handle.clone(), args.node.clone()))
+            });
         let me = myself.clone();
         let prober = tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(2));
@@ -267,6 +288,7 @@ impl Actor for TemplateCache {
             lookups_from_store: 0,
             misses_remembered: 0,
             invalidations: 0,
+            invalidations_overflowed: 0,
             conflicts_total: 0,
             last_sweep: Instant::now(),
             subscriber,
@@ -303,7 +325,26 @@ impl Actor for TemplateCache {
                     None => state.wait_for(key, reply),
                 }
             }
+            CacheMsg::InvalidationsOverflowed => {
+                state.handle.taken();
+                state.invalidations_overflowed += 1;
+                tracing::warn!(
+                    "template invalidations arrive faster than they are applied: local copies dropped"
+                );
+                let keep: Vec<TemplateKey> = state.learned_while_down.keys().cloned().collect();
+                let all: Vec<TemplateKey> = state
+                    .local
+                    .keys()
+                    .filter(|k| !keep.contains(k))
+                    .cloned()
+                    .collect();
+                for k in all {
+                    state.forget(&k);
+                }
+                state.misses.clear();
+            }
             CacheMsg::Invalidate(inv) => {
+                state.handle.taken();
                 if inv.node != state.node {
                     state.invalidations += 1;
                     let key = inv.key();
@@ -323,6 +364,7 @@ impl Actor for TemplateCache {
                     lookups_from_store: state.lookups_from_store,
                     misses_remembered: state.misses_remembered,
                     invalidations_received: state.invalidations,
+                    invalidations_overflowed: state.invalidations_overflowed,
                     conflicts_live: state.conflicts.len(),
                     conflicts: state.conflicts_total,
                     dropped_messages: state.handle.dropped.load(Ordering::Relaxed),
@@ -496,20 +538,29 @@ impl CacheState {
         second: ActorRef<SessionMsg>,
     ) {
         self.conflicts_total += 1;
-        tracing::warn!(
+        self.forget(&key);
+        if self.conflicts.len() >= MAX_CONFLICTS {
+            // Too many to track: the key is dropped from the store all the same, and the next
+            // definition shares it again.
+            self.drop_from_store(key).await;
+            return;
+        }
+        let n = self.conflicts_total;
+        if n.is_power_of_two() || n <= 8 {
+            tracing::warn!(
             exporter = %key.exporter, transport = key.transport.as_str(), domain = key.domain,
             template = key.template_id,
             first = first.get_name().unwrap_or_default(), second = second.get_name().unwrap_or_default(),
             conflicts = self.conflicts_total,
             "two live sessions define one shared template differently (a NAT, or a forged source): not shared until one ends"
-        );
+            );
+        }
         self.conflicts.insert(
             key.clone(),
             Conflict {
                 sessions: [first, second],
             },
         );
-        self.forget(&key);
         self.drop_from_store(key).await;
     }
 
@@ -768,7 +819,10 @@ impl CacheState {
 }
 
 /// Listens for other nodes' invalidations, reconnecting (with a pause) when Redis goes away.
-async fn subscribe(client: redis::Client, cache: ActorRef<CacheMsg>, node: String) {
+/// They count among the messages waiting for the cache; past the bound, one
+/// `InvalidationsOverflowed` stands for all of them.
+async fn subscribe(client: redis::Client, handle: CacheHandle, node: String) {
+    let mut overflowed = false;
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
@@ -780,12 +834,24 @@ async fn subscribe(client: redis::Client, cache: ActorRef<CacheMsg>, node: Strin
                     let mut messages = pubsub.on_message();
                     while let Some(m) = messages.next().await {
                         let payload: Vec<u8> = m.get_payload().unwrap_or_default();
-                        if let Some(inv) = Invalidation::decode(&payload)
-                            && inv.node != node
-                            && cache.cast(CacheMsg::Invalidate(inv)).is_err()
-                        {
-                            return;
+                        let Some(inv) = Invalidation::decode(&payload) else {
+                            continue;
+                        };
+                        if inv.node == node {
+                            continue;
                         }
+                        let waiting = handle.waiting.load(Ordering::Relaxed);
+                        if waiting < MAX_WAITING / 2 {
+                            overflowed = false;
+                        }
+                        if overflowed {
+                            continue;
+                        }
+                        if waiting >= MAX_WAITING {
+                            overflowed = handle.force(CacheMsg::InvalidationsOverflowed);
+                            continue;
+                        }
+                        handle.send(CacheMsg::Invalidate(inv));
                     }
                 }
             }

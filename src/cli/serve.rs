@@ -2,6 +2,7 @@
 //! Ctrl-C, then drain: listeners stop, sessions finish the message they hold, output flushes,
 //! all within `shutdown.grace_secs`.
 
+use crate::actors::collector::DrainReport;
 use crate::actors::node::{NodeArgs, NodeMsg, NodeSupervisor};
 use crate::actors::output::RecordSink;
 use crate::config::Settings;
@@ -79,7 +80,18 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
     let started = tokio::time::Instant::now();
     let deadline = started + grace;
     let sessions_within = grace.mul_f64(0.8);
-    let report = ractor::call!(node, NodeMsg::Drain, sessions_within).unwrap_or_default();
+    let answered = tokio::time::timeout_at(deadline, async {
+        ractor::call!(node, NodeMsg::Drain, sessions_within)
+    })
+    .await;
+    let report = match answered {
+        Ok(Ok(r)) => r,
+        // The node did not answer in time (or at all): nothing says what was lost.
+        _ => DrainReport {
+            sessions: 0,
+            unfinished: 1,
+        },
+    };
     node.stop(None);
     let stopped = tokio::time::timeout_at(deadline, node_done).await.is_ok();
     // Every session's output handle is gone now: the writer drains and ends.

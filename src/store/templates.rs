@@ -294,6 +294,29 @@ impl TemplateStore {
         }
     }
 
+    /// Many `put_if_newer` in one round trip (a Redis pipeline of the same script; each write is
+    /// still atomic on its own), and a `PUBLISH` of an invalidation for each written one that is
+    /// marked as changed. Whether each was written, in order.
+    pub async fn put_many_if_newer(
+        &self,
+        writes: &[(TemplateKey, StoredTemplate, u64, bool)],
+        node: &str,
+    ) -> Result<Vec<bool>, StoreError> {
+        match self {
+            TemplateStore::Memory(m) => Ok(writes
+                .iter()
+                .map(|(k, v, at, _)| {
+                    let newer = m.newer(k, *at);
+                    if newer {
+                        m.insert(k, v);
+                    }
+                    newer
+                })
+                .collect()),
+            TemplateStore::Redis(r) => r.put_many_if_newer(writes, node).await,
+        }
+    }
+
     /// Withdraws a template withdrawn at `changed_ms` unless the key has changed since.
     pub async fn remove_if_newer(
         &self,
@@ -376,6 +399,9 @@ impl TemplateStore {
         }
     }
 }
+
+/// Versions (last-change times) the memory store keeps at most.
+const MAX_VERSIONS: usize = 200_000;
 
 /// Templates the memory store keeps unless told otherwise.
 pub const DEFAULT_MEMORY_BYTES: usize = 256 << 20;
@@ -460,9 +486,15 @@ impl MemoryTemplates {
             }
         }
         // A version only has to outlive the longest a late re-sync can be compared with it.
-        let keep_ms = self.ttl.as_millis() as u64;
+        let (tcp_ms, udp_ms) = (self.ttl.as_millis() as u64, self.udp_ttl.as_millis() as u64);
         let mut v = self.versions.lock().unwrap_or_else(|e| e.into_inner());
-        v.retain(|_, at| now_ms.saturating_sub(*at) < keep_ms);
+        v.retain(|k, at| {
+            let keep = match k.transport {
+                Transport::Tcp => tcp_ms,
+                Transport::Udp => udp_ms,
+            };
+            now_ms.saturating_sub(*at) < keep
+        });
     }
 
     pub fn versions_held(&self) -> usize {
@@ -472,6 +504,15 @@ impl MemoryTemplates {
     /// Records a change at `at` unless a later one is recorded: whether it may be applied.
     fn newer(&self, key: &TemplateKey, at: u64) -> bool {
         let mut v = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= MAX_VERSIONS && !v.contains_key(key) {
+            // Versions only guard a re-sync after an outage, which a memory store (one node's,
+            // never away) does not have: when too many pile up (withdrawals of made-up ids),
+            // the oldest half goes.
+            let mut ats: Vec<u64> = v.values().copied().collect();
+            ats.sort_unstable();
+            let cut = ats[ats.len() / 2];
+            v.retain(|_, a| *a > cut);
+        }
         match v.get(key) {
             Some(&stored) if stored > at => false,
             _ => {
@@ -540,6 +581,56 @@ impl RedisTemplates {
         .await
     }
 
+    async fn put_many_if_newer(
+        &self,
+        writes: &[(TemplateKey, StoredTemplate, u64, bool)],
+        node: &str,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut pipe = redis::pipe();
+        for (key, value, at, _) in writes {
+            let (keys, args) = self.script_call(key, *at, Some(value.encode()));
+            let cmd = pipe.cmd("EVAL").arg(PUT_IF_NEWER).arg(keys.len());
+            for k in &keys {
+                cmd.arg(k);
+            }
+            for a in &args {
+                cmd.arg(a.as_slice());
+            }
+        }
+        let wrote: Vec<i64> = self
+            .conn
+            .query_pipe_values("store templates", &pipe)
+            .await?;
+        let wrote: Vec<bool> = wrote.into_iter().map(|w| w == 1).collect();
+        // Redefinitions that were written: other nodes drop their copies, in one more trip.
+        let mut publish = redis::pipe();
+        let mut any = false;
+        for ((key, _, _, changed), w) in writes.iter().zip(&wrote) {
+            if *changed && *w {
+                let inv = Invalidation {
+                    node: node.to_string(),
+                    tenant: key.tenant.clone(),
+                    transport: key.transport,
+                    exporter: key.exporter,
+                    domain: key.domain,
+                    template_id: key.template_id,
+                };
+                publish
+                    .cmd("PUBLISH")
+                    .arg(INVALIDATION_CHANNEL)
+                    .arg(inv.encode())
+                    .ignore();
+                any = true;
+            }
+        }
+        if any {
+            self.conn
+                .query_pipe("publish invalidations", &publish)
+                .await?;
+        }
+        Ok(wrote)
+    }
+
     async fn get(&self, key: &TemplateKey) -> Result<Option<StoredTemplate>, StoreError> {
         let k = key.redis_key();
         let mut cmd = redis::cmd("GET");
@@ -567,6 +658,18 @@ impl RedisTemplates {
         changed_ms: u64,
         value: Option<Vec<u8>>,
     ) -> Result<bool, StoreError> {
+        let (keys, args) = self.script_call(key, changed_ms, value);
+        let wrote: i64 = self.conn.eval(what, script, &keys, &args).await?;
+        Ok(wrote == 1)
+    }
+
+    /// The KEYS and ARGV of the compare-and-write scripts (see `PUT_IF_NEWER`).
+    fn script_call(
+        &self,
+        key: &TemplateKey,
+        changed_ms: u64,
+        value: Option<Vec<u8>>,
+    ) -> ([String; 3], Vec<Vec<u8>>) {
         let keys = [key.redis_key(), key.redis_version(), key.redis_index()];
         let ttl = match key.transport {
             Transport::Tcp => self.ttl,
@@ -578,8 +681,7 @@ impl RedisTemplates {
             key.template_id.to_string().into_bytes(),
         ];
         args.extend(value);
-        let wrote: i64 = self.conn.eval(what, script, &keys, &args).await?;
-        Ok(wrote == 1)
+        (keys, args)
     }
 
     async fn list(

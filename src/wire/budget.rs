@@ -35,15 +35,20 @@ impl ByteBudget {
         }
     }
 
-    /// Takes `n` bytes from this budget and every parent, or from none of them.
+    /// Takes `n` bytes from this budget and every parent, or from none of them. A compare-and-swap
+    /// loop: a charge that does not fit never shows in the counter, so it cannot make a
+    /// concurrent one that does fit fail.
     pub fn try_take(&self, n: usize) -> Result<(), OverBudget> {
-        let before = self.used.fetch_add(n, Ordering::Relaxed);
-        if before.saturating_add(n) > self.limit {
-            self.used.fetch_sub(n, Ordering::Relaxed);
+        let taken = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            });
+        if let Err(used) = taken {
             return Err(OverBudget {
                 name: self.name,
                 limit: self.limit,
-                used: before,
+                used,
                 asked: n,
             });
         }
@@ -64,16 +69,21 @@ impl ByteBudget {
         }
     }
 
-    /// Gives back `n` bytes taken earlier, here and in every parent.
+    /// Gives back `n` bytes taken earlier, here and in every parent. Never more than this budget
+    /// holds: a double give-back (two parties racing to free one thing) must not free a sibling's
+    /// bytes in the parent.
     pub fn give_back(&self, n: usize) {
-        // Saturating: a bug elsewhere must not wrap the counter into "everything is free".
-        let _ = self
+        let before = self
             .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
                 Some(u.saturating_sub(n))
-            });
-        if let Some(p) = &self.parent {
-            p.give_back(n);
+            })
+            .unwrap_or(0);
+        let freed = n.min(before);
+        if let Some(p) = &self.parent
+            && freed > 0
+        {
+            p.give_back(freed);
         }
     }
 
@@ -108,5 +118,10 @@ mod tests {
         assert_eq!((a.used(), exporter.used(), total.used()), (0, 0, 0));
         a.give_back(1);
         assert_eq!(total.used(), 0, "never below zero");
+        // A give-back beyond what a child holds frees nothing of its siblings'.
+        b.try_take(10).expect("b");
+        a.try_take(5).expect("a");
+        a.give_back(50);
+        assert_eq!((exporter.used(), total.used()), (10, 10));
     }
 }

@@ -259,13 +259,7 @@ impl Decoder {
         match event {
             TemplateEvent::Define(t) => self.define(domain, t.clone()),
             TemplateEvent::Withdraw { kind, id } if self.options.honour_withdrawals => {
-                if let Some(map) = self.domains.get_mut(&domain)
-                    && map.get(id).is_some_and(|p| p.template.kind == *kind)
-                    && let Some(p) = Arc::make_mut(map).remove(id)
-                {
-                    self.template_count -= 1;
-                    self.release(&p);
-                }
+                self.forget(domain, *kind, *id);
                 Ok(())
             }
             TemplateEvent::WithdrawAll { kind } if self.options.honour_withdrawals => {
@@ -341,9 +335,23 @@ impl Decoder {
             && map.get(&id).is_some_and(|p| p.template.kind == kind)
             && let Some(p) = Arc::make_mut(map).remove(&id)
         {
+            // An empty domain goes too: define-then-withdraw across many domains must not
+            // leave a map per domain behind that no budget pays for.
+            if map.is_empty() {
+                self.domains.remove(&domain);
+            }
             self.template_count -= 1;
             self.release(&p);
         }
+    }
+
+    /// Observation Domains that hold at least one template.
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    pub fn has_domain(&self, domain: u32) -> bool {
+        self.domains.contains_key(&domain)
     }
 
     /// Every template this decoder holds, as (domain, template), for sharing or display.
@@ -367,5 +375,57 @@ impl Decoder {
         for (d, k, id) in gone {
             self.forget(d, k, id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FieldSpec;
+
+    #[test]
+    fn budgets_are_charged_and_given_back_and_empty_domains_go() {
+        let budget = Arc::new(ByteBudget::new("session", 10_000, None));
+        let mut d = Decoder::new(Registry::builtin(), DecoderOptions::default())
+            .with_budget(budget.clone());
+        let t = |id, n: usize| {
+            Template::data(
+                id,
+                (0..n).map(|k| FieldSpec::new(k as u16 + 1, 0, 1)).collect(),
+            )
+        };
+        for domain in 0..3 {
+            d.apply(domain, &TemplateEvent::Define(t(256, 4)))
+                .expect("fits");
+        }
+        assert_eq!(budget.used(), 3 * Plan::cost(&t(256, 4)));
+        // A redefinition that does not fit leaves the old one, charged as before.
+        let big = t(256, 200);
+        assert!(matches!(
+            d.apply(0, &TemplateEvent::Define(big)),
+            Err(WireError::TemplateRefused { .. })
+        ));
+        assert_eq!(budget.used(), 3 * Plan::cost(&t(256, 4)));
+        let options = DecoderOptions {
+            max_template_fields: 10,
+            ..DecoderOptions::default()
+        };
+        let mut narrow = Decoder::new(Registry::builtin(), options);
+        assert!(narrow.apply(0, &TemplateEvent::Define(t(300, 11))).is_err());
+        for domain in 0..3 {
+            d.apply(
+                domain,
+                &TemplateEvent::Withdraw {
+                    kind: TemplateKind::Data,
+                    id: 256,
+                },
+            )
+            .expect("withdrawn");
+        }
+        assert_eq!(d.domain_count(), 0, "no empty domain maps left behind");
+        assert_eq!(budget.used(), 0);
+        d.apply(7, &TemplateEvent::Define(t(256, 4))).expect("fits");
+        drop(d);
+        assert_eq!(budget.used(), 0, "a dropped decoder gives its bytes back");
     }
 }

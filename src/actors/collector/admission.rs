@@ -109,6 +109,15 @@ impl Admission {
         };
         let mut exporters = self.exporters();
         let live = self.live(transport);
+        // The address's own cap first: an address at its cap must make room among its own
+        // sessions (the UDP listener evicts by the refusal), never among other exporters'.
+        let held = exporters.get(&ip).map_or(0, |e| match transport {
+            Transport::Tcp => e.tcp,
+            Transport::Udp => e.udp,
+        });
+        if held >= self.per_exporter {
+            return refused(Refusal::Exporter);
+        }
         if live.load(Ordering::Relaxed) >= max {
             return refused(Refusal::Transport);
         }
@@ -117,9 +126,6 @@ impl Admission {
             Transport::Tcp => &mut e.tcp,
             Transport::Udp => &mut e.udp,
         };
-        if *n >= self.per_exporter {
-            return refused(Refusal::Exporter);
-        }
         *n += 1;
         live.fetch_add(1, Ordering::Relaxed);
         let templates = e
@@ -249,6 +255,9 @@ mod tests {
         let _t2 = a.admit(x, Transport::Tcp).expect("tcp 2");
         assert_eq!(a.admit(x, Transport::Tcp).err(), Some(Refusal::Exporter));
         let _t3 = a.admit(y, Transport::Tcp).expect("another address");
+        // Both tables full and the address at its cap: the refusal names the address, so the
+        // room is made among its own sessions.
+        assert_eq!(a.admit(x, Transport::Tcp).err(), Some(Refusal::Exporter));
         assert_eq!(a.live_sessions(), (3, 2));
         // An early release and the drop of the last clone give the place back once.
         let held = u1.clone();
@@ -260,7 +269,7 @@ mod tests {
         drop(t1);
         assert_eq!(a.live_sessions(), (2, 1));
         assert_eq!(a.refused_udp.load(Ordering::Relaxed), 1);
-        assert_eq!(a.refused_tcp.load(Ordering::Relaxed), 1);
+        assert_eq!(a.refused_tcp.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -136,23 +136,47 @@ pub struct CollectorCounters {
 /// Runs a listener's loop as a task whose end, however it comes (a panic included), stops the
 /// listener actor with the reason, so the CollectorSupervisor restarts it: a loop that died on
 /// its own would leave a listener that looks alive and accepts nothing.
-/// The listener aborts the loop through the returned handle when it stops.
-pub(crate) fn watched<F>(listener: ActorCell, what: &'static str, work: F) -> AbortHandle
+pub(crate) fn watched<F>(listener: ActorCell, what: &'static str, work: F) -> Watched
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let task = tokio::spawn(work);
     let abort = task.abort_handle();
+    let (done_tx, done) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let why = match task.await {
+        let end = task.await;
+        let _ = done_tx.send(true);
+        let why = match end {
             Ok(()) => format!("{what} ended"),
-            // Aborted with its listener: nothing to report.
+            // Stopped with its listener: nothing to report.
             Err(e) if e.is_cancelled() => return,
             Err(e) => format!("{what} failed: {e}"),
         };
         listener.stop(Some(why));
     });
-    abort
+    Watched { abort, done }
+}
+
+/// A listener's loop. Dropped (the listener killed, or panicking, when ractor skips
+/// `post_stop`), it is aborted, so the socket is closed and a restart can bind it again.
+pub(crate) struct Watched {
+    abort: AbortHandle,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Watched {
+    /// Ends the loop and waits until it has: nothing it does (a datagram handed over, a session
+    /// started) comes after this.
+    pub(crate) async fn stop(&mut self) {
+        self.abort.abort();
+        let _ = self.done.wait_for(|d| *d).await;
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
 }
 
 /// How a drain went.
@@ -314,7 +338,9 @@ impl Actor for CollectorSupervisor {
                         .into_iter()
                         .find(|c| c.get_name().as_deref() == Some(name))
                     {
-                        let _ = l.stop_and_wait(Some("shutting down".into()), None).await;
+                        let _ = l
+                            .stop_and_wait(Some("shutting down".into()), Some(within / 4))
+                            .await;
                     }
                 }
                 // A message, not `stop`: ractor handles a stop before queued messages, and those

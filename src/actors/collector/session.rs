@@ -20,7 +20,7 @@ use crate::config::CollectorSettings;
 use crate::store::TemplateKey;
 use crate::wire::ndjson::{Origin, write_record};
 use crate::wire::{ByteBudget, Framer, Registry};
-use crate::wire::{DecodedMessage, Template, TemplateEvent};
+use crate::wire::{DecodedMessage, Template, TemplateEvent, TemplateKind};
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -107,7 +107,13 @@ impl UdpQueue {
 
     /// The session took these datagrams off its queue.
     fn taken(&self, datagrams: &[Bytes]) {
-        self.queued.fetch_sub(datagrams.len(), Ordering::Relaxed);
+        // Saturating: an eviction may have counted these lost (and zeroed the count) already.
+        let n = datagrams.len();
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
         self.bytes
             .give_back(datagrams.iter().map(Bytes::len).sum::<usize>());
     }
@@ -154,6 +160,9 @@ pub struct SessionState {
     shared: HashMap<(u32, u16), (u64, Instant)>,
     share_refresh: Duration,
     max_templates: usize,
+    /// What this session may ask of the TemplateCache: the cache is the node's, and one
+    /// exporter's churn must not take it from the others.
+    budget: CacheBudget,
     /// Templates asked of the cache, and when: asked again only after a while.
     asked: HashMap<(u32, u16), Instant>,
     /// This session, as the reply-to of its lookups.
@@ -219,6 +228,7 @@ impl Actor for ExporterSession {
                 .min(Duration::from_secs(s.udp_template_lifetime_secs) / 4)
                 .max(Duration::from_secs(1)),
             max_templates: s.max_templates_per_session,
+            budget: CacheBudget::new(),
             asked: HashMap::new(),
             me: myself.clone(),
             closing: false,
@@ -484,6 +494,7 @@ impl SessionState {
             template_id,
         };
         let now = Instant::now();
+        let mut withdrawn_all: Vec<(u32, TemplateKind)> = Vec::new();
         for d in decoded {
             let domain = d.header.observation_domain;
             for ev in &d.events {
@@ -501,6 +512,9 @@ impl SessionState {
                             self.shared.clear();
                         }
                         self.shared.insert((domain, t.id), (fp, now));
+                        if !self.budget.allow(now, &mut self.core.stats) {
+                            continue;
+                        }
                         cache.send(CacheMsg::Learned(
                             key(domain, t.id),
                             t.clone(),
@@ -510,15 +524,27 @@ impl SessionState {
                     // RFC 7011 section 8.4: UDP withdrawals are not applied, so not shared either
                     // (a spoofed datagram must not withdraw an exporter's templates cluster-wide).
                     _ if self.udp_queue.is_some() => {}
+                    // Only what this session shared or took from the cache: withdrawals of ids
+                    // it never held cost 4 bytes each on the wire and a store write each here.
                     TemplateEvent::Withdraw { kind, id } => {
-                        self.shared.remove(&(domain, *id));
-                        cache.send(CacheMsg::Withdrawn(key(domain, *id), *kind));
+                        if self.shared.remove(&(domain, *id)).is_some()
+                            && self.budget.allow(now, &mut self.core.stats)
+                        {
+                            cache.send(CacheMsg::Withdrawn(key(domain, *id), *kind));
+                        }
                     }
                     // The cache (and the store) know which of the exporter's templates are of that
-                    // kind, including those this session never saw.
+                    // kind, including those this session never saw. Once per domain and kind
+                    // per message.
                     TemplateEvent::WithdrawAll { kind } => {
+                        if withdrawn_all.contains(&(domain, *kind)) {
+                            continue;
+                        }
+                        withdrawn_all.push((domain, *kind));
                         self.shared.retain(|(d, _), _| *d != domain);
-                        cache.send(CacheMsg::WithdrawnAll(key(domain, 0), *kind));
+                        if self.budget.allow(now, &mut self.core.stats) {
+                            cache.send(CacheMsg::WithdrawnAll(key(domain, 0), *kind));
+                        }
                     }
                 }
             }
@@ -543,6 +569,9 @@ impl SessionState {
                     if self.asked.len() >= MAX_OPEN_LOOKUPS {
                         break;
                     }
+                }
+                if !self.budget.allow(now, &mut self.core.stats) {
+                    break;
                 }
                 self.asked.insert(k, now);
                 asked_now += 1;
@@ -589,6 +618,38 @@ impl SessionState {
     }
 }
 
+/// A token bucket for one session's messages to the TemplateCache: bursts of `BURST` (an
+/// exporter's templates at connect), then `PER_SECOND`. Past it, dropped and counted: a lookup
+/// is asked again later, a definition is re-sent by the exporter.
+struct CacheBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl CacheBudget {
+    const BURST: f64 = 512.0;
+    const PER_SECOND: f64 = 64.0;
+
+    fn new() -> CacheBudget {
+        CacheBudget {
+            tokens: Self::BURST,
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant, stats: &mut SessionStats) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * Self::PER_SECOND).min(Self::BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        stats.cache_messages_dropped += 1;
+        false
+    }
+}
+
 /// Node-wide counts behind the rate-limited UDP log lines.
 static UDP_MALFORMED: AtomicU64 = AtomicU64::new(0);
 static UDP_QUIET_ENDS: AtomicU64 = AtomicU64::new(0);
@@ -613,8 +674,11 @@ async fn self_learn(state: &mut SessionState, domain: u32, template: Template) {
     if state.asked.remove(&(domain, template.id)).is_none() {
         return;
     }
+    let fp = fingerprint(&template);
+    let id = template.id;
     match state.core.learn_shared(domain, template, Instant::now()) {
         Ok(released) => {
+            state.shared.insert((domain, id), (fp, Instant::now()));
             let _ = state.emit(&released).await;
         }
         Err(e) => tracing::warn!(peer = %state.peer, domain, error = %e, "shared template refused"),

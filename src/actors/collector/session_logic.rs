@@ -54,6 +54,8 @@ pub struct SessionStats {
     /// TCP: templates redefined differently without a withdrawal (RFC 7011 8.1: a malfunction
     /// of the exporter; applied, logged, counted).
     pub template_redefinitions: u64,
+    /// Messages to the TemplateCache this session was not allowed (its share of the cache).
+    pub cache_messages_dropped: u64,
     /// Templates this session took from the shared store instead of the exporter.
     pub templates_from_store: u64,
     /// Unix seconds.
@@ -171,9 +173,11 @@ impl SessionCore {
         now: Instant,
     ) -> Result<Vec<DecodedMessage>, WireError> {
         self.expire(now);
+        // Domains cost state twice (sequence tracking, templates): both are bounded.
         if let Some(domain) = peek_domain(&msg)
             && !self.expected.contains_key(&domain)
-            && self.expected.len() >= MAX_DOMAINS_PER_SESSION
+            && !self.decoder.has_domain(domain)
+            && self.expected.len().max(self.decoder.domain_count()) >= MAX_DOMAINS_PER_SESSION
         {
             self.stats.errors += 1;
             let e = WireError::Template {

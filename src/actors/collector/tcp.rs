@@ -29,7 +29,7 @@ pub struct TcpListenerArgs {
 pub struct TcpListenerState {
     env: SessionEnv,
     supervisor: ActorCell,
-    accept: tokio::task::AbortHandle,
+    accept: super::Watched,
     pub local: SocketAddr,
 }
 
@@ -109,7 +109,7 @@ impl Actor for TcpListenerActor {
         _myself: ActorRef<TcpListenerMsg>,
         state: &mut TcpListenerState,
     ) -> Result<(), ActorProcessingErr> {
-        state.accept.abort();
+        state.accept.stop().await;
         Ok(())
     }
 }

@@ -32,7 +32,7 @@ pub struct UdpListenerArgs {
 }
 
 pub struct UdpListenerState {
-    receive: tokio::task::AbortHandle,
+    receive: super::Watched,
     local: SocketAddr,
 }
 
@@ -80,7 +80,7 @@ impl Actor for UdpListenerActor {
         _myself: ActorRef<UdpListenerMsg>,
         state: &mut UdpListenerState,
     ) -> Result<(), ActorProcessingErr> {
-        state.receive.abort();
+        state.receive.stop().await;
         Ok(())
     }
 }
