@@ -2,7 +2,8 @@
 //! dials the configured seeds and dials them again, with backoff, after a disconnect
 //! (ractor_cluster does not), and keeps the node's view of the cluster: peers, their state, and
 //! the last error per seed. A wrong cookie, an unreachable seed and a lost peer each give one log
-//! line and show in the view.
+//! line and show in the view. Peers are told to dial this node at `cluster.advertise` (see
+//! [`advertised`]): ractor_cluster sends it in its handshake as the node's connection string.
 //!
 //! Messages: `Event` (from the NodeServer's event subscription), `Dial` (own backoff timer),
 //! `View`.
@@ -13,7 +14,7 @@ use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, RactorMessage,
 };
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 pub const NODE_SERVER: &str = "cluster/node-server";
@@ -73,6 +74,7 @@ pub struct SeedView {
 pub struct ClusterView {
     pub node: String,
     pub listen: String,
+    pub advertise: String,
     pub peers: Vec<PeerView>,
     pub seeds: Vec<SeedView>,
 }
@@ -83,11 +85,14 @@ pub struct ClusterArgs {
     pub seeds: Vec<String>,
     pub cookie: String,
     pub tls: Option<ClusterTls>,
+    /// `cluster.advertise`; empty: see [`advertised`].
+    pub advertise: String,
 }
 
 pub struct ClusterState {
     node: String,
     listen: String,
+    advertise: String,
     server: ActorRef<NodeServerMessage>,
     peers: HashMap<u64, PeerView>,
     seeds: Vec<SeedView>,
@@ -149,6 +154,29 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The host and port this node tells its peers to dial. `cluster.advertise` when set (its port,
+/// else the listen port); else the listen IP when it is a specific one (peers reach it there);
+/// else the host name (`HOSTNAME`: in Kubernetes the pod's name, which resolves from other pods
+/// only through a headless service's FQDN: set cluster.advertise there).
+pub fn advertised(advertise: &str, listen: SocketAddr) -> (String, u16) {
+    if !advertise.is_empty() {
+        if !advertise.ends_with(']')
+            && let Some((host, port)) = advertise.rsplit_once(':')
+            && let Ok(port) = port.parse()
+        {
+            return (host.to_string(), port);
+        }
+        return (advertise.to_string(), listen.port());
+    }
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() => crate::config::host_name(),
+        IpAddr::V4(ip) => ip.to_string(),
+        // ractor_cluster writes `host:port`: an IPv6 host goes in brackets.
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    (host, listen.port())
+}
+
 pub struct ClusterMember;
 
 impl Actor for ClusterMember {
@@ -166,12 +194,12 @@ impl Actor for ClusterMember {
             .map_err(|e| format!("cluster.listen {}: {e}", args.listen))?
             .next()
             .ok_or_else(|| format!("cluster.listen {}: no address", args.listen))?;
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let (host, port) = advertised(&args.advertise, listen);
         let server = NodeServer::new(
             listen.port(),
             args.cookie,
             args.node.clone(),
-            host,
+            host.clone(),
             args.tls
                 .as_ref()
                 .map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
@@ -187,6 +215,12 @@ impl Actor for ClusterMember {
                         super::startup_failure(&e)
                     )
                 })?;
+        if port != listen.port() {
+            // The NodeServer advertises its listen port; cluster.advertise gave another (a
+            // mapped port). Sent before any session can have been opened with the old one, but
+            // for one accepted in the instant between the listener's start and this message.
+            server.cast(NodeServerMessage::PortChanged { port })?;
+        }
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cluster-member".into(),
             subscription: Box::new(Forward(myself.clone())),
@@ -194,10 +228,12 @@ impl Actor for ClusterMember {
         for seed in &args.seeds {
             myself.cast(ClusterMsg::Dial(seed.clone()))?;
         }
-        tracing::info!(cluster = %listen, seeds = ?args.seeds, tls = args.tls.is_some(), "cluster member started");
+        let advertise = format!("{host}:{port}");
+        tracing::info!(cluster = %listen, %advertise, seeds = ?args.seeds, tls = args.tls.is_some(), "cluster member started");
         Ok(ClusterState {
             node: args.node,
             listen: listen.to_string(),
+            advertise,
             server,
             peers: HashMap::new(),
             seeds: args
@@ -230,6 +266,7 @@ impl Actor for ClusterMember {
                 let _ = reply.send(ClusterView {
                     node: state.node.clone(),
                     listen: state.listen.clone(),
+                    advertise: state.advertise.clone(),
                     peers,
                     seeds: state.seeds.clone(),
                 });
@@ -372,5 +409,34 @@ impl ClusterState {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_advertises_its_setting_else_its_listen_ip_else_its_host_name() {
+        let listen: SocketAddr = "127.0.0.1:4800".parse().expect("addr");
+        let a = |advertise: &str, listen: SocketAddr| {
+            let (host, port) = advertised(advertise, listen);
+            format!("{host} {port}")
+        };
+        assert_eq!(a("", listen), "127.0.0.1 4800");
+        let v6: SocketAddr = "[::1]:4800".parse().expect("addr");
+        assert_eq!(a("", v6), "[::1] 4800");
+        assert_eq!(
+            a("ipfix-0.ipfix.ns.svc", listen),
+            "ipfix-0.ipfix.ns.svc 4800"
+        );
+        assert_eq!(
+            a("ipfix-0.ipfix.ns.svc:14800", listen),
+            "ipfix-0.ipfix.ns.svc 14800"
+        );
+        assert_eq!(a("[fd00::7]", listen), "[fd00::7] 4800");
+        assert_eq!(a("[fd00::7]:14800", listen), "[fd00::7] 14800");
+        let any: SocketAddr = "0.0.0.0:4800".parse().expect("addr");
+        assert_eq!(a("", any), format!("{} 4800", crate::config::host_name()));
     }
 }

@@ -158,6 +158,7 @@ impl Actor for NodeSupervisor {
                 seeds: cl.seeds.clone(),
                 cookie: cl.cookie.clone(),
                 tls,
+                advertise: cl.advertise.clone(),
             };
             Actor::spawn_linked(
                 Some(CLUSTER_MEMBER.into()),
