@@ -16,19 +16,25 @@
 //! with the same backoff and view entry as a seed (`via` names who told of it). A discovered
 //! peer that is not connected and that no peer lists any more (it left) is forgotten.
 //!
+//! The NodeServer's end (a crash, or a stop) ends the member with an error, so that its
+//! supervisor sees a failure and restarts it; before it ends, the member waits (a bounded time)
+//! for the listen port to be free again, and a restarted member retries its NodeServer's start
+//! within that bound while its predecessor's name or port lingers.
+//!
 //! Messages: `Event` (from the NodeServer's event subscription), `Dial` (own backoff timer),
 //! `Dialed` (a dial's outcome), `Heard` (peers of peers), `Refresh` (own timer), `View`.
 
 use super::cluster_tls::ClusterTls;
 use super::directory::{DIRECTORY_GROUP, DirectoryMsg, Json};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, RactorMessage,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 pub const NODE_SERVER: &str = "cluster/node-server";
 pub const CLUSTER_MEMBER: &str = "cluster";
@@ -37,6 +43,14 @@ pub const CLI_NODE_PREFIX: &str = "ipfixsvc-cli-";
 /// Every peer is asked for its peers this often: a peer that joined while another was joining
 /// (each asked before the other was ready) is met within this.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How long the member waits for its NodeServer's port and name to be free again, when it ends
+/// and when it starts again.
+const REBIND_WITHIN: Duration = Duration::from_secs(5);
+
+/// Whether a ClusterMember started before in this process: only then is a busy port or name at
+/// start its predecessor's, worth waiting for; at the first start it is another program's, said
+/// at once.
+static STARTED_BEFORE: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -44,6 +58,8 @@ pub enum ClusterError {
     Listen { listen: String, why: String },
     #[error("cannot listen for the cluster (cluster.listen) on {listen}: {why}")]
     Server { listen: SocketAddr, why: String },
+    #[error("the cluster node server ended ({reason}): the cluster member ends with it")]
+    ServerEnded { reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +275,36 @@ pub fn advertised(advertise: &str, listen: SocketAddr) -> (String, u16) {
     (host, listen.port())
 }
 
+/// Whether a NodeServer start failed only because a predecessor's name or port is still taken.
+fn predecessor_lingers(e: &SpawnErr) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<SpawnErr>(),
+            Some(SpawnErr::ActorAlreadyRegistered(_))
+        ) || err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Waits, up to `within`, until `addr` can be bound again: an ended NodeServer's listener is
+/// killed with it, but asynchronously, so its socket may outlive it for a moment.
+async fn wait_until_free(addr: SocketAddr, within: Duration) {
+    if addr.port() == 0 {
+        return; // any free port will do
+    }
+    let deadline = Instant::now() + within;
+    while tokio::net::TcpListener::bind(addr).await.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Connects to the first of `addrs` that answers, with TLS when the cluster uses it. Ok once the
 /// connection is up: the handshake's outcome comes as an event.
 async fn connect(
@@ -367,26 +413,41 @@ impl Actor for ClusterMember {
                 why: "no address".into(),
             })?;
         let (host, port) = advertised(&args.advertise, listen);
-        let server = NodeServer::new(
-            listen.port(),
-            args.cookie.clone(),
-            args.node.clone(),
-            host.clone(),
-            args.tls
-                .as_ref()
-                .map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
-            // The mesh is ours (see the module doc): ractor_cluster's transitive dials are
-            // plain TCP.
-            Some(NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr(listen.ip());
-        let (server, _) =
-            Actor::spawn_linked(Some(NODE_SERVER.into()), server, (), myself.get_cell())
-                .await
-                .map_err(|e| ClusterError::Server {
-                    listen,
-                    why: super::startup_failure(&e),
-                })?;
+        let deadline = Instant::now() + REBIND_WITHIN;
+        let server = loop {
+            let server = NodeServer::new(
+                listen.port(),
+                args.cookie.clone(),
+                args.node.clone(),
+                host.clone(),
+                args.tls
+                    .as_ref()
+                    .map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
+                // The mesh is ours (see the module doc): ractor_cluster's transitive dials are
+                // plain TCP.
+                Some(NodeConnectionMode::Isolated),
+            )
+            .with_listen_addr(listen.ip());
+            match Actor::spawn_linked(Some(NODE_SERVER.into()), server, (), myself.get_cell()).await
+            {
+                Ok((server, _)) => break server,
+                Err(e)
+                    if STARTED_BEFORE.load(Ordering::Relaxed)
+                        && Instant::now() < deadline
+                        && predecessor_lingers(&e) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(ClusterError::Server {
+                        listen,
+                        why: super::startup_failure(&e),
+                    }
+                    .into());
+                }
+            }
+        };
+        STARTED_BEFORE.store(true, Ordering::Relaxed);
         if port != listen.port() {
             // The NodeServer advertises its listen port; cluster.advertise gave another (a
             // mapped port). Sent before any session can have been opened with the old one, but
@@ -470,6 +531,29 @@ impl Actor for ClusterMember {
             }
         }
         Ok(())
+    }
+
+    /// ractor's default stops the member quietly when its NodeServer ends, and its supervisor
+    /// then saw a normal stop: the node was left out of the cluster for good. The NodeServer's
+    /// end is a failure of the member instead, which its supervisor restarts.
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<ClusterMsg>,
+        evt: SupervisionEvent,
+        state: &mut ClusterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let server = state.server.get_id();
+        let reason = match evt {
+            SupervisionEvent::ActorFailed(cell, err) if cell.get_id() == server => err.to_string(),
+            SupervisionEvent::ActorTerminated(cell, _, reason) if cell.get_id() == server => {
+                reason.unwrap_or_else(|| "stopped".into())
+            }
+            _ => return Ok(()),
+        };
+        tracing::error!(%reason, "cluster node server ended: the cluster member fails with it, for its supervisor to restart");
+        // So that a member restarted at once can listen on the same port.
+        wait_until_free(state.listen, REBIND_WITHIN).await;
+        Err(ClusterError::ServerEnded { reason }.into())
     }
 }
 
@@ -727,6 +811,124 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
+
+    #[derive(RactorMessage)]
+    enum WatchMsg {}
+
+    /// Stands in for NodeSupervisor: tells the test how each of its children ended.
+    struct Watch;
+
+    impl Actor for Watch {
+        type Msg = WatchMsg;
+        type State = mpsc::UnboundedSender<String>;
+        type Arguments = mpsc::UnboundedSender<String>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<WatchMsg>,
+            tx: mpsc::UnboundedSender<String>,
+        ) -> Result<mpsc::UnboundedSender<String>, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<WatchMsg>,
+            msg: WatchMsg,
+            _tx: &mut mpsc::UnboundedSender<String>,
+        ) -> Result<(), ActorProcessingErr> {
+            match msg {}
+        }
+
+        async fn handle_supervisor_evt(
+            &self,
+            _myself: ActorRef<WatchMsg>,
+            evt: SupervisionEvent,
+            tx: &mut mpsc::UnboundedSender<String>,
+        ) -> Result<(), ActorProcessingErr> {
+            let line = match evt {
+                SupervisionEvent::ActorFailed(cell, err) => {
+                    format!("failed {}: {err}", cell.get_name().unwrap_or_default())
+                }
+                SupervisionEvent::ActorTerminated(cell, _, reason) => format!(
+                    "terminated {}: {reason:?}",
+                    cell.get_name().unwrap_or_default()
+                ),
+                _ => return Ok(()),
+            };
+            let _ = tx.send(line);
+            Ok(())
+        }
+    }
+
+    fn member_args(port: u16) -> ClusterArgs {
+        ClusterArgs {
+            node: "unit".into(),
+            listen: format!("127.0.0.1:{port}"),
+            seeds: Vec::new(),
+            cookie: "a-unit-test-cookie".into(),
+            tls: None,
+            advertise: String::new(),
+        }
+    }
+
+    async fn next_end(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the member ends within 10 s")
+            .expect("an event")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_whose_node_server_ends_fails_and_starts_again_on_its_port() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (watch, _) = Actor::spawn(None, Watch, tx).await.expect("watch");
+        let spawn = || {
+            Actor::spawn_linked(
+                Some(CLUSTER_MEMBER.into()),
+                ClusterMember,
+                member_args(port),
+                watch.get_cell(),
+            )
+        };
+        spawn().await.expect("member starts");
+
+        // ractor's default stopped the member quietly: its supervisor saw a normal stop.
+        let server = ractor::registry::where_is(NODE_SERVER).expect("node server");
+        server.stop(Some("stopped by the test".into()));
+        let ended = next_end(&mut rx).await;
+        assert!(
+            ended.starts_with("failed cluster: ")
+                && ended.contains("node server ended")
+                && ended.contains("stopped by the test"),
+            "{ended}"
+        );
+
+        // Restarted at once, as a supervisor does: the name and the port are free.
+        let (member, _) = spawn().await.expect("the member starts again");
+        assert!(ractor::registry::where_is(NODE_SERVER).is_some());
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("listening again on the same port");
+
+        // Killed, its NodeServer goes down with it, but asynchronously: a member started right
+        // away (here even before the supervisor hears of the kill) waits for its predecessor's
+        // name and port.
+        member.kill();
+        Actor::spawn_linked(None, ClusterMember, member_args(port), watch.get_cell())
+            .await
+            .expect("a member starts again after a kill");
+        let ended = next_end(&mut rx).await;
+        assert!(ended.starts_with("terminated cluster"), "{ended}");
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("listening again on the same port");
+    }
 
     #[test]
     fn a_node_advertises_its_setting_else_its_listen_ip_else_its_host_name() {
