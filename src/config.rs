@@ -84,6 +84,12 @@ pub struct ClusterSettings {
     pub listen: String,
     /// Other nodes, host:port (in Kubernetes: the StatefulSet's headless-service names).
     pub seeds: Vec<String>,
+    /// What this node tells its peers to dial, `host:port` or `host` (the port is then
+    /// cluster.listen's): the peers of its peers dial it by this. Empty: cluster.listen's IP when
+    /// it is a specific one, else the host name. In Kubernetes, the pod's own FQDN
+    /// (`$(POD_NAME).<headless-svc>.<ns>.svc`), which a manifest sets, since a bare pod name
+    /// does not resolve from other pods.
+    pub advertise: String,
     /// Shared secret (from a Kubernetes Secret); required for a cluster. Use a long random one.
     #[serde(deserialize_with = "string_only")]
     pub cookie: String,
@@ -99,6 +105,7 @@ impl Default for ClusterSettings {
         ClusterSettings {
             listen: "0.0.0.0:4800".into(),
             seeds: Vec::new(),
+            advertise: String::new(),
             cookie: String::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -195,7 +202,8 @@ impl Default for NodeSettings {
     }
 }
 
-fn host_name() -> String {
+/// The host name: `HOSTNAME`, else /etc/hostname, else `ipfixsvc`.
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -518,6 +526,9 @@ impl Settings {
         for (i, seed) in self.cluster.seeds.iter().enumerate() {
             check_seed(&format!("cluster.seeds[{i}]"), seed)?;
         }
+        if !self.cluster.advertise.is_empty() {
+            check_advertise("cluster.advertise", &self.cluster.advertise)?;
+        }
         if self.jobs.workers == 0 || self.jobs.retention_secs == 0 {
             return bad("jobs.workers and jobs.retention_secs must be positive");
         }
@@ -612,6 +623,42 @@ fn check_seed(key: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What a node advertises is dialed by others: `host:port`, or `host` alone (`[v6]` for an IPv6
+/// address). Not resolved here, for the same reason as a seed; but a wildcard address (0.0.0.0,
+/// ::) is refused, since nobody can dial it.
+fn check_advertise(key: &str, value: &str) -> Result<(), ConfigError> {
+    let host = if value.starts_with('[') && value.ends_with(']') {
+        // `[v6]` alone: checked as if it had a port.
+        host_port(key, &format!("{value}:1"))
+            .map_err(|_| bad_address(key, value, "not an IPv6 address in the brackets"))?
+            .0
+            .to_string()
+    } else if value.contains(':') {
+        let (host, port) = host_port(key, value)?;
+        if port == 0 {
+            return Err(bad_address(key, value, "port 0 cannot be dialed"));
+        }
+        host.to_string()
+    } else {
+        host_port(key, &format!("{value}:1"))
+            .map_err(|_| bad_address(key, value, "expected host:port or host"))?
+            .0
+            .to_string()
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    if ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(bad_address(
+            key,
+            value,
+            "a wildcard address cannot be dialed: give this node's name or address",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,6 +738,38 @@ mod tests {
             })
             .starts_with("configuration: cluster.listen")
         );
+
+        for (advertise, why) in [
+            ("0.0.0.0:4800", "a wildcard address cannot be dialed"),
+            ("[::]", "a wildcard address cannot be dialed"),
+            ("node 0.ipfix", "expected host:port or host"),
+            ("fd00::7", "brackets"),
+            ("[fd00::zz]", "not an IPv6 address"),
+            ("ipfix-0.ipfix:0", "port 0 cannot be dialed"),
+        ] {
+            let err = refused(&|s| {
+                s.cluster.cookie = "secret".into();
+                s.cluster.advertise = advertise.into();
+            });
+            assert!(
+                err.starts_with(&format!(
+                    "configuration: cluster.advertise = {advertise:?}: "
+                )) && err.contains(why),
+                "{advertise}: {err}"
+            );
+        }
+        for advertise in [
+            "ipfix-0.ipfix.default.svc:4800",
+            "ipfix-0.ipfix.default.svc",
+            "10.0.0.7",
+            "[fd00::7]",
+            "[fd00::7]:14800",
+        ] {
+            let mut s = Settings::default();
+            s.cluster.cookie = "secret".into();
+            s.cluster.advertise = advertise.into();
+            s.validate().expect(advertise);
+        }
 
         // Accepted: IP:port (v4, v6, port 0), a name that resolves, empty to disable a
         // listener; seeds are names that need not resolve yet.

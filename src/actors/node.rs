@@ -218,6 +218,7 @@ impl Actor for NodeSupervisor {
                 seeds: cl.seeds.clone(),
                 cookie: cl.cookie.clone(),
                 tls,
+                advertise: cl.advertise.clone(),
             };
             let member = Restartable::Cluster(cluster_args);
             member.spawn(myself.get_cell()).await?;
