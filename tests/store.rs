@@ -120,6 +120,51 @@ async fn behaves(store: &TemplateStore) {
     );
 }
 
+/// Many definitions in one round trip: each written unless the key changed later, as one by one.
+async fn batched_writes_follow_the_same_rule(store: &TemplateStore) {
+    let now = ipfixsvc::store::unix_ms();
+    let later = TemplateKey {
+        template_id: 700,
+        ..key(0)
+    };
+    assert!(
+        store
+            .put_if_newer(&later, &value(700, TemplateKind::Options), now + 60_000)
+            .await
+            .expect("put")
+    );
+    let writes: Vec<_> = (700..710u16)
+        .map(|id| {
+            let k = TemplateKey {
+                template_id: id,
+                ..key(0)
+            };
+            (k, value(id, TemplateKind::Data), now, id % 2 == 0)
+        })
+        .collect();
+    let wrote = store
+        .put_many_if_newer(&writes, "node-a")
+        .await
+        .expect("batch");
+    assert_eq!(wrote.len(), 10);
+    assert!(!wrote[0], "700 changed later elsewhere: not overwritten");
+    assert!(wrote[1..].iter().all(|w| *w));
+    assert_eq!(
+        store.get(&later).await.expect("get"),
+        Some(value(700, TemplateKind::Options))
+    );
+    for id in 701..710u16 {
+        let k = TemplateKey {
+            template_id: id,
+            ..key(0)
+        };
+        assert_eq!(
+            store.get(&k).await.expect("get"),
+            Some(value(id, TemplateKind::Data))
+        );
+    }
+}
+
 /// A node cut off from Redis re-syncs what it learned meanwhile; a later change by another node
 /// wins, whichever order the writes reach the store in.
 async fn late_resync_loses_to_a_later_change(store: &TemplateStore) {
@@ -194,6 +239,7 @@ async fn memory_and_redis_stores_behave_alike() {
     for s in &stores {
         behaves(s).await;
         late_resync_loses_to_a_later_change(s).await;
+        batched_writes_follow_the_same_rule(s).await;
     }
     for s in &stores {
         expires(s).await;

@@ -58,6 +58,11 @@ const WAITER_TTL: Duration = Duration::from_secs(30);
 const MAX_WAITED_KEYS: usize = 10_000;
 const MAX_WAITERS_PER_KEY: usize = 64;
 
+/// Definitions are written to the store in batches: within this long of the first...
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// ...or at once when this many wait.
+const FLUSH_AT: usize = 256;
+
 /// Conflicts tracked at most (each holds two session references).
 const MAX_CONFLICTS: usize = 10_000;
 
@@ -81,6 +86,8 @@ pub enum CacheMsg {
     /// to the store again) instead of queueing without bound.
     InvalidationsOverflowed,
     Probe,
+    /// Own timer: write the definitions that waited.
+    Flush,
     Status(RpcReplyPort<CacheStatus>),
 }
 
@@ -236,6 +243,10 @@ pub struct CacheState {
     invalidations_overflowed: u64,
     conflicts_total: u64,
     last_sweep: Instant,
+    /// Definitions to write (when they changed, and whether to publish a redefinition).
+    dirty: HashMap<TemplateKey, (u64, bool)>,
+    flush_scheduled: bool,
+    me: ActorRef<CacheMsg>,
     subscriber: Option<JoinHandle<()>>,
     prober: Option<JoinHandle<()>>,
 }
@@ -291,6 +302,9 @@ impl Actor for TemplateCache {
             invalidations_overflowed: 0,
             conflicts_total: 0,
             last_sweep: Instant::now(),
+            dirty: HashMap::new(),
+            flush_scheduled: false,
+            me: myself.clone(),
             subscriber,
             prober: Some(prober),
         })
@@ -353,6 +367,7 @@ impl Actor for TemplateCache {
                 }
             }
             CacheMsg::Probe => state.probe().await,
+            CacheMsg::Flush => state.flush().await,
             CacheMsg::Status(reply) => {
                 let _ = reply.send(CacheStatus {
                     templates: state.local.len(),
@@ -379,6 +394,8 @@ impl Actor for TemplateCache {
         _myself: ActorRef<CacheMsg>,
         state: &mut CacheState,
     ) -> Result<(), ActorProcessingErr> {
+        // What waited to be written is written now (bounded by the store's timeout).
+        state.flush().await;
         for t in [state.subscriber.take(), state.prober.take()]
             .into_iter()
             .flatten()
@@ -492,24 +509,62 @@ impl CacheState {
             from: Some(from),
         };
         self.insert(key.clone(), entry);
+        if let Some((_, waiting)) = self.waiters.remove(&key) {
+            for s in waiting {
+                let _ = s.cast(SessionMsg::SharedTemplate(key.domain, template.clone()));
+            }
+        }
         let at = unix_ms();
         if !self.healthy {
             self.unsynced(key, at, false);
             return;
         }
-        let value = self.stored(&template);
-        if let Err(e) = self.store.put_if_newer(&key, &value, at).await {
-            self.down(&e);
-            self.unsynced(key, at, false);
+        // Written with others in one round trip, within FLUSH_EVERY; a redefinition is published
+        // with it (other nodes must not keep decoding with the old one).
+        let was_changed = self.dirty.get(&key).is_some_and(|(_, c)| *c);
+        self.dirty.insert(key, (at, changed || was_changed));
+        if self.dirty.len() >= FLUSH_AT {
+            self.flush().await;
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            self.me.send_after(FLUSH_EVERY, || CacheMsg::Flush);
+        }
+    }
+
+    /// Writes the definitions waiting in `dirty` to the store in one round trip.
+    async fn flush(&mut self) {
+        self.flush_scheduled = false;
+        if self.dirty.is_empty() {
             return;
         }
-        if changed {
-            // A redefinition: other nodes must not keep decoding with the old one.
-            self.publish(&key).await;
+        let dirty = std::mem::take(&mut self.dirty);
+        let writes: Vec<(TemplateKey, StoredTemplate, u64, bool)> = dirty
+            .into_iter()
+            .filter_map(|(k, (at, changed))| {
+                let v = self.stored(&self.local.get(&k)?.template);
+                Some((k, v, at, changed))
+            })
+            .collect();
+        if !self.healthy {
+            for (k, _, at, _) in writes {
+                self.unsynced(k, at, false);
+            }
+            return;
         }
-        if let Some((_, waiting)) = self.waiters.remove(&key) {
-            for s in waiting {
-                let _ = s.cast(SessionMsg::SharedTemplate(key.domain, template.clone()));
+        match self.store.put_many_if_newer(&writes, &self.node).await {
+            Ok(wrote) => {
+                for ((k, ..), w) in writes.iter().zip(wrote) {
+                    if !w {
+                        // Another node changed it later: read theirs from the store.
+                        self.forget(k);
+                    }
+                }
+            }
+            Err(e) => {
+                self.down(&e);
+                for (k, _, at, _) in writes {
+                    self.unsynced(k, at, false);
+                }
             }
         }
     }
