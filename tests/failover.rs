@@ -162,8 +162,8 @@ fn exporter_moves_between_nodes_sharing_redis() {
         "templates written through to Redis",
         Duration::from_secs(10),
         || {
-            redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:7:256")
-                && redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:7:257")
+            redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:7:256")
+                && redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:7:257")
         },
     );
     assert_eq!(a.output().len(), 20 * 6);
@@ -193,7 +193,7 @@ fn exporter_moves_between_nodes_sharing_redis() {
     eventually(
         "the withdrawal reached Redis",
         Duration::from_secs(10),
-        || !redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:7:256"),
+        || !redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:7:256"),
     );
     std::thread::sleep(Duration::from_millis(300)); // the invalidation travels by pub/sub
     let before = b.output().len();
@@ -219,7 +219,7 @@ fn exporter_moves_between_nodes_sharing_redis() {
     eventually(
         "the withdrawal of all reached Redis",
         Duration::from_secs(10),
-        || !redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:7:257"),
+        || !redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:7:257"),
     );
     std::thread::sleep(Duration::from_millis(300));
     let before = b.output().len();
@@ -260,7 +260,7 @@ fn exporter_moves_between_nodes_sharing_redis() {
     eventually(
         "A re-synced its templates after the outage",
         Duration::from_secs(20),
-        || redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:8:256"),
+        || redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:8:256"),
     );
     let before_b = b.output().len();
     send(

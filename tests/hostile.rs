@@ -479,3 +479,40 @@ async fn a_tcp_redefinition_without_withdrawal_is_logged_and_counted() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.log_lines("template redefined").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_udp_source_port_cannot_poison_a_udp_exporters_templates() {
+    let server = Server::start(
+        "udp-poison",
+        &[("IPFIXSVC__COLLECTOR__IDLE_TIMEOUT_SECS", "1")],
+    );
+    let msgs = good_messages(64, 2, 5);
+    let real = std::net::UdpSocket::bind("127.0.0.10:0").expect("bind");
+    real.send_to(&msgs[0], server.udp).expect("template");
+    real.send_to(&msgs[1], server.udp).expect("data");
+    eventually(
+        "the real exporter's records",
+        Duration::from_secs(10),
+        || counts_from(&server, "127.0.0.10").len() == 5,
+    );
+    // Its session retires; a forger on the same address, another port, redefines 300.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let forger = std::net::UdpSocket::bind("127.0.0.10:0").expect("bind");
+    forger
+        .send_to(&other_layout(64), server.udp)
+        .expect("forged template");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The exporter's next datagram (data only) is decoded with its own template.
+    real.send_to(&msgs[2], server.udp).expect("data");
+    eventually(
+        "decoded with the exporter's template",
+        Duration::from_secs(10),
+        || counts_from(&server, "127.0.0.10").len() == 10,
+    );
+    let ports = server
+        .output()
+        .iter()
+        .filter(|l| l.contains("\"sourceTransportPort\""))
+        .count();
+    assert_eq!(ports, 0, "nothing decoded with the forged layout");
+}

@@ -13,6 +13,7 @@ fn key(id: u16) -> TemplateKey {
     TemplateKey {
         tenant: "default".into(),
         transport: Transport::Tcp,
+        port: 0,
         exporter: "192.0.2.7".parse::<IpAddr>().expect("address"),
         domain: 42,
         template_id: id,
@@ -260,7 +261,7 @@ async fn bytes_from_another_version_fail_safe() {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let k = "ipfix:tpl:default:tcp:192.0.2.7:42:256";
+    let k = "ipfix:tpl:default:tcp:192.0.2.7:0:42:256";
     for (bytes, why) in [
         (vec![1u8, 0xff, 0xff, 0xff, 0xff, 0xff], "damaged"),
         (vec![9u8, 1, 2, 3], "a future format"),

@@ -676,6 +676,7 @@ impl CacheState {
             tenant: key.tenant.clone(),
             transport: key.transport,
             exporter: key.exporter,
+            port: key.port,
             domain: key.domain,
             template_id: key.template_id,
         };

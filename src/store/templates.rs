@@ -58,6 +58,10 @@ pub struct TemplateKey {
     pub tenant: String,
     pub transport: Transport,
     pub exporter: IpAddr,
+    /// UDP: the exporter's source port (RFC 7011 section 10.3: a UDP Transport Session is the
+    /// exporter's address and port, and its templates are its own; a forger must also guess
+    /// the port). TCP: 0, since an exporter reconnects from a new port.
+    pub port: u16,
     pub domain: u32,
     pub template_id: u16,
 }
@@ -65,25 +69,34 @@ pub struct TemplateKey {
 impl TemplateKey {
     fn redis_key(&self) -> String {
         format!(
-            "ipfix:tpl:{}:{}:{}:{}:{}",
+            "ipfix:tpl:{}:{}:{}:{}:{}:{}",
             self.tenant,
             self.transport.as_str(),
             self.exporter,
+            self.port,
             self.domain,
             self.template_id
         )
     }
 
     fn redis_index(&self) -> String {
-        index_key(&self.tenant, self.transport, self.exporter, self.domain)
+        format!(
+            "ipfix:tplids:{}:{}:{}:{}:{}",
+            self.tenant,
+            self.transport.as_str(),
+            self.exporter,
+            self.port,
+            self.domain
+        )
     }
 
     fn redis_version(&self) -> String {
         format!(
-            "ipfix:tplver:{}:{}:{}:{}:{}",
+            "ipfix:tplver:{}:{}:{}:{}:{}:{}",
             self.tenant,
             self.transport.as_str(),
             self.exporter,
+            self.port,
             self.domain,
             self.template_id
         )
@@ -94,15 +107,9 @@ impl TemplateKey {
         self.tenant == other.tenant
             && self.transport == other.transport
             && self.exporter == other.exporter
+            && self.port == other.port
             && self.domain == other.domain
     }
-}
-
-fn index_key(tenant: &str, transport: Transport, exporter: IpAddr, domain: u32) -> String {
-    format!(
-        "ipfix:tplids:{tenant}:{}:{exporter}:{domain}",
-        transport.as_str()
-    )
 }
 
 /// What a stored template costs the memory store or a cache: its fields, the key and the
@@ -143,6 +150,7 @@ pub struct Invalidation {
     pub tenant: String,
     pub transport: Transport,
     pub exporter: IpAddr,
+    pub port: u16,
     pub domain: u32,
     pub template_id: u16,
 }
@@ -153,6 +161,7 @@ impl Invalidation {
             tenant: self.tenant.clone(),
             transport: self.transport,
             exporter: self.exporter,
+            port: self.port,
             domain: self.domain,
             template_id: self.template_id,
         }
@@ -612,6 +621,7 @@ impl RedisTemplates {
                     tenant: key.tenant.clone(),
                     transport: key.transport,
                     exporter: key.exporter,
+                    port: key.port,
                     domain: key.domain,
                     template_id: key.template_id,
                 };
@@ -724,6 +734,7 @@ mod tests {
             tenant: "t".into(),
             transport,
             exporter: "192.0.2.1".parse().expect("ip"),
+            port: 0,
             domain: 1,
             template_id: id,
         };
@@ -771,6 +782,7 @@ mod tests {
                     tenant: "t".into(),
                     transport: Transport::Tcp,
                     exporter: "192.0.2.1".parse().expect("ip"),
+                    port: 0,
                     domain: 1,
                     template_id: id,
                 };

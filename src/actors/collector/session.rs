@@ -471,12 +471,22 @@ impl SessionState {
         }
     }
 
+    /// The source port in this session's keys: UDP's transport session has one, TCP's shared
+    /// templates outlive the connection's.
+    fn shared_port(&self) -> u16 {
+        match self.transport {
+            Transport::Udp => self.peer.port(),
+            Transport::Tcp => 0,
+        }
+    }
+
     /// This session's shared-template key for `template_id` of `domain`.
     fn key(&self, domain: u32, template_id: u16) -> TemplateKey {
         TemplateKey {
             tenant: self.tenant.clone(),
             transport: self.transport,
             exporter: self.peer.ip(),
+            port: self.shared_port(),
             domain,
             template_id,
         }
@@ -485,11 +495,13 @@ impl SessionState {
     /// Tells the TemplateCache what this message defined or withdrew, and asks it for templates
     /// this session lacks (the answer arrives as `SharedTemplate`).
     fn share(&mut self, decoded: &[DecodedMessage]) {
+        let port = self.shared_port();
         let Some(cache) = &self.cache else { return };
         let key = |domain: u32, template_id: u16| TemplateKey {
             tenant: self.tenant.clone(),
             transport: self.transport,
             exporter: self.peer.ip(),
+            port,
             domain,
             template_id,
         };
