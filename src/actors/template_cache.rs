@@ -671,15 +671,7 @@ impl CacheState {
     }
 
     async fn publish(&mut self, key: &TemplateKey) {
-        let inv = Invalidation {
-            node: self.node.clone(),
-            tenant: key.tenant.clone(),
-            transport: key.transport,
-            exporter: key.exporter,
-            port: key.port,
-            domain: key.domain,
-            template_id: key.template_id,
-        };
+        let inv = Invalidation::of(&self.node, key);
         if let Err(e) = self.store.publish(&inv).await {
             self.down(&e);
         }

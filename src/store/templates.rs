@@ -67,21 +67,11 @@ pub struct TemplateKey {
 }
 
 impl TemplateKey {
-    fn redis_key(&self) -> String {
+    /// `{prefix}:{tenant}:{transport}:{exporter}:{port}:{domain}`, the scope's part of every
+    /// Redis name of this key.
+    fn redis_scope(&self, prefix: &str) -> String {
         format!(
-            "ipfix:tpl:{}:{}:{}:{}:{}:{}",
-            self.tenant,
-            self.transport.as_str(),
-            self.exporter,
-            self.port,
-            self.domain,
-            self.template_id
-        )
-    }
-
-    fn redis_index(&self) -> String {
-        format!(
-            "ipfix:tplids:{}:{}:{}:{}:{}",
+            "{prefix}:{}:{}:{}:{}:{}",
             self.tenant,
             self.transport.as_str(),
             self.exporter,
@@ -90,16 +80,16 @@ impl TemplateKey {
         )
     }
 
+    fn redis_key(&self) -> String {
+        format!("{}:{}", self.redis_scope("ipfix:tpl"), self.template_id)
+    }
+
+    fn redis_index(&self) -> String {
+        self.redis_scope("ipfix:tplids")
+    }
+
     fn redis_version(&self) -> String {
-        format!(
-            "ipfix:tplver:{}:{}:{}:{}:{}:{}",
-            self.tenant,
-            self.transport.as_str(),
-            self.exporter,
-            self.port,
-            self.domain,
-            self.template_id
-        )
+        format!("{}:{}", self.redis_scope("ipfix:tplver"), self.template_id)
     }
 
     /// Same tenant, transport, exporter and domain (the scope of an All Templates Withdrawal).
@@ -156,6 +146,19 @@ pub struct Invalidation {
 }
 
 impl Invalidation {
+    /// `node`'s news that `key` was withdrawn or redefined.
+    pub fn of(node: &str, key: &TemplateKey) -> Invalidation {
+        Invalidation {
+            node: node.to_string(),
+            tenant: key.tenant.clone(),
+            transport: key.transport,
+            exporter: key.exporter,
+            port: key.port,
+            domain: key.domain,
+            template_id: key.template_id,
+        }
+    }
+
     pub fn key(&self) -> TemplateKey {
         TemplateKey {
             tenant: self.tenant.clone(),
@@ -616,15 +619,7 @@ impl RedisTemplates {
         let mut any = false;
         for ((key, _, _, changed), w) in writes.iter().zip(&wrote) {
             if *changed && *w {
-                let inv = Invalidation {
-                    node: node.to_string(),
-                    tenant: key.tenant.clone(),
-                    transport: key.transport,
-                    exporter: key.exporter,
-                    port: key.port,
-                    domain: key.domain,
-                    template_id: key.template_id,
-                };
+                let inv = Invalidation::of(node, key);
                 publish
                     .cmd("PUBLISH")
                     .arg(INVALIDATION_CHANNEL)
