@@ -25,6 +25,7 @@ impl From<config::ConfigError> for ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub node: NodeSettings,
+    pub api: ApiSettings,
     pub collector: CollectorSettings,
     pub output: OutputSettings,
     pub log: LogSettings,
@@ -34,6 +35,32 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub jobs: JobsSettings,
     pub storage: StorageSettings,
+}
+
+/// The `api` role: the REST API, health, readiness and metrics over HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Where the HTTP server listens; empty disables it.
+    pub listen: String,
+    /// The operators' bearer token. Empty: the one in `<storage.dir>/admin-token`, made (random,
+    /// mode 0600, printed once on standard error) when the file does not exist.
+    pub admin_token: String,
+    /// Largest request body (uploads) accepted.
+    pub max_upload_bytes: u64,
+    /// A request that waits this long for the actors behind it gets 503.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            listen: "0.0.0.0:8080".into(),
+            admin_token: String::new(),
+            max_upload_bytes: 4 << 30,
+            request_timeout_secs: 30,
+        }
+    }
 }
 
 /// The `jobs` role: conversion jobs run as supervised actors.
@@ -506,6 +533,13 @@ impl Settings {
         if tls != 0 && tls != 3 {
             return bad("cluster.tls_cert, tls_key and tls_ca go together: all three, or none");
         }
+        if self.api.request_timeout_secs == 0 || self.api.max_upload_bytes == 0 {
+            return bad("api.request_timeout_secs and api.max_upload_bytes must be positive");
+        }
+        let t = &self.api.admin_token;
+        if !t.is_empty() && (t.len() < 16 || t.chars().any(|c| c.is_whitespace())) {
+            return bad("api.admin_token must be at least 16 characters, without spaces");
+        }
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {
             return bad("cluster.seeds needs cluster.cookie (a shared secret)");
         }
@@ -514,6 +548,7 @@ impl Settings {
         for (key, value) in [
             ("collector.tcp_listen", &self.collector.tcp_listen),
             ("collector.udp_listen", &self.collector.udp_listen),
+            ("api.listen", &self.api.listen),
         ] {
             // Empty disables that listener.
             if !value.is_empty() {

@@ -21,6 +21,9 @@ use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::{CacheArgs, CacheHandle, TEMPLATE_CACHE, TemplateCache};
+use crate::api::auth::AdminToken;
+use crate::api::routes::Ctx;
+use crate::api::{API_SERVER, ApiArgs, ApiServer};
 use crate::config::{Role, Settings};
 use crate::store::{JobStore, TemplateStore};
 use crate::wire::Registry;
@@ -44,6 +47,7 @@ enum Restartable {
     Cache(CacheArgs),
     Directory(String),
     Cluster(ClusterArgs),
+    Api(ApiArgs),
 }
 
 impl Restartable {
@@ -52,6 +56,7 @@ impl Restartable {
             Restartable::Cache(_) => TEMPLATE_CACHE,
             Restartable::Directory(_) => DIRECTORY_NAME,
             Restartable::Cluster(_) => CLUSTER_MEMBER,
+            Restartable::Api(_) => API_SERVER,
         }
     }
 
@@ -67,6 +72,9 @@ impl Restartable {
             }
             Restartable::Cluster(a) => {
                 Actor::spawn_linked(name, ClusterMember, a.clone(), supervisor).await?;
+            }
+            Restartable::Api(a) => {
+                Actor::spawn_linked(name, ApiServer, a.clone(), supervisor).await?;
             }
         }
         Ok(())
@@ -109,6 +117,8 @@ pub struct NodeState {
     restartable: Vec<Restartable>,
     restarts: std::collections::HashMap<&'static str, Restarts>,
     draining: bool,
+    /// The API's readiness flag: set when the drain starts.
+    api_draining: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub struct NodeSupervisor;
@@ -224,9 +234,35 @@ impl Actor for NodeSupervisor {
             member.spawn(myself.get_cell()).await?;
             restartable.push(member);
         }
+        let mut draining = None;
+        if roles.contains(&Role::Api) && !args.settings.api.listen.is_empty() {
+            let a = &args.settings.api;
+            let admin = AdminToken::load(
+                &a.admin_token,
+                std::path::Path::new(&args.settings.storage.dir),
+            )?;
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ctx = Ctx {
+                node: args.settings.node.name.clone(),
+                admin,
+                timeout: Duration::from_secs(a.request_timeout_secs),
+                draining: flag.clone(),
+                collector: roles.contains(&Role::Collector),
+                cluster: cl.enabled(),
+                requests: Default::default(),
+            };
+            let api = Restartable::Api(ApiArgs {
+                listen: a.listen.clone(),
+                ctx,
+                grace: Duration::from_secs(args.settings.shutdown.grace_secs) / 5,
+            });
+            api.spawn(myself.get_cell()).await?;
+            restartable.push(api);
+            draining = Some(flag);
+        }
         let later: Vec<_> = roles
             .iter()
-            .filter(|r| !matches!(r, Role::Collector | Role::Jobs))
+            .filter(|r| !matches!(r, Role::Collector | Role::Jobs | Role::Api))
             .collect();
         if !later.is_empty() {
             tracing::info!(roles = ?later, "roles not in this build yet: not started");
@@ -238,6 +274,7 @@ impl Actor for NodeSupervisor {
             restartable,
             restarts: Default::default(),
             draining: false,
+            api_draining: draining,
         })
     }
 
@@ -250,6 +287,9 @@ impl Actor for NodeSupervisor {
         match msg {
             NodeMsg::Drain(within, reply) => {
                 state.draining = true;
+                if let Some(f) = &state.api_draining {
+                    f.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let mut report = DrainReport::default();
                 if let Some(c) = &state.collector {
                     match ractor::call!(c, CollectorMsg::Drain, within) {
@@ -261,6 +301,13 @@ impl Actor for NodeSupervisor {
                     // Bounded: the process must exit within its grace period whatever a job does.
                     let ms = (within.as_millis() as u64 / 4).max(100);
                     let _ = ractor::call_t!(j, JobMsg::Drain, ms);
+                }
+                // Last: the API answered readiness (draining) until now; requests in flight
+                // finish within its own grace.
+                if let Some(api) = ractor::registry::where_is(API_SERVER) {
+                    let _ = api
+                        .stop_and_wait(Some("shutting down".into()), Some(within / 4))
+                        .await;
                 }
                 let _ = reply.send(report);
             }

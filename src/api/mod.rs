@@ -1,0 +1,162 @@
+//! The REST API (role `api`): warp routes that talk to actors only by message. `ApiServer` is the
+//! actor that owns the HTTP listener: it binds in `pre_start` (a bad or taken `api.listen` fails
+//! the start, naming it), serves from a watched task (its end stops the actor, which the
+//! NodeSupervisor restarts), and on stop stops accepting and lets requests in flight finish
+//! within the grace it was given.
+//!
+//! Every response carries an `x-request-id` (the client's, when it sent a sane one, else made
+//! here), and every request is one log line with it. Errors are RFC 9457 problems.
+
+pub mod auth;
+pub mod problem;
+pub mod routes;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use routes::Ctx;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use warp::Filter;
+
+pub const API_SERVER: &str = "api";
+
+#[derive(RactorMessage)]
+pub enum ApiMsg {
+    LocalAddr(RpcReplyPort<SocketAddr>),
+}
+
+#[derive(Clone)]
+pub struct ApiArgs {
+    pub listen: String,
+    pub ctx: Ctx,
+    /// How long requests in flight may take to finish when the server stops.
+    pub grace: Duration,
+}
+
+pub struct ApiState {
+    local: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    grace: Duration,
+}
+
+pub struct ApiServer;
+
+/// A request id: the client's when it is short and plain, else a new one.
+fn request_id() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("x-request-id").map(|given: Option<String>| {
+        given
+            .filter(|g| {
+                !g.is_empty()
+                    && g.len() <= 128
+                    && g.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            })
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    })
+}
+
+impl Actor for ApiServer {
+    type Msg = ApiMsg;
+    type State = ApiState;
+    type Arguments = ApiArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ApiMsg>,
+        args: ApiArgs,
+    ) -> Result<ApiState, ActorProcessingErr> {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen for the API on {}: {e}", args.listen))?;
+        let local = listener.local_addr()?;
+        let ctx = args.ctx.clone();
+        let counts = ctx.requests.clone();
+        let routes = request_id()
+            .and(warp::method())
+            .and(warp::path::full())
+            .and(warp::any().map(Instant::now))
+            .and(routes::all(ctx).recover(problem::never))
+            .map(
+                move |id: String,
+                      method: warp::http::Method,
+                      path: warp::path::FullPath,
+                      started: Instant,
+                      reply| {
+                    let mut r = warp::Reply::into_response(reply);
+                    if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                        r.headers_mut().insert("x-request-id", v);
+                    }
+                    counts.count(r.status());
+                    tracing::info!(
+                        request_id = %id, %method, path = path.as_str(),
+                        status = r.status().as_u16(),
+                        took_us = started.elapsed().as_micros() as u64,
+                        "http request"
+                    );
+                    r
+                },
+            );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let me = myself.get_cell();
+        let server = tokio::spawn(async move {
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = rx.await;
+                })
+                .run()
+                .await;
+            // Ended without being told to (the runtime going away aside): restart it.
+            me.stop(Some("API server ended".into()));
+        });
+        tracing::info!(api = %local, admin_token = %args.ctx.admin.source, "API listening");
+        Ok(ApiState {
+            local,
+            shutdown: Some(tx),
+            server: Some(server),
+            grace: args.grace,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ApiMsg>,
+        msg: ApiMsg,
+        state: &mut ApiState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ApiMsg::LocalAddr(reply) = msg;
+        let _ = reply.send(state.local);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ApiMsg>,
+        state: &mut ApiState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop accepting; requests in flight get the grace period, then are cut.
+        if let Some(tx) = state.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut server) = state.server.take()
+            && tokio::time::timeout(state.grace, &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
+            tracing::warn!("API requests still in flight at the end of the grace period: cut");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ApiState {
+    /// Killed (no `post_stop`): the listener must not outlive the actor.
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The routes. Each handler asks actors by message (by registered name, or through a
+//! `ractor::pg` group for the whole cluster), with the request timeout, and never reaches into
+//! their state.
+
+use super::auth::AdminToken;
+use super::problem::{self, Problem};
+use crate::actors::cluster::{CLUSTER_MEMBER, ClusterMsg};
+use crate::actors::collector::{COLLECTOR_NAME, CollectorCounters, CollectorMsg};
+use crate::actors::directory::{DIRECTORY_GROUP, DIRECTORY_NAME, DirectoryMsg};
+use crate::actors::template_cache::{CacheMsg, CacheStatus, TEMPLATE_CACHE};
+use ractor::ActorRef;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct Ctx {
+    pub node: String,
+    pub admin: AdminToken,
+    pub timeout: Duration,
+    /// Set when the node starts draining: `/readyz` says so, so traffic goes elsewhere.
+    pub draining: Arc<AtomicBool>,
+    /// Whether this node runs a collector and a cluster member (what readiness waits for).
+    pub collector: bool,
+    pub cluster: bool,
+    pub requests: Arc<RequestCounts>,
+}
+
+/// HTTP requests answered, by status class (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    by_class: [AtomicU64; 6],
+}
+
+impl RequestCounts {
+    pub fn count(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100) as usize;
+        if let Some(c) = self.by_class.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn with(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || ctx.clone())
+}
+
+/// Passes with the context when the request carries the admin token.
+fn admin(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
+    with(ctx)
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(|ctx: Ctx, auth: Option<String>| async move {
+            if ctx.admin.admits(auth.as_deref()) {
+                Ok(ctx)
+            } else if auth.is_none() {
+                Err(problem::reject(Problem::unauthorized(
+                    "send Authorization: Bearer <token>",
+                )))
+            } else {
+                Err(problem::reject(Problem::unauthorized(
+                    "the token is not valid",
+                )))
+            }
+        })
+}
+
+/// Every route of the API, unanswered rejections included.
+pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .and(with(ctx.clone()))
+        .map(|ctx: Ctx| warp::reply::json(&serde_json::json!({"status": "ok", "node": ctx.node})));
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with(ctx.clone()))
+        .then(ready);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with(ctx.clone()))
+        .then(metrics);
+    let sessions = warp::path!("api" / "v1" / "sessions")
+        .and(warp::get())
+        .and(admin(ctx.clone()))
+        .and_then(sessions);
+    let cluster = warp::path!("api" / "v1" / "cluster")
+        .and(warp::get())
+        .and(admin(ctx.clone()))
+        .and_then(cluster);
+    healthz
+        .map(Reply::into_response)
+        .or(readyz.map(Reply::into_response))
+        .unify()
+        .or(metrics.map(Reply::into_response))
+        .unify()
+        .or(sessions.map(Reply::into_response))
+        .unify()
+        .or(cluster.map(Reply::into_response))
+        .unify()
+}
+
+fn timeout_ms(ctx: &Ctx) -> u64 {
+    ctx.timeout.as_millis() as u64
+}
+
+fn local<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(name).map(ActorRef::from)
+}
+
+/// Ready: not draining; the collector's listeners bound (when it runs); the template store
+/// reachable or knowingly degraded (collection goes on with local templates); the cluster
+/// member running (when configured). 503 with the failing checks otherwise.
+async fn ready(ctx: Ctx) -> warp::reply::Response {
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    if ctx.draining.load(Ordering::Relaxed) {
+        ok = false;
+        checks.insert("draining".into(), true.into());
+    }
+    if ctx.collector {
+        let bound = match local::<CollectorMsg>(COLLECTOR_NAME) {
+            Some(c) => ractor::call_t!(c, CollectorMsg::ListenAddrs, timeout_ms(&ctx))
+                .map(|(t, u)| serde_json::json!({"tcp": t, "udp": u}))
+                .ok(),
+            None => None,
+        };
+        ok &= bound.is_some();
+        checks.insert(
+            "collector".into(),
+            bound.unwrap_or_else(|| "not answering".into()),
+        );
+    }
+    match local::<CacheMsg>(TEMPLATE_CACHE) {
+        Some(c) => match ractor::call_t!(c, CacheMsg::Status, timeout_ms(&ctx)) {
+            Ok(s) => {
+                checks.insert(
+                    "template_store".into(),
+                    if s.store_healthy { "ok" } else { "degraded" }.into(),
+                );
+            }
+            Err(_) => {
+                ok = false;
+                checks.insert("template_store".into(), "cache not answering".into());
+            }
+        },
+        None => {
+            ok = false;
+            checks.insert("template_store".into(), "cache restarting".into());
+        }
+    }
+    if ctx.cluster {
+        let member = local::<ClusterMsg>(CLUSTER_MEMBER).is_some();
+        ok &= member;
+        checks.insert(
+            "cluster".into(),
+            if member {
+                "member running"
+            } else {
+                "no member"
+            }
+            .into(),
+        );
+    }
+    let body = serde_json::json!({"ready": ok, "node": ctx.node, "checks": checks});
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// Prometheus text exposition of what the node counts (the telemetry work will move this to
+/// OpenTelemetry instruments).
+async fn metrics(ctx: Ctx) -> warp::reply::Response {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP ipfixsvc_{name} {help}\n# TYPE ipfixsvc_{name} {kind}\nipfixsvc_{name}{{node=\"{}\"}} {value}\n",
+            ctx.node
+        ));
+    };
+    if let Some(c) = local::<CollectorMsg>(COLLECTOR_NAME)
+        && let Ok(k) = ractor::call_t!(c, CollectorMsg::Counters, timeout_ms(&ctx))
+    {
+        let k: CollectorCounters = k;
+        metric(
+            "collector_tcp_sessions",
+            "gauge",
+            "live TCP sessions",
+            k.tcp_sessions as f64,
+        );
+        metric(
+            "collector_udp_sessions",
+            "gauge",
+            "live UDP sessions",
+            k.udp_sessions as f64,
+        );
+        metric(
+            "collector_refused_sessions_total",
+            "counter",
+            "sessions refused at a limit",
+            k.refused_sessions as f64,
+        );
+        metric(
+            "collector_evicted_udp_sessions_total",
+            "counter",
+            "idle UDP sessions retired for a newcomer",
+            k.evicted_udp_sessions as f64,
+        );
+        metric(
+            "collector_failed_sessions_total",
+            "counter",
+            "sessions that failed",
+            k.failed_sessions as f64,
+        );
+        metric(
+            "collector_lost_datagrams_total",
+            "counter",
+            "datagrams queued for a session that ended",
+            k.lost_datagrams as f64,
+        );
+        metric(
+            "collector_template_bytes",
+            "gauge",
+            "bytes of compiled templates held by sessions",
+            k.template_bytes as f64,
+        );
+        metric(
+            "collector_udp_queued_bytes",
+            "gauge",
+            "bytes of datagrams queued for UDP sessions",
+            k.udp_queued_bytes as f64,
+        );
+        metric(
+            "collector_pending_bytes",
+            "gauge",
+            "bytes of data sets held for a missing template",
+            k.pending_bytes as f64,
+        );
+    }
+    if let Some(c) = local::<CacheMsg>(TEMPLATE_CACHE)
+        && let Ok(s) = ractor::call_t!(c, CacheMsg::Status, timeout_ms(&ctx))
+    {
+        let s: CacheStatus = s;
+        metric(
+            "template_cache_templates",
+            "gauge",
+            "templates in the node's cache",
+            s.templates as f64,
+        );
+        metric(
+            "template_cache_bytes",
+            "gauge",
+            "bytes of templates in the node's cache",
+            s.bytes as f64,
+        );
+        metric(
+            "template_store_healthy",
+            "gauge",
+            "1 when the template store answers",
+            if s.store_healthy { 1.0 } else { 0.0 },
+        );
+        metric(
+            "template_conflicts_total",
+            "counter",
+            "keys defined differently by two live sessions",
+            s.conflicts as f64,
+        );
+        metric(
+            "template_cache_dropped_messages_total",
+            "counter",
+            "session messages the cache had no room for",
+            s.dropped_messages as f64,
+        );
+    }
+    for (class, n) in ctx.requests.by_class.iter().enumerate().skip(1) {
+        out.push_str(&format!(
+            "ipfixsvc_http_requests_total{{node=\"{}\",class=\"{class}xx\"}} {}\n",
+            ctx.node,
+            n.load(Ordering::Relaxed)
+        ));
+    }
+    let mut r = warp::reply::Response::new(out.into());
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Every exporter session of the cluster, with its statistics.
+async fn sessions(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
+    let Some(d) = local::<DirectoryMsg>(DIRECTORY_NAME) else {
+        return Err(problem::reject(Problem::unavailable(
+            "the session directory is restarting".into(),
+        )));
+    };
+    match ractor::call_t!(d, DirectoryMsg::ListCluster, timeout_ms(&ctx)) {
+        Ok(list) => Ok(warp::reply::json(&list).into_response()),
+        Err(e) => Err(problem::reject(Problem::unavailable(format!(
+            "listing the cluster's sessions: {e}"
+        )))),
+    }
+}
+
+/// Every node's view of the cluster (its peers, seeds and last errors), asked through the
+/// directories' process group; a node that does not answer in time is named as such.
+async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
+    let members = ractor::pg::get_members(&DIRECTORY_GROUP.to_string());
+    let ms = timeout_ms(&ctx);
+    let views = futures_util::future::join_all(members.into_iter().map(|m| async move {
+        let d: ActorRef<DirectoryMsg> = m.clone().into();
+        match ractor::call_t!(d, DirectoryMsg::ClusterView, ms) {
+            Ok(json) => serde_json::from_str::<serde_json::Value>(&json.0)
+                .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+            Err(e) => {
+                serde_json::json!({"directory": m.get_id().to_string(), "error": e.to_string()})
+            }
+        }
+    }))
+    .await;
+    Ok(warp::reply::json(&serde_json::json!({"node": ctx.node, "nodes": views})).into_response())
+}

@@ -1,0 +1,250 @@
+//! The REST API of a real `ipfixsvc serve` process on loopback: health, readiness and metrics
+//! for anyone; everything else behind the admin bearer token; errors as RFC 9457 problems;
+//! request ids; the admin token made once, private, and kept across restarts.
+
+mod common;
+
+use common::Server;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+fn api_addr(server: &Server) -> SocketAddr {
+    let lines = server.wait_log("API listening", 1, Duration::from_secs(20));
+    lines
+        .iter()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("api="))
+                .and_then(|a| a.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no API address in the log: {:?}", server.log_lines("")))
+}
+
+fn storage(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ipfixsvc-api-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn start(name: &str, extra: &[(&str, &str)]) -> (Server, SocketAddr, std::path::PathBuf) {
+    let dir = storage(name);
+    let dir_s = dir.display().to_string();
+    let mut env = vec![
+        ("IPFIXSVC__NODE__ROLES", "collector,api"),
+        ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+        ("IPFIXSVC__STORAGE__DIR", dir_s.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let server = Server::start(name, &env);
+    let api = api_addr(&server);
+    (server, api, dir)
+}
+
+async fn problem(r: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(r.status().as_u16(), status);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: serde_json::Value = r.json().await.expect("problem JSON");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("https://")),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_the_admin_routes() {
+    let (server, api, dir) = start("routes", &[]);
+    let base = format!("http://{api}");
+    let http = reqwest::Client::new();
+    // The admin token: made at the first start, readable by its owner only, said once.
+    let token = std::fs::read_to_string(dir.join("admin-token")).expect("admin-token file");
+    let token = token.trim().to_string();
+    assert_eq!(token.len(), 64);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("admin-token"))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(server.log_lines(&token).len(), 1, "printed once");
+
+    let r = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let id = r.headers().get("x-request-id").cloned();
+    assert!(id.is_some_and(|v| v.len() >= 16), "a request id is made");
+    let r = http
+        .get(format!("{base}/readyz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("abc-123"),
+        "the client's id is kept"
+    );
+    let ready: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["checks"]["template_store"], "ok");
+
+    // Without a token, with a wrong one: 401 problems; with the admin token: the sessions of
+    // the cluster, with the live one's statistics.
+    let r = http
+        .get(format!("{base}/api/v1/sessions"))
+        .send()
+        .await
+        .expect("sessions");
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    problem(r, 401).await;
+    let r = http
+        .get(format!("{base}/api/v1/sessions"))
+        .bearer_auth("not-the-token-at-all")
+        .send()
+        .await
+        .expect("sessions");
+    problem(r, 401).await;
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("file");
+    let mut exporter = tokio::net::TcpStream::connect(server.tcp)
+        .await
+        .expect("connect");
+    exporter.write_all(&file).await.expect("send");
+    let mut records = 0;
+    for _ in 0..100 {
+        let list: serde_json::Value = http
+            .get(format!("{base}/api/v1/sessions"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("sessions")
+            .json()
+            .await
+            .expect("json");
+        records = list["sessions"]
+            .as_array()
+            .and_then(|s| s.first())
+            .and_then(|s| s["stats"]["data_records"].as_u64())
+            .unwrap_or(0);
+        if records == 3979 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(records, 3979, "the live session and its records");
+    let cluster: serde_json::Value = http
+        .get(format!("{base}/api/v1/cluster"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("cluster")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        cluster["nodes"].as_array().map(Vec::len),
+        Some(1),
+        "{cluster}"
+    );
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("ipfixsvc_collector_tcp_sessions{node="),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ipfixsvc_template_store_healthy{"));
+    assert!(metrics.contains("ipfixsvc_http_requests_total{"));
+
+    // Routes and methods that do not exist: problems, never 5xx.
+    problem(
+        http.get(format!("{base}/no/such/route"))
+            .send()
+            .await
+            .expect("404"),
+        404,
+    )
+    .await;
+    problem(
+        http.post(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("405"),
+        405,
+    )
+    .await;
+    drop(exporter);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_admin_token_is_used_and_no_file_is_made() {
+    let (_server, api, dir) = start(
+        "configured-token",
+        &[(
+            "IPFIXSVC__API__ADMIN_TOKEN",
+            "operator-secret-from-a-k8s-secret",
+        )],
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://{api}/api/v1/cluster"))
+        .bearer_auth("operator-secret-from-a-k8s-secret")
+        .send()
+        .await
+        .expect("cluster");
+    assert_eq!(r.status(), 200);
+    assert!(!dir.join("admin-token").exists());
+}
+
+#[test]
+fn a_taken_api_port_stops_the_node_with_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = storage("taken");
+    let out = std::process::Command::new(common::BIN)
+        .arg("serve")
+        .env("IPFIXSVC__NODE__ROLES", "api")
+        .env("IPFIXSVC__API__LISTEN", &addr)
+        .env("IPFIXSVC__STORAGE__DIR", &dir)
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen for the API on {addr}")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
