@@ -235,7 +235,7 @@ fn a_taken_api_port_stops_the_node_with_one_clear_line() {
     let dir = storage("taken");
     let out = std::process::Command::new(common::BIN)
         .arg("serve")
-        .env("IPFIXSVC__NODE__ROLES", "api")
+        .env("IPFIXSVC__NODE__ROLES", "api,jobs")
         .env("IPFIXSVC__API__LISTEN", &addr)
         .env("IPFIXSVC__STORAGE__DIR", &dir)
         .output()
@@ -247,4 +247,221 @@ fn a_taken_api_port_stops_the_node_with_one_clear_line() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
+    let (server, api, dir) = start("jobs", &[("IPFIXSVC__NODE__ROLES", "collector,api,jobs")]);
+    let base = format!("http://{api}/api/v1/tenants/acme/jobs");
+    let token = std::fs::read_to_string(dir.join("admin-token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    let http = reqwest::Client::new();
+    let capture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/traffic/http.pcap"
+    );
+    let bytes = std::fs::read(capture).expect("capture");
+    let r = http
+        .post(format!(
+            "{base}/pcap-conversion?uniflow=true&idle_timeout=60"
+        ))
+        .bearer_auth(&token)
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 202);
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("Location")
+        .to_string();
+    let job: serde_json::Value = r.json().await.expect("record");
+    let id = job["id"].as_str().expect("id").to_string();
+    assert_eq!(location, format!("/api/v1/tenants/acme/jobs/{id}"));
+    assert_eq!(job["options"]["uniflow"], true);
+    // Poll until it ends.
+    let mut state = String::new();
+    for _ in 0..200 {
+        let r: serde_json::Value = http
+            .get(format!("http://{api}{location}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        state = r["state"].as_str().unwrap_or_default().to_string();
+        if state == "succeeded" || state == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "succeeded");
+    // The result is what `ipfixsvc convert` makes of the same capture with the same options.
+    let got = http
+        .get(format!("{base}/{id}/result"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("result");
+    assert_eq!(got.status(), 200);
+    let got = got.bytes().await.expect("bytes");
+    let expected_file = dir.join("expected.ipfix");
+    let ok = std::process::Command::new(common::BIN)
+        .args([
+            "convert",
+            "--quiet",
+            "--uniflow",
+            "--idle-timeout",
+            "60",
+            "-o",
+        ])
+        .arg(&expected_file)
+        .arg(capture)
+        .output()
+        .expect("convert");
+    assert!(ok.status.success());
+    let expected = std::fs::read(&expected_file).expect("expected");
+    assert_eq!(got.len(), expected.len());
+    assert!(got[..] == expected[..], "byte for byte");
+    // A range of it.
+    let part = http
+        .get(format!("{base}/{id}/result"))
+        .bearer_auth(&token)
+        .header("range", "bytes=0-15")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.expect("bytes")[..], expected[..16]);
+    // Listed, newest first; cancelling an ended job is a conflict.
+    let list: serde_json::Value = http
+        .get(&base)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["jobs"][0]["id"], id.as_str());
+    problem(
+        http.delete(format!("{base}/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("cancel"),
+        409,
+    )
+    .await;
+    // Another tenant, an unknown id, no token: 404 / 404 / 401.
+    problem(
+        http.get(format!("http://{api}/api/v1/tenants/other/jobs/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("other"),
+        404,
+    )
+    .await;
+    problem(
+        http.get(format!(
+            "{base}/00000000-0000-4000-8000-000000000000/result"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("unknown"),
+        404,
+    )
+    .await;
+    problem(
+        http.get(format!("{base}/{id}/result"))
+            .send()
+            .await
+            .expect("anonymous"),
+        401,
+    )
+    .await;
+    // Not a capture: 415, nothing left behind; too large: 413, nothing left behind.
+    problem(
+        http.post(format!("{base}/pcap-conversion"))
+            .bearer_auth(&token)
+            .body("this is not a capture")
+            .send()
+            .await
+            .expect("not a capture"),
+        415,
+    )
+    .await;
+    let uploads = dir.join("uploads").join("acme");
+    let left = || {
+        std::fs::read_dir(&uploads)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(left(), 0, "no part file left");
+    drop(server);
+    let (_small, api2, dir2) = start(
+        "jobs-small",
+        &[
+            ("IPFIXSVC__NODE__ROLES", "collector,api,jobs"),
+            ("IPFIXSVC__API__MAX_UPLOAD_BYTES", "1000"),
+        ],
+    );
+    let token2 = std::fs::read_to_string(dir2.join("admin-token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    problem(
+        http.post(format!(
+            "http://{api2}/api/v1/tenants/acme/jobs/pcap-conversion"
+        ))
+        .bearer_auth(&token2)
+        .body(bytes)
+        .send()
+        .await
+        .expect("too large"),
+        413,
+    )
+    .await;
+    let uploads2 = dir2.join("uploads").join("acme");
+    assert_eq!(
+        std::fs::read_dir(&uploads2).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing left on disk"
+    );
+}
+
+#[test]
+fn a_node_with_only_the_api_role_runs_until_told_to_stop() {
+    let dir = storage("api-only");
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("serve")
+        .env("IPFIXSVC__NODE__ROLES", "api,jobs")
+        .env("IPFIXSVC__API__LISTEN", "127.0.0.1:0")
+        .env("IPFIXSVC__STORAGE__DIR", &dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "no sessions is no output failure"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().expect("exit");
+    assert!(status.success());
 }

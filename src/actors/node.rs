@@ -250,6 +250,8 @@ impl Actor for NodeSupervisor {
                 collector: roles.contains(&Role::Collector),
                 cluster: cl.enabled(),
                 requests: Default::default(),
+                storage: PathBuf::from(&args.settings.storage.dir),
+                max_upload: a.max_upload_bytes,
             };
             let api = Restartable::Api(ApiArgs {
                 listen: a.listen.clone(),

@@ -27,6 +27,9 @@ pub struct Ctx {
     pub collector: bool,
     pub cluster: bool,
     pub requests: Arc<RequestCounts>,
+    /// `storage.dir`: uploads and job results.
+    pub storage: std::path::PathBuf,
+    pub max_upload: u64,
 }
 
 /// HTTP requests answered, by status class (for `/metrics`).
@@ -49,7 +52,7 @@ fn with(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = std::convert::Infalli
 }
 
 /// Passes with the context when the request carries the admin token.
-fn admin(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
+pub(crate) fn admin(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
     with(ctx)
         .and(warp::header::optional::<String>("authorization"))
         .and_then(|ctx: Ctx, auth: Option<String>| async move {
@@ -89,6 +92,7 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .and(warp::get())
         .and(admin(ctx.clone()))
         .and_then(cluster);
+    let jobs = super::jobs::routes(ctx.clone(), ctx.storage.clone(), ctx.max_upload);
     healthz
         .map(Reply::into_response)
         .or(readyz.map(Reply::into_response))
@@ -98,6 +102,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(sessions.map(Reply::into_response))
         .unify()
         .or(cluster.map(Reply::into_response))
+        .unify()
+        .or(jobs)
         .unify()
 }
 

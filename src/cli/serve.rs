@@ -45,6 +45,9 @@ const EXIT_MARGIN: Duration = Duration::from_millis(500);
 async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown.grace_secs);
     let (sink, mut writer) = RecordSink::start(&settings.output).await?;
+    // Held until the drain: a node without sessions (no collector role, or none yet) must not
+    // see its writer end as if the output had failed.
+    let held = sink.clone();
     let args = NodeArgs {
         settings,
         registry,
@@ -93,6 +96,7 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
         },
     };
     node.stop(None);
+    drop(held);
     let stopped = tokio::time::timeout_at(deadline, node_done).await.is_ok();
     // Every session's output handle is gone now: the writer drains and ends.
     let flushed = tokio::time::timeout_at(deadline, writer).await;

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 /// The result file of a job, inside its own folder.
 pub const RESULT_FILE: &str = "result.ipfix";
+/// A hard link to the result under the name the API serves it by (`.../jobs/{id}/result`), so
+/// the HTTP file server streams it (with Range) straight from `storage.dir`.
+pub const RESULT_LINK: &str = "result";
 pub const PART_FILE: &str = "result.ipfix.part";
 
 /// A record in the store is rewritten at most this often while a job runs.
@@ -174,7 +177,9 @@ pub fn run(
     match result {
         Ok(Some((summary, progress))) => {
             let artifact = dir.join(RESULT_FILE);
-            match std::fs::rename(&part, &artifact) {
+            match std::fs::rename(&part, &artifact)
+                .and_then(|()| std::fs::hard_link(&artifact, dir.join(RESULT_LINK)))
+            {
                 Ok(()) => Outcome::Succeeded {
                     summary,
                     progress,
@@ -201,6 +206,7 @@ pub fn run(
 pub fn discard(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(PART_FILE));
     let _ = std::fs::remove_file(dir.join(RESULT_FILE));
+    let _ = std::fs::remove_file(dir.join(RESULT_LINK));
     let _ = std::fs::remove_dir(dir); // only if empty: never someone else's files
 }
 

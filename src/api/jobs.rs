@@ -1,0 +1,423 @@
+//! Conversion jobs over HTTP: a capture uploaded as the request body (streamed to
+//! `<storage.dir>/uploads/{tenant}/`, never held in memory) becomes a job of the JobSupervisor;
+//! its record, list, cancel and result. Job inputs come only from the tenant's upload folder.
+//!
+//! The result is served by warp's file server from `<storage.dir>/jobs/{id}/result` (a hard
+//! link the job makes to `result.ipfix`), so it streams with `Range` support, after the job is
+//! found to be this tenant's and to have succeeded.
+
+use super::problem::{self, Problem};
+use super::routes::{Ctx, admin};
+use crate::actors::jobs::{CancelError, Cancelled, JOB_SUPERVISOR, JobMsg, SubmitError};
+use crate::store::jobs::{JobOptions, JobSpec};
+use crate::store::{JobId, JobRecord, JobState};
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use ractor::ActorRef;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+/// A tenant id: `[a-z0-9-]{1,63}` (it names folders and Redis keys).
+pub fn valid_tenant(t: &str) -> bool {
+    (1..=63).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn tenant_checked(t: String) -> Result<String, Rejection> {
+    if valid_tenant(&t) {
+        Ok(t)
+    } else {
+        Err(problem::reject(Problem::not_found(format!(
+            "no tenant {t:?} (ids are [a-z0-9-]{{1,63}})"
+        ))))
+    }
+}
+
+/// The conversion's options, as query parameters (the defaults are `ipfixsvc convert`'s).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    uniflow: Option<bool>,
+    idle_timeout: Option<u64>,
+    active_timeout: Option<u64>,
+    max_flows: Option<u64>,
+    domain: Option<u32>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<JobState>,
+    limit: Option<usize>,
+    /// Jobs submitted before this one (the previous page's last id).
+    before: Option<JobId>,
+}
+
+fn jobs() -> Result<ActorRef<JobMsg>, Rejection> {
+    ractor::registry::where_is(JOB_SUPERVISOR)
+        .map(ActorRef::from)
+        .ok_or_else(|| {
+            problem::reject(Problem::unavailable(
+                "this node runs no jobs (role jobs)".into(),
+            ))
+        })
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Rejection {
+    problem::reject(Problem::unavailable(format!("{what}: {e}")))
+}
+
+fn json_status(v: &impl serde::Serialize, status: StatusCode) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+/// Every job route.
+pub fn routes(
+    ctx: Ctx,
+    storage: PathBuf,
+    max_upload: u64,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let base = warp::path!("api" / "v1" / "tenants" / String / "jobs" / ..)
+        .and_then(|t: String| async move { tenant_checked(t) });
+    let upload_dir = storage.join("uploads");
+    let submit = base
+        .and(warp::path!("pcap-conversion"))
+        .and(warp::post())
+        .and(admin(ctx.clone()))
+        .and(warp::query::<UploadQuery>())
+        .and(warp::body::stream())
+        .and_then(move |tenant: String, ctx: Ctx, q: UploadQuery, body| {
+            let dir = upload_dir.join(&tenant);
+            async move { submit(ctx, tenant, q, body, dir, max_upload).await }
+        });
+    let list = base
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(admin(ctx.clone()))
+        .and(warp::query::<ListQuery>())
+        .and_then(list);
+    let get = base
+        .and(warp::path!(JobId))
+        .and(warp::get())
+        .and(admin(ctx.clone()))
+        .and_then(|tenant: String, id: JobId, ctx: Ctx| async move {
+            let r = record(&ctx, &tenant, id).await?;
+            Ok::<_, Rejection>(warp::reply::json(&r).into_response())
+        });
+    let cancel = base
+        .and(warp::path!(JobId))
+        .and(warp::delete())
+        .and(admin(ctx.clone()))
+        .and_then(cancel);
+    let jobs_dir = storage.join("jobs");
+    let result = base
+        .and(warp::path::peek())
+        .and(admin(ctx))
+        .and_then(
+            |tenant: String, tail: warp::path::Peek, ctx: Ctx| async move {
+                // `{id}/result` only: anything else under the folder is not served.
+                let (id, rest) = tail.as_str().split_once('/').unwrap_or((tail.as_str(), ""));
+                let id: JobId = match (id.parse(), rest) {
+                    (Ok(id), "result") => id,
+                    _ => return Err(warp::reject::not_found()),
+                };
+                let r = record(&ctx, &tenant, id).await?;
+                if r.state != JobState::Succeeded || r.artifact.is_none() {
+                    return Err(problem::reject(Problem::not_found(format!(
+                        "job {id} has no result (it is {:?})",
+                        r.state
+                    ))));
+                }
+                Ok(())
+            },
+        )
+        .untuple_one()
+        .and(warp::fs::dir(jobs_dir))
+        .map(|f: warp::fs::File| {
+            let mut r = f.into_response();
+            r.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        });
+    submit
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(cancel)
+        .unify()
+        .or(result)
+        .unify()
+}
+
+/// A job of `tenant`, or 404 (also for another tenant's job: ids are not confirmed across
+/// tenants).
+async fn record(ctx: &Ctx, tenant: &str, id: JobId) -> Result<JobRecord, Rejection> {
+    let j = jobs()?;
+    match ractor::call_t!(
+        j,
+        JobMsg::Get,
+        ctx.timeout.as_millis() as u64,
+        tenant.to_string(),
+        id
+    ) {
+        Ok(Ok(Some(r))) => Ok(r),
+        Ok(Ok(None)) => Err(problem::reject(Problem::not_found(format!(
+            "no job {id} for tenant {tenant}"
+        )))),
+        Ok(Err(e)) => Err(unavailable("reading the job record", e)),
+        Err(e) => Err(unavailable("asking the job supervisor", e)),
+    }
+}
+
+async fn list(tenant: String, ctx: Ctx, q: ListQuery) -> Result<warp::reply::Response, Rejection> {
+    let j = jobs()?;
+    let ms = ctx.timeout.as_millis() as u64;
+    let mut all = match ractor::call_t!(j, JobMsg::List, ms, tenant) {
+        Ok(Ok(all)) => all,
+        Ok(Err(e)) => return Err(unavailable("listing jobs", e)),
+        Err(e) => return Err(unavailable("asking the job supervisor", e)),
+    };
+    // Newest first; a page after `before`.
+    all.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then(b.id.cmp(&a.id)));
+    if let Some(before) = q.before {
+        match all.iter().position(|r| r.id == before) {
+            Some(i) => {
+                all.drain(..=i);
+            }
+            None => all.clear(),
+        }
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let jobs: Vec<JobRecord> = all
+        .into_iter()
+        .filter(|r| q.state.is_none_or(|s| r.state == s))
+        .take(limit + 1)
+        .collect();
+    let more = jobs.len() > limit;
+    let jobs: Vec<JobRecord> = jobs.into_iter().take(limit).collect();
+    let next = if more {
+        jobs.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(warp::reply::json(&serde_json::json!({"jobs": jobs, "next_before": next})).into_response())
+}
+
+async fn cancel(tenant: String, id: JobId, ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
+    let j = jobs()?;
+    let ms = ctx.timeout.as_millis() as u64;
+    let answer = ractor::call_t!(j, JobMsg::Cancel, ms, tenant.clone(), id)
+        .map_err(|e| unavailable("asking the job supervisor", e))?;
+    match answer {
+        Ok(Cancelled::Cancelled) => {
+            let r = record(&ctx, &tenant, id).await?;
+            Ok(json_status(&r, StatusCode::OK))
+        }
+        Ok(Cancelled::Cancelling) => {
+            let r = record(&ctx, &tenant, id).await?;
+            Ok(json_status(&r, StatusCode::ACCEPTED))
+        }
+        Err(CancelError::AlreadyEnded(state)) => Err(problem::reject(ended(id, state))),
+        Err(CancelError::NotFound) => {
+            // Not queued or running anywhere: ended already, or no such job of this tenant.
+            let r = record(&ctx, &tenant, id).await?;
+            Err(problem::reject(ended(id, r.state)))
+        }
+        Err(CancelError::Peer(e)) => Err(unavailable("the node running the job", e)),
+    }
+}
+
+fn ended(id: JobId, state: JobState) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "job-ended",
+        "The job has already ended",
+        format!("job {id} is {state:?}: nothing to cancel"),
+    )
+}
+
+/// pcap (either byte order, micro- or nanoseconds) or pcapng, by the first four bytes.
+fn is_capture(magic: &[u8]) -> bool {
+    matches!(
+        magic,
+        [0xa1, 0xb2, 0xc3, 0xd4]
+            | [0xd4, 0xc3, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0x3c, 0x4d]
+            | [0x4d, 0x3c, 0xb2, 0xa1]
+            | [0x0a, 0x0d, 0x0d, 0x0a]
+    )
+}
+
+/// Removes an upload when the request ends without a job taking it.
+struct UploadGuard(Option<PathBuf>);
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn submit(
+    ctx: Ctx,
+    tenant: String,
+    q: UploadQuery,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    dir: PathBuf,
+    max_upload: u64,
+) -> Result<warp::reply::Response, Rejection> {
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    let part = dir.join(format!("{name}.part"));
+    let mut guard = UploadGuard(Some(part.clone()));
+    let written = receive(body, &dir, &part, max_upload).await?;
+    let capture = dir.join(format!("{name}.pcap"));
+    tokio::fs::rename(&part, &capture)
+        .await
+        .map_err(|e| unavailable("storing the upload", e))?;
+    guard.0 = Some(capture.clone());
+    let mut options = JobOptions::default();
+    options.uniflow = q.uniflow.unwrap_or(options.uniflow);
+    options.idle_timeout_secs = q.idle_timeout.unwrap_or(options.idle_timeout_secs);
+    options.active_timeout_secs = q.active_timeout.unwrap_or(options.active_timeout_secs);
+    options.max_flows = q.max_flows.unwrap_or(options.max_flows);
+    options.domain = q.domain.unwrap_or(options.domain);
+    let spec = JobSpec {
+        tenant: tenant.clone(),
+        inputs: vec![capture.display().to_string()],
+        options,
+    };
+    let j = jobs()?;
+    let ms = ctx.timeout.as_millis() as u64;
+    let id = match ractor::call_t!(j, JobMsg::Submit, ms, spec) {
+        Ok(Ok(id)) => id,
+        Ok(Err(SubmitError::QueueFull { retry_after })) => {
+            let p = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue-full",
+                "The job queue is full",
+                format!("retry in {} s", retry_after.as_secs().max(1)),
+            );
+            let mut r = p.into_response();
+            if let Ok(v) =
+                warp::http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+            {
+                r.headers_mut().insert(warp::http::header::RETRY_AFTER, v);
+            }
+            return Ok(r);
+        }
+        Ok(Err(SubmitError::Draining)) => {
+            return Err(unavailable("submitting", "this node is shutting down"));
+        }
+        Ok(Err(SubmitError::Invalid(e))) => {
+            return Err(problem::reject(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-job",
+                "Invalid job",
+                e,
+            )));
+        }
+        Err(e) => return Err(unavailable("asking the job supervisor", e)),
+    };
+    // The job owns the upload now.
+    guard.0 = None;
+    tracing::info!(%tenant, job = %id, bytes = written, "capture uploaded: job submitted");
+    let r = record(&ctx, &tenant, id).await?;
+    let mut resp = json_status(&r, StatusCode::ACCEPTED);
+    if let Ok(v) = warp::http::HeaderValue::from_str(&format!("/api/v1/tenants/{tenant}/jobs/{id}"))
+    {
+        resp.headers_mut().insert(warp::http::header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Streams the body into `part`, counting bytes: past `max` it stops with 413 (chunked bodies
+/// have no length to check first). A body that does not start like a capture is refused.
+async fn receive(
+    mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    dir: &Path,
+    part: &Path,
+    max: u64,
+) -> Result<u64, Rejection> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| unavailable("the upload folder", e))?;
+    let mut file = tokio::fs::File::create(part)
+        .await
+        .map_err(|e| unavailable("storing the upload", e))?;
+    let mut written: u64 = 0;
+    let mut magic: Vec<u8> = Vec::with_capacity(4);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            problem::reject(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "The upload broke off",
+                e.to_string(),
+            ))
+        })?;
+        while chunk.has_remaining() {
+            let bytes = chunk.chunk();
+            let n = bytes.len();
+            written += n as u64;
+            if written > max {
+                return Err(problem::reject(Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    "Upload too large",
+                    format!("uploads are limited to {max} bytes (api.max_upload_bytes)"),
+                )));
+            }
+            if magic.len() < 4 {
+                let take = (4 - magic.len()).min(n);
+                magic.extend_from_slice(&bytes[..take]);
+                if magic.len() == 4 && !is_capture(&magic) {
+                    return Err(not_a_capture());
+                }
+            }
+            file.write_all(bytes)
+                .await
+                .map_err(|e| unavailable("storing the upload", e))?;
+            chunk.advance(n);
+        }
+    }
+    if magic.len() < 4 {
+        return Err(not_a_capture());
+    }
+    file.flush()
+        .await
+        .map_err(|e| unavailable("storing the upload", e))?;
+    Ok(written)
+}
+
+fn not_a_capture() -> Rejection {
+    problem::reject(Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "not-a-capture",
+        "Not a packet capture",
+        "the body must be a pcap or pcapng file".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_and_captures_are_recognised() {
+        assert!(valid_tenant("acme-1"));
+        assert!(!valid_tenant("Acme"));
+        assert!(!valid_tenant("../x"));
+        assert!(!valid_tenant(""));
+        assert!(!valid_tenant(&"a".repeat(64)));
+        assert!(is_capture(&[0xd4, 0xc3, 0xb2, 0xa1]));
+        assert!(is_capture(&[0x0a, 0x0d, 0x0d, 0x0a]));
+        assert!(!is_capture(&[0, 10, 0, 16]));
+    }
+}
