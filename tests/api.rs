@@ -258,6 +258,14 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
         .trim()
         .to_string();
     let http = reqwest::Client::new();
+    let made = http
+        .post(format!("http://{api}/api/v1/tenants"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"id": "acme"}))
+        .send()
+        .await
+        .expect("tenant");
+    assert_eq!(made.status(), 201);
     let capture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/testdata/traffic/http.pcap"
@@ -422,6 +430,12 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
         .expect("token")
         .trim()
         .to_string();
+    http.post(format!("http://{api2}/api/v1/tenants"))
+        .bearer_auth(&token2)
+        .json(&serde_json::json!({"id": "acme"}))
+        .send()
+        .await
+        .expect("tenant");
     problem(
         http.post(format!(
             "http://{api2}/api/v1/tenants/acme/jobs/pcap-conversion"
@@ -464,4 +478,176 @@ fn a_node_with_only_the_api_role_runs_until_told_to_stop() {
         .status();
     let status = child.wait().expect("exit");
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_and_their_tokens() {
+    let (_server, api, dir) = start(
+        "tenants",
+        &[("IPFIXSVC__NODE__ROLES", "collector,api,jobs")],
+    );
+    let admin = std::fs::read_to_string(dir.join("admin-token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    let http = reqwest::Client::new();
+    let v1 = format!("http://{api}/api/v1");
+    let post = |body: serde_json::Value| {
+        http.post(format!("{v1}/tenants"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let r = post(serde_json::json!({"id": "acme", "name": "ACME", "exporters": ["10.1.2.3/16"]}))
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some("/api/v1/tenants/acme")
+    );
+    let t: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(t["exporters"][0], "10.1.0.0/16", "normalised");
+    problem(
+        post(serde_json::json!({"id": "acme"}))
+            .await
+            .expect("again"),
+        409,
+    )
+    .await;
+    problem(
+        post(serde_json::json!({"id": "Not Valid"}))
+            .await
+            .expect("bad id"),
+        400,
+    )
+    .await;
+    problem(
+        post(serde_json::json!({"id": "x", "exporters": ["10.0.0.0/40"]}))
+            .await
+            .expect("bad prefix"),
+        400,
+    )
+    .await;
+    problem(
+        post(serde_json::json!({"id": "y", "colour": "red"}))
+            .await
+            .expect("unknown field"),
+        400,
+    )
+    .await;
+    assert_eq!(
+        post(serde_json::json!({"id": "globex"}))
+            .await
+            .expect("second")
+            .status(),
+        201
+    );
+    let r = http
+        .patch(format!("{v1}/tenants/acme"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "ACME Corp"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    let list: serde_json::Value = http
+        .get(format!("{v1}/tenants"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["tenants"][0]["name"], "ACME Corp");
+    assert_eq!(list["tenants"].as_array().map(Vec::len), Some(2));
+
+    // A token, shown once; listed without its secret.
+    let made: serde_json::Value = http
+        .post(format!("{v1}/tenants/acme/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let token = made["token"].as_str().expect("token").to_string();
+    let tid = made["id"].as_str().expect("id").to_string();
+    let listed = http
+        .get(format!("{v1}/tenants/acme/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("tokens")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        listed.contains(&tid) && !listed.contains(&token),
+        "{listed}"
+    );
+    assert!(!listed.contains("hash"));
+
+    // The tenant's token: its own jobs, not another tenant's (404), not the admin routes (401).
+    let r = http
+        .get(format!("{v1}/tenants/acme/jobs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("own jobs");
+    assert_eq!(r.status(), 200);
+    problem(
+        http.get(format!("{v1}/tenants/globex/jobs"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("other"),
+        404,
+    )
+    .await;
+    problem(
+        http.get(format!("{v1}/tenants"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("admin route"),
+        401,
+    )
+    .await;
+    // Revoked: refused at once.
+    let r = http
+        .delete(format!("{v1}/tenants/acme/tokens/{tid}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    problem(
+        http.get(format!("{v1}/tenants/acme/jobs"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("revoked"),
+        401,
+    )
+    .await;
+    // A deleted tenant is gone for the admin too.
+    let r = http
+        .delete(format!("{v1}/tenants/globex"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    problem(
+        http.get(format!("{v1}/tenants/globex/jobs"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("gone"),
+        404,
+    )
+    .await;
 }

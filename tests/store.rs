@@ -326,3 +326,68 @@ async fn redis_outage_fails_fast_and_heals() {
         Some(value(258, TemplateKind::Data))
     );
 }
+
+/// Tenants and tokens: the same answers from memory and from a real Redis; a revoked token is
+/// refused at once, and only its hash is stored.
+#[tokio::test]
+async fn tenants_and_tokens_behave_alike_in_memory_and_redis() {
+    use ipfixsvc::store::tenants::{Quotas, token_hash};
+    use ipfixsvc::store::{Tenant, TenantStore};
+    let redis = RedisServer::start();
+    let stores = [
+        TenantStore::memory(),
+        TenantStore::redis(&redis.url(), Duration::from_millis(500)).expect("redis store"),
+    ];
+    for s in &stores {
+        let t = |id: &str| Tenant {
+            id: id.into(),
+            name: id.to_uppercase(),
+            exporters: vec!["10.1.0.0/16".into()],
+            quotas: Quotas::default(),
+            created_ms: 1,
+        };
+        assert!(s.create(&t("acme")).await.expect("create"));
+        assert!(
+            !s.create(&t("acme")).await.expect("again"),
+            "ids are unique"
+        );
+        assert!(s.create(&t("globex")).await.expect("create"));
+        let mut renamed = t("acme");
+        renamed.name = "ACME Corp".into();
+        assert!(s.update(&renamed).await.expect("update"));
+        assert!(
+            !s.update(&t("nobody")).await.expect("update"),
+            "no such tenant"
+        );
+        assert_eq!(s.get("acme").await.expect("get"), Some(renamed));
+        let ids: Vec<String> = s
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, vec!["acme", "globex"]);
+        let (token, rec) = s.add_token("acme").await.expect("token");
+        assert_eq!(rec.hash, token_hash(&token));
+        assert_eq!(
+            s.authenticate(&token).await.expect("auth"),
+            Some("acme".into())
+        );
+        assert_eq!(s.authenticate("ipfx_guess").await.expect("auth"), None);
+        let listed = s.tokens("acme").await.expect("tokens");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, rec.id);
+        assert!(s.revoke("acme", &rec.id).await.expect("revoke"));
+        assert!(!s.revoke("acme", &rec.id).await.expect("again"));
+        assert_eq!(s.authenticate(&token).await.expect("auth"), None, "revoked");
+        let (other, _) = s.add_token("globex").await.expect("token");
+        assert!(s.delete("globex").await.expect("delete"));
+        assert_eq!(s.get("globex").await.expect("get"), None);
+        assert_eq!(
+            s.authenticate(&other).await.expect("auth"),
+            None,
+            "a deleted tenant's tokens go with it"
+        );
+    }
+}

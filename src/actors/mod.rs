@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod node;
 pub mod output;
 pub mod template_cache;
+pub mod tenants;
 
 /// Why an actor did not start, said once. Each supervisor that starts a child wraps the child's
 /// failure in its own `SpawnErr::StartupFailed` ("Actor panicked during startup '...'"), so a

@@ -21,11 +21,12 @@ use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::{CacheArgs, CacheHandle, TEMPLATE_CACHE, TemplateCache};
+use crate::actors::tenants::{TENANT_DIRECTORY, TenantDirectory};
 use crate::api::auth::AdminToken;
 use crate::api::routes::Ctx;
 use crate::api::{API_SERVER, ApiArgs, ApiServer};
 use crate::config::{Role, Settings};
-use crate::store::{JobStore, TemplateStore};
+use crate::store::{JobStore, TemplateStore, TenantStore};
 use crate::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
@@ -48,6 +49,7 @@ enum Restartable {
     Directory(String),
     Cluster(ClusterArgs),
     Api(ApiArgs),
+    Tenants(Arc<TenantStore>),
 }
 
 impl Restartable {
@@ -57,6 +59,7 @@ impl Restartable {
             Restartable::Directory(_) => DIRECTORY_NAME,
             Restartable::Cluster(_) => CLUSTER_MEMBER,
             Restartable::Api(_) => API_SERVER,
+            Restartable::Tenants(_) => TENANT_DIRECTORY,
         }
     }
 
@@ -75,6 +78,9 @@ impl Restartable {
             }
             Restartable::Api(a) => {
                 Actor::spawn_linked(name, ApiServer, a.clone(), supervisor).await?;
+            }
+            Restartable::Tenants(store) => {
+                Actor::spawn_linked(name, TenantDirectory, store.clone(), supervisor).await?;
             }
         }
         Ok(())
@@ -237,6 +243,17 @@ impl Actor for NodeSupervisor {
         let mut draining = None;
         if roles.contains(&Role::Api) && !args.settings.api.listen.is_empty() {
             let a = &args.settings.api;
+            let store = if args.settings.redis.url.is_empty() {
+                TenantStore::memory()
+            } else {
+                TenantStore::redis(
+                    &args.settings.redis.url,
+                    Duration::from_millis(st.timeout_ms),
+                )?
+            };
+            let tenants = Restartable::Tenants(Arc::new(store));
+            tenants.spawn(myself.get_cell()).await?;
+            restartable.push(tenants);
             let admin = AdminToken::load(
                 &a.admin_token,
                 std::path::Path::new(&args.settings.storage.dir),

@@ -90,14 +90,7 @@ pub async fn recover(r: Rejection) -> Result<Problem, Rejection> {
     if r.is_not_found() {
         return Ok(Problem::not_found("no such route".into()));
     }
-    let known = if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        Some((
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "Method not allowed",
-            "this route does not take that method".to_string(),
-        ))
-    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+    let known = if r.find::<warp::reject::PayloadTooLarge>().is_some() {
         Some((
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
@@ -118,6 +111,13 @@ pub async fn recover(r: Rejection) -> Result<Problem, Rejection> {
             "Unsupported media type",
             "this route does not take that content type".to_string(),
         ))
+    } else if let Some(e) = r.find::<warp::filters::body::BodyDeserializeError>() {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "bad-json",
+            "The JSON body cannot be read",
+            e.to_string(),
+        ))
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         Some((
             StatusCode::BAD_REQUEST,
@@ -131,6 +131,14 @@ pub async fn recover(r: Rejection) -> Result<Problem, Rejection> {
             "bad-header",
             "Bad header",
             e.to_string(),
+        ))
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        // Last: any route of the same path with another method says this, whatever was wrong.
+        Some((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this route does not take that method".to_string(),
         ))
     } else {
         r.find::<warp::reject::MissingHeader>().map(|e| {

@@ -93,6 +93,7 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .and(admin(ctx.clone()))
         .and_then(cluster);
     let jobs = super::jobs::routes(ctx.clone(), ctx.storage.clone(), ctx.max_upload);
+    let tenants = super::tenants::routes(ctx.clone());
     healthz
         .map(Reply::into_response)
         .or(readyz.map(Reply::into_response))
@@ -102,6 +103,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(sessions.map(Reply::into_response))
         .unify()
         .or(cluster.map(Reply::into_response))
+        .unify()
+        .or(tenants)
         .unify()
         .or(jobs)
         .unify()

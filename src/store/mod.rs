@@ -6,9 +6,11 @@ pub mod files;
 pub mod jobs;
 mod redis_conn;
 pub mod templates;
+pub mod tenants;
 
 pub use jobs::{JobId, JobRecord, JobState, JobStore};
 pub use templates::{Invalidation, StoredTemplate, TemplateKey, TemplateStore, Transport};
+pub use tenants::{Tenant, TenantStore, TokenRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -87,6 +87,19 @@ impl RedisConn {
         .await
     }
 
+    /// A pipeline's answers, as one value (a tuple, a vector).
+    pub async fn query_pipe_as<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        self.attempt(
+            what,
+            |mut c| async move { pipe.query_async::<T>(&mut c).await },
+        )
+        .await
+    }
+
     /// A pipeline's answers, one per command.
     pub async fn query_pipe_values<T: redis::FromRedisValue>(
         &self,

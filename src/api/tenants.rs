@@ -1,0 +1,262 @@
+//! Tenants and their tokens (admin), and who may touch a tenant's resources: the admin token, or
+//! a token of that very tenant. Another tenant's token, like a tenant that does not exist,
+//! gets 404: nothing confirms what exists elsewhere.
+
+use super::problem::{self, Problem};
+use super::routes::{Ctx, admin};
+use crate::actors::tenants::{TENANT_DIRECTORY, TenantMsg};
+use crate::store::tenants::{Quotas, normalise_prefixes, valid_tenant_id};
+use crate::store::{StoreError, Tenant};
+use ractor::ActorRef;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+/// JSON bodies are small: past this, 413.
+const MAX_JSON: u64 = 64 * 1024;
+
+fn directory() -> Result<ActorRef<TenantMsg>, Rejection> {
+    ractor::registry::where_is(TENANT_DIRECTORY)
+        .map(ActorRef::from)
+        .ok_or_else(|| {
+            problem::reject(Problem::unavailable(
+                "the tenant directory is restarting".into(),
+            ))
+        })
+}
+
+/// Asks the TenantDirectory; a store or actor failure is 503.
+macro_rules! ask {
+    ($ctx:expr, $variant:path $(, $arg:expr)*) => {{
+        let d = directory()?;
+        match ractor::call_t!(d, $variant, $ctx.timeout.as_millis() as u64 $(, $arg)*) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(store_down(e)),
+            Err(e) => {
+                return Err(problem::reject(Problem::unavailable(format!(
+                    "asking the tenant directory: {e}"
+                ))))
+            }
+        }
+    }};
+}
+
+fn store_down(e: StoreError) -> Rejection {
+    problem::reject(Problem::unavailable(format!("the tenant store: {e}")))
+}
+
+fn no_tenant(t: &str) -> Rejection {
+    problem::reject(Problem::not_found(format!("no tenant {t:?}")))
+}
+
+fn bad(detail: String) -> Rejection {
+    problem::reject(Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-tenant",
+        "Invalid tenant",
+        detail,
+    ))
+}
+
+/// Matches `/api/v1/tenants/{tenant}/{resource}/..` and passes `(tenant, ctx)` when the request
+/// may act for that tenant: the admin token (and the tenant exists), or one of its tokens. The
+/// path is matched before anything is asked of the store.
+pub fn access(
+    ctx: Ctx,
+    resource: &'static str,
+) -> impl Filter<Extract = (String, Ctx), Error = Rejection> + Clone {
+    warp::path!("api" / "v1" / "tenants" / String / ..)
+        .and(warp::path(resource))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::any().map(move || ctx.clone()))
+        .and_then(
+            |tenant: String, auth: Option<String>, ctx: Ctx| async move {
+                if !valid_tenant_id(&tenant) {
+                    return Err(no_tenant(&tenant));
+                }
+                if ctx.admin.admits(auth.as_deref()) {
+                    let found: Option<Tenant> = ask!(ctx, TenantMsg::Get, tenant.clone());
+                    return match found {
+                        Some(_) => Ok((tenant, ctx)),
+                        None => Err(no_tenant(&tenant)),
+                    };
+                }
+                let Some(token) = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")) else {
+                    return Err(problem::reject(Problem::unauthorized(
+                        "send Authorization: Bearer <token>",
+                    )));
+                };
+                let owner: Option<String> =
+                    ask!(ctx, TenantMsg::Authenticate, token.trim().to_string());
+                match owner {
+                    Some(o) if o == tenant => Ok((tenant, ctx)),
+                    Some(_) => Err(no_tenant(&tenant)),
+                    None => Err(problem::reject(Problem::unauthorized(
+                        "the token is not valid (or was revoked)",
+                    ))),
+                }
+            },
+        )
+        .untuple_one()
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    name: Option<String>,
+    #[serde(default)]
+    exporters: Vec<String>,
+    quotas: Option<Quotas>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    name: Option<String>,
+    exporters: Option<Vec<String>>,
+    quotas: Option<Quotas>,
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Send>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(MAX_JSON).and(warp::body::json())
+}
+
+fn reply(v: &impl serde::Serialize, status: StatusCode) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+/// The tenant and token routes.
+pub fn routes(
+    ctx: Ctx,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let create = warp::path!("api" / "v1" / "tenants")
+        .and(warp::post())
+        .and(admin(ctx.clone()))
+        .and(json_body::<NewTenant>())
+        .and_then(|ctx: Ctx, n: NewTenant| async move {
+            if !valid_tenant_id(&n.id) {
+                return Err(bad(format!("id {:?} must match [a-z0-9-]{{1,63}}", n.id)));
+            }
+            let exporters = normalise_prefixes(&n.exporters).map_err(bad)?;
+            let t = Tenant {
+                name: n.name.unwrap_or_else(|| n.id.clone()),
+                id: n.id,
+                exporters,
+                quotas: n.quotas.unwrap_or_default(),
+                created_ms: crate::store::unix_ms(),
+            };
+            let created: bool = ask!(ctx, TenantMsg::Create, t.clone());
+            if !created {
+                return Err(problem::reject(Problem::new(
+                    StatusCode::CONFLICT,
+                    "tenant-exists",
+                    "The tenant exists",
+                    format!("tenant {:?} exists already", t.id),
+                )));
+            }
+            let mut r = reply(&t, StatusCode::CREATED);
+            if let Ok(v) = warp::http::HeaderValue::from_str(&format!("/api/v1/tenants/{}", t.id)) {
+                r.headers_mut().insert(warp::http::header::LOCATION, v);
+            }
+            Ok(r)
+        });
+    let list = warp::path!("api" / "v1" / "tenants")
+        .and(warp::get())
+        .and(admin(ctx.clone()))
+        .and_then(|ctx: Ctx| async move {
+            let all: Vec<Tenant> = ask!(ctx, TenantMsg::List);
+            Ok::<_, Rejection>(reply(&serde_json::json!({"tenants": all}), StatusCode::OK))
+        });
+    let one = warp::path!("api" / "v1" / "tenants" / String);
+    let get =
+        one.and(warp::get())
+            .and(admin(ctx.clone()))
+            .and_then(|id: String, ctx: Ctx| async move {
+                let t: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.clone());
+                t.map(|t| reply(&t, StatusCode::OK))
+                    .ok_or_else(|| no_tenant(&id))
+            });
+    let patch = one
+        .and(warp::patch())
+        .and(admin(ctx.clone()))
+        .and(json_body::<TenantPatch>())
+        .and_then(|id: String, ctx: Ctx, p: TenantPatch| async move {
+            let t: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.clone());
+            let mut t = t.ok_or_else(|| no_tenant(&id))?;
+            if let Some(n) = p.name {
+                t.name = n;
+            }
+            if let Some(e) = p.exporters {
+                t.exporters = normalise_prefixes(&e).map_err(bad)?;
+            }
+            if let Some(q) = p.quotas {
+                t.quotas = q;
+            }
+            let updated: bool = ask!(ctx, TenantMsg::Update, t.clone());
+            if !updated {
+                return Err(no_tenant(&id));
+            }
+            Ok(reply(&t, StatusCode::OK))
+        });
+    let delete = one.and(warp::delete()).and(admin(ctx.clone())).and_then(
+        |id: String, ctx: Ctx| async move {
+            let gone: bool = ask!(ctx, TenantMsg::Delete, id.clone());
+            if gone {
+                Ok(StatusCode::NO_CONTENT.into_response())
+            } else {
+                Err(no_tenant(&id))
+            }
+        },
+    );
+    let tokens = warp::path!("api" / "v1" / "tenants" / String / "tokens");
+    let add_token = tokens.and(warp::post()).and(admin(ctx.clone())).and_then(
+        |id: String, ctx: Ctx| async move {
+            let t: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.clone());
+            t.ok_or_else(|| no_tenant(&id))?;
+            let (token, rec) = ask!(ctx, TenantMsg::AddToken, id.clone());
+            let body = serde_json::json!({
+                "id": rec.id, "tenant": rec.tenant, "created_ms": rec.created_ms,
+                "token": token, "note": "shown once: only its hash is kept",
+            });
+            Ok(reply(&body, StatusCode::CREATED))
+        },
+    );
+    let list_tokens = tokens.and(warp::get()).and(admin(ctx.clone())).and_then(
+        |id: String, ctx: Ctx| async move {
+            let t: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.clone());
+            t.ok_or_else(|| no_tenant(&id))?;
+            let all: Vec<crate::store::TokenRecord> = ask!(ctx, TenantMsg::Tokens, id);
+            let shown: Vec<serde_json::Value> = all.iter().map(|t| t.public()).collect();
+            Ok(reply(&serde_json::json!({"tokens": shown}), StatusCode::OK))
+        },
+    );
+    let revoke = warp::path!("api" / "v1" / "tenants" / String / "tokens" / String)
+        .and(warp::delete())
+        .and(admin(ctx))
+        .and_then(|id: String, token: String, ctx: Ctx| async move {
+            let gone: bool = ask!(ctx, TenantMsg::Revoke, id.clone(), token.clone());
+            if gone {
+                Ok(StatusCode::NO_CONTENT.into_response())
+            } else {
+                Err(problem::reject(Problem::not_found(format!(
+                    "no token {token:?} for tenant {id:?}"
+                ))))
+            }
+        });
+    create
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(add_token)
+        .unify()
+        .or(list_tokens)
+        .unify()
+        .or(revoke)
+        .unify()
+}
