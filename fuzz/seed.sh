@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recreates the seed corpora (gitignored) of the fuzz targets from the shared test data:
-#   fuzz/corpus/{decode_messages,framer_chunks,file_reader,capture,meter}/
+#   fuzz/corpus/{decode_messages,framer_chunks,file_reader,capture,meter,session}/
 # Usage: fuzz/seed.sh [TESTDATA_DIR]   (default: ../shared/testdata/ipfix beside the repo)
 # Idempotent: seeds are named by content hash; files that libFuzzer added are left alone.
 set -euo pipefail
@@ -111,8 +111,10 @@ datagrams = []  # single datagrams (NetFlow v9 and IPFIX), for decode_messages
 pcaps = []
 for root in (data, os.path.join(data, "akvorado")):
     pcaps += sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".pcap"))
+per_capture = []  # the first datagrams of each capture, for session
 for p in pcaps:
-    datagrams += payloads(p)[:20]  # the first datagrams hold the templates; the rest repeat
+    per_capture.append(payloads(p)[:20])
+    datagrams += per_capture[-1]  # the first datagrams hold the templates; the rest repeat
 # Template and data captures of the same exporter: one stream / one packet with both.
 akv = os.path.join(data, "akvorado")
 pairs = []
@@ -129,7 +131,21 @@ for t, d in pairs:
     elif tp and dp and tp[0][:2] == b"\x00\x09":
         datagrams.append(tp[0] + b"".join(x[20:] for x in dp))  # v9: flowsets of both
 
+# --- NetFlow v5 packets: 24-byte header (version 5, count), then count 48-byte records ----------
+def v5(count, seq, engine=(1, 2), uptime=3_600_000):
+    out = struct.pack(">HHIIIIBBH", 5, count, uptime, 1_700_000_000, 5000, seq, engine[0], engine[1], 0)
+    for k in range(count):
+        out += struct.pack(">IIIHHIIIIHHBBBBHHBBH",
+                           0x0A000001 + k, 0xC0A80001 + 3 * k, 0x0A0000FE, 1 + k % 3, 2,
+                           10 + k, 1500 * (10 + k), uptime - 20_000 + k, uptime - 1000 + k,
+                           1024 + k, (80, 443, 53)[k % 3], 0, 0x1B, (6, 6, 17)[k % 3], 0,
+                           64512, 65000 + k, 24, 16, 0)
+    return out
+v5_packets = [v5(1, 0), v5(3, 1), v5(30, 4, (0, 7))]
+
 n = {"decode_messages": 0, "file_reader": 0, "framer_chunks": 0, "capture": 0}
+for pkt in v5_packets:
+    n["decode_messages"] += put("decode_messages", pkt)
 for s in streams:
     n["decode_messages"] += put("decode_messages", s)
     n["file_reader"] += put("file_reader", s)
@@ -138,6 +154,55 @@ for i, s in enumerate(streams[:24]):
         n["framer_chunks"] += put("framer_chunks", bytes([size]) + s, MAX + 1)
 for g in datagrams:
     n["decode_messages"] += put("decode_messages", g)
+
+# --- session: 4 config bytes, then operations (fuzz_targets/session.rs) -------------------------
+MSG, LEARN, EXPIRE = 0, 6, 7
+def op(kind, step, payload=None):
+    """One operation: the clock advances (step^2 x 100 ms) first."""
+    o = bytes([kind | step << 3])
+    return o if payload is None else o + struct.pack(">H", len(payload)) + payload
+
+def session(config, ops):
+    return bytes(config) + b"".join(ops)
+
+# config byte 0: bit 0 UDP, bits 1-2 pending age (1, 5, 30, 120 s), bits 3-4 UDP template
+# lifetime (2, 10, 60, 300 s); bytes 1-3: other parties' shares of the budgets.
+UDP_SHORT, UDP_LONG, TCP = [1 | 1 << 1 | 1 << 3, 0, 0, 0], [1 | 2 << 1 | 2 << 3, 0, 0, 0], [0, 0, 0, 0]
+TIGHT = [1 | 1 << 1 | 1 << 3, 150, 200, 150]  # others hold most of every budget
+n["session"] = 0
+def put_session(config, ops):
+    n["session"] += put("session", session(config, ops), MAX + 256)
+
+for k, s in enumerate(streams):
+    ms = messages(s)
+    if not ms:
+        continue
+    config = (UDP_SHORT, TCP, UDP_LONG, TIGHT)[k % 4]
+    put_session(config, [op(MSG, 1, m) for m in ms])
+    if len(ms) > 1:  # data before its template (held, then released), then expiry
+        put_session(config, [op(MSG, 2, m) for m in ms[1:]] + [op(MSG, 3, ms[0]), op(EXPIRE, 31)]
+                    + [op(MSG, 20, ms[-1]), op(EXPIRE, 31)])
+        # the template from the shared store instead of the exporter
+        put_session(config, [op(MSG, 1, m) for m in ms[1:]] + [op(LEARN, 4, ms[0])]
+                    + [op(MSG, 25, ms[-1]), op(EXPIRE, 12)])
+for pl in per_capture:  # NetFlow v9 and IPFIX datagrams of one exporter, in order and reversed
+    for config, order in ((UDP_SHORT, pl), (UDP_LONG, pl[::-1])):
+        ops = []
+        for g in order:
+            if sum(map(len, ops)) + len(g) + 3 > MAX:
+                break
+            ops.append(op(MSG, 2, g))
+        if ops:
+            put_session(config, ops + [op(EXPIRE, 31)])
+for t, d in pairs:
+    tp, dp = payloads(t), payloads(d)
+    if tp and dp:
+        put_session(UDP_SHORT, [op(MSG, 1, x) for x in dp[:3]] + [op(MSG, 1, tp[0]), op(EXPIRE, 5)])
+        put_session(TCP, [op(LEARN, 0, tp[0])] + [op(MSG, 1, x) for x in dp[:3]])
+# NetFlow v5: in order, a gap (lost flows), a restart
+put_session(UDP_SHORT, [op(MSG, 1, v5(2, 0)), op(MSG, 1, v5(3, 2)), op(MSG, 3, v5(1, 10)),
+                        op(MSG, 1, v5(1, 0, (1, 2))), op(EXPIRE, 31)])
+put_session(TCP, [op(MSG, 0, v5(30, 7, (0, 7))), op(MSG, 0, v5(1, 37, (0, 8)))])
 
 # --- captures ---------------------------------------------------------------------------------
 def pcapng(path):

@@ -5,7 +5,8 @@
 
 use crate::wire::header::{IPFIX_HEADER_LEN, IPFIX_VERSION, NETFLOW_V9_HEADER_LEN};
 use crate::wire::{
-    DecodedMessage, Decoder, DecoderOptions, Registry, TemplateEvent, TemplateKind, WireError,
+    DecodedMessage, Decoder, DecoderOptions, Registry, TemplateEvent, TemplateKind, TemplateMap,
+    WireError,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
@@ -191,9 +192,18 @@ impl SessionCore {
         }
         let len = msg.len() as u64;
         let redefinitions = self.decoder.redefinitions();
+        // The domain's templates before: a message that fails part-way keeps what its earlier
+        // Sets defined or withdrew, and that is read off the difference (a cheap `Arc` copy; the
+        // decoder copies the map on write).
+        let domain = peek_domain(&msg);
+        let before = domain.and_then(|d| self.decoder.templates(d).cloned());
         let decoded = match self.decoder.decode(msg) {
             Ok(d) => d,
             Err(e) => {
+                self.stats.template_redefinitions += self.decoder.redefinitions() - redefinitions;
+                if let Some(domain) = domain {
+                    self.track_applied(domain, before, now);
+                }
                 if matches!(e, WireError::TemplateRefused { .. }) {
                     self.stats.templates_refused += 1;
                 }
@@ -226,7 +236,11 @@ impl SessionCore {
                 }
                 TemplateEvent::Withdraw { id, .. } => {
                     self.stats.withdrawals += 1;
-                    self.template_refreshed.remove(&(domain, *id));
+                    // Only if it went: UDP ignores withdrawals (RFC 7011 section 8.4), and the
+                    // template it keeps must still expire.
+                    if !decoded.templates.contains_key(id) {
+                        self.template_refreshed.remove(&(domain, *id));
+                    }
                 }
                 TemplateEvent::WithdrawAll { .. } => {
                     self.stats.withdrawals += 1;
@@ -245,6 +259,36 @@ impl SessionCore {
         self.count_records(&decoded);
         out.push(decoded);
         Ok(out)
+    }
+
+    /// What a message that failed did to `domain`'s templates before it failed (the decoder
+    /// applies Template Sets as it meets them, and the events went with the error): templates it
+    /// defined or changed are tracked as defined `now` (else a UDP one would never expire), and
+    /// those it withdrew are no longer tracked. `before`: the domain's templates before it.
+    fn track_applied(&mut self, domain: u32, before: Option<Arc<TemplateMap>>, now: Instant) {
+        let after = self.decoder.templates(domain).cloned();
+        match (&before, &after) {
+            (Some(b), Some(a)) if Arc::ptr_eq(b, a) => return,
+            (None, None) => return,
+            _ => {}
+        }
+        for (id, plan) in after.iter().flat_map(|m| m.iter()) {
+            let old = before.as_ref().and_then(|m| m.get(id));
+            if old.is_none_or(|p| !Arc::ptr_eq(p, plan)) {
+                let kind = plan.template.kind;
+                if kind == TemplateKind::Data {
+                    self.stats.templates += 1;
+                } else {
+                    self.stats.options_templates += 1;
+                }
+                self.template_refreshed.insert((domain, *id), (kind, now));
+            }
+        }
+        for id in before.iter().flat_map(|m| m.keys()) {
+            if after.as_ref().is_none_or(|m| !m.contains_key(id)) {
+                self.template_refreshed.remove(&(domain, *id));
+            }
+        }
     }
 
     /// A template from the shared store (another session or node learned it): defined here as if
@@ -413,6 +457,12 @@ impl SessionCore {
 
     pub fn pending_sets(&self) -> usize {
         self.pending.len()
+    }
+
+    /// What the held sets cost (their bytes and bookkeeping): what this session has taken from
+    /// the node's pending budget.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 }
 
@@ -606,6 +656,77 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(node.used(), 0);
+    }
+
+    /// An IPFIX message of domain 1 with these Template Sets (id 2), each holding one record.
+    fn template_message(records: &[&[u8]]) -> Bytes {
+        let mut m = vec![0, 10, 0, 0, 0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 0, 0, 0, 0, 1];
+        for r in records {
+            m.extend_from_slice(&[0, 2]);
+            m.extend_from_slice(&(4 + r.len() as u16).to_be_bytes());
+            m.extend_from_slice(r);
+        }
+        let len = (m.len() as u16).to_be_bytes();
+        m[2..4].copy_from_slice(&len);
+        Bytes::from(m)
+    }
+
+    #[test]
+    fn templates_of_a_message_that_failed_later_still_expire() {
+        // Found by fuzz/fuzz_targets/session.rs: template 300 is applied (the decoder applies
+        // Template Sets as it meets them), then template 301's 3 fields are refused; the message
+        // is an error and its events were lost, so 300 was never tracked and never expired.
+        let mut l = limits(Some(Duration::from_secs(60)));
+        l.max_template_fields = 2;
+        let budget = Arc::new(crate::wire::ByteBudget::new("session", 100_000, None));
+        let mut s =
+            SessionCore::new(Registry::builtin(), Transport::Udp, l).with_budget(budget.clone());
+        let now = Instant::now();
+        let msg = template_message(&[
+            &[1, 44, 0, 1, 0, 7, 0, 2],
+            &[1, 45, 0, 3, 0, 7, 0, 2, 0, 11, 0, 2, 0, 4, 0, 1],
+        ]);
+        assert!(matches!(
+            s.on_message(msg, now),
+            Err(WireError::TemplateRefused {
+                template_id: 301,
+                ..
+            })
+        ));
+        assert!(
+            s.template(1, 300).is_some(),
+            "the Sets before the refused one stay applied"
+        );
+        assert_eq!(s.stats.templates, 1);
+        s.expire(now + Duration::from_secs(61));
+        assert!(s.template(1, 300).is_none(), "expired like any other");
+        assert_eq!(
+            (s.stats.templates_expired, s.template_bytes(), budget.used()),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn udp_withdrawals_are_ignored_and_do_not_stop_expiry() {
+        // Found looking into the one above: a UDP collector ignores Template Withdrawals
+        // (RFC 7011 section 8.4), so the template stays; its expiry must stay too.
+        let mut s = SessionCore::new(
+            Registry::builtin(),
+            Transport::Udp,
+            limits(Some(Duration::from_secs(60))),
+        );
+        let now = Instant::now();
+        s.on_message(template_message(&[&[1, 44, 0, 1, 0, 7, 0, 2]]), now)
+            .expect("template");
+        s.on_message(template_message(&[&[1, 44, 0, 0]]), now)
+            .expect("withdrawal");
+        assert!(s.template(1, 300).is_some(), "UDP: withdrawals are ignored");
+        s.expire(now + Duration::from_secs(61));
+        assert!(
+            s.template(1, 300).is_none(),
+            "but the template still expires"
+        );
+        assert_eq!((s.stats.templates_expired, s.template_bytes()), (1, 0));
     }
 
     #[test]
