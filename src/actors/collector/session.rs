@@ -495,6 +495,13 @@ impl SessionState {
     /// Tells the TemplateCache what this message defined or withdrew, and asks it for templates
     /// this session lacks (the answer arrives as `SharedTemplate`).
     fn share(&mut self, decoded: &[DecodedMessage]) {
+        // Most messages carry data only: nothing to tell, nothing to ask (and no clock to read).
+        if decoded
+            .iter()
+            .all(|d| d.events.is_empty() && d.missing.is_empty())
+        {
+            return;
+        }
         let port = self.shared_port();
         let Some(cache) = &self.cache else { return };
         let key = |domain: u32, template_id: u16| TemplateKey {
