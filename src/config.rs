@@ -297,6 +297,15 @@ pub struct CollectorSettings {
     /// Complete messages in flight between a TCP reader and its session: beyond this the
     /// reader stops reading, and TCP flow control slows the exporter.
     pub tcp_inflight_batches: usize,
+    /// Exporters whose address no tenant owns: `accept` (tenant `store.tenant`) or `refuse`.
+    pub unknown_exporters: UnknownExporters,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownExporters {
+    Accept,
+    Refuse,
 }
 
 impl Default for CollectorSettings {
@@ -324,6 +333,7 @@ impl Default for CollectorSettings {
             udp_queue_bytes_total: 256 << 20,
             udp_receive_buffer_bytes: 8 << 20,
             tcp_inflight_batches: 8,
+            unknown_exporters: UnknownExporters::Accept,
             template_scope: TemplateScope::Exporter,
         }
     }

@@ -653,3 +653,72 @@ async fn tenants_and_their_tokens() {
     )
     .await;
 }
+
+/// Sends `file` from `source` to the collector and closes.
+async fn export_from(source: &str, to: SocketAddr, file: &[u8]) {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind");
+    let mut c = s.connect(to).await.expect("connect");
+    let _ = c.write_all(file).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
+    for refuse in [false, true] {
+        let name = if refuse {
+            "tenant-refuse"
+        } else {
+            "tenant-tag"
+        };
+        let policy = if refuse { "refuse" } else { "accept" };
+        let (server, api, dir) = start(name, &[("IPFIXSVC__COLLECTOR__UNKNOWN_EXPORTERS", policy)]);
+        let admin = std::fs::read_to_string(dir.join("admin-token"))
+            .expect("token")
+            .trim()
+            .to_string();
+        let r = reqwest::Client::new()
+            .post(format!("http://{api}/api/v1/tenants"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"id": "acme", "exporters": ["127.0.0.20/30"]}))
+            .send()
+            .await
+            .expect("tenant");
+        assert_eq!(r.status(), 201);
+        let file = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/testdata/ipfix/example_flows.ipfix"
+        ))
+        .expect("file");
+        export_from("127.0.0.21", server.tcp, &file).await;
+        export_from("127.0.0.30", server.tcp, &file).await;
+        common::eventually("acme's records", Duration::from_secs(20), || {
+            server
+                .output()
+                .iter()
+                .filter(|l| l.contains("\"@tenant\":\"acme\""))
+                .count()
+                == 3979
+        });
+        let others = |tenant: &str| {
+            server
+                .output()
+                .iter()
+                .filter(|l| l.contains(&format!("\"@tenant\":\"{tenant}\"")))
+                .count()
+        };
+        if refuse {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(
+                others("default"),
+                0,
+                "an exporter no tenant owns is refused"
+            );
+            assert!(!server.log_lines("owned by no tenant").is_empty());
+        } else {
+            common::eventually("the default tenant's", Duration::from_secs(20), || {
+                others("default") == 3979
+            });
+        }
+    }
+}

@@ -19,7 +19,8 @@ fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/ipfix")
 }
 
-/// Records as `dump` prints them, without the exporter (the replay comes from another port).
+/// Records as `dump` prints them, without the exporter (the replay comes from another port) and
+/// the collector's tenant (which `dump` has not).
 fn without_exporter(lines: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = lines
         .into_iter()
@@ -27,6 +28,7 @@ fn without_exporter(lines: impl IntoIterator<Item = String>) -> Vec<String> {
             let mut j: serde_json::Value = serde_json::from_str(&l).expect("NDJSON line");
             if let Some(o) = j.as_object_mut() {
                 o.remove("@exporter");
+                o.remove("@tenant");
             }
             j.to_string()
         })

@@ -255,7 +255,10 @@ proptest! {
                         line.clear();
                         ipfixsvc::wire::ndjson::write_record(
                             &mut line,
-                            ipfixsvc::wire::ndjson::Origin { exporter: "test" },
+                            ipfixsvc::wire::ndjson::Origin {
+                    exporter: "test",
+                    tenant: None,
+                },
                             &decoded,
                             batch,
                             r,

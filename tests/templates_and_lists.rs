@@ -34,7 +34,17 @@ fn json_lines(d: &DecodedMessage) -> Vec<serde_json::Value> {
     for b in &d.batches {
         for r in 0..b.len() {
             let mut line = Vec::new();
-            write_record(&mut line, Origin { exporter: "test" }, d, b, r, &reg);
+            write_record(
+                &mut line,
+                Origin {
+                    exporter: "test",
+                    tenant: None,
+                },
+                d,
+                b,
+                r,
+                &reg,
+            );
             out.push(serde_json::from_slice(&line).expect("valid JSON"));
         }
     }

@@ -17,7 +17,10 @@ fn render(decoder: &mut Decoder, msg: Bytes, out: &mut Vec<u8>) {
     for batch in &decoded.batches {
         for r in 0..batch.len() {
             out.clear();
-            write_record(out, Origin { exporter: "fuzz" }, &decoded, batch, r, &registry);
+            write_record(out, Origin {
+                    exporter: "fuzz",
+                    tenant: None,
+                }, &decoded, batch, r, &registry);
         }
     }
 }

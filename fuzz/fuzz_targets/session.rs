@@ -144,7 +144,10 @@ fn records(out: &[DecodedMessage], released: usize, registry: &Arc<Registry>) ->
                 json.clear();
                 write_record(
                     &mut json,
-                    Origin { exporter: "fuzz" },
+                    Origin {
+                    exporter: "fuzz",
+                    tenant: None,
+                },
                     d,
                     batch,
                     r,

@@ -21,11 +21,12 @@ use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::{CacheArgs, CacheHandle, TEMPLATE_CACHE, TemplateCache};
-use crate::actors::tenants::{TENANT_DIRECTORY, TenantDirectory};
+use crate::actors::tenants::{TENANT_DIRECTORY, TenantArgs, TenantDirectory};
 use crate::api::auth::AdminToken;
 use crate::api::routes::Ctx;
 use crate::api::{API_SERVER, ApiArgs, ApiServer};
 use crate::config::{Role, Settings};
+use crate::store::tenants::ExporterTenants;
 use crate::store::{JobStore, TemplateStore, TenantStore};
 use crate::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -49,7 +50,7 @@ enum Restartable {
     Directory(String),
     Cluster(ClusterArgs),
     Api(ApiArgs),
-    Tenants(Arc<TenantStore>),
+    Tenants(TenantArgs),
 }
 
 impl Restartable {
@@ -79,8 +80,8 @@ impl Restartable {
             Restartable::Api(a) => {
                 Actor::spawn_linked(name, ApiServer, a.clone(), supervisor).await?;
             }
-            Restartable::Tenants(store) => {
-                Actor::spawn_linked(name, TenantDirectory, store.clone(), supervisor).await?;
+            Restartable::Tenants(a) => {
+                Actor::spawn_linked(name, TenantDirectory, a.clone(), supervisor).await?;
             }
         }
         Ok(())
@@ -169,6 +170,24 @@ impl Actor for NodeSupervisor {
             Restartable::Directory(args.settings.node.name.clone()),
         ];
         restartable[0].spawn(myself.get_cell()).await?;
+        // Tenants: the API manages them, the collector tags its sessions with them.
+        let owners = Arc::new(ExporterTenants::default());
+        if roles.contains(&Role::Api) || roles.contains(&Role::Collector) {
+            let store = if args.settings.redis.url.is_empty() {
+                TenantStore::memory()
+            } else {
+                TenantStore::redis(
+                    &args.settings.redis.url,
+                    Duration::from_millis(st.timeout_ms),
+                )?
+            };
+            let tenants = Restartable::Tenants(TenantArgs {
+                store: Arc::new(store),
+                exporters: owners.clone(),
+            });
+            tenants.spawn(myself.get_cell()).await?;
+            restartable.push(tenants);
+        }
         let mut collector = None;
         if roles.contains(&Role::Collector) {
             let env = SessionEnv::new(
@@ -176,7 +195,8 @@ impl Actor for NodeSupervisor {
                 args.registry.clone(),
                 args.sink.clone(),
             )
-            .with_cache(cache_handle.clone(), st.tenant.clone());
+            .with_cache(cache_handle.clone(), st.tenant.clone())
+            .with_owners(owners.clone());
             let (c, _) = Actor::spawn_linked(
                 Some(COLLECTOR_NAME.into()),
                 CollectorSupervisor,
@@ -243,17 +263,7 @@ impl Actor for NodeSupervisor {
         let mut draining = None;
         if roles.contains(&Role::Api) && !args.settings.api.listen.is_empty() {
             let a = &args.settings.api;
-            let store = if args.settings.redis.url.is_empty() {
-                TenantStore::memory()
-            } else {
-                TenantStore::redis(
-                    &args.settings.redis.url,
-                    Duration::from_millis(st.timeout_ms),
-                )?
-            };
-            let tenants = Restartable::Tenants(Arc::new(store));
-            tenants.spawn(myself.get_cell()).await?;
-            restartable.push(tenants);
+
             let admin = AdminToken::load(
                 &a.admin_token,
                 std::path::Path::new(&args.settings.storage.dir),

@@ -325,7 +325,17 @@ impl<W: Write> Dumper<W> {
         for b in &d.batches {
             for r in 0..b.len() {
                 self.line.clear();
-                ndjson::write_record(&mut self.line, Origin { exporter }, d, b, r, &self.registry);
+                ndjson::write_record(
+                    &mut self.line,
+                    Origin {
+                        exporter,
+                        tenant: None,
+                    },
+                    d,
+                    b,
+                    r,
+                    &self.registry,
+                );
                 self.out.write_all(&self.line)?;
             }
         }

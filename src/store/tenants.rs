@@ -91,6 +91,57 @@ pub fn normalise_prefixes(prefixes: &[String]) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// Which tenant owns an exporter address: the longest prefix of any tenant that contains it.
+#[derive(Debug, Default)]
+pub struct PrefixTable {
+    /// Longest first, so the first match is the longest.
+    prefixes: Vec<(ipnet::IpNet, String)>,
+}
+
+impl PrefixTable {
+    pub fn new(tenants: &[Tenant]) -> PrefixTable {
+        let mut prefixes: Vec<(ipnet::IpNet, String)> = tenants
+            .iter()
+            .flat_map(|t| {
+                t.exporters
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .map(|n| (n, t.id.clone()))
+            })
+            .collect();
+        prefixes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.1.cmp(&b.1)));
+        PrefixTable { prefixes }
+    }
+
+    pub fn owner(&self, ip: std::net::IpAddr) -> Option<&str> {
+        // An IPv4 exporter reaching a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.prefixes
+            .iter()
+            .find(|(n, _)| n.contains(&ip))
+            .map(|(_, t)| t.as_str())
+    }
+}
+
+/// The node's current prefix table, shared by the TenantDirectory (which replaces it when
+/// tenants change) and the collector (which reads it when a session starts).
+#[derive(Debug, Default)]
+pub struct ExporterTenants(std::sync::RwLock<std::sync::Arc<PrefixTable>>);
+
+impl ExporterTenants {
+    pub fn replace(&self, table: PrefixTable) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(table);
+    }
+
+    pub fn owner(&self, ip: std::net::IpAddr) -> Option<String> {
+        let t = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        t.owner(ip).map(str::to_string)
+    }
+}
+
 pub enum TenantStore {
     Memory(Mutex<MemoryTenants>),
     Redis(RedisConn),
@@ -338,6 +389,31 @@ impl TenantStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_owned_prefix_wins() {
+        let t = |id: &str, p: &[&str]| Tenant {
+            id: id.into(),
+            name: id.into(),
+            exporters: p.iter().map(|s| s.to_string()).collect(),
+            quotas: Quotas::default(),
+            created_ms: 0,
+        };
+        let table = PrefixTable::new(&[
+            t("wide", &["10.0.0.0/8"]),
+            t("narrow", &["10.1.0.0/16", "2001:db8::/32"]),
+        ]);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert_eq!(table.owner(ip("10.1.2.3")), Some("narrow"));
+        assert_eq!(table.owner(ip("10.2.2.3")), Some("wide"));
+        assert_eq!(
+            table.owner(ip("::ffff:10.1.0.9")),
+            Some("narrow"),
+            "v4-mapped"
+        );
+        assert_eq!(table.owner(ip("2001:db8::7")), Some("narrow"));
+        assert_eq!(table.owner(ip("192.0.2.1")), None);
+    }
 
     #[test]
     fn prefixes_are_checked_and_normalised() {

@@ -22,6 +22,8 @@ const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
 pub struct Origin<'a> {
     /// The exporter: an address, or a file name when there is none.
     pub exporter: &'a str,
+    /// The tenant that owns the exporter (the collector's records); `None` writes no field.
+    pub tenant: Option<&'a str>,
 }
 
 /// Appends one JSON object (and a newline) for record `r` of `batch`.
@@ -35,6 +37,10 @@ pub fn write_record(
 ) {
     out.extend_from_slice(b"{\"@exporter\":");
     write_str(out, origin.exporter.as_bytes());
+    if let Some(t) = origin.tenant {
+        out.extend_from_slice(b",\"@tenant\":");
+        write_str(out, t.as_bytes());
+    }
     out.extend_from_slice(b",\"@domain\":");
     write_u64(out, msg.header.observation_domain as u64);
     out.extend_from_slice(b",\"@template\":");
@@ -349,7 +355,10 @@ mod tests {
             .decode(bytes::Bytes::copy_from_slice(msg))
             .expect("decodes");
         let mut out = Vec::new();
-        let origin = Origin { exporter: "x" };
+        let origin = Origin {
+            exporter: "x",
+            tenant: None,
+        };
         write_record(&mut out, origin, &m, &m.batches[0], 0, &registry);
         String::from_utf8_lossy(&out).into_owned()
     }

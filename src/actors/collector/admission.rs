@@ -50,6 +50,8 @@ pub struct Admission {
     pub refused_udp: AtomicU64,
     /// UDP sessions retired early to make room for a new one.
     pub evicted_udp: AtomicU64,
+    /// Sessions refused because no tenant owns their exporter.
+    pub refused_unknown: AtomicU64,
 }
 
 impl Admission {
@@ -77,6 +79,7 @@ impl Admission {
             refused_tcp: AtomicU64::new(0),
             refused_udp: AtomicU64::new(0),
             evicted_udp: AtomicU64::new(0),
+            refused_unknown: AtomicU64::new(0),
         })
     }
 

@@ -14,6 +14,7 @@ pub mod udp;
 use crate::actors::output::RecordSink;
 use crate::actors::template_cache::CacheHandle;
 use crate::config::CollectorSettings;
+use crate::store::tenants::ExporterTenants;
 use crate::wire::Registry;
 use admission::{Admission, Refusal, Slot};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -40,7 +41,10 @@ pub struct SessionEnv {
     pub lost_datagrams: Arc<AtomicU64>,
     /// Shared templates, unless the template scope is `session`.
     pub cache: Option<CacheHandle>,
+    /// The tenant of exporters no tenant owns (`store.tenant`).
     pub tenant: String,
+    /// Which tenant owns which exporter prefixes (kept fresh by the TenantDirectory).
+    pub owners: Option<Arc<ExporterTenants>>,
 }
 
 impl SessionEnv {
@@ -57,6 +61,7 @@ impl SessionEnv {
             lost_datagrams: Arc::new(AtomicU64::new(0)),
             cache: None,
             tenant: "default".into(),
+            owners: None,
         }
     }
 
@@ -69,11 +74,39 @@ impl SessionEnv {
         self
     }
 
+    /// Looks up exporters' tenants in `owners`.
+    pub fn with_owners(mut self, owners: Arc<ExporterTenants>) -> SessionEnv {
+        self.owners = Some(owners);
+        self
+    }
+
+    /// The tenant of a new session's exporter: the longest owned prefix that holds its address,
+    /// else `store.tenant`; `None` when such exporters are refused
+    /// (`collector.unknown_exporters = refuse`), counted and logged at powers of two.
+    pub fn tenant_of(&self, peer: SocketAddr) -> Option<String> {
+        if let Some(t) = self.owners.as_ref().and_then(|o| o.owner(peer.ip())) {
+            return Some(t);
+        }
+        if self.settings.unknown_exporters == crate::config::UnknownExporters::Accept {
+            return Some(self.tenant.clone());
+        }
+        let n = self
+            .admission
+            .refused_unknown
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(%peer, refused = n, "exporter owned by no tenant: refused (collector.unknown_exporters = refuse)");
+        }
+        None
+    }
+
     pub fn session_args(
         &self,
         peer: SocketAddr,
         input: session::SessionInput,
         slot: Slot,
+        tenant: String,
     ) -> session::SessionArgs {
         session::SessionArgs {
             peer,
@@ -83,7 +116,7 @@ impl SessionEnv {
             sink: self.sink.clone(),
             slot,
             cache: self.cache.clone(),
-            tenant: self.tenant.clone(),
+            tenant,
         }
     }
 
@@ -121,6 +154,8 @@ pub struct CollectorCounters {
     pub refused_udp_sessions: u64,
     /// Idle UDP sessions retired early to make room for a new exporter.
     pub evicted_udp_sessions: u64,
+    /// Sessions refused because no tenant owns their exporter (`unknown_exporters = refuse`).
+    pub refused_unknown_exporters: u64,
     pub failed_sessions: u64,
     /// Datagrams queued for a UDP session that ended before reading them (a session retiring
     /// while its exporter sends again).
@@ -414,6 +449,7 @@ impl Actor for CollectorSupervisor {
                     refused_tcp_sessions: refused_tcp,
                     refused_udp_sessions: refused_udp,
                     evicted_udp_sessions: a.evicted_udp.load(Ordering::Relaxed),
+                    refused_unknown_exporters: a.refused_unknown.load(Ordering::Relaxed),
                     failed_sessions: state.session_failures,
                     lost_datagrams: state.env.lost_datagrams.load(Ordering::Relaxed),
                     template_bytes: a.template_bytes(),

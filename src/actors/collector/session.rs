@@ -615,6 +615,7 @@ impl SessionState {
                         &mut out,
                         Origin {
                             exporter: &self.exporter,
+                            tenant: Some(&self.tenant),
                         },
                         d,
                         b,

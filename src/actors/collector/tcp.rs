@@ -89,11 +89,15 @@ impl Actor for TcpListenerActor {
             }
         };
         let env = &state.env;
+        // Dropping the stream closes the connection.
+        let Some(tenant) = env.tenant_of(peer) else {
+            return Ok(());
+        };
         let Ok(slot) = env.admit(peer, Transport::Tcp) else {
-            return Ok(()); // dropping the stream closes the connection
+            return Ok(());
         };
         let _ = stream.set_nodelay(true);
-        let args = env.session_args(peer, SessionInput::Tcp(stream), slot);
+        let args = env.session_args(peer, SessionInput::Tcp(stream), slot, tenant);
         let name = session_name("tcp", peer, None);
         // A failed start drops its arguments, and with them the slot.
         if let Err(e) =

@@ -269,6 +269,7 @@ async fn start_session(
     routes: &mut Routes,
     now: Instant,
 ) -> Option<Route> {
+    let tenant = env.tenant_of(peer)?;
     let slot = match env.admit(peer, Transport::Udp) {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -289,7 +290,7 @@ async fn start_session(
         env.settings.udp_queue_bytes,
         env.admission.udp_queue_total.clone(),
     ));
-    let args = env.session_args(peer, SessionInput::Udp(queue.clone()), slot.clone());
+    let args = env.session_args(peer, SessionInput::Udp(queue.clone()), slot.clone(), tenant);
     let name = session_name("udp", peer, Some(domain));
     match Actor::spawn_linked(Some(name), ExporterSession, args, supervisor.clone()).await {
         Ok((session, _)) => Some(Route {
