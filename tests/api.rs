@@ -188,6 +188,47 @@ async fn health_readiness_metrics_and_the_admin_routes() {
     assert!(metrics.contains("ipfixsvc_template_store_healthy{"));
     assert!(metrics.contains("ipfixsvc_http_requests_total{"));
 
+    // The actor tree: JSON by default, a folding page for a browser.
+    let tree: serde_json::Value = http
+        .get(format!("{base}/debug/actors"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("actors")
+        .json()
+        .await
+        .expect("json");
+    let root = &tree["nodes"][0]["tree"];
+    assert_eq!(root["name"], "node", "{tree}");
+    let names: Vec<&str> = root["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for want in ["collector", "template-cache", "session-directory", "api"] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    let page = http
+        .get(format!("{base}/debug/actors"))
+        .bearer_auth(&token)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(page.contains("<details") && page.contains("collector/tcp-listener"));
+    problem(
+        http.get(format!("{base}/debug/actors"))
+            .send()
+            .await
+            .expect("anonymous"),
+        401,
+    )
+    .await;
+
     // Routes and methods that do not exist: problems, never 5xx.
     problem(
         http.get(format!("{base}/no/such/route"))

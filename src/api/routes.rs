@@ -92,6 +92,11 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .and(warp::get())
         .and(admin(ctx.clone()))
         .and_then(cluster);
+    let actors = warp::path!("debug" / "actors")
+        .and(warp::get())
+        .and(admin(ctx.clone()))
+        .and(warp::header::optional::<String>("accept"))
+        .and_then(actors);
     let jobs = super::jobs::routes(ctx.clone(), ctx.storage.clone(), ctx.max_upload);
     let tenants = super::tenants::routes(ctx.clone());
     healthz
@@ -103,6 +108,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(sessions.map(Reply::into_response))
         .unify()
         .or(cluster.map(Reply::into_response))
+        .unify()
+        .or(actors)
         .unify()
         .or(tenants)
         .unify()
@@ -332,4 +339,67 @@ async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
     }))
     .await;
     Ok(warp::reply::json(&serde_json::json!({"node": ctx.node, "nodes": views})).into_response())
+}
+
+/// Every node's supervision tree, asked through the directories' process group; a node that
+/// does not answer in time is named as such. JSON, or with `Accept: text/html` a page whose
+/// subtrees fold and which refreshes itself.
+async fn actors(ctx: Ctx, accept: Option<String>) -> Result<warp::reply::Response, Rejection> {
+    let members = ractor::pg::get_members(&DIRECTORY_GROUP.to_string());
+    let ms = timeout_ms(&ctx);
+    let mut nodes = futures_util::future::join_all(members.into_iter().map(|m| async move {
+        let d: ActorRef<DirectoryMsg> = m.clone().into();
+        match ractor::call_t!(d, DirectoryMsg::ActorTree, ms) {
+            Ok(json) => serde_json::from_str::<serde_json::Value>(&json.0)
+                .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+            Err(e) => serde_json::json!({"directory": m.get_id().to_string(), "error": format!("no answer: {e}")}),
+        }
+    }))
+    .await;
+    nodes.sort_by_key(|n| n["node"].as_str().unwrap_or_default().to_string());
+    if accept.is_some_and(|a| a.contains("text/html")) {
+        let mut page = String::from(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+             <title>ipfixsvc actors</title><style>body{font-family:sans-serif}details{margin-left:1.2em}\
+             .s{color:#666;font-size:90%}</style></head><body><h1>Actors</h1>",
+        );
+        for n in &nodes {
+            page.push_str(&format!(
+                "<h2>{}</h2>",
+                html(n["node"].as_str().unwrap_or("?"))
+            ));
+            match n.get("tree") {
+                Some(t) => tree_html(t, &mut page),
+                None => page.push_str(&format!("<p>{}</p>", html(&n["error"].to_string()))),
+            }
+        }
+        page.push_str("</body></html>");
+        return Ok(warp::reply::html(page).into_response());
+    }
+    Ok(warp::reply::json(&serde_json::json!({"nodes": nodes})).into_response())
+}
+
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn tree_html(t: &serde_json::Value, out: &mut String) {
+    let name = t["name"].as_str().unwrap_or("(unnamed)");
+    let children = t["children"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    out.push_str(&format!(
+        "<details open><summary>{} <span class=\"s\">{} {} · {} children</span></summary>",
+        html(name),
+        html(t["id"].as_str().unwrap_or("")),
+        html(t["status"].as_str().unwrap_or("")),
+        children.len()
+    ));
+    for c in children {
+        tree_html(c, out);
+    }
+    if let Some(n) = t.get("children_not_shown") {
+        out.push_str(&format!("<p class=\"s\">{n} more not shown</p>"));
+    }
+    out.push_str("</details>");
 }
