@@ -760,6 +760,54 @@ async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
             common::eventually("the default tenant's", Duration::from_secs(20), || {
                 others("default") == 3979
             });
+            // A tenant's token lists the tenant's live sessions only.
+            let made: serde_json::Value = reqwest::Client::new()
+                .post(format!("http://{api}/api/v1/tenants/acme/tokens"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .expect("token")
+                .json()
+                .await
+                .expect("json");
+            let token = made["token"].as_str().expect("token").to_string();
+            let mut owned = {
+                let s = tokio::net::TcpSocket::new_v4().expect("socket");
+                s.bind("127.0.0.22:0".parse().expect("addr")).expect("bind");
+                s.connect(server.tcp).await.expect("connect")
+            };
+            owned.write_all(&file).await.expect("owned");
+            let mut stranger = tokio::net::TcpStream::connect(server.tcp)
+                .await
+                .expect("connect");
+            stranger.write_all(&file).await.expect("stranger");
+            let mut seen = Vec::new();
+            for _ in 0..100 {
+                let list: serde_json::Value = reqwest::Client::new()
+                    .get(format!("http://{api}/api/v1/tenants/acme/sessions"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("sessions")
+                    .json()
+                    .await
+                    .expect("json");
+                seen = list["sessions"].as_array().cloned().unwrap_or_default();
+                if seen.iter().any(|s| {
+                    s["session"]
+                        .as_str()
+                        .is_some_and(|n| n.contains("127.0.0.22"))
+                }) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(!seen.is_empty());
+            assert!(
+                seen.iter().all(|s| s["stats"]["tenant"] == "acme"),
+                "only acme's sessions: {seen:?}"
+            );
+            drop((owned, stranger));
         }
     }
 }

@@ -92,6 +92,14 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .and(warp::get())
         .and(admin(ctx.clone()))
         .and_then(cluster);
+    let tenant_sessions = super::tenants::access(ctx.clone(), "sessions")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and_then(|tenant: String, ctx: Ctx| async move {
+            let mut list = cluster_sessions(&ctx).await?;
+            list.sessions.retain(|s| s.stats.tenant == tenant);
+            Ok::<_, Rejection>(warp::reply::json(&list).into_response())
+        });
     let actors = warp::path!("debug" / "actors")
         .and(warp::get())
         .and(admin(ctx.clone()))
@@ -110,6 +118,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(cluster.map(Reply::into_response))
         .unify()
         .or(actors)
+        .unify()
+        .or(tenant_sessions)
         .unify()
         .or(tenants)
         .unify()
@@ -309,17 +319,21 @@ async fn metrics(ctx: Ctx) -> warp::reply::Response {
 
 /// Every exporter session of the cluster, with its statistics.
 async fn sessions(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
+    let list = cluster_sessions(&ctx).await?;
+    Ok(warp::reply::json(&list).into_response())
+}
+
+async fn cluster_sessions(ctx: &Ctx) -> Result<crate::actors::directory::SessionList, Rejection> {
     let Some(d) = local::<DirectoryMsg>(DIRECTORY_NAME) else {
         return Err(problem::reject(Problem::unavailable(
             "the session directory is restarting".into(),
         )));
     };
-    match ractor::call_t!(d, DirectoryMsg::ListCluster, timeout_ms(&ctx)) {
-        Ok(list) => Ok(warp::reply::json(&list).into_response()),
-        Err(e) => Err(problem::reject(Problem::unavailable(format!(
+    ractor::call_t!(d, DirectoryMsg::ListCluster, timeout_ms(ctx)).map_err(|e| {
+        problem::reject(Problem::unavailable(format!(
             "listing the cluster's sessions: {e}"
-        )))),
-    }
+        )))
+    })
 }
 
 /// Every node's view of the cluster (its peers, seeds and last errors), asked through the

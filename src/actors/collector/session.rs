@@ -373,6 +373,7 @@ impl Actor for ExporterSession {
             }
             SessionMsg::GetStats(reply) => {
                 let mut stats = state.core.stats.clone();
+                stats.tenant = state.tenant.clone();
                 if let Some(q) = &state.udp_queue {
                     stats.dropped_datagrams = q.dropped.load(Ordering::Relaxed);
                 }

@@ -28,6 +28,8 @@ pub struct SessionLimits {
 /// What a session has seen; the API shows it.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SessionStats {
+    /// The tenant that owns the session's exporter (filled in when the stats are asked for).
+    pub tenant: String,
     pub messages: u64,
     pub bytes: u64,
     pub data_records: u64,
