@@ -100,18 +100,6 @@ impl RedisConn {
         .await
     }
 
-    /// A pipeline's answers, one per command.
-    pub async fn query_pipe_values<T: redis::FromRedisValue>(
-        &self,
-        what: &str,
-        pipe: &redis::Pipeline,
-    ) -> Result<Vec<T>, StoreError> {
-        self.attempt(what, |mut c| async move {
-            pipe.query_async::<Vec<T>>(&mut c).await
-        })
-        .await
-    }
-
     /// An atomic pipeline whose answers are ignored.
     pub async fn query_pipe(&self, what: &str, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         self.attempt(

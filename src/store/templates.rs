@@ -609,10 +609,7 @@ impl RedisTemplates {
                 cmd.arg(a.as_slice());
             }
         }
-        let wrote: Vec<i64> = self
-            .conn
-            .query_pipe_values("store templates", &pipe)
-            .await?;
+        let wrote: Vec<i64> = self.conn.query_pipe_as("store templates", &pipe).await?;
         let wrote: Vec<bool> = wrote.into_iter().map(|w| w == 1).collect();
         // Redefinitions that were written: other nodes drop their copies, in one more trip.
         let mut publish = redis::pipe();
