@@ -811,3 +811,102 @@ async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_answers_for_a_job_submitted_on_another() {
+    let redis = common::redis_server::RedisServer::start();
+    let url = redis.url();
+    // Two nodes sharing Redis and storage.dir (a shared volume in Kubernetes), one admin token.
+    let shared = storage("two-nodes");
+    let shared_s = shared.display().to_string();
+    let token = "an-operator-token-from-a-secret";
+    let env = |name: &'static str| {
+        vec![
+            ("IPFIXSVC__NODE__NAME", name),
+            ("IPFIXSVC__NODE__ROLES", "collector,api,jobs"),
+            ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+            ("IPFIXSVC__API__ADMIN_TOKEN", token),
+            ("IPFIXSVC__STORAGE__DIR", shared_s.as_str()),
+            ("IPFIXSVC__REDIS__URL", url.as_str()),
+        ]
+    };
+    let a = Server::start("node-a", &env("node-a"));
+    let b = Server::start("node-b", &env("node-b"));
+    let (api_a, api_b) = (api_addr(&a), api_addr(&b));
+    let http = reqwest::Client::new();
+    // The tenant is made on A and known on B.
+    let r = http
+        .post(format!("http://{api_a}/api/v1/tenants"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"id": "acme"}))
+        .send()
+        .await
+        .expect("tenant");
+    assert_eq!(r.status(), 201);
+    let capture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/traffic/dns.pcap"
+    );
+    let r = http
+        .post(format!(
+            "http://{api_a}/api/v1/tenants/acme/jobs/pcap-conversion"
+        ))
+        .bearer_auth(token)
+        .body(std::fs::read(capture).expect("capture"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 202);
+    let job: serde_json::Value = r.json().await.expect("json");
+    let id = job["id"].as_str().expect("id").to_string();
+    let on_b = format!("http://{api_b}/api/v1/tenants/acme/jobs/{id}");
+    let mut state = String::new();
+    for _ in 0..200 {
+        let r: serde_json::Value = http
+            .get(&on_b)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get on B")
+            .json()
+            .await
+            .expect("json");
+        state = r["state"].as_str().unwrap_or_default().to_string();
+        if state == "succeeded" {
+            assert_eq!(r["node"], "node-a", "run by A, read through B");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "succeeded");
+    let on_a = http
+        .get(format!(
+            "http://{api_a}/api/v1/tenants/acme/jobs/{id}/result"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("result on A")
+        .bytes()
+        .await
+        .expect("bytes");
+    let via_b = http
+        .get(format!("{on_b}/result"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("result on B");
+    assert_eq!(via_b.status(), 200);
+    assert!(via_b.bytes().await.expect("bytes") == on_a, "the same file");
+    problem(
+        http.delete(&on_b)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("cancel on B"),
+        409,
+    )
+    .await;
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&shared);
+}
