@@ -126,24 +126,14 @@ pub struct CacheHandle {
 impl CacheHandle {
     /// Sends a session's message; false when it was dropped (queue full, or no cache running).
     pub fn send(&self, msg: CacheMsg) -> bool {
-        if self.waiting.load(Ordering::Relaxed) >= MAX_WAITING {
+        let sent = self.waiting.load(Ordering::Relaxed) < MAX_WAITING && self.force(msg);
+        if !sent {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
         }
-        let Some(cell) = ractor::registry::where_is(TEMPLATE_CACHE) else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        };
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        if ActorRef::<CacheMsg>::from(cell).cast(msg).is_err() {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+        sent
     }
 
-    /// Sends past the bound (a message that stands for many).
+    /// Sends past the bound (a message that stands for many); false when no cache runs.
     fn force(&self, msg: CacheMsg) -> bool {
         let Some(cell) = ractor::registry::where_is(TEMPLATE_CACHE) else {
             return false;
@@ -345,17 +335,7 @@ impl Actor for TemplateCache {
                 tracing::warn!(
                     "template invalidations arrive faster than they are applied: local copies dropped"
                 );
-                let keep: Vec<TemplateKey> = state.learned_while_down.keys().cloned().collect();
-                let all: Vec<TemplateKey> = state
-                    .local
-                    .keys()
-                    .filter(|k| !keep.contains(k))
-                    .cloned()
-                    .collect();
-                for k in all {
-                    state.forget(&k);
-                }
-                state.misses.clear();
+                state.forget_what_others_may_have_changed();
             }
             CacheMsg::Invalidate(inv) => {
                 state.handle.taken();
@@ -437,6 +417,21 @@ impl CacheState {
             self.bytes = self.bytes.saturating_sub(stored_cost(&old.template));
         }
         self.bound();
+    }
+
+    /// Drops every local copy but the changes not yet written, and every remembered miss:
+    /// lookups go to the store again (after missed invalidations).
+    fn forget_what_others_may_have_changed(&mut self) {
+        let stale: Vec<TemplateKey> = self
+            .local
+            .keys()
+            .filter(|k| !self.learned_while_down.contains_key(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.forget(&k);
+        }
+        self.misses.clear();
     }
 
     fn forget(&mut self, key: &TemplateKey) -> Option<Entry> {
@@ -775,16 +770,7 @@ impl CacheState {
         self.healthy = true;
         // What other nodes published while we were cut off was lost with the subscription:
         // forget local copies we did not learn ourselves, so lookups go to the store again.
-        let stale: Vec<TemplateKey> = self
-            .local
-            .keys()
-            .filter(|k| !self.learned_while_down.contains_key(k))
-            .cloned()
-            .collect();
-        for k in stale {
-            self.forget(&k);
-        }
-        self.misses.clear();
+        self.forget_what_others_may_have_changed();
         let (mut wrote, mut removed, mut superseded) = (0, 0, 0);
         // Stop at the first failure: the rest waits for the next probe instead of each key
         // waiting for its own timeout. A change another node made later wins: ours is dropped

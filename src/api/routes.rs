@@ -339,37 +339,37 @@ async fn cluster_sessions(ctx: &Ctx) -> Result<crate::actors::directory::Session
 /// Every node's view of the cluster (its peers, seeds and last errors), asked through the
 /// directories' process group; a node that does not answer in time is named as such.
 async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
+    let views = every_node(&ctx, DirectoryMsg::ClusterView).await;
+    Ok(warp::reply::json(&serde_json::json!({"node": ctx.node, "nodes": views})).into_response())
+}
+
+/// One JSON answer of every node, asked of each directory in the process group at once; a node
+/// that does not answer in time is named as such instead of holding up the others.
+async fn every_node(
+    ctx: &Ctx,
+    ask: fn(ractor::RpcReplyPort<crate::actors::directory::Json>) -> DirectoryMsg,
+) -> Vec<serde_json::Value> {
     let members = ractor::pg::get_members(&DIRECTORY_GROUP.to_string());
-    let ms = timeout_ms(&ctx);
-    let views = futures_util::future::join_all(members.into_iter().map(|m| async move {
+    let ms = timeout_ms(ctx);
+    futures_util::future::join_all(members.into_iter().map(|m| async move {
         let d: ActorRef<DirectoryMsg> = m.clone().into();
-        match ractor::call_t!(d, DirectoryMsg::ClusterView, ms) {
+        match ractor::call_t!(d, ask, ms) {
             Ok(json) => serde_json::from_str::<serde_json::Value>(&json.0)
                 .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
-            Err(e) => {
-                serde_json::json!({"directory": m.get_id().to_string(), "error": e.to_string()})
-            }
+            Err(e) => serde_json::json!({
+                "directory": m.get_id().to_string(),
+                "error": format!("no answer: {e}"),
+            }),
         }
     }))
-    .await;
-    Ok(warp::reply::json(&serde_json::json!({"node": ctx.node, "nodes": views})).into_response())
+    .await
 }
 
 /// Every node's supervision tree, asked through the directories' process group; a node that
 /// does not answer in time is named as such. JSON, or with `Accept: text/html` a page whose
 /// subtrees fold and which refreshes itself.
 async fn actors(ctx: Ctx, accept: Option<String>) -> Result<warp::reply::Response, Rejection> {
-    let members = ractor::pg::get_members(&DIRECTORY_GROUP.to_string());
-    let ms = timeout_ms(&ctx);
-    let mut nodes = futures_util::future::join_all(members.into_iter().map(|m| async move {
-        let d: ActorRef<DirectoryMsg> = m.clone().into();
-        match ractor::call_t!(d, DirectoryMsg::ActorTree, ms) {
-            Ok(json) => serde_json::from_str::<serde_json::Value>(&json.0)
-                .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
-            Err(e) => serde_json::json!({"directory": m.get_id().to_string(), "error": format!("no answer: {e}")}),
-        }
-    }))
-    .await;
+    let mut nodes = every_node(&ctx, DirectoryMsg::ActorTree).await;
     nodes.sort_by_key(|n| n["node"].as_str().unwrap_or_default().to_string());
     if accept.is_some_and(|a| a.contains("text/html")) {
         let mut page = String::from(

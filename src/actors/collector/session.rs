@@ -503,16 +503,7 @@ impl SessionState {
         {
             return;
         }
-        let port = self.shared_port();
         let Some(cache) = &self.cache else { return };
-        let key = |domain: u32, template_id: u16| TemplateKey {
-            tenant: self.tenant.clone(),
-            transport: self.transport,
-            exporter: self.peer.ip(),
-            port,
-            domain,
-            template_id,
-        };
         let now = Instant::now();
         let mut withdrawn_all: Vec<(u32, TemplateKind)> = Vec::new();
         for d in decoded {
@@ -536,7 +527,7 @@ impl SessionState {
                             continue;
                         }
                         cache.send(CacheMsg::Learned(
-                            key(domain, t.id),
+                            self.key(domain, t.id),
                             t.clone(),
                             self.me.clone(),
                         ));
@@ -550,7 +541,7 @@ impl SessionState {
                         if self.shared.remove(&(domain, *id)).is_some()
                             && self.budget.allow(now, &mut self.core.stats)
                         {
-                            cache.send(CacheMsg::Withdrawn(key(domain, *id), *kind));
+                            cache.send(CacheMsg::Withdrawn(self.key(domain, *id), *kind));
                         }
                     }
                     // The cache (and the store) know which of the exporter's templates are of that
@@ -563,7 +554,7 @@ impl SessionState {
                         withdrawn_all.push((domain, *kind));
                         self.shared.retain(|(d, _), _| *d != domain);
                         if self.budget.allow(now, &mut self.core.stats) {
-                            cache.send(CacheMsg::WithdrawnAll(key(domain, 0), *kind));
+                            cache.send(CacheMsg::WithdrawnAll(self.key(domain, 0), *kind));
                         }
                     }
                 }
@@ -596,7 +587,7 @@ impl SessionState {
                 self.asked.insert(k, now);
                 asked_now += 1;
                 cache.send(CacheMsg::Lookup(
-                    key(domain, m.template_id),
+                    self.key(domain, m.template_id),
                     self.me.clone(),
                 ));
             }
