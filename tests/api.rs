@@ -9,6 +9,22 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// GET `url` with a bearer token; the JSON answer.
+async fn get_json(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json")
+}
+
 fn api_addr(server: &Server) -> SocketAddr {
     let lines = server.wait_log("API listening", 1, Duration::from_secs(20));
     lines
@@ -138,15 +154,8 @@ async fn health_readiness_metrics_and_the_admin_routes() {
     exporter.write_all(&file).await.expect("send");
     let mut records = 0;
     for _ in 0..100 {
-        let list: serde_json::Value = http
-            .get(format!("{base}/api/v1/sessions"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("sessions")
-            .json()
-            .await
-            .expect("json");
+        let list: serde_json::Value =
+            get_json(&http, format!("{base}/api/v1/sessions"), &token).await;
         records = list["sessions"]
             .as_array()
             .and_then(|s| s.first())
@@ -158,15 +167,8 @@ async fn health_readiness_metrics_and_the_admin_routes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(records, 3979, "the live session and its records");
-    let cluster: serde_json::Value = http
-        .get(format!("{base}/api/v1/cluster"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("cluster")
-        .json()
-        .await
-        .expect("json");
+    let cluster: serde_json::Value =
+        get_json(&http, format!("{base}/api/v1/cluster"), &token).await;
     assert_eq!(
         cluster["nodes"].as_array().map(Vec::len),
         Some(1),
@@ -189,15 +191,7 @@ async fn health_readiness_metrics_and_the_admin_routes() {
     assert!(metrics.contains("ipfixsvc_http_requests_total{"));
 
     // The actor tree: JSON by default, a folding page for a browser.
-    let tree: serde_json::Value = http
-        .get(format!("{base}/debug/actors"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("actors")
-        .json()
-        .await
-        .expect("json");
+    let tree: serde_json::Value = get_json(&http, format!("{base}/debug/actors"), &token).await;
     let root = &tree["nodes"][0]["tree"];
     assert_eq!(root["name"], "node", "{tree}");
     let names: Vec<&str> = root["children"]
@@ -335,15 +329,7 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
     // Poll until it ends.
     let mut state = String::new();
     for _ in 0..200 {
-        let r: serde_json::Value = http
-            .get(format!("http://{api}{location}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let r: serde_json::Value = get_json(&http, format!("http://{api}{location}"), &token).await;
         state = r["state"].as_str().unwrap_or_default().to_string();
         if state == "succeeded" || state == "failed" {
             break;
@@ -389,15 +375,7 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
     assert_eq!(part.status(), 206);
     assert_eq!(part.bytes().await.expect("bytes")[..], expected[..16]);
     // Listed, newest first; cancelling an ended job is a conflict.
-    let list: serde_json::Value = http
-        .get(&base)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list: serde_json::Value = get_json(&http, &base, &token).await;
     assert_eq!(list["jobs"][0]["id"], id.as_str());
     problem(
         http.delete(format!("{base}/{id}"))
@@ -594,15 +572,7 @@ async fn tenants_and_their_tokens() {
         .await
         .expect("patch");
     assert_eq!(r.status(), 200);
-    let list: serde_json::Value = http
-        .get(format!("{v1}/tenants"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list: serde_json::Value = get_json(&http, format!("{v1}/tenants"), &admin).await;
     assert_eq!(list["tenants"][0]["name"], "ACME Corp");
     assert_eq!(list["tenants"].as_array().map(Vec::len), Some(2));
 
@@ -862,15 +832,7 @@ async fn any_node_answers_for_a_job_submitted_on_another() {
     let on_b = format!("http://{api_b}/api/v1/tenants/acme/jobs/{id}");
     let mut state = String::new();
     for _ in 0..200 {
-        let r: serde_json::Value = http
-            .get(&on_b)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("get on B")
-            .json()
-            .await
-            .expect("json");
+        let r: serde_json::Value = get_json(&http, &on_b, token).await;
         state = r["state"].as_str().unwrap_or_default().to_string();
         if state == "succeeded" {
             assert_eq!(r["node"], "node-a", "run by A, read through B");
