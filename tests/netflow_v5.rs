@@ -14,19 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{tool} is not installed: ./scripts/test installs it (Debian package)"
-    );
-}
-
 /// One record as a map from our NDJSON keys to values, as both sides are compared.
 type Record = BTreeMap<String, J>;
 
@@ -187,7 +174,7 @@ fn dump_matches_tshark(capture: &Path, port: u16) -> usize {
 
 #[test]
 fn router_capture_dump_matches_tshark() {
-    need("tshark");
+    common::need("tshark");
     let capture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/ipfix/akvorado/nfv5.pcap");
     assert_eq!(dump_matches_tshark(&capture, 9990), 29);
@@ -196,7 +183,7 @@ fn router_capture_dump_matches_tshark() {
 #[test]
 fn softflowd_v5_export_is_decoded_as_tshark_does_and_collected_without_loss() {
     for tool in ["softflowd", "tcpdump", "tshark"] {
-        need(tool);
+        common::need(tool);
     }
     // A short idle timeout, so each exporter's session ends (and logs its loss) soon.
     let server = Server::start(
@@ -206,20 +193,7 @@ fn softflowd_v5_export_is_decoded_as_tshark_does_and_collected_without_loss() {
     let port = server.udp.port();
     let dir = server.out.parent().expect("dir").to_path_buf();
     let capture = dir.join("sent.pcap");
-    let mut tcpdump = Command::new("tcpdump")
-        // Immediate mode: packets reach the file as they come, not when a buffer block fills.
-        .args(["-i", "lo", "--immediate-mode", "-U", "-Z", "root", "-w"])
-        .arg(&capture)
-        .arg(format!("udp port {port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    // tcpdump says "listening on lo" once it captures.
-    let mut err = tcpdump.stderr.take().expect("stderr");
-    let mut buf = [0u8; 256];
-    let _ = std::io::Read::read(&mut err, &mut buf);
-    std::thread::sleep(Duration::from_millis(1000));
+    let mut tcpdump = common::tcpdump(&capture, &format!("udp port {port}"));
     let inputs = common::traffic_captures();
     for pcap in &inputs {
         // softflowd can hang after end of file with some control socket paths: a short one, and

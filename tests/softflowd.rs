@@ -14,19 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{tool} is not installed: ./scripts/test installs it (Debian package)"
-    );
-}
-
 /// One flow as a comparable line.
 type Flow = String;
 
@@ -178,7 +165,7 @@ fn our_flows(records: &[String]) -> Vec<Flow> {
 #[test]
 fn softflowd_exports_match_tshark() {
     for tool in ["softflowd", "tcpdump", "tshark"] {
-        need(tool);
+        common::need(tool);
     }
     let files = common::traffic_captures();
     let server = Server::start("softflowd", &[]);
@@ -189,20 +176,7 @@ fn softflowd_exports_match_tshark() {
     let mut padding = 0;
     for (n, pcap) in files.iter().enumerate() {
         let capture = dir.join(format!("sent-{n}.pcap"));
-        let mut tcpdump = Command::new("tcpdump")
-            // Immediate mode: packets reach the file as they come, not when a buffer block fills.
-            .args(["-i", "lo", "--immediate-mode", "-U", "-Z", "root", "-w"])
-            .arg(&capture)
-            .arg(format!("tcp port {port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
-        // tcpdump says "listening on lo" once it captures.
-        let mut err = tcpdump.stderr.take().expect("stderr");
-        let mut buf = [0u8; 256];
-        let _ = std::io::Read::read(&mut err, &mut buf);
-        std::thread::sleep(Duration::from_millis(1000));
+        let mut tcpdump = common::tcpdump(&capture, &format!("tcp port {port}"));
         // softflowd can hang after end of file with some control socket paths: a short one, and
         // always a timeout (TOOLS.md).
         let status = Command::new("timeout")

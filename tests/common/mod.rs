@@ -154,3 +154,36 @@ pub fn traffic_captures() -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// Fails the test with a clear line when a tool the test drives is not installed.
+pub fn need(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is not installed: ./scripts/test installs it (Debian package)"
+    );
+}
+
+/// tcpdump recording loopback traffic that matches `filter` into `capture`, once it listens.
+pub fn tcpdump(capture: &std::path::Path, filter: &str) -> Child {
+    let mut tcpdump = Command::new("tcpdump")
+        // Immediate mode: packets reach the file as they come, not when a buffer block fills.
+        .args(["-i", "lo", "--immediate-mode", "-U", "-Z", "root", "-w"])
+        .arg(capture)
+        .arg(filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    // tcpdump says "listening on lo" once it captures.
+    let mut err = tcpdump.stderr.take().expect("stderr");
+    let mut buf = [0u8; 256];
+    let _ = std::io::Read::read(&mut err, &mut buf);
+    std::thread::sleep(Duration::from_millis(1000));
+    tcpdump
+}
