@@ -778,8 +778,123 @@ async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
                 "only acme's sessions: {seen:?}"
             );
             drop((owned, stranger));
+            templates_are_the_tenants_own(&api, &admin, &token).await;
         }
     }
+}
+
+/// Template ids and their field counts as tshark reads them from the example file.
+fn tshark_templates() -> Vec<(u64, usize)> {
+    common::need("tshark");
+    let out = std::process::Command::new("tshark")
+        .args([
+            "-r",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shared/testdata/ipfix/example_flows.ipfix"
+            ),
+        ])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "cflow.template_id",
+            "-e",
+            "cflow.template_field_count",
+        ])
+        .output()
+        .expect("tshark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = Vec::new();
+    for line in text.lines() {
+        let mut cols = line.split('\t');
+        let (Some(ids), Some(counts)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        for (id, n) in ids.split(',').zip(counts.split(',')) {
+            if let (Ok(id), Ok(n)) = (id.parse(), n.parse()) {
+                seen.push((id, n));
+            }
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+/// `GET /tenants/{t}/templates`: acme's exporters with their templates as tshark reads them,
+/// nothing of the default tenant's; another tenant's token gets 404.
+async fn templates_are_the_tenants_own(api: &SocketAddr, admin: &str, token: &str) {
+    let http = reqwest::Client::new();
+    let v1 = format!("http://{api}/api/v1");
+    let list = get_json(&http, format!("{v1}/tenants/acme/templates"), token).await;
+    assert_eq!(list["tenant"], "acme");
+    assert_eq!(list["truncated"], false);
+    let exporters = list["exporters"].as_array().expect("exporters");
+    let mut addrs: Vec<&str> = exporters
+        .iter()
+        .filter_map(|e| e["exporter"].as_str())
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, ["127.0.0.21", "127.0.0.22"], "{list}");
+    let expected = tshark_templates();
+    assert!(!expected.is_empty());
+    for e in exporters {
+        assert_eq!(e["transport"], "tcp");
+        assert_eq!(e["port"], 0);
+        let domains = e["domains"].as_array().expect("domains");
+        assert_eq!(domains.len(), 1);
+        assert_eq!(domains[0]["domain"], 6);
+        let got: Vec<(u64, usize)> = domains[0]["templates"]
+            .as_array()
+            .expect("templates")
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_u64().unwrap_or(0),
+                    t["fields"].as_array().map_or(0, Vec::len),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+        let first = &domains[0]["templates"][0];
+        assert_eq!(first["kind"], "data");
+        assert!(
+            first["fields"]
+                .as_array()
+                .expect("fields")
+                .iter()
+                .all(|f| f["name"].as_str().is_some_and(|n| !n.is_empty()))
+        );
+    }
+    // Another tenant sees its own (none), and acme's are not found for it.
+    let r = http
+        .post(format!("{v1}/tenants"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"id": "globex"}))
+        .send()
+        .await
+        .expect("tenant");
+    assert_eq!(r.status(), 201);
+    let made = http
+        .post(format!("{v1}/tenants/globex/tokens"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .expect("token");
+    let made: serde_json::Value = made.json().await.expect("json");
+    let globex = made["token"].as_str().expect("token");
+    let own = get_json(&http, format!("{v1}/tenants/globex/templates"), globex).await;
+    assert_eq!(own["exporters"], serde_json::json!([]));
+    problem(
+        http.get(format!("{v1}/tenants/acme/templates"))
+            .bearer_auth(globex)
+            .send()
+            .await
+            .expect("other"),
+        404,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,6 +229,39 @@ async fn expires(store: &TemplateStore) {
     );
 }
 
+/// A tenant's listing: every exporter (IPv6 ones too), transport and domain of that tenant, none
+/// of another's, in order, and cut at the bound it is given.
+async fn lists_a_tenants_templates(store: &TemplateStore) {
+    let v6 = TemplateKey {
+        tenant: "acme".into(),
+        transport: Transport::Udp,
+        exporter: "2001:db8::7".parse().expect("v6"),
+        port: 4739,
+        domain: 3,
+        template_id: 260,
+    };
+    let v4 = TemplateKey {
+        tenant: "acme".into(),
+        ..key(256)
+    };
+    for k in [&v6, &v4, &key(256), &scope("acme-two", 1)] {
+        store
+            .put(k, &value(k.template_id, TemplateKind::Data))
+            .await
+            .expect("put");
+    }
+    let (listed, more) = store.tenant("acme", 10).await.expect("tenant");
+    let keys: Vec<&TemplateKey> = listed.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, [&v4, &v6], "acme's only, sorted by scope");
+    assert!(!more);
+    assert_eq!(listed[1].1, value(260, TemplateKind::Data));
+    let (cut, more) = store.tenant("acme", 1).await.expect("tenant");
+    assert_eq!(cut.len(), 1);
+    assert!(more, "a cut listing says so");
+    let (none, _) = store.tenant("nobody", 10).await.expect("tenant");
+    assert!(none.is_empty());
+}
+
 #[tokio::test]
 async fn memory_and_redis_stores_behave_alike() {
     let redis = RedisServer::start();
@@ -241,6 +274,7 @@ async fn memory_and_redis_stores_behave_alike() {
         behaves(s).await;
         late_resync_loses_to_a_later_change(s).await;
         batched_writes_follow_the_same_rule(s).await;
+        lists_a_tenants_templates(s).await;
     }
     for s in &stores {
         expires(s).await;

@@ -279,6 +279,7 @@ impl Actor for NodeSupervisor {
                 requests: Default::default(),
                 storage: PathBuf::from(&args.settings.storage.dir),
                 max_upload: a.max_upload_bytes,
+                registry: args.registry.clone(),
             };
             let api = Restartable::Api(ApiArgs {
                 listen: a.listen.clone(),

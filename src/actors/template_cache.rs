@@ -89,6 +89,19 @@ pub enum CacheMsg {
     /// Own timer: write the definitions that waited.
     Flush,
     Status(RpcReplyPort<CacheStatus>),
+    /// A tenant's templates as the store holds them (for the API), at most `TENANT_TEMPLATES`.
+    Tenant(String, RpcReplyPort<Result<TenantTemplates, String>>),
+}
+
+/// Templates one answer lists at most: a bound on what a tenant with many exporters costs a
+/// request.
+pub const TENANT_TEMPLATES: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct TenantTemplates {
+    pub templates: Vec<(TemplateKey, StoredTemplate)>,
+    /// There were more than `TENANT_TEMPLATES`.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -345,6 +358,21 @@ impl Actor for TemplateCache {
                     state.misses.remove(&key);
                     state.forget(&key);
                 }
+            }
+            CacheMsg::Tenant(tenant, reply) => {
+                // The store may be slow or away: the cache goes on serving sessions meanwhile.
+                let store = state.store.clone();
+                tokio::spawn(async move {
+                    let listed = store
+                        .tenant(&tenant, TENANT_TEMPLATES)
+                        .await
+                        .map(|(templates, truncated)| TenantTemplates {
+                            templates,
+                            truncated,
+                        })
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(listed);
+                });
             }
             CacheMsg::Probe => state.probe().await,
             CacheMsg::Flush => state.flush().await,

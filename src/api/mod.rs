@@ -11,6 +11,7 @@ pub mod auth;
 pub mod jobs;
 pub mod problem;
 pub mod routes;
+pub mod templates;
 pub mod tenants;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};

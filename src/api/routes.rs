@@ -30,6 +30,8 @@ pub struct Ctx {
     /// `storage.dir`: uploads and job results.
     pub storage: std::path::PathBuf,
     pub max_upload: u64,
+    /// Names the fields of templates.
+    pub registry: Arc<crate::wire::registry::Registry>,
 }
 
 /// HTTP requests answered, by status class (for `/metrics`).
@@ -107,6 +109,7 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .and_then(actors);
     let jobs = super::jobs::routes(ctx.clone(), ctx.storage.clone(), ctx.max_upload);
     let tenants = super::tenants::routes(ctx.clone());
+    let templates = super::templates::routes(ctx.clone());
     healthz
         .map(Reply::into_response)
         .or(readyz.map(Reply::into_response))
@@ -124,6 +127,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(tenants)
         .unify()
         .or(jobs)
+        .unify()
+        .or(templates)
         .unify()
 }
 

@@ -88,6 +88,28 @@ impl TemplateKey {
         self.redis_scope("ipfix:tplids")
     }
 
+    /// The scope (template id 0) named by an index set's name: the inverse of `redis_index`.
+    /// The exporter is split off from the right, since an IPv6 address holds colons.
+    fn from_redis_index(name: &str) -> Option<TemplateKey> {
+        let rest = name.strip_prefix("ipfix:tplids:")?;
+        let (tenant, rest) = rest.split_once(':')?;
+        let (transport, rest) = rest.split_once(':')?;
+        let (rest, domain) = rest.rsplit_once(':')?;
+        let (exporter, port) = rest.rsplit_once(':')?;
+        Some(TemplateKey {
+            tenant: tenant.to_string(),
+            transport: match transport {
+                "tcp" => Transport::Tcp,
+                "udp" => Transport::Udp,
+                _ => return None,
+            },
+            exporter: exporter.parse().ok()?,
+            port: port.parse().ok()?,
+            domain: domain.parse().ok()?,
+            template_id: 0,
+        })
+    }
+
     fn redis_version(&self) -> String {
         format!("{}:{}", self.redis_scope("ipfix:tplver"), self.template_id)
     }
@@ -410,6 +432,32 @@ impl TemplateStore {
             TemplateStore::Redis(r) => r.list(scope).await,
         }
     }
+
+    /// A tenant's templates, of every exporter, transport and Observation Domain, sorted by
+    /// scope and id; at most `max` of them, and whether there were more.
+    pub async fn tenant(
+        &self,
+        tenant: &str,
+        max: usize,
+    ) -> Result<(Vec<(TemplateKey, StoredTemplate)>, bool), StoreError> {
+        let mut all = match self {
+            TemplateStore::Memory(m) => {
+                let now = Instant::now();
+                let map = m.lock();
+                map.entries
+                    .iter()
+                    .filter(|(k, (_, expiry))| k.tenant == tenant && *expiry > now)
+                    .take(max + 1)
+                    .map(|(k, (t, _))| (k.clone(), t.clone()))
+                    .collect::<Vec<_>>()
+            }
+            TemplateStore::Redis(r) => r.tenant(tenant, max + 1).await?,
+        };
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = all.len() > max;
+        all.truncate(max);
+        Ok((all, more))
+    }
 }
 
 /// Versions (last-change times) the memory store keeps at most.
@@ -707,6 +755,57 @@ impl RedisTemplates {
         out.sort_by_key(|(k, _)| k.template_id);
         Ok(out)
     }
+
+    /// Finds the tenant's scopes by their index sets (SCAN, so Redis is never blocked by one
+    /// long KEYS), then lists each, stopping at `max` templates.
+    async fn tenant(
+        &self,
+        tenant: &str,
+        max: usize,
+    ) -> Result<Vec<(TemplateKey, StoredTemplate)>, StoreError> {
+        let pattern = format!("ipfix:tplids:{}:*", glob_escape(tenant));
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, names): (u64, Vec<String>) = self.query("find templates", &cmd).await?;
+            for name in names {
+                // A name this version did not write is skipped, not an error.
+                let Some(scope) = TemplateKey::from_redis_index(&name) else {
+                    continue;
+                };
+                if scope.tenant != tenant {
+                    continue;
+                }
+                out.extend(self.list(&scope).await?);
+                if out.len() >= max {
+                    out.truncate(max);
+                    return Ok(out);
+                }
+            }
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// `s` matched literally by a Redis glob pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -785,6 +884,21 @@ mod tests {
                 prop_assert_eq!(map.bytes, counted);
                 prop_assert!(map.bytes <= 20_000);
             }
+        }
+
+        #[test]
+        fn index_names_give_back_their_scope(tenant in "[a-z0-9-]{1,63}", udp in any::<bool>(), v6 in any::<bool>(), a in any::<u128>(), port in any::<u16>(), domain in any::<u32>()) {
+            let exporter: IpAddr = if v6 { std::net::Ipv6Addr::from(a).into() } else { std::net::Ipv4Addr::from(a as u32).into() };
+            let scope = TemplateKey {
+                tenant,
+                transport: if udp { Transport::Udp } else { Transport::Tcp },
+                exporter,
+                port,
+                domain,
+                template_id: 0,
+            };
+            let with_id = TemplateKey { template_id: 300, ..scope.clone() };
+            prop_assert_eq!(TemplateKey::from_redis_index(&with_id.redis_index()), Some(scope));
         }
 
         #[test]
