@@ -665,6 +665,176 @@ async fn tenants_and_their_tokens() {
     .await;
 }
 
+/// A pcap of `packets` small UDP packets over 5,000 flows: big enough that converting it keeps
+/// a debug build's worker busy for seconds (about 0.8M packets/s).
+fn big_capture(path: &std::path::Path, packets: u32) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("capture"));
+    f.write_all(&[
+        0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
+    ])
+    .expect("header");
+    for i in 0..packets {
+        let mut pkt = vec![0u8; 12];
+        pkt.extend_from_slice(&[0x08, 0x00]);
+        pkt.extend_from_slice(&[
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        let sport = 1024 + (i % 5000) as u16;
+        pkt.extend_from_slice(&sport.to_be_bytes());
+        pkt.extend_from_slice(&[0, 53, 0, 8, 0, 0]);
+        let len = pkt.len() as u32;
+        for v in [1_700_000_000 + i / 1000, (i % 1000) * 1000, len, len] {
+            f.write_all(&v.to_le_bytes()).expect("record");
+        }
+        f.write_all(&pkt).expect("packet");
+    }
+    f.flush().expect("flush");
+}
+
+/// Files under `dir` (not folders), recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_a_full_queue_answer_429_and_expired_jobs_leave_no_files() {
+    let (_server, api, dir) = start(
+        "quotas",
+        &[
+            ("IPFIXSVC__NODE__ROLES", "collector,api,jobs"),
+            ("IPFIXSVC__JOBS__WORKERS", "1"),
+            ("IPFIXSVC__JOBS__QUEUE", "0"),
+            ("IPFIXSVC__JOBS__RETENTION_SECS", "2"),
+        ],
+    );
+    let admin = std::fs::read_to_string(dir.join("admin-token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    let http = reqwest::Client::new();
+    let v1 = format!("http://{api}/api/v1");
+    for (id, quotas) in [
+        ("acme", serde_json::json!({"max_jobs": 1})),
+        ("globex", serde_json::json!({})),
+        ("tiny", serde_json::json!({"upload_bytes": 1000})),
+    ] {
+        let r = http
+            .post(format!("{v1}/tenants"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"id": id, "quotas": quotas}))
+            .send()
+            .await
+            .expect("tenant");
+        assert_eq!(r.status(), 201, "{id}");
+    }
+    let small = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/traffic/http.pcap"
+    ))
+    .expect("capture");
+    let submit = |tenant: &str, body: Vec<u8>| {
+        http.post(format!("{v1}/tenants/{tenant}/jobs/pcap-conversion"))
+            .bearer_auth(&admin)
+            .body(body)
+            .send()
+    };
+    // acme's big job takes the only worker.
+    let big = dir.join("big.pcap");
+    big_capture(&big, 2_000_000);
+    let r = submit("acme", std::fs::read(&big).expect("big"))
+        .await
+        .expect("big upload");
+    assert_eq!(r.status(), 202);
+    let job: serde_json::Value = r.json().await.expect("record");
+    let big_id = job["id"].as_str().expect("id").to_string();
+    let state = get_json(&http, format!("{v1}/tenants/acme/jobs/{big_id}"), &admin).await;
+    assert_eq!(state["state"], "running", "{state}");
+    // acme is at its quota of one job; globex is not, but the queue is full.
+    let r = submit("acme", small.clone()).await.expect("acme again");
+    assert!(r.headers().get("retry-after").is_some());
+    let p = problem(r, 429).await;
+    assert!(
+        p["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/quota-jobs")),
+        "{p}"
+    );
+    let r = submit("globex", small.clone()).await.expect("globex");
+    assert!(r.headers().get("retry-after").is_some());
+    let p = problem(r, 429).await;
+    assert!(
+        p["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/queue-full")),
+        "{p}"
+    );
+    // tiny may keep 1,000 bytes of uploads: 413, naming the quota, nothing left on disk.
+    let p = problem(
+        submit("tiny", small[..4096].to_vec()).await.expect("tiny"),
+        413,
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("quotas.upload_bytes")),
+        "{p}"
+    );
+    assert!(files_under(&dir.join("uploads").join("tiny")).is_empty());
+    // Cancelled, the worker is free again.
+    let r = http
+        .delete(format!("{v1}/tenants/acme/jobs/{big_id}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("cancel");
+    assert!([200, 202].contains(&r.status().as_u16()), "{}", r.status());
+    let mut done = serde_json::Value::Null;
+    for _ in 0..200 {
+        done = get_json(&http, format!("{v1}/tenants/acme/jobs/{big_id}"), &admin).await;
+        if done["state"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(done["state"], "cancelled");
+    let r = submit("globex", small.clone()).await.expect("globex");
+    assert_eq!(r.status(), 202);
+    let job: serde_json::Value = r.json().await.expect("record");
+    let small_id = job["id"].as_str().expect("id").to_string();
+    common::eventually("globex's job succeeded", Duration::from_secs(20), || {
+        dir.join("jobs").join(&small_id).join("result").exists()
+    });
+    assert!(!files_under(&dir.join("uploads")).is_empty());
+    // Their records expire after jobs.retention_secs; then their uploads and results go.
+    common::eventually(
+        "uploads and results removed",
+        Duration::from_secs(20),
+        || {
+            files_under(&dir.join("uploads")).is_empty()
+                && files_under(&dir.join("jobs")).is_empty()
+        },
+    );
+    problem(
+        http.get(format!("{v1}/tenants/globex/jobs/{small_id}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("expired"),
+        404,
+    )
+    .await;
+}
+
 /// Sends `file` from `source` to the collector and closes.
 async fn export_from(source: &str, to: SocketAddr, file: &[u8]) {
     let s = tokio::net::TcpSocket::new_v4().expect("socket");

@@ -254,10 +254,46 @@ async fn submit(
     dir: PathBuf,
     max_upload: u64,
 ) -> Result<warp::reply::Response, Rejection> {
+    // The tenant's quotas, checked before a byte is stored.
+    let quotas = super::tenants::tenant(&ctx, &tenant).await?.quotas;
+    let j = jobs()?;
+    let ms = ctx.timeout.as_millis() as u64;
+    let active = match ractor::call_t!(j, JobMsg::List, ms, tenant.clone()) {
+        Ok(Ok(all)) => all.iter().filter(|r| !r.state.is_final()).count(),
+        Ok(Err(e)) => return Err(unavailable("listing jobs", e)),
+        Err(e) => return Err(unavailable("asking the job supervisor", e)),
+    };
+    if active >= quotas.max_jobs as usize {
+        return Ok(too_many(
+            "quota-jobs",
+            "The tenant's job quota is used up",
+            format!(
+                "{active} jobs of tenant {tenant} are queued or running; its quota is {} (quotas.max_jobs)",
+                quotas.max_jobs
+            ),
+            RETRY_QUOTA,
+        ));
+    }
+    let stored = crate::actors::jobs::sweep::upload_bytes(&dir).await;
+    let left = quotas.upload_bytes.saturating_sub(stored);
+    let limit = if left < max_upload {
+        Limit {
+            bytes: left,
+            why: format!(
+                "tenant {tenant} keeps {stored} bytes of uploads; its quota is {} (quotas.upload_bytes)",
+                quotas.upload_bytes
+            ),
+        }
+    } else {
+        Limit {
+            bytes: max_upload,
+            why: format!("uploads are limited to {max_upload} bytes (api.max_upload_bytes)"),
+        }
+    };
     let name = uuid::Uuid::new_v4().simple().to_string();
     let part = dir.join(format!("{name}.part"));
     let mut guard = UploadGuard(Some(part.clone()));
-    let written = receive(body, &dir, &part, max_upload).await?;
+    let written = receive(body, &dir, &part, &limit).await?;
     let capture = dir.join(format!("{name}.pcap"));
     tokio::fs::rename(&part, &capture)
         .await
@@ -274,24 +310,16 @@ async fn submit(
         inputs: vec![capture.display().to_string()],
         options,
     };
-    let j = jobs()?;
-    let ms = ctx.timeout.as_millis() as u64;
     let id = match ractor::call_t!(j, JobMsg::Submit, ms, spec) {
         Ok(Ok(id)) => id,
         Ok(Err(SubmitError::QueueFull { retry_after })) => {
-            let p = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            let secs = retry_after.as_secs().max(1);
+            return Ok(too_many(
                 "queue-full",
                 "The job queue is full",
-                format!("retry in {} s", retry_after.as_secs().max(1)),
-            );
-            let mut r = p.into_response();
-            if let Ok(v) =
-                warp::http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
-            {
-                r.headers_mut().insert(warp::http::header::RETRY_AFTER, v);
-            }
-            return Ok(r);
+                format!("this node's job queue is full: retry in {secs} s"),
+                secs,
+            ));
         }
         Ok(Err(SubmitError::Draining)) => {
             return Err(unavailable("submitting", "this node is shutting down"));
@@ -318,13 +346,32 @@ async fn submit(
     Ok(resp)
 }
 
-/// Streams the body into `part`, counting bytes: past `max` it stops with 413 (chunked bodies
-/// have no length to check first). A body that does not start like a capture is refused.
+/// Seconds a tenant at its job quota is told to wait: about what a small conversion takes.
+const RETRY_QUOTA: u64 = 10;
+
+/// 429 with `Retry-After`.
+fn too_many(kind: &str, title: &'static str, detail: String, secs: u64) -> warp::reply::Response {
+    let mut r = Problem::new(StatusCode::TOO_MANY_REQUESTS, kind, title, detail).into_response();
+    r.headers_mut().insert(
+        warp::http::header::RETRY_AFTER,
+        warp::http::HeaderValue::from(secs),
+    );
+    r
+}
+
+/// The most an upload may hold, and which bound that is (for the 413's detail).
+struct Limit {
+    bytes: u64,
+    why: String,
+}
+
+/// Streams the body into `part`, counting bytes: past the limit it stops with 413 (chunked
+/// bodies have no length to check first). A body that does not start like a capture is refused.
 async fn receive(
     mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     dir: &Path,
     part: &Path,
-    max: u64,
+    limit: &Limit,
 ) -> Result<u64, Rejection> {
     tokio::fs::create_dir_all(dir)
         .await
@@ -347,12 +394,12 @@ async fn receive(
             let bytes = chunk.chunk();
             let n = bytes.len();
             written += n as u64;
-            if written > max {
+            if written > limit.bytes {
                 return Err(problem::reject(Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too-large",
                     "Upload too large",
-                    format!("uploads are limited to {max} bytes (api.max_upload_bytes)"),
+                    limit.why.clone(),
                 )));
             }
             if magic.len() < 4 {

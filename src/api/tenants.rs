@@ -99,6 +99,12 @@ pub fn access(
         .untuple_one()
 }
 
+/// A tenant as the store has it (for its quotas); 404 when it does not exist.
+pub(crate) async fn tenant(ctx: &Ctx, id: &str) -> Result<Tenant, Rejection> {
+    let found: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.to_string());
+    found.ok_or_else(|| no_tenant(id))
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {

@@ -17,7 +17,9 @@ use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// A tenant's limits; a request may give some and leave the others at their defaults.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Quotas {
     /// Jobs of the tenant queued or running at once.
     pub max_jobs: u32,

@@ -16,6 +16,7 @@
 pub mod conversion;
 pub mod directory;
 pub mod logic;
+pub mod sweep;
 
 use crate::store::StoreError;
 use crate::store::jobs::{JobId, JobProgress, JobRecord, JobSpec, JobState, JobStore};
@@ -80,6 +81,13 @@ pub enum JobMsg {
     Drain(RpcReplyPort<()>),
     Progress(JobId, JobProgress),
     Finished(JobId, Outcome),
+    /// Own timer: remove uploads and results whose records expired (see `sweep`).
+    Sweep,
+}
+
+/// How often `storage.dir` is swept: a quarter of the retention, within 1 s and 10 min.
+pub fn sweep_every(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
 pub struct JobArgs {
@@ -123,6 +131,8 @@ pub struct JobSupervisorState {
     draining: Option<Vec<RpcReplyPort<()>>>,
     /// This supervisor's JobDirectory (cancels from other nodes); none if it failed to start.
     directory: Option<ActorRef<directory::JobDirectoryMsg>>,
+    /// A sweep is running (one at a time).
+    sweeping: Arc<AtomicBool>,
 }
 
 pub struct JobSupervisor;
@@ -156,6 +166,7 @@ impl Actor for JobSupervisor {
         // and dropping one would lose a final state.
         let (writer, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_records(args.store.clone(), rx));
+        myself.send_after(sweep_every(args.retention), || JobMsg::Sweep);
         tracing::info!(
             workers = args.workers,
             queue = args.queue,
@@ -171,6 +182,7 @@ impl Actor for JobSupervisor {
             mean_exec: None,
             draining: None,
             directory,
+            sweeping: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -265,6 +277,10 @@ impl Actor for JobSupervisor {
                     let record = t.record.clone();
                     state.save(&record);
                 }
+            }
+            JobMsg::Sweep => {
+                myself.send_after(sweep_every(state.args.retention), || JobMsg::Sweep);
+                state.sweep();
             }
             JobMsg::Finished(id, outcome) => {
                 if let Some(r) = state.running.remove(&id) {
@@ -452,6 +468,35 @@ impl JobSupervisorState {
         let record = r.clone();
         self.save(&record);
         self.forget_old();
+    }
+
+    /// Starts a sweep of `storage.dir` in a task of its own, unless one still runs.
+    fn sweep(&mut self) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.forget_old();
+        let local: Vec<JobRecord> = self.jobs.values().map(|t| t.record.clone()).collect();
+        let tenants: Vec<String> = local.iter().map(|r| r.tenant.clone()).collect();
+        let store = self.args.store.clone();
+        let dir = self.args.storage_dir.clone();
+        let retention = self.args.retention;
+        let flag = self.sweeping.clone();
+        tokio::spawn(async move {
+            match sweep::sweep(&store, &dir, retention, tenants, local).await {
+                Ok(s) if s != sweep::Swept::default() => tracing::info!(
+                    uploads = s.uploads,
+                    results = s.results,
+                    bytes = s.bytes,
+                    "removed the files of expired jobs"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage sweep skipped: the job store did not answer")
+                }
+            }
+            flag.store(false, Ordering::Release);
+        });
     }
 
     /// Ended jobs leave this actor's memory after the retention (they stay in the store).
