@@ -4,20 +4,13 @@
 
 mod common;
 
-use common::{BIN, Server, eventually};
+use common::{BIN, Server, eventually, free_port};
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const COOKIE: &str = "a-long-random-test-cookie";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn cluster(what: &str, seed: u16) -> (String, String) {
     let out = Command::new(BIN)

@@ -17,7 +17,9 @@ use ractor_cluster::{BytesConvertable, RactorClusterMessage};
 pub const DIRECTORY_GROUP: &str = "session-directories";
 pub const DIRECTORY_NAME: &str = "session-directory";
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct SessionInfo {
     pub node: String,
     pub session: String,
@@ -25,7 +27,9 @@ pub struct SessionInfo {
 }
 
 /// A directory's answer. `errors` names what could not be listed (or read).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
     pub errors: Vec<String>,

@@ -20,23 +20,41 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 /// The conversion's options, as query parameters (the defaults are `ipfixsvc convert`'s).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// One record per direction instead of RFC 5103 biflows (default false).
     uniflow: Option<bool>,
+    /// Seconds without a packet after which a flow ends (default 300).
     idle_timeout: Option<u64>,
+    /// Seconds after which a long flow is exported and goes on (default 1800).
     active_timeout: Option<u64>,
+    /// Flows held at once; past it the oldest are exported (default 1,000,000).
     max_flows: Option<u64>,
+    /// The Observation Domain id of the result (default 0).
     domain: Option<u32>,
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only jobs in this state.
     state: Option<JobState>,
-    limit: Option<usize>,
-    /// Jobs submitted before this one (the previous page's last id).
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u16>,
+    /// Jobs submitted before this one (the previous page's `next_before`).
     before: Option<JobId>,
+}
+
+/// A page of a tenant's jobs, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobRecord>,
+    /// Give it as `before` for the next page; null on the last.
+    pub next_before: Option<JobId>,
 }
 
 fn jobs() -> Result<ActorRef<JobMsg>, Rejection> {
@@ -81,30 +99,35 @@ pub fn routes(
         .and(warp::get())
         .and(warp::query::<ListQuery>())
         .and_then(list);
+    // The id is taken as text and parsed here: one that is not a job id is a job that does not
+    // exist (404), not a route that does not (which warp would answer with another route's 405).
     let get = base
         .clone()
-        .and(warp::path!(JobId))
+        .and(warp::path!(String))
         .and(warp::get())
-        .and_then(|tenant: String, ctx: Ctx, id: JobId| async move {
-            let r = record(&ctx, &tenant, id).await?;
+        .and_then(|tenant: String, ctx: Ctx, id: String| async move {
+            let r = record(&ctx, &tenant, job_id(&tenant, &id)?).await?;
             Ok::<_, Rejection>(warp::reply::json(&r).into_response())
         });
     let cancel = base
         .clone()
-        .and(warp::path!(JobId))
+        .and(warp::path!(String))
         .and(warp::delete())
-        .and_then(|tenant: String, ctx: Ctx, id: JobId| cancel(tenant, id, ctx));
+        .and_then(|tenant: String, ctx: Ctx, id: String| async move {
+            cancel(tenant.clone(), job_id(&tenant, &id)?, ctx).await
+        });
     let jobs_dir = storage.join("jobs");
     let result = base
+        .and(warp::get())
         .and(warp::path::peek())
         .and_then(
             |tenant: String, ctx: Ctx, tail: warp::path::Peek| async move {
                 // `{id}/result` only: anything else under the folder is not served.
                 let (id, rest) = tail.as_str().split_once('/').unwrap_or((tail.as_str(), ""));
-                let id: JobId = match (id.parse(), rest) {
-                    (Ok(id), "result") => id,
-                    _ => return Err(warp::reject::not_found()),
-                };
+                if rest != "result" {
+                    return Err(warp::reject::not_found());
+                }
+                let id = job_id(&tenant, id)?;
                 let r = record(&ctx, &tenant, id).await?;
                 if r.state != JobState::Succeeded || r.artifact.is_none() {
                     return Err(problem::reject(Problem::not_found(format!(
@@ -136,6 +159,20 @@ pub fn routes(
         .unify()
 }
 
+/// The job id in a path. `pcap-conversion` is not one but the submit route's own path, which,
+/// as a concrete path, wins over the `{job_id}` template (OpenAPI's rule): other methods on it
+/// fall through to that route's 405.
+fn job_id(tenant: &str, id: &str) -> Result<JobId, Rejection> {
+    if id == "pcap-conversion" {
+        return Err(warp::reject::not_found());
+    }
+    id.parse().map_err(|_| {
+        problem::reject(Problem::not_found(format!(
+            "no job {id:?} for tenant {tenant}"
+        )))
+    })
+}
+
 /// A job of `tenant`, or 404 (also for another tenant's job: ids are not confirmed across
 /// tenants).
 async fn record(ctx: &Ctx, tenant: &str, id: JobId) -> Result<JobRecord, Rejection> {
@@ -157,6 +194,15 @@ async fn record(ctx: &Ctx, tenant: &str, id: JobId) -> Result<JobRecord, Rejecti
 }
 
 async fn list(tenant: String, ctx: Ctx, q: ListQuery) -> Result<warp::reply::Response, Rejection> {
+    let limit = usize::from(q.limit.unwrap_or(100));
+    if !(1..=1000).contains(&limit) {
+        return Err(problem::reject(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            "Bad query string",
+            format!("limit must be 1 to 1000, not {limit}"),
+        )));
+    }
     let j = jobs()?;
     let ms = ctx.timeout.as_millis() as u64;
     let mut all = match ractor::call_t!(j, JobMsg::List, ms, tenant) {
@@ -174,7 +220,6 @@ async fn list(tenant: String, ctx: Ctx, q: ListQuery) -> Result<warp::reply::Res
             None => all.clear(),
         }
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let jobs: Vec<JobRecord> = all
         .into_iter()
         .filter(|r| q.state.is_none_or(|s| r.state == s))
@@ -187,7 +232,11 @@ async fn list(tenant: String, ctx: Ctx, q: ListQuery) -> Result<warp::reply::Res
     } else {
         None
     };
-    Ok(warp::reply::json(&serde_json::json!({"jobs": jobs, "next_before": next})).into_response())
+    Ok(warp::reply::json(&JobList {
+        jobs,
+        next_before: next,
+    })
+    .into_response())
 }
 
 async fn cancel(tenant: String, id: JobId, ctx: Ctx) -> Result<warp::reply::Response, Rejection> {

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod jobs;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod templates;
@@ -90,6 +91,12 @@ impl Actor for ApiServer {
                     let mut r = warp::Reply::into_response(reply);
                     if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
                         r.headers_mut().insert("x-request-id", v);
+                    }
+                    if r.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
+                        && let Some(v) = openapi::allowed(path.as_str())
+                            .and_then(|m| warp::http::HeaderValue::from_str(&m).ok())
+                    {
+                        r.headers_mut().insert(warp::http::header::ALLOW, v);
                     }
                     counts.count(r.status());
                     tracing::info!(

@@ -11,10 +11,13 @@ use warp::{Rejection, Reply};
 /// Base of every problem `type`: a stable identifier, documented in README.
 pub const TYPE_BASE: &str = "https://ipfixsvc.dev/problems/";
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// An RFC 9457 problem: `type` is stable (one per kind of error), `detail` says what is wrong
+/// with this request.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
+    #[schema(value_type = String)]
     pub title: &'static str,
     pub status: u16,
     pub detail: String,

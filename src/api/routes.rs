@@ -34,6 +34,36 @@ pub struct Ctx {
     pub registry: Arc<crate::wire::registry::Registry>,
 }
 
+/// `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process answers.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    pub node: String,
+}
+
+/// `GET /readyz` (200 when ready, 503 when not).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub node: String,
+    /// Each check and what it found (`draining`, `collector`, `template_store`, `cluster`).
+    #[schema(value_type = Object)]
+    pub checks: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Every node's answer (`GET /api/v1/cluster`, `GET /debug/actors`): a node that did not
+/// answer in time has an `error` instead.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeViews {
+    /// The node that answered the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub nodes: Vec<serde_json::Value>,
+}
+
 /// HTTP requests answered, by status class (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct RequestCounts {
@@ -77,11 +107,24 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .and(with(ctx.clone()))
-        .map(|ctx: Ctx| warp::reply::json(&serde_json::json!({"status": "ok", "node": ctx.node})));
+        .map(|ctx: Ctx| {
+            warp::reply::json(&Health {
+                status: "ok",
+                node: ctx.node,
+            })
+        });
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with(ctx.clone()))
         .then(ready);
+    let openapi = warp::path!("openapi.json").and(warp::get()).map(|| {
+        let mut r = warp::reply::Response::new(super::openapi::document().into());
+        r.headers_mut().insert(
+            warp::http::header::CONTENT_TYPE,
+            warp::http::HeaderValue::from_static("application/json"),
+        );
+        r
+    });
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with(ctx.clone()))
@@ -115,6 +158,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(readyz.map(Reply::into_response))
         .unify()
         .or(metrics.map(Reply::into_response))
+        .unify()
+        .or(openapi)
         .unify()
         .or(sessions.map(Reply::into_response))
         .unify()
@@ -194,7 +239,11 @@ async fn ready(ctx: Ctx) -> warp::reply::Response {
             .into(),
         );
     }
-    let body = serde_json::json!({"ready": ok, "node": ctx.node, "checks": checks});
+    let body = Readiness {
+        ready: ok,
+        node: ctx.node,
+        checks,
+    };
     let status = if ok {
         StatusCode::OK
     } else {
@@ -345,7 +394,11 @@ async fn cluster_sessions(ctx: &Ctx) -> Result<crate::actors::directory::Session
 /// directories' process group; a node that does not answer in time is named as such.
 async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
     let views = every_node(&ctx, DirectoryMsg::ClusterView).await;
-    Ok(warp::reply::json(&serde_json::json!({"node": ctx.node, "nodes": views})).into_response())
+    Ok(warp::reply::json(&NodeViews {
+        node: Some(ctx.node),
+        nodes: views,
+    })
+    .into_response())
 }
 
 /// One JSON answer of every node, asked of each directory in the process group at once; a node
@@ -395,7 +448,7 @@ async fn actors(ctx: Ctx, accept: Option<String>) -> Result<warp::reply::Respons
         page.push_str("</body></html>");
         return Ok(warp::reply::html(page).into_response());
     }
-    Ok(warp::reply::json(&serde_json::json!({"nodes": nodes})).into_response())
+    Ok(warp::reply::json(&NodeViews { node: None, nodes }).into_response())
 }
 
 fn html(s: &str) -> String {

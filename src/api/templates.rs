@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use warp::{Filter, Rejection, Reply};
 
 /// `GET /api/v1/tenants/{tenant}/templates`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct TemplateList {
     pub tenant: String,
     pub exporters: Vec<ExporterTemplates>,
@@ -23,24 +23,26 @@ pub struct TemplateList {
 
 /// One exporter over one transport: for UDP, one source port (RFC 7011 section 10.3: each UDP
 /// Transport Session has templates of its own), for TCP port 0.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ExporterTemplates {
+    #[schema(value_type = String)]
     pub exporter: IpAddr,
     pub transport: Transport,
     pub port: u16,
     pub domains: Vec<DomainTemplates>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DomainTemplates {
     pub domain: u32,
     pub templates: Vec<TemplateView>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct TemplateView {
     pub id: u16,
     /// `data` or `options`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// Options Templates: how many leading fields are scope fields.
     pub scope_fields: u16,
@@ -51,7 +53,7 @@ pub struct TemplateView {
     pub node: String,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldView {
     /// The Information Element's name (made up as `_ipfix_<id>` or `e<pen>id<id>` when unknown).
     pub name: String,

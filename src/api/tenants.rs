@@ -105,22 +105,72 @@ pub(crate) async fn tenant(ctx: &Ctx, id: &str) -> Result<Tenant, Rejection> {
     found.ok_or_else(|| no_tenant(id))
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// `POST /api/v1/tenants`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewTenant {
+pub struct NewTenant {
+    /// A slug: `[a-z0-9-]{1,63}`.
+    #[schema(pattern = "^[a-z0-9-]{1,63}$")]
     id: String,
+    /// Shown to people; the id when not given.
     name: Option<String>,
+    /// Source prefixes of the exporters it owns (`10.1.0.0/16`, `2001:db8::/32`).
     #[serde(default)]
     exporters: Vec<String>,
     quotas: Option<Quotas>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// `PATCH /api/v1/tenants/{tenant}`: what is given replaces what was.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TenantPatch {
+pub struct TenantPatch {
     name: Option<String>,
     exporters: Option<Vec<String>>,
     quotas: Option<Quotas>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<Tenant>,
+}
+
+/// A new token: the only time it is shown.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenMade {
+    pub id: String,
+    pub tenant: String,
+    pub created_ms: u64,
+    pub token: String,
+    pub note: String,
+}
+
+/// What is shown of a token: never the token, nor its hash.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub tenant: String,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Quotas within the integers the document gives them (int32 and int64), which clients in
+/// other languages hold.
+fn check_quotas(q: &Quotas) -> Result<(), Rejection> {
+    if q.max_jobs > i32::MAX as u32 {
+        return Err(bad(format!("quotas.max_jobs must be at most {}", i32::MAX)));
+    }
+    if q.upload_bytes > i64::MAX as u64 {
+        return Err(bad(format!(
+            "quotas.upload_bytes must be at most {}",
+            i64::MAX
+        )));
+    }
+    Ok(())
 }
 
 fn json_body<T: serde::de::DeserializeOwned + Send>()
@@ -145,6 +195,9 @@ pub fn routes(
                 return Err(bad(format!("id {:?} must match [a-z0-9-]{{1,63}}", n.id)));
             }
             let exporters = normalise_prefixes(&n.exporters).map_err(bad)?;
+            if let Some(q) = &n.quotas {
+                check_quotas(q)?;
+            }
             let t = Tenant {
                 name: n.name.unwrap_or_else(|| n.id.clone()),
                 id: n.id,
@@ -172,7 +225,7 @@ pub fn routes(
         .and(admin(ctx.clone()))
         .and_then(|ctx: Ctx| async move {
             let all: Vec<Tenant> = ask!(ctx, TenantMsg::List);
-            Ok::<_, Rejection>(reply(&serde_json::json!({"tenants": all}), StatusCode::OK))
+            Ok::<_, Rejection>(reply(&TenantList { tenants: all }, StatusCode::OK))
         });
     let one = warp::path!("api" / "v1" / "tenants" / String);
     let get =
@@ -197,6 +250,7 @@ pub fn routes(
                 t.exporters = normalise_prefixes(&e).map_err(bad)?;
             }
             if let Some(q) = p.quotas {
+                check_quotas(&q)?;
                 t.quotas = q;
             }
             let updated: bool = ask!(ctx, TenantMsg::Update, t.clone());
@@ -221,10 +275,13 @@ pub fn routes(
             let t: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.clone());
             t.ok_or_else(|| no_tenant(&id))?;
             let (token, rec) = ask!(ctx, TenantMsg::AddToken, id.clone());
-            let body = serde_json::json!({
-                "id": rec.id, "tenant": rec.tenant, "created_ms": rec.created_ms,
-                "token": token, "note": "shown once: only its hash is kept",
-            });
+            let body = TokenMade {
+                id: rec.id,
+                tenant: rec.tenant,
+                created_ms: rec.created_ms,
+                token,
+                note: "shown once: only its hash is kept".into(),
+            };
             Ok(reply(&body, StatusCode::CREATED))
         },
     );
@@ -233,8 +290,15 @@ pub fn routes(
             let t: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.clone());
             t.ok_or_else(|| no_tenant(&id))?;
             let all: Vec<crate::store::TokenRecord> = ask!(ctx, TenantMsg::Tokens, id);
-            let shown: Vec<serde_json::Value> = all.iter().map(|t| t.public()).collect();
-            Ok(reply(&serde_json::json!({"tokens": shown}), StatusCode::OK))
+            let tokens = all
+                .into_iter()
+                .map(|t| TokenInfo {
+                    id: t.id,
+                    tenant: t.tenant,
+                    created_ms: t.created_ms,
+                })
+                .collect();
+            Ok(reply(&TokenList { tokens }, StatusCode::OK))
         },
     );
     let revoke = warp::path!("api" / "v1" / "tenants" / String / "tokens" / String)

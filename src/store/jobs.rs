@@ -21,7 +21,17 @@ use std::time::{Duration, Instant};
 
 /// A job's id: a random (v4) UUID, so ids are not guessable across tenants.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct JobId(pub uuid::Uuid);
@@ -51,7 +61,9 @@ impl std::str::FromStr for JobId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -81,7 +93,7 @@ impl JobState {
 }
 
 /// The conversion's options; the defaults are `ipfixsvc convert`'s.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct JobOptions {
     pub idle_timeout_secs: u64,
@@ -132,7 +144,17 @@ pub struct JobSpec {
     pub options: JobOptions,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct JobProgress {
     /// Bytes of all inputs read so far, of `bytes_total` (the inputs' sizes at start).
     pub bytes_read: u64,
@@ -142,7 +164,9 @@ pub struct JobProgress {
 }
 
 /// Per-job task telemetry, for the telemetry issue to export.
-#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct JobTelemetry {
     /// Submit to running (measured with a monotonic clock; sub-millisecond precision).
     pub queue_wait_ms: Option<f64>,
@@ -152,7 +176,7 @@ pub struct JobTelemetry {
 
 pub const KIND_PCAP_CONVERSION: &str = "pcap_conversion";
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: JobId,
     pub tenant: String,
@@ -162,6 +186,7 @@ pub struct JobRecord {
     pub options: JobOptions,
     pub progress: JobProgress,
     /// When the run finished (also when it was cut short by a truncated capture: see warnings).
+    #[schema(value_type = Option<Object>)]
     pub summary: Option<ConvertSummary>,
     pub error: Option<String>,
     /// The result file, once the job succeeded.

@@ -36,7 +36,17 @@ use std::time::{Duration, Instant};
 /// The transport a template was learned over (RFC 7011 section 10: the Collecting Process's
 /// rules differ, and so does how far a source address can be trusted).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {

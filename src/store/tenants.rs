@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// A tenant's limits; a request may give some and leave the others at their defaults.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quotas {
     /// Jobs of the tenant queued or running at once.
@@ -36,7 +36,7 @@ impl Default for Quotas {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
@@ -53,13 +53,6 @@ pub struct TokenRecord {
     /// Never shown (see `public`): the SHA-256 of the token, hex.
     pub hash: String,
     pub created_ms: u64,
-}
-
-impl TokenRecord {
-    /// What the API shows of a token: not even its hash.
-    pub fn public(&self) -> serde_json::Value {
-        serde_json::json!({"id": self.id, "tenant": self.tenant, "created_ms": self.created_ms})
-    }
 }
 
 /// The SHA-256 of a token, hex: what the store keeps and looks up.

@@ -156,6 +156,14 @@ pub fn traffic_captures() -> Vec<PathBuf> {
 }
 
 /// Fails the test with a clear line when a tool the test drives is not installed.
+/// A loopback port free now (for listeners that must be named before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 pub fn need(tool: &str) {
     let ok = Command::new("sh")
         .arg("-c")

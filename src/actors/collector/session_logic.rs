@@ -26,7 +26,9 @@ pub struct SessionLimits {
 }
 
 /// What a session has seen; the API shows it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct SessionStats {
     /// The tenant that owns the session's exporter (filled in when the stats are asked for).
     pub tenant: String,
