@@ -203,6 +203,33 @@ async fn health_readiness_metrics_and_the_admin_routes() {
     for want in ["collector", "template-cache", "session-directory", "api"] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
+    // Each actor with its kind, node and restarts; the figures of the kinds that have them.
+    let find = |kind: &str| -> Vec<serde_json::Value> {
+        fn walk(v: &serde_json::Value, kind: &str, out: &mut Vec<serde_json::Value>) {
+            if v["kind"] == kind {
+                out.push(v.clone());
+            }
+            for c in v["children"].as_array().into_iter().flatten() {
+                walk(c, kind, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(root, kind, &mut out);
+        out
+    };
+    assert_eq!(root["kind"], "NodeSupervisor");
+    assert_eq!(root["node"], tree["nodes"][0]["node"]);
+    assert_eq!(find("TemplateCache")[0]["restarts"], 0);
+    assert!(
+        find("TemplateCache")[0]["figures"]["templates"].as_u64() >= Some(1),
+        "{tree}"
+    );
+    assert_eq!(find("CollectorSupervisor")[0]["figures"]["tcp_sessions"], 1);
+    let session = &find("ExporterSession")[0];
+    assert_eq!(session["figures"]["records"], 3979, "{session}");
+    assert_eq!(session["figures"]["errors"], 0);
+    assert_eq!(find("TcpListener").len(), 1);
+    assert_eq!(find("SessionDirectory").len(), 1, "each actor once: {tree}");
     let page = http
         .get(format!("{base}/debug/actors"))
         .bearer_auth(&token)
@@ -602,6 +629,10 @@ async fn tenants_and_their_tokens() {
         "{listed}"
     );
     assert!(!listed.contains("hash"));
+    assert!(
+        listed.contains("\"last_used_ms\":null"),
+        "never used: {listed}"
+    );
 
     // The tenant's token: its own jobs, not another tenant's (404), not the admin routes (401).
     let r = http
@@ -611,6 +642,15 @@ async fn tenants_and_their_tokens() {
         .await
         .expect("own jobs");
     assert_eq!(r.status(), 200);
+    let used = get_json(&http, format!("{v1}/tenants/acme/tokens"), &admin).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let last = used["tokens"][0]["last_used_ms"]
+        .as_u64()
+        .expect("used now");
+    assert!(now.abs_diff(last) < 60_000, "{used}");
     problem(
         http.get(format!("{v1}/tenants/globex/jobs"))
             .bearer_auth(&token)
@@ -1075,18 +1115,31 @@ async fn any_node_answers_for_a_job_submitted_on_another() {
     let shared = storage("two-nodes");
     let shared_s = shared.display().to_string();
     let token = "an-operator-token-from-a-secret";
-    let env = |name: &'static str| {
-        vec![
+    // And one cluster: a cancel on B reaches the job running on A.
+    let (ca, cb) = (
+        format!("127.0.0.1:{}", common::free_port()),
+        format!("127.0.0.1:{}", common::free_port()),
+    );
+    let env = |name: &'static str, listen: &'static str, seed: Option<&'static str>| {
+        let mut e = vec![
             ("IPFIXSVC__NODE__NAME", name),
             ("IPFIXSVC__NODE__ROLES", "collector,api,jobs"),
             ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
             ("IPFIXSVC__API__ADMIN_TOKEN", token),
             ("IPFIXSVC__STORAGE__DIR", shared_s.as_str()),
             ("IPFIXSVC__REDIS__URL", url.as_str()),
-        ]
+            ("IPFIXSVC__CLUSTER__COOKIE", "a-long-random-test-cookie"),
+            ("IPFIXSVC__CLUSTER__LISTEN", listen),
+        ];
+        if let Some(s) = seed {
+            e.push(("IPFIXSVC__CLUSTER__SEEDS", s));
+        }
+        e
     };
-    let a = Server::start("node-a", &env("node-a"));
-    let b = Server::start("node-b", &env("node-b"));
+    let (ca, cb): (&'static str, &'static str) = (ca.leak(), cb.leak());
+    let a = Server::start("node-a", &env("node-a", ca, None));
+    let b = Server::start("node-b", &env("node-b", cb, Some(ca)));
+    b.wait_log("cluster peer ready", 1, Duration::from_secs(20));
     let (api_a, api_b) = (api_addr(&a), api_addr(&b));
     let http = reqwest::Client::new();
     // The tenant is made on A and known on B.
@@ -1154,6 +1207,63 @@ async fn any_node_answers_for_a_job_submitted_on_another() {
         409,
     )
     .await;
+    // A job running on A is cancelled through B.
+    let big = shared.join("big.pcap");
+    big_capture(&big, 2_000_000);
+    let r = http
+        .post(format!(
+            "http://{api_a}/api/v1/tenants/acme/jobs/pcap-conversion"
+        ))
+        .bearer_auth(token)
+        .body(std::fs::read(&big).expect("big"))
+        .send()
+        .await
+        .expect("big upload");
+    assert_eq!(r.status(), 202);
+    let job: serde_json::Value = r.json().await.expect("json");
+    let on_b = format!(
+        "http://{api_b}/api/v1/tenants/acme/jobs/{}",
+        job["id"].as_str().expect("id")
+    );
+    let r = http
+        .delete(&on_b)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("cancel on B");
+    assert!([200, 202].contains(&r.status().as_u16()), "{}", r.status());
+    let mut state = String::new();
+    for _ in 0..200 {
+        let r: serde_json::Value = get_json(&http, &on_b, token).await;
+        state = r["state"].as_str().unwrap_or_default().to_string();
+        if state == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(state, "cancelled", "cancelled on A through B");
+    // A tenant changed on A is known to B's collector at once (Redis pub/sub, not B's
+    // 30-second reload).
+    let r = http
+        .patch(format!("http://{api_a}/api/v1/tenants/acme"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"exporters": ["127.0.0.40/30"]}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("file");
+    export_from("127.0.0.41", b.tcp, &file).await;
+    common::eventually("B tags acme's exporter", Duration::from_secs(3), || {
+        b.output()
+            .iter()
+            .any(|l| l.contains("\"@tenant\":\"acme\""))
+    });
     drop((a, b));
     let _ = std::fs::remove_dir_all(&shared);
 }

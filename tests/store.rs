@@ -406,15 +406,25 @@ async fn tenants_and_tokens_behave_alike_in_memory_and_redis() {
         assert_eq!(rec.hash, token_hash(&token));
         assert_eq!(
             s.authenticate(&token).await.expect("auth"),
-            Some("acme".into())
+            Some(("acme".into(), rec.id.clone()))
         );
         assert_eq!(s.authenticate("ipfx_guess").await.expect("auth"), None);
         let listed = s.tokens("acme").await.expect("tokens");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].id, rec.id);
+        assert!(s.last_used("acme").await.expect("used").is_empty());
+        s.mark_used("acme", &rec.id, 1234).await.expect("mark");
+        assert_eq!(
+            s.last_used("acme").await.expect("used").get(&rec.id),
+            Some(&1234)
+        );
         assert!(s.revoke("acme", &rec.id).await.expect("revoke"));
         assert!(!s.revoke("acme", &rec.id).await.expect("again"));
         assert_eq!(s.authenticate(&token).await.expect("auth"), None, "revoked");
+        assert!(
+            s.last_used("acme").await.expect("used").is_empty(),
+            "a revoked token's use goes with it"
+        );
         let (other, _) = s.add_token("globex").await.expect("token");
         assert!(s.delete("globex").await.expect("delete"));
         assert_eq!(s.get("globex").await.expect("get"), None);

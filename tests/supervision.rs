@@ -284,4 +284,20 @@ async fn the_template_cache_and_the_directory_are_restarted_and_found_by_name() 
         eventually(decoded).await,
         "B decoded with the shared template"
     );
+    // The actor tree shows each restart and why.
+    let tree = ipfixsvc::actors::actor_tree::tree("here").await;
+    let children = tree["tree"]["children"].as_array().expect("children");
+    for name in [TEMPLATE_CACHE, DIRECTORY_NAME] {
+        let child = children
+            .iter()
+            .find(|c| c["name"] == name)
+            .expect("in the tree");
+        assert_eq!(child["restarts"], 1, "{child}");
+        assert!(
+            child["last_failure"]
+                .as_str()
+                .is_some_and(|f| f.contains("killed")),
+            "{child}"
+        );
+    }
 }

@@ -79,31 +79,6 @@ pub enum DirectoryMsg {
     ActorTree(RpcReplyPort<Json>),
 }
 
-/// Children listed per actor at most (a collector may hold thousands of sessions).
-const MAX_CHILDREN_SHOWN: usize = 500;
-
-/// An actor and its supervised children, as JSON.
-pub fn actor_tree(cell: &ractor::ActorCell) -> serde_json::Value {
-    let mut children = cell.get_children();
-    children.sort_by_key(|c| c.get_name().unwrap_or_default());
-    let total = children.len();
-    let shown: Vec<serde_json::Value> = children
-        .iter()
-        .take(MAX_CHILDREN_SHOWN)
-        .map(actor_tree)
-        .collect();
-    let mut v = serde_json::json!({
-        "name": cell.get_name(),
-        "id": cell.get_id().to_string(),
-        "status": format!("{:?}", cell.get_status()),
-        "children": shown,
-    });
-    if total > MAX_CHILDREN_SHOWN {
-        v["children_not_shown"] = (total - MAX_CHILDREN_SHOWN).into();
-    }
-    v
-}
-
 pub struct DirectoryArgs {
     pub node: String,
 }
@@ -138,12 +113,13 @@ impl Actor for SessionDirectory {
                 let _ = reply.send(Json(String::new()));
             }
             DirectoryMsg::ActorTree(reply) => {
-                let tree = match ractor::registry::where_is("node") {
-                    Some(root) => actor_tree(&root),
-                    None => serde_json::json!({"error": "no node actor"}),
-                };
-                let v = serde_json::json!({"node": state.node, "tree": tree});
-                let _ = reply.send(Json(v.to_string()));
+                // From a task: the figures are asked of many actors, and this directory keeps
+                // answering meanwhile.
+                let node = state.node.clone();
+                tokio::spawn(async move {
+                    let v = super::actor_tree::tree(&node).await;
+                    let _ = reply.send(Json(v.to_string()));
+                });
             }
             DirectoryMsg::ClusterView(reply) => {
                 let view = match ractor::registry::where_is(CLUSTER_MEMBER) {

@@ -1,6 +1,7 @@
 //! The supervision tree (see ARCHITECTURE.md): every long-lived unit of work is a named ractor
 //! actor. Actors own I/O and state; decoding logic stays in `wire`.
 
+pub mod actor_tree;
 pub mod cluster;
 pub mod cluster_tls;
 pub mod collector;

@@ -41,6 +41,16 @@ pub enum NodeMsg {
     Drain(Duration, RpcReplyPort<DrainReport>),
     /// Start this restartable child again (its registered name).
     Restart(String),
+    /// The restarts of each child so far (for the actor tree).
+    Restarts(RpcReplyPort<Vec<RestartInfo>>),
+}
+
+/// A restartable child's record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestartInfo {
+    pub name: String,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
 }
 
 /// Children started again when they end, with what they need to start.
@@ -93,6 +103,9 @@ impl Restartable {
 struct Restarts {
     count: u32,
     last: Option<std::time::Instant>,
+    /// Since the node started, and why the last one was needed.
+    total: u32,
+    last_failure: Option<String>,
 }
 
 impl Restarts {
@@ -184,6 +197,7 @@ impl Actor for NodeSupervisor {
             let tenants = Restartable::Tenants(TenantArgs {
                 store: Arc::new(store),
                 exporters: owners.clone(),
+                marks: Default::default(),
             });
             tenants.spawn(myself.get_cell()).await?;
             restartable.push(tenants);
@@ -341,6 +355,19 @@ impl Actor for NodeSupervisor {
                 }
                 let _ = reply.send(report);
             }
+            NodeMsg::Restarts(reply) => {
+                let _ = reply.send(
+                    state
+                        .restarts
+                        .iter()
+                        .map(|(name, r)| RestartInfo {
+                            name: name.to_string(),
+                            restarts: r.total,
+                            last_failure: r.last_failure.clone(),
+                        })
+                        .collect(),
+                );
+            }
             NodeMsg::Restart(name) => {
                 if state.draining {
                     return Ok(());
@@ -353,7 +380,11 @@ impl Actor for NodeSupervisor {
                     Ok(()) => tracing::info!(actor = name, "restarted"),
                     Err(e) => {
                         tracing::error!(actor = name, error = %e, "restart failed: will try again");
-                        state.schedule_restart(&myself, child.name());
+                        state.schedule_restart(
+                            &myself,
+                            child.name(),
+                            format!("restart failed: {e}"),
+                        );
                     }
                 }
             }
@@ -385,7 +416,7 @@ impl Actor for NodeSupervisor {
         if let Some(child) = state.restartable.iter().find(|r| r.name() == name) {
             let child = child.name();
             tracing::error!(actor = child, why, "node actor ended: restarting it");
-            state.schedule_restart(&myself, child);
+            state.schedule_restart(&myself, child, why);
         } else {
             tracing::error!(role = name, why, "role supervisor ended: stopping the node");
             myself.stop(Some(format!("role supervisor {name} {why}")));
@@ -395,8 +426,11 @@ impl Actor for NodeSupervisor {
 }
 
 impl NodeState {
-    fn schedule_restart(&mut self, myself: &ActorRef<NodeMsg>, name: &'static str) {
-        let delay = self.restarts.entry(name).or_default().next_delay();
+    fn schedule_restart(&mut self, myself: &ActorRef<NodeMsg>, name: &'static str, why: String) {
+        let r = self.restarts.entry(name).or_default();
+        r.total += 1;
+        r.last_failure = Some(why);
+        let delay = r.next_delay();
         myself.send_after(delay, move || NodeMsg::Restart(name.to_string()));
     }
 }

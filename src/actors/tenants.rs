@@ -5,7 +5,7 @@
 //! Messages: `Create`, `Update`, `Get`, `List`, `Delete`, `AddToken`, `Tokens`, `Revoke`,
 //! `Authenticate` (a bearer token -> its tenant).
 
-use crate::store::tenants::{ExporterTenants, PrefixTable};
+use crate::store::tenants::{CHANGED_CHANNEL, ExporterTenants, PrefixTable};
 use crate::store::{StoreError, Tenant, TenantStore, TokenRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -28,6 +28,8 @@ pub enum TenantMsg {
     Tokens(String, Reply<Vec<TokenRecord>>),
     Revoke(String, String, Reply<bool>),
     Authenticate(String, Reply<Option<String>>),
+    /// When each of a tenant's tokens was last used (unix ms, within a minute), by id.
+    LastUsed(String, Reply<std::collections::HashMap<String, u64>>),
     /// Reload the exporter prefix table from the store (own timer, and after a change here).
     Reload,
 }
@@ -37,12 +39,58 @@ pub enum TenantMsg {
 pub struct TenantArgs {
     pub store: Arc<TenantStore>,
     pub exporters: Arc<ExporterTenants>,
+    /// When this node last wrote each token's use (token id -> unix ms).
+    pub marks: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
-/// How often the prefix table is read again from the store (other nodes' changes).
-const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// A token's use is written at most this often (ms) by a node: its last use is then right
+/// within a minute, and a busy client costs no store write per request.
+const MARK_EVERY_MS: u64 = 60_000;
+
+/// Writes a token's use when this node has not in the last minute (and remembers at most
+/// 100,000 tokens' marks, a bound on what many tokens cost).
+async fn note_use(
+    store: &TenantStore,
+    marks: &std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    tenant: &str,
+    id: &str,
+) {
+    let now = crate::store::unix_ms();
+    {
+        let mut m = marks.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(id)
+            .is_some_and(|t| now.saturating_sub(*t) < MARK_EVERY_MS)
+        {
+            return;
+        }
+        if m.len() >= 100_000 {
+            m.retain(|_, t| now.saturating_sub(*t) < MARK_EVERY_MS);
+        }
+        m.insert(id.to_string(), now);
+    }
+    if let Err(e) = store.mark_used(tenant, id, now).await {
+        tracing::debug!(error = %e, "token use not noted");
+    }
+}
+
+/// How often the prefix table is read again from the store anyway (a change announced while a
+/// node's subscription was down).
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct TenantDirectory;
+
+pub struct TenantState {
+    args: TenantArgs,
+    follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TenantState {
+    fn drop(&mut self) {
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
+    }
+}
 
 fn answer<T, F>(reply: Reply<T>, work: F)
 where
@@ -54,40 +102,80 @@ where
     });
 }
 
-/// Runs `work`, then has the prefix table reloaded (a tenant's exporters may have changed).
-fn answer_and_reload<T, F>(me: ActorRef<TenantMsg>, reply: Reply<T>, work: F)
-where
+/// Runs `work`, then has the prefix table reloaded here and tells the other nodes to reload
+/// theirs (a tenant's exporters may have changed).
+fn answer_and_reload<T, F>(
+    me: ActorRef<TenantMsg>,
+    store: Arc<TenantStore>,
+    id: String,
+    reply: Reply<T>,
+    work: F,
+) where
     T: Send + 'static,
     F: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
     tokio::spawn(async move {
         let r = work.await;
         let _ = me.cast(TenantMsg::Reload);
+        if r.is_ok()
+            && let Err(e) = store.announce_change(&id).await
+        {
+            tracing::warn!(tenant = id, error = %e, "other nodes will see the tenant change at their next reload");
+        }
         let _ = reply.send(r);
     });
 }
 
+/// Reloads the prefix table whenever another node announces a tenant change; resubscribes
+/// after a lost connection.
+async fn follow_changes(client: redis::Client, me: ActorRef<TenantMsg>) {
+    use futures_util::StreamExt;
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(CHANGED_CHANNEL).await.is_ok() {
+                    // Changes made while this node was not listening.
+                    let _ = me.cast(TenantMsg::Reload);
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        if me.cast(TenantMsg::Reload).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "tenant changes: no subscription yet"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 impl Actor for TenantDirectory {
     type Msg = TenantMsg;
-    type State = TenantArgs;
+    type State = TenantState;
     type Arguments = TenantArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<TenantMsg>,
         args: TenantArgs,
-    ) -> Result<TenantArgs, ActorProcessingErr> {
+    ) -> Result<TenantState, ActorProcessingErr> {
         myself.send_interval(RELOAD_EVERY, || TenantMsg::Reload);
         let _ = myself.cast(TenantMsg::Reload);
-        Ok(args)
+        let follower = args
+            .store
+            .subscription_client()
+            .map(|c| tokio::spawn(follow_changes(c, myself.clone())));
+        Ok(TenantState { args, follower })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<TenantMsg>,
         msg: TenantMsg,
-        state: &mut TenantArgs,
+        state: &mut TenantState,
     ) -> Result<(), ActorProcessingErr> {
+        let state = &mut state.args;
         let s = state.store.clone();
         match msg {
             TenantMsg::Reload => {
@@ -99,22 +187,39 @@ impl Actor for TenantDirectory {
                 }
             }
             TenantMsg::Create(t, r) => {
-                answer_and_reload(myself, r, async move { s.create(&t).await })
+                let (id, store) = (t.id.clone(), s.clone());
+                answer_and_reload(myself, store, id, r, async move { s.create(&t).await })
             }
             TenantMsg::Update(t, r) => {
-                answer_and_reload(myself, r, async move { s.update(&t).await })
+                let (id, store) = (t.id.clone(), s.clone());
+                answer_and_reload(myself, store, id, r, async move { s.update(&t).await })
             }
             TenantMsg::Get(id, r) => answer(r, async move { s.get(&id).await }),
             TenantMsg::List(r) => answer(r, async move { s.list().await }),
             TenantMsg::Delete(id, r) => {
-                answer_and_reload(myself, r, async move { s.delete(&id).await })
+                let store = s.clone();
+                answer_and_reload(
+                    myself,
+                    store,
+                    id.clone(),
+                    r,
+                    async move { s.delete(&id).await },
+                )
             }
             TenantMsg::AddToken(id, r) => answer(r, async move { s.add_token(&id).await }),
             TenantMsg::Tokens(id, r) => answer(r, async move { s.tokens(&id).await }),
             TenantMsg::Revoke(t, id, r) => answer(r, async move { s.revoke(&t, &id).await }),
             TenantMsg::Authenticate(token, r) => {
-                answer(r, async move { s.authenticate(&token).await })
+                let marks = state.marks.clone();
+                answer(r, async move {
+                    let found = s.authenticate(&token).await?;
+                    if let Some((tenant, id)) = &found {
+                        note_use(&s, &marks, tenant, id).await;
+                    }
+                    Ok(found.map(|(tenant, _)| tenant))
+                })
             }
+            TenantMsg::LastUsed(tenant, r) => answer(r, async move { s.last_used(&tenant).await }),
         }
         Ok(())
     }

@@ -460,12 +460,32 @@ fn html(s: &str) -> String {
 fn tree_html(t: &serde_json::Value, out: &mut String) {
     let name = t["name"].as_str().unwrap_or("(unnamed)");
     let children = t["children"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    out.push_str(&format!(
-        "<details open><summary>{} <span class=\"s\">{} {} · {} children</span></summary>",
-        html(name),
-        html(t["id"].as_str().unwrap_or("")),
-        html(t["status"].as_str().unwrap_or("")),
+    let mut facts = format!(
+        "{} · {} {} · {} children",
+        t["kind"].as_str().unwrap_or(""),
+        t["id"].as_str().unwrap_or(""),
+        t["status"].as_str().unwrap_or(""),
         children.len()
+    );
+    if let Some(n) = t["restarts"].as_u64().filter(|n| *n > 0) {
+        facts.push_str(&format!(" · {n} restarts"));
+        if let Some(why) = t["last_failure"].as_str() {
+            facts.push_str(&format!(" (last: {why})"));
+        }
+    }
+    match &t["figures"] {
+        serde_json::Value::Object(f) => {
+            for (k, v) in f {
+                facts.push_str(&format!(" · {k} {v}"));
+            }
+        }
+        serde_json::Value::String(s) => facts.push_str(&format!(" · {s}")),
+        _ => {}
+    }
+    out.push_str(&format!(
+        "<details open><summary>{} <span class=\"s\">{}</span></summary>",
+        html(name),
+        html(&facts)
     ));
     for c in children {
         tree_html(c, out);

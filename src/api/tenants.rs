@@ -151,6 +151,8 @@ pub struct TokenInfo {
     pub tenant: String,
     /// Unix milliseconds.
     pub created_ms: u64,
+    /// When it was last used (unix ms, right within a minute); null if never.
+    pub last_used_ms: Option<u64>,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -289,10 +291,12 @@ pub fn routes(
         |id: String, ctx: Ctx| async move {
             let t: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.clone());
             t.ok_or_else(|| no_tenant(&id))?;
-            let all: Vec<crate::store::TokenRecord> = ask!(ctx, TenantMsg::Tokens, id);
+            let all: Vec<crate::store::TokenRecord> = ask!(ctx, TenantMsg::Tokens, id.clone());
+            let used: std::collections::HashMap<String, u64> = ask!(ctx, TenantMsg::LastUsed, id);
             let tokens = all
                 .into_iter()
                 .map(|t| TokenInfo {
+                    last_used_ms: used.get(&t.id).copied(),
                     id: t.id,
                     tenant: t.tenant,
                     created_ms: t.created_ms,

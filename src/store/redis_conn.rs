@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct RedisConn {
     conn: ConnectionManager,
     timeout: Duration,
+    /// For subscriptions, which need a connection of their own.
+    client: redis::Client,
 }
 
 impl RedisConn {
@@ -21,9 +23,17 @@ impl RedisConn {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_max_delay(Duration::from_secs(5));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
-        Ok(RedisConn { conn, timeout })
+        Ok(RedisConn {
+            conn,
+            timeout,
+            client,
+        })
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     async fn attempt<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>

@@ -268,10 +268,7 @@ impl TemplateStore {
 
     /// Connects lazily: a node starts while Redis is down and the store reconnects with backoff.
     pub fn redis(url: &str, ttl: Duration, timeout: Duration) -> Result<TemplateStore, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Config(format!("redis.url {url}: {e}")))?;
         Ok(TemplateStore::Redis(RedisTemplates {
-            client,
             conn: RedisConn::new(url, timeout)?,
             ttl,
             udp_ttl: ttl,
@@ -284,7 +281,7 @@ impl TemplateStore {
     pub fn redis_client(&self) -> Option<&redis::Client> {
         match self {
             TemplateStore::Memory(_) => None,
-            TemplateStore::Redis(r) => Some(&r.client),
+            TemplateStore::Redis(r) => Some(r.conn.client()),
         }
     }
 
@@ -615,8 +612,7 @@ return 1
 ";
 
 pub struct RedisTemplates {
-    /// For pub/sub subscriptions (a connection of their own).
-    client: redis::Client,
+    /// Also gives the client for pub/sub subscriptions (a connection of their own).
     conn: RedisConn,
     ttl: Duration,
     udp_ttl: Duration,

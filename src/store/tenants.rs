@@ -142,10 +142,21 @@ pub enum TenantStore {
     Redis(RedisConn),
 }
 
+/// Redis pub/sub channel on which a node says that a tenant changed (created, updated,
+/// deleted), so every node reloads its exporter prefix table at once.
+pub const CHANGED_CHANNEL: &str = "ipfix:tenants:changed";
+
 #[derive(Default)]
 pub struct MemoryTenants {
     tenants: HashMap<String, Tenant>,
     tokens: HashMap<String, TokenRecord>,
+    /// (tenant, token id) -> when it was last used, unix ms.
+    used: HashMap<(String, String), u64>,
+}
+
+/// When a tenant's tokens were last used: `ipfix:token-used:{tenant}`, field token id.
+fn used_key(tenant: &str) -> String {
+    format!("ipfix:token-used:{tenant}")
 }
 
 fn tenant_key(id: &str) -> String {
@@ -177,6 +188,25 @@ impl TenantStore {
 
     fn mem(m: &Mutex<MemoryTenants>) -> std::sync::MutexGuard<'_, MemoryTenants> {
         m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the other nodes that tenant `id` changed (Redis only; a lost message is made up
+    /// for by their periodic reload).
+    pub async fn announce_change(&self, id: &str) -> Result<(), StoreError> {
+        if let TenantStore::Redis(r) = self {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(CHANGED_CHANNEL).arg(id);
+            r.query::<i64>("announce tenant change", &cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// Where to subscribe to `CHANGED_CHANNEL`; none for the memory store.
+    pub fn subscription_client(&self) -> Option<redis::Client> {
+        match self {
+            TenantStore::Redis(r) => Some(r.client().clone()),
+            TenantStore::Memory(_) => None,
+        }
     }
 
     /// Creates `t`; false when the id is taken.
@@ -277,8 +307,10 @@ impl TenantStore {
                     .arg(TENANTS)
                     .arg(id)
                     .cmd("DEL")
-                    .arg(tokens_key(id));
-                let (deleted, _, _): (i64, i64, i64) =
+                    .arg(tokens_key(id))
+                    .cmd("DEL")
+                    .arg(used_key(id));
+                let (deleted, _, _, _): (i64, i64, i64, i64) =
                     r.query_pipe_as("delete tenant", &pipe).await?;
                 Ok(deleted == 1)
             }
@@ -347,7 +379,9 @@ impl TenantStore {
         };
         match self {
             TenantStore::Memory(m) => {
-                Self::mem(m).tokens.remove(&rec.hash);
+                let mut m = Self::mem(m);
+                m.tokens.remove(&rec.hash);
+                m.used.remove(&(tenant.to_string(), id.to_string()));
             }
             TenantStore::Redis(r) => {
                 let mut pipe = redis::pipe();
@@ -359,6 +393,10 @@ impl TenantStore {
                     .cmd("HDEL")
                     .arg(tokens_key(tenant))
                     .arg(id)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(used_key(tenant))
+                    .arg(id)
                     .ignore();
                 r.query_pipe("revoke token", &pipe).await?;
             }
@@ -366,16 +404,56 @@ impl TenantStore {
         Ok(true)
     }
 
-    /// The tenant a token belongs to, if it is a live token.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<String>, StoreError> {
+    /// The tenant and id of a live token.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<(String, String)>, StoreError> {
         let hash = token_hash(token);
         match self {
-            TenantStore::Memory(m) => Ok(Self::mem(m).tokens.get(&hash).map(|t| t.tenant.clone())),
+            TenantStore::Memory(m) => Ok(Self::mem(m)
+                .tokens
+                .get(&hash)
+                .map(|t| (t.tenant.clone(), t.id.clone()))),
             TenantStore::Redis(r) => {
                 let mut cmd = redis::cmd("HGET");
                 cmd.arg(HASHES).arg(&hash);
                 let owner: Option<String> = r.query("check token", &cmd).await?;
-                Ok(owner.and_then(|o| o.split_once('/').map(|(t, _)| t.to_string())))
+                Ok(owner.and_then(|o| {
+                    o.split_once('/')
+                        .map(|(t, id)| (t.to_string(), id.to_string()))
+                }))
+            }
+        }
+    }
+
+    /// Notes that a token was used at `ms`.
+    pub async fn mark_used(&self, tenant: &str, id: &str, ms: u64) -> Result<(), StoreError> {
+        match self {
+            TenantStore::Memory(m) => {
+                Self::mem(m)
+                    .used
+                    .insert((tenant.to_string(), id.to_string()), ms);
+            }
+            TenantStore::Redis(r) => {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(used_key(tenant)).arg(id).arg(ms);
+                r.query::<i64>("note token use", &cmd).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When each of a tenant's tokens was last used (unix ms), by token id.
+    pub async fn last_used(&self, tenant: &str) -> Result<HashMap<String, u64>, StoreError> {
+        match self {
+            TenantStore::Memory(m) => Ok(Self::mem(m)
+                .used
+                .iter()
+                .filter(|((t, _), _)| t == tenant)
+                .map(|((_, id), ms)| (id.clone(), *ms))
+                .collect()),
+            TenantStore::Redis(r) => {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(used_key(tenant));
+                r.query("read token use", &cmd).await
             }
         }
     }

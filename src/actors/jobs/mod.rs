@@ -83,6 +83,18 @@ pub enum JobMsg {
     Finished(JobId, Outcome),
     /// Own timer: remove uploads and results whose records expired (see `sweep`).
     Sweep,
+    /// The queue and the running jobs (for the actor tree).
+    Status(RpcReplyPort<JobSupervisorStatus>),
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSupervisorStatus {
+    pub queued: usize,
+    pub workers: usize,
+    /// Queue capacity.
+    pub queue: usize,
+    /// Each running job: its actor's id, the job, its progress.
+    pub running: Vec<(String, JobId, JobProgress)>,
 }
 
 /// How often `storage.dir` is swept: a quarter of the retention, within 1 s and 10 min.
@@ -277,6 +289,26 @@ impl Actor for JobSupervisor {
                     let record = t.record.clone();
                     state.save(&record);
                 }
+            }
+            JobMsg::Status(reply) => {
+                let running = state
+                    .running
+                    .iter()
+                    .map(|(id, r)| {
+                        let progress = state
+                            .jobs
+                            .get(id)
+                            .map(|t| t.record.progress)
+                            .unwrap_or_default();
+                        (r.actor.get_id().to_string(), *id, progress)
+                    })
+                    .collect();
+                let _ = reply.send(JobSupervisorStatus {
+                    queued: state.queue.len(),
+                    workers: state.args.workers,
+                    queue: state.args.queue,
+                    running,
+                });
             }
             JobMsg::Sweep => {
                 myself.send_after(sweep_every(state.args.retention), || JobMsg::Sweep);
