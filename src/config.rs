@@ -48,8 +48,14 @@ pub struct ApiSettings {
     pub admin_token: String,
     /// Largest request body (uploads) accepted.
     pub max_upload_bytes: u64,
-    /// A request that waits this long for the actors behind it gets 503.
+    /// A request that waits this long for the actors behind it gets 503; an upload that sends
+    /// nothing for this long gets 408.
     pub request_timeout_secs: u64,
+    /// Connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (also how long a keep-alive connection
+    /// may sit idle).
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -59,6 +65,8 @@ impl Default for ApiSettings {
             admin_token: String::new(),
             max_upload_bytes: 4 << 30,
             request_timeout_secs: 30,
+            max_connections: 1024,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -543,8 +551,14 @@ impl Settings {
         if tls != 0 && tls != 3 {
             return bad("cluster.tls_cert, tls_key and tls_ca go together: all three, or none");
         }
-        if self.api.request_timeout_secs == 0 || self.api.max_upload_bytes == 0 {
-            return bad("api.request_timeout_secs and api.max_upload_bytes must be positive");
+        if self.api.request_timeout_secs == 0
+            || self.api.max_upload_bytes == 0
+            || self.api.max_connections == 0
+            || self.api.header_timeout_secs == 0
+        {
+            return bad(
+                "api.request_timeout_secs, max_upload_bytes, max_connections and header_timeout_secs must be positive",
+            );
         }
         let t = &self.api.admin_token;
         if !t.is_empty() && (t.len() < 16 || t.chars().any(|c| c.is_whitespace())) {

@@ -875,6 +875,113 @@ async fn quotas_and_a_full_queue_answer_429_and_expired_jobs_leave_no_files() {
     .await;
 }
 
+/// Reads until the server closes the connection (or `within` passes): what it sent, and when.
+async fn until_closed(c: &mut tokio::net::TcpStream, within: Duration) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(within.saturating_sub(t.elapsed()), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "still open after {within:?}: {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_too_many_http_clients_are_bounded() {
+    let (_server, api, dir) = start(
+        "hostile-http",
+        &[
+            ("IPFIXSVC__NODE__ROLES", "collector,api,jobs"),
+            ("IPFIXSVC__API__MAX_CONNECTIONS", "4"),
+            ("IPFIXSVC__API__HEADER_TIMEOUT_SECS", "1"),
+            ("IPFIXSVC__API__REQUEST_TIMEOUT_SECS", "1"),
+        ],
+    );
+    let admin = std::fs::read_to_string(dir.join("admin-token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    // Four connections that say nothing hold every place: a fifth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(api).await.expect("idle"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = tokio::net::TcpStream::connect(api).await.expect("fifth");
+    let (_, took) = until_closed(&mut fifth, Duration::from_millis(900)).await;
+    assert!(took < Duration::from_millis(900));
+    // The idle ones are closed after api.header_timeout_secs, and their places are free again.
+    for c in &mut idle {
+        let (_, took) = until_closed(c, Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("http://{api}/metrics"))
+        .send()
+        .await
+        .expect("metrics after")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("ipfixsvc_http_refused_connections_total{node=")
+            && !metrics.contains("refused_connections_total{node=\"vm\"} 0"),
+        "{metrics}"
+    );
+    // Headers sent a line at a time and never finished: closed after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(api).await.expect("slow");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("part");
+    let (_, took) = until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // An upload that stalls: 408 after api.request_timeout_secs, nothing kept.
+    let r = http
+        .post(format!("http://{api}/api/v1/tenants"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"id": "acme"}))
+        .send()
+        .await
+        .expect("tenant");
+    assert_eq!(r.status(), 201);
+    let mut upload = tokio::net::TcpStream::connect(api).await.expect("upload");
+    let head = format!(
+        "POST /api/v1/tenants/acme/jobs/pcap-conversion HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.expect("head");
+    upload
+        .write_all(&[0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0])
+        .await
+        .expect("a start");
+    let (answer, took) = until_closed(&mut upload, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("upload-stalled"), "{answer}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let kept = std::fs::read_dir(dir.join("uploads").join("acme"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(kept, 0, "nothing kept of a stalled upload");
+    // And the node still answers.
+    let r = http
+        .get(format!("http://{api}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+}
+
 /// Sends `file` from `source` to the collector and closes.
 async fn export_from(source: &str, to: SocketAddr, file: &[u8]) {
     let s = tokio::net::TcpSocket::new_v4().expect("socket");

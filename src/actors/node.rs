@@ -291,6 +291,7 @@ impl Actor for NodeSupervisor {
                 collector: roles.contains(&Role::Collector),
                 cluster: cl.enabled(),
                 requests: Default::default(),
+                refused: Default::default(),
                 storage: PathBuf::from(&args.settings.storage.dir),
                 max_upload: a.max_upload_bytes,
                 registry: args.registry.clone(),
@@ -299,6 +300,10 @@ impl Actor for NodeSupervisor {
                 listen: a.listen.clone(),
                 ctx,
                 grace: Duration::from_secs(args.settings.shutdown.grace_secs) / 5,
+                limits: crate::api::server::Limits {
+                    max_connections: a.max_connections,
+                    header_timeout: Duration::from_secs(a.header_timeout_secs),
+                },
             });
             api.spawn(myself.get_cell()).await?;
             restartable.push(api);

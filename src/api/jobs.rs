@@ -342,7 +342,7 @@ async fn submit(
     let name = uuid::Uuid::new_v4().simple().to_string();
     let part = dir.join(format!("{name}.part"));
     let mut guard = UploadGuard(Some(part.clone()));
-    let written = receive(body, &dir, &part, &limit).await?;
+    let written = receive(body, &dir, &part, &limit, ctx.timeout).await?;
     let capture = dir.join(format!("{name}.pcap"));
     tokio::fs::rename(&part, &capture)
         .await
@@ -415,12 +415,14 @@ struct Limit {
 }
 
 /// Streams the body into `part`, counting bytes: past the limit it stops with 413 (chunked
-/// bodies have no length to check first). A body that does not start like a capture is refused.
+/// bodies have no length to check first). A body that does not start like a capture is refused;
+/// one that sends nothing for `idle` is cut with 408 (a stalled client holds no upload open).
 async fn receive(
     mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     dir: &Path,
     part: &Path,
     limit: &Limit,
+    idle: std::time::Duration,
 ) -> Result<u64, Rejection> {
     tokio::fs::create_dir_all(dir)
         .await
@@ -430,7 +432,19 @@ async fn receive(
         .map_err(|e| unavailable("storing the upload", e))?;
     let mut written: u64 = 0;
     let mut magic: Vec<u8> = Vec::with_capacity(4);
-    while let Some(chunk) = body.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
+            return Err(problem::reject(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload-stalled",
+                "The upload stalled",
+                format!(
+                    "nothing arrived for {} s (api.request_timeout_secs)",
+                    idle.as_secs()
+                ),
+            )));
+        };
+        let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(|e| {
             problem::reject(Problem::new(
                 StatusCode::BAD_REQUEST,

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
+pub mod server;
 pub mod templates;
 pub mod tenants;
 
@@ -36,6 +37,7 @@ pub struct ApiArgs {
     pub ctx: Ctx,
     /// How long requests in flight may take to finish when the server stops.
     pub grace: Duration,
+    pub limits: server::Limits,
 }
 
 pub struct ApiState {
@@ -110,14 +112,13 @@ impl Actor for ApiServer {
             );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let me = myself.get_cell();
+        let limits = args.limits;
+        let refused = args.ctx.refused.clone();
         let server = tokio::spawn(async move {
-            warp::serve(routes)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = rx.await;
-                })
-                .run()
-                .await;
+            server::serve(listener, routes, limits, refused, async move {
+                let _ = rx.await;
+            })
+            .await;
             // Ended without being told to (the runtime going away aside): restart it.
             me.stop(Some("API server ended".into()));
         });

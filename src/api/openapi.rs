@@ -290,6 +290,7 @@ mod ops {
             (status = 400, description = "A bad option, or the upload broke off", body = Problem, content_type = PROBLEM),
             (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
             (status = 404, description = "No such tenant (or another tenant's)", body = Problem, content_type = PROBLEM),
+            (status = 408, description = "The upload sent nothing for `api.request_timeout_secs`: nothing kept", body = Problem, content_type = PROBLEM),
             (status = 413, description = "Past `api.max_upload_bytes` or the tenant's `upload_bytes` quota: nothing kept", body = Problem, content_type = PROBLEM),
             (status = 415, description = "Not a pcap or pcapng file: nothing kept", body = Problem, content_type = PROBLEM),
             (status = 429, description = "The queue is full, or the tenant's `max_jobs` are queued or running; see `Retry-After`", body = Problem, content_type = PROBLEM),

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub collector: bool,
     pub cluster: bool,
     pub requests: Arc<RequestCounts>,
+    /// Connections closed at `api.max_connections`.
+    pub refused: Arc<super::server::Refused>,
     /// `storage.dir`: uploads and job results.
     pub storage: std::path::PathBuf,
     pub max_upload: u64,
@@ -356,6 +358,11 @@ async fn metrics(ctx: Ctx) -> warp::reply::Response {
             s.dropped_messages as f64,
         );
     }
+    out.push_str(&format!(
+        "# HELP ipfixsvc_http_refused_connections_total connections closed at api.max_connections\n# TYPE ipfixsvc_http_refused_connections_total counter\nipfixsvc_http_refused_connections_total{{node=\"{}\"}} {}\n",
+        ctx.node,
+        ctx.refused.get()
+    ));
     for (class, n) in ctx.requests.by_class.iter().enumerate().skip(1) {
         out.push_str(&format!(
             "ipfixsvc_http_requests_total{{node=\"{}\",class=\"{class}xx\"}} {}\n",

@@ -1,0 +1,196 @@
+//! The HTTP server loop, with the bounds a public port needs and warp's own `serve` lacks (it
+//! runs hyper without a timer and takes any number of connections, so clients that connect and
+//! say nothing, or trickle their headers, hold connections for ever):
+//! - at most `api.max_connections` at once: past it a new connection is closed at once (counted
+//!   and logged at powers of two) rather than queued behind stalled ones;
+//! - a connection with no traffic for `api.header_timeout_secs` is shut down gracefully (a
+//!   request in flight is answered first): hyper has no idle timeout of its own, and its header
+//!   timeout only starts with the first byte of a request;
+//! - `api.header_timeout_secs` to send a request's headers once begun (hyper's);
+//! - (in jobs.rs) an upload that sends nothing for `api.request_timeout_secs` is cut with 408.
+//!
+//! Connections are tasks of one `JoinSet` owned by this loop: when the loop ends (or is
+//! aborted at the end of the grace period), every connection ends with it.
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use warp::Filter;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// Connections closed at `max_connections` since the start (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct Refused(AtomicU64);
+
+impl Refused {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection's stream, stamping the time of its last traffic.
+struct Watched {
+    stream: TcpStream,
+    start: Instant,
+    /// Milliseconds after `start` of the last read or write that moved bytes.
+    last: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn stamp(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.stamp();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.stamp();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves `filter` on `listener` until `shutdown` resolves; then stops accepting and lets the
+/// connections finish their requests (the caller bounds how long).
+pub async fn serve<F>(
+    listener: TcpListener,
+    filter: F,
+    limits: Limits,
+    refused: Arc<Refused>,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let service = warp::service(filter);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Tells every connection to finish its request and close.
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_timeout);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let n = refused.0.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    %peer, refused = n, max = limits.max_connections,
+                    "API connection refused: api.max_connections are open"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let start = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let io = TokioIo::new(Watched {
+            stream,
+            start,
+            last: last.clone(),
+        });
+        let conn = builder
+            .serve_connection(io, TowerToHyperService::new(service.clone()))
+            .into_owned();
+        let mut stop = stop_rx.clone();
+        let idle = limits.header_timeout;
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let mut tick = tokio::time::interval(idle / 4);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "API connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.changed(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = tick.tick(), if !closing => {
+                        let quiet = start.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                        if quiet >= idle {
+                            // Idle, or a request whose client went quiet: answered first, then closed.
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // In-flight requests finish; idle connections close. Connections stay owned here, so an
+    // abort of this task (grace over) ends them too.
+    let _ = stop_tx.send(());
+    while connections.join_next().await.is_some() {}
+}
