@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Server;
+use common::{Server, admin_token, api_addr, create_tenant};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -23,18 +23,6 @@ async fn get_json(
         .json()
         .await
         .expect("json")
-}
-
-fn api_addr(server: &Server) -> SocketAddr {
-    let lines = server.wait_log("API listening", 1, Duration::from_secs(20));
-    lines
-        .iter()
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("api="))
-                .and_then(|a| a.parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no API address in the log: {:?}", server.log_lines("")))
 }
 
 fn storage(name: &str) -> std::path::PathBuf {
@@ -315,19 +303,9 @@ fn a_taken_api_port_stops_the_node_with_one_clear_line() {
 async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
     let (server, api, dir) = start("jobs", &[("IPFIXSVC__NODE__ROLES", "collector,api,jobs")]);
     let base = format!("http://{api}/api/v1/tenants/acme/jobs");
-    let token = std::fs::read_to_string(dir.join("admin-token"))
-        .expect("token")
-        .trim()
-        .to_string();
+    let token = admin_token(&dir);
     let http = reqwest::Client::new();
-    let made = http
-        .post(format!("http://{api}/api/v1/tenants"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"id": "acme"}))
-        .send()
-        .await
-        .expect("tenant");
-    assert_eq!(made.status(), 201);
+    create_tenant(api, &token, serde_json::json!({"id": "acme"})).await;
     let capture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/testdata/traffic/http.pcap"
@@ -472,16 +450,8 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
             ("IPFIXSVC__API__MAX_UPLOAD_BYTES", "1000"),
         ],
     );
-    let token2 = std::fs::read_to_string(dir2.join("admin-token"))
-        .expect("token")
-        .trim()
-        .to_string();
-    http.post(format!("http://{api2}/api/v1/tenants"))
-        .bearer_auth(&token2)
-        .json(&serde_json::json!({"id": "acme"}))
-        .send()
-        .await
-        .expect("tenant");
+    let token2 = admin_token(&dir2);
+    create_tenant(api2, &token2, serde_json::json!({"id": "acme"})).await;
     problem(
         http.post(format!(
             "http://{api2}/api/v1/tenants/acme/jobs/pcap-conversion"
@@ -534,10 +504,7 @@ async fn tenants_and_their_tokens() {
         "tenants",
         &[("IPFIXSVC__NODE__ROLES", "collector,api,jobs")],
     );
-    let admin = std::fs::read_to_string(dir.join("admin-token"))
-        .expect("token")
-        .trim()
-        .to_string();
+    let admin = admin_token(&dir);
     let http = reqwest::Client::new();
     let v1 = format!("http://{api}/api/v1");
     let post = |body: serde_json::Value| {
@@ -756,10 +723,7 @@ async fn quotas_and_a_full_queue_answer_429_and_expired_jobs_leave_no_files() {
             ("IPFIXSVC__JOBS__RETENTION_SECS", "2"),
         ],
     );
-    let admin = std::fs::read_to_string(dir.join("admin-token"))
-        .expect("token")
-        .trim()
-        .to_string();
+    let admin = admin_token(&dir);
     let http = reqwest::Client::new();
     let v1 = format!("http://{api}/api/v1");
     for (id, quotas) in [
@@ -767,14 +731,7 @@ async fn quotas_and_a_full_queue_answer_429_and_expired_jobs_leave_no_files() {
         ("globex", serde_json::json!({})),
         ("tiny", serde_json::json!({"upload_bytes": 1000})),
     ] {
-        let r = http
-            .post(format!("{v1}/tenants"))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({"id": id, "quotas": quotas}))
-            .send()
-            .await
-            .expect("tenant");
-        assert_eq!(r.status(), 201, "{id}");
+        create_tenant(api, &admin, serde_json::json!({"id": id, "quotas": quotas})).await;
     }
     let small = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -905,10 +862,7 @@ async fn slow_and_too_many_http_clients_are_bounded() {
             ("IPFIXSVC__API__REQUEST_TIMEOUT_SECS", "1"),
         ],
     );
-    let admin = std::fs::read_to_string(dir.join("admin-token"))
-        .expect("token")
-        .trim()
-        .to_string();
+    let admin = admin_token(&dir);
     // Four connections that say nothing hold every place: a fifth is closed at once.
     let mut idle = Vec::new();
     for _ in 0..4 {
@@ -948,14 +902,7 @@ async fn slow_and_too_many_http_clients_are_bounded() {
         "{took:?}"
     );
     // An upload that stalls: 408 after api.request_timeout_secs, nothing kept.
-    let r = http
-        .post(format!("http://{api}/api/v1/tenants"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"id": "acme"}))
-        .send()
-        .await
-        .expect("tenant");
-    assert_eq!(r.status(), 201);
+    create_tenant(api, &admin, serde_json::json!({"id": "acme"})).await;
     let mut upload = tokio::net::TcpStream::connect(api).await.expect("upload");
     let head = format!(
         "POST /api/v1/tenants/acme/jobs/pcap-conversion HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: 1000000\r\n\r\n"
@@ -1001,18 +948,13 @@ async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
         };
         let policy = if refuse { "refuse" } else { "accept" };
         let (server, api, dir) = start(name, &[("IPFIXSVC__COLLECTOR__UNKNOWN_EXPORTERS", policy)]);
-        let admin = std::fs::read_to_string(dir.join("admin-token"))
-            .expect("token")
-            .trim()
-            .to_string();
-        let r = reqwest::Client::new()
-            .post(format!("http://{api}/api/v1/tenants"))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({"id": "acme", "exporters": ["127.0.0.20/30"]}))
-            .send()
-            .await
-            .expect("tenant");
-        assert_eq!(r.status(), 201);
+        let admin = admin_token(&dir);
+        create_tenant(
+            api,
+            &admin,
+            serde_json::json!({"id": "acme", "exporters": ["127.0.0.20/30"]}),
+        )
+        .await;
         let file = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../shared/testdata/ipfix/example_flows.ipfix"
@@ -1185,14 +1127,7 @@ async fn templates_are_the_tenants_own(api: &SocketAddr, admin: &str, token: &st
         );
     }
     // Another tenant sees its own (none), and acme's are not found for it.
-    let r = http
-        .post(format!("{v1}/tenants"))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({"id": "globex"}))
-        .send()
-        .await
-        .expect("tenant");
-    assert_eq!(r.status(), 201);
+    create_tenant(*api, admin, serde_json::json!({"id": "globex"})).await;
     let made = http
         .post(format!("{v1}/tenants/globex/tokens"))
         .bearer_auth(admin)
@@ -1250,14 +1185,7 @@ async fn any_node_answers_for_a_job_submitted_on_another() {
     let (api_a, api_b) = (api_addr(&a), api_addr(&b));
     let http = reqwest::Client::new();
     // The tenant is made on A and known on B.
-    let r = http
-        .post(format!("http://{api_a}/api/v1/tenants"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"id": "acme"}))
-        .send()
-        .await
-        .expect("tenant");
-    assert_eq!(r.status(), 201);
+    create_tenant(api_a, token, serde_json::json!({"id": "acme"})).await;
     let capture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/testdata/traffic/dns.pcap"

@@ -30,15 +30,7 @@ fn node(name: &str, cluster: &str, seed: Option<&str>) -> (Server, String) {
         env.push(("IPFIXSVC__CLUSTER__SEEDS", s));
     }
     let server = Server::start(name, &env);
-    let api = server
-        .wait_log("API listening", 1, Duration::from_secs(20))
-        .iter()
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("api="))
-                .map(String::from)
-        })
-        .expect("API address");
+    let api = common::api_addr(&server).to_string();
     (server, api)
 }
 

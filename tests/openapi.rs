@@ -9,7 +9,6 @@ mod common;
 use common::Server;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 fn start(name: &str) -> (Server, SocketAddr, String) {
     let dir = std::env::temp_dir().join(format!("ipfixsvc-openapi-{}-{name}", std::process::id()));
@@ -23,19 +22,8 @@ fn start(name: &str) -> (Server, SocketAddr, String) {
             ("IPFIXSVC__STORAGE__DIR", dir_s.as_str()),
         ],
     );
-    let lines = server.wait_log("API listening", 1, Duration::from_secs(20));
-    let api = lines
-        .iter()
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("api="))
-                .and_then(|a| a.parse().ok())
-        })
-        .expect("API address in the log");
-    let token = std::fs::read_to_string(dir.join("admin-token"))
-        .expect("admin token")
-        .trim()
-        .to_string();
+    let api = common::api_addr(&server);
+    let token = common::admin_token(&dir);
     (server, api, token)
 }
 
@@ -66,14 +54,7 @@ async fn the_document_and_the_routes_match_both_ways() {
     let http = reqwest::Client::new();
     let doc = document(&http, api).await;
     assert_eq!(doc["openapi"], "3.1.0");
-    let made = http
-        .post(format!("http://{api}/api/v1/tenants"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"id": "acme"}))
-        .send()
-        .await
-        .expect("tenant");
-    assert_eq!(made.status(), 201);
+    common::create_tenant(api, &token, serde_json::json!({"id": "acme"})).await;
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 17, "{:?}", paths.keys());
     for (template, ops) in paths {

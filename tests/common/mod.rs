@@ -156,6 +156,39 @@ pub fn traffic_captures() -> Vec<PathBuf> {
 }
 
 /// Fails the test with a clear line when a tool the test drives is not installed.
+/// The API address a `serve` logs (`API listening api=ADDR`).
+pub fn api_addr(server: &Server) -> SocketAddr {
+    let lines = server.wait_log("API listening", 1, Duration::from_secs(20));
+    lines
+        .iter()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("api="))
+                .and_then(|a| a.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no API address in the log: {:?}", server.log_lines("")))
+}
+
+/// The admin token a node made in its `storage.dir`.
+pub fn admin_token(storage: &std::path::Path) -> String {
+    std::fs::read_to_string(storage.join("admin-token"))
+        .expect("admin token")
+        .trim()
+        .to_string()
+}
+
+/// Creates a tenant through the API with the admin token; it must answer 201.
+pub async fn create_tenant(api: SocketAddr, admin: &str, tenant: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{api}/api/v1/tenants"))
+        .bearer_auth(admin)
+        .json(&tenant)
+        .send()
+        .await
+        .expect("create tenant");
+    assert_eq!(r.status(), 201, "{tenant}");
+}
+
 /// A loopback port free now (for listeners that must be named before they start).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
