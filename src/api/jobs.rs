@@ -81,63 +81,68 @@ pub fn routes(
     storage: PathBuf,
     max_upload: u64,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let base = super::tenants::access(ctx, "jobs");
+    let jobs = || warp::path!("api" / "v1" / "tenants" / String / "jobs" / ..);
+    let auth = move || super::tenants::authorized(ctx.clone());
     let upload_dir = storage.join("uploads");
-    let submit = base
-        .clone()
+    let submit = jobs()
         .and(warp::path!("pcap-conversion"))
         .and(warp::post())
+        .and(auth())
         .and(warp::query::<UploadQuery>())
         .and(warp::body::stream())
         .and_then(move |tenant: String, ctx: Ctx, q: UploadQuery, body| {
             let dir = upload_dir.join(&tenant);
             async move { submit(ctx, tenant, q, body, dir, max_upload).await }
         });
-    let list = base
-        .clone()
+    let list = jobs()
         .and(warp::path::end())
         .and(warp::get())
+        .and(auth())
         .and(warp::query::<ListQuery>())
         .and_then(list);
     // The id is taken as text and parsed here: one that is not a job id is a job that does not
     // exist (404), not a route that does not (which warp would answer with another route's 405).
-    let get = base
-        .clone()
+    let get = jobs()
         .and(warp::path!(String))
         .and(warp::get())
-        .and_then(|tenant: String, ctx: Ctx, id: String| async move {
+        .and(job_path())
+        .and(auth())
+        .and_then(|tenant: String, id: String, ctx: Ctx| async move {
             let r = record(&ctx, &tenant, job_id(&tenant, &id)?).await?;
             Ok::<_, Rejection>(warp::reply::json(&r).into_response())
         });
-    let cancel = base
-        .clone()
+    let cancel = jobs()
         .and(warp::path!(String))
         .and(warp::delete())
-        .and_then(|tenant: String, ctx: Ctx, id: String| async move {
+        .and(job_path())
+        .and(auth())
+        .and_then(|tenant: String, id: String, ctx: Ctx| async move {
             cancel(tenant.clone(), job_id(&tenant, &id)?, ctx).await
         });
     let jobs_dir = storage.join("jobs");
-    let result = base
+    let result = jobs()
         .and(warp::get())
         .and(warp::path::peek())
-        .and_then(
-            |tenant: String, ctx: Ctx, tail: warp::path::Peek| async move {
-                // `{id}/result` only: anything else under the folder is not served.
-                let (id, rest) = tail.as_str().split_once('/').unwrap_or((tail.as_str(), ""));
-                if rest != "result" {
-                    return Err(warp::reject::not_found());
-                }
-                let id = job_id(&tenant, id)?;
-                let r = record(&ctx, &tenant, id).await?;
-                if r.state != JobState::Succeeded || r.artifact.is_none() {
-                    return Err(problem::reject(Problem::not_found(format!(
-                        "job {id} has no result (it is {:?})",
-                        r.state
-                    ))));
-                }
-                Ok(())
-            },
-        )
+        .and_then(|tenant: String, tail: warp::path::Peek| async move {
+            // `{id}/result` only: anything else under the folder is not served.
+            match tail.as_str().split_once('/') {
+                Some((id, "result")) => Ok((tenant, id.to_string())),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(auth())
+        .and_then(|tenant: String, id: String, ctx: Ctx| async move {
+            let id = job_id(&tenant, &id)?;
+            let r = record(&ctx, &tenant, id).await?;
+            if r.state != JobState::Succeeded || r.artifact.is_none() {
+                return Err(problem::reject(Problem::not_found(format!(
+                    "job {id} has no result (it is {:?})",
+                    r.state
+                ))));
+            }
+            Ok(())
+        })
         .untuple_one()
         .and(warp::fs::dir(jobs_dir))
         .map(|f: warp::fs::File| {
@@ -159,13 +164,22 @@ pub fn routes(
         .unify()
 }
 
-/// The job id in a path. `pcap-conversion` is not one but the submit route's own path, which,
-/// as a concrete path, wins over the `{job_id}` template (OpenAPI's rule): other methods on it
-/// fall through to that route's 405.
+/// `pcap-conversion` is not a job id but the submit route's own path, which, as a concrete
+/// path, wins over the `{job_id}` template (OpenAPI's rule): other methods on it fall through to
+/// that route's 405. Checked before the token, with the rest of the path.
+fn job_path() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path::full()
+        .and_then(|p: warp::path::FullPath| async move {
+            if p.as_str().ends_with("/jobs/pcap-conversion") {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
+}
+
 fn job_id(tenant: &str, id: &str) -> Result<JobId, Rejection> {
-    if id == "pcap-conversion" {
-        return Err(warp::reject::not_found());
-    }
     id.parse().map_err(|_| {
         problem::reject(Problem::not_found(format!(
             "no job {id:?} for tenant {tenant}"

@@ -139,9 +139,9 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .and(warp::get())
         .and(admin(ctx.clone()))
         .and_then(cluster);
-    let tenant_sessions = super::tenants::access(ctx.clone(), "sessions")
-        .and(warp::path::end())
+    let tenant_sessions = warp::path!("api" / "v1" / "tenants" / String / "sessions")
         .and(warp::get())
+        .and(super::tenants::authorized(ctx.clone()))
         .and_then(|tenant: String, ctx: Ctx| async move {
             let mut list = cluster_sessions(&ctx).await?;
             list.sessions.retain(|s| s.stats.tenant == tenant);

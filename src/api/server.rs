@@ -115,10 +115,9 @@ pub async fn serve<F>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.header_timeout);
+    // No HTTP/2 keep-alive pings: their traffic would keep an idle connection from ever
+    // looking idle.
+    builder.http2().timer(TokioTimer::new());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {

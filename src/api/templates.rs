@@ -67,9 +67,9 @@ pub struct FieldView {
 pub fn routes(
     ctx: Ctx,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    super::tenants::access(ctx, "templates")
-        .and(warp::path::end())
+    warp::path!("api" / "v1" / "tenants" / String / "templates")
         .and(warp::get())
+        .and(super::tenants::authorized(ctx))
         .and_then(list)
 }
 

@@ -57,26 +57,29 @@ fn bad(detail: String) -> Rejection {
     ))
 }
 
-/// Matches `/api/v1/tenants/{tenant}/{resource}/..` and passes `(tenant, ctx)` when the request
-/// may act for that tenant: the admin token (and the tenant exists), or one of its tokens. The
-/// path is matched before anything is asked of the store.
-pub fn access(
-    ctx: Ctx,
-    resource: &'static str,
-) -> impl Filter<Extract = (String, Ctx), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "tenants" / String / ..)
-        .and(warp::path(resource))
+/// Passes the context when the request may act for the tenant its path names
+/// (`/api/v1/tenants/{tenant}/..`): the admin token (and the tenant exists), or one of that
+/// tenant's tokens. Put it after a route's path and method, so that the store is asked once, for
+/// the route that matched.
+pub fn authorized(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
+    warp::path::full()
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::any().map(move || ctx.clone()))
         .and_then(
-            |tenant: String, auth: Option<String>, ctx: Ctx| async move {
+            |path: warp::path::FullPath, auth: Option<String>, ctx: Ctx| async move {
+                let tenant = path
+                    .as_str()
+                    .strip_prefix("/api/v1/tenants/")
+                    .and_then(|rest| rest.split('/').next())
+                    .unwrap_or_default()
+                    .to_string();
                 if !valid_tenant_id(&tenant) {
                     return Err(no_tenant(&tenant));
                 }
                 if ctx.admin.admits(auth.as_deref()) {
                     let found: Option<Tenant> = ask!(ctx, TenantMsg::Get, tenant.clone());
                     return match found {
-                        Some(_) => Ok((tenant, ctx)),
+                        Some(_) => Ok(ctx),
                         None => Err(no_tenant(&tenant)),
                     };
                 }
@@ -88,7 +91,7 @@ pub fn access(
                 let owner: Option<String> =
                     ask!(ctx, TenantMsg::Authenticate, token.trim().to_string());
                 match owner {
-                    Some(o) if o == tenant => Ok((tenant, ctx)),
+                    Some(o) if o == tenant => Ok(ctx),
                     Some(_) => Err(no_tenant(&tenant)),
                     None => Err(problem::reject(Problem::unauthorized(
                         "the token is not valid (or was revoked)",
@@ -96,7 +99,6 @@ pub fn access(
                 }
             },
         )
-        .untuple_one()
 }
 
 /// A tenant as the store has it (for its quotas); 404 when it does not exist.
