@@ -1036,6 +1036,46 @@ async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
                 seen.iter().all(|s| s["stats"]["tenant"] == "acme"),
                 "only acme's sessions: {seen:?}"
             );
+            // The cluster's sessions a page at a time: the owned and the stranger's, in two.
+            let http = reqwest::Client::new();
+            let v1 = format!("http://{api}/api/v1");
+            let mut first = serde_json::Value::Null;
+            for _ in 0..100 {
+                first = get_json(&http, format!("{v1}/sessions?limit=1"), &admin).await;
+                if first["next_after"].is_string() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                first["sessions"].as_array().map(Vec::len),
+                Some(1),
+                "{first}"
+            );
+            let after = first["next_after"].as_str().expect("a next page");
+            // The cursor holds only `/`, `:`, `.` and name characters: safe in a query.
+            let second = get_json(
+                &http,
+                format!("{v1}/sessions?limit=1&after={after}"),
+                &admin,
+            )
+            .await;
+            assert_eq!(
+                second["sessions"].as_array().map(Vec::len),
+                Some(1),
+                "{second}"
+            );
+            assert_ne!(second["sessions"][0], first["sessions"][0]);
+            assert!(second["as_of_ms"].as_u64().is_some());
+            problem(
+                http.get(format!("{v1}/sessions?limit=0"))
+                    .bearer_auth(&admin)
+                    .send()
+                    .await
+                    .expect("bad limit"),
+                400,
+            )
+            .await;
             drop((owned, stranger));
             templates_are_the_tenants_own(&api, &admin, &token).await;
         }

@@ -292,6 +292,7 @@ impl Actor for NodeSupervisor {
                 cluster: cl.enabled(),
                 requests: Default::default(),
                 refused: Default::default(),
+                sessions: Default::default(),
                 storage: PathBuf::from(&args.settings.storage.dir),
                 max_upload: a.max_upload_bytes,
                 registry: args.registry.clone(),

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod server;
+pub mod sessions;
 pub mod templates;
 pub mod tenants;
 

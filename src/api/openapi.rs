@@ -7,10 +7,11 @@
 use super::jobs::{JobList, ListQuery, UploadQuery};
 use super::problem::Problem;
 use super::routes::{Health, NodeViews, Readiness};
+use super::sessions::{SessionPage, SessionQuery};
 use super::templates::{DomainTemplates, ExporterTemplates, FieldView, TemplateList, TemplateView};
 use super::tenants::{NewTenant, TenantList, TenantPatch, TokenInfo, TokenList, TokenMade};
 use crate::actors::collector::session_logic::SessionStats;
-use crate::actors::directory::{SessionInfo, SessionList};
+use crate::actors::directory::SessionInfo;
 use crate::store::jobs::{JobOptions, JobProgress, JobTelemetry};
 use crate::store::tenants::Quotas;
 use crate::store::{JobId, JobRecord, JobState, Tenant, Transport};
@@ -35,7 +36,7 @@ const PROBLEM: &str = "application/problem+json";
         ops::get_job, ops::cancel_job, ops::job_result,
     ),
     components(schemas(
-        Problem, Health, Readiness, NodeViews, SessionList, SessionInfo, SessionStats,
+        Problem, Health, Readiness, NodeViews, SessionPage, SessionInfo, SessionStats,
         Tenant, Quotas, NewTenant, TenantPatch, TenantList, TokenMade, TokenInfo, TokenList,
         TemplateList, ExporterTemplates, DomainTemplates, TemplateView, FieldView, Transport,
         JobRecord, JobId, JobState, JobOptions, JobProgress, JobTelemetry, JobList,
@@ -153,8 +154,10 @@ mod ops {
     fn openapi_json() {}
 
     #[utoipa::path(get, path = "/api/v1/sessions", tag = "operators", security(("bearer" = [])),
+        params(SessionQuery),
         responses(
-            (status = 200, description = "Every exporter session of the cluster", body = SessionList),
+            (status = 200, description = "The exporter sessions of the cluster, a page at a time", body = SessionPage),
+            (status = 400, description = "A bad query parameter", body = Problem, content_type = PROBLEM),
             (status = 401, description = "No token, or not the admin's", body = Problem, content_type = PROBLEM),
             (status = 503, description = "The session directory did not answer in time", body = Problem, content_type = PROBLEM),
         ))]
@@ -263,9 +266,10 @@ mod ops {
     fn revoke_token() {}
 
     #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/sessions", tag = "collector", security(("bearer" = [])),
-        params(("tenant" = String, Path, description = "The tenant's id")),
+        params(("tenant" = String, Path, description = "The tenant's id"), SessionQuery),
         responses(
-            (status = 200, description = "The tenant's exporter sessions, cluster-wide", body = SessionList),
+            (status = 200, description = "The tenant's exporter sessions, cluster-wide, a page at a time", body = SessionPage),
+            (status = 400, description = "A bad query parameter", body = Problem, content_type = PROBLEM),
             (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
             (status = 404, description = "No such tenant (or another tenant's)", body = Problem, content_type = PROBLEM),
             (status = 503, description = "The session directory did not answer in time", body = Problem, content_type = PROBLEM),

@@ -6,7 +6,7 @@ use super::auth::AdminToken;
 use super::problem::{self, Problem};
 use crate::actors::cluster::{CLUSTER_MEMBER, ClusterMsg};
 use crate::actors::collector::{COLLECTOR_NAME, CollectorCounters, CollectorMsg};
-use crate::actors::directory::{DIRECTORY_GROUP, DIRECTORY_NAME, DirectoryMsg};
+use crate::actors::directory::{DIRECTORY_GROUP, DirectoryMsg};
 use crate::actors::template_cache::{CacheMsg, CacheStatus, TEMPLATE_CACHE};
 use ractor::ActorRef;
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub struct Ctx {
     pub collector: bool,
     pub cluster: bool,
     pub requests: Arc<RequestCounts>,
+    /// The last listing of the cluster's sessions, shared by requests close together.
+    pub sessions: Arc<super::sessions::Snapshots>,
     /// Connections closed at `api.max_connections`.
     pub refused: Arc<super::server::Refused>,
     /// `storage.dir`: uploads and job results.
@@ -131,22 +133,11 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .and(warp::get())
         .and(with(ctx.clone()))
         .then(metrics);
-    let sessions = warp::path!("api" / "v1" / "sessions")
-        .and(warp::get())
-        .and(admin(ctx.clone()))
-        .and_then(sessions);
     let cluster = warp::path!("api" / "v1" / "cluster")
         .and(warp::get())
         .and(admin(ctx.clone()))
         .and_then(cluster);
-    let tenant_sessions = warp::path!("api" / "v1" / "tenants" / String / "sessions")
-        .and(warp::get())
-        .and(super::tenants::authorized(ctx.clone()))
-        .and_then(|tenant: String, ctx: Ctx| async move {
-            let mut list = cluster_sessions(&ctx).await?;
-            list.sessions.retain(|s| s.stats.tenant == tenant);
-            Ok::<_, Rejection>(warp::reply::json(&list).into_response())
-        });
+    let sessions = super::sessions::routes(ctx.clone());
     let actors = warp::path!("debug" / "actors")
         .and(warp::get())
         .and(admin(ctx.clone()))
@@ -163,13 +154,11 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .unify()
         .or(openapi)
         .unify()
-        .or(sessions.map(Reply::into_response))
+        .or(sessions)
         .unify()
         .or(cluster.map(Reply::into_response))
         .unify()
         .or(actors)
-        .unify()
-        .or(tenant_sessions)
         .unify()
         .or(tenants)
         .unify()
@@ -376,25 +365,6 @@ async fn metrics(ctx: Ctx) -> warp::reply::Response {
         warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
-}
-
-/// Every exporter session of the cluster, with its statistics.
-async fn sessions(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
-    let list = cluster_sessions(&ctx).await?;
-    Ok(warp::reply::json(&list).into_response())
-}
-
-async fn cluster_sessions(ctx: &Ctx) -> Result<crate::actors::directory::SessionList, Rejection> {
-    let Some(d) = local::<DirectoryMsg>(DIRECTORY_NAME) else {
-        return Err(problem::reject(Problem::unavailable(
-            "the session directory is restarting".into(),
-        )));
-    };
-    ractor::call_t!(d, DirectoryMsg::ListCluster, timeout_ms(ctx)).map_err(|e| {
-        problem::reject(Problem::unavailable(format!(
-            "listing the cluster's sessions: {e}"
-        )))
-    })
 }
 
 /// Every node's view of the cluster (its peers, seeds and last errors), asked through the
