@@ -9,20 +9,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// GET `url` with a bearer token; the JSON answer.
+/// GET `url` with a bearer token; the JSON answer. Bounded: a hang fails naming the URL.
 async fn get_json(
     http: &reqwest::Client,
-    url: impl reqwest::IntoUrl,
+    url: impl reqwest::IntoUrl + std::fmt::Display,
     token: &str,
 ) -> serde_json::Value {
-    http.get(url)
+    let what = url.to_string();
+    let r = http
+        .get(url)
         .bearer_auth(token)
+        .timeout(Duration::from_secs(15))
         .send()
         .await
-        .expect("GET")
-        .json()
+        .unwrap_or_else(|e| panic!("GET {what}: {e}"));
+    r.json()
         .await
-        .expect("json")
+        .unwrap_or_else(|e| panic!("GET {what}: not JSON: {e}"))
 }
 
 fn storage(name: &str) -> std::path::PathBuf {
@@ -672,15 +675,14 @@ async fn tenants_and_their_tokens() {
     .await;
 }
 
-/// A pcap of `packets` small UDP packets over 5,000 flows: big enough that converting it keeps
-/// a debug build's worker busy for seconds (about 0.8M packets/s).
-fn big_capture(path: &std::path::Path, packets: u32) {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("capture"));
-    f.write_all(&[
+/// A pcap of `packets` small UDP packets over 5,000 flows (in memory: nothing left on disk),
+/// big enough that converting it keeps a debug build's worker busy for seconds (about 0.8M
+/// packets/s).
+fn big_capture(packets: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(24 + packets as usize * 58);
+    f.extend_from_slice(&[
         0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
-    ])
-    .expect("header");
+    ]);
     for i in 0..packets {
         let mut pkt = vec![0u8; 12];
         pkt.extend_from_slice(&[0x08, 0x00]);
@@ -692,11 +694,11 @@ fn big_capture(path: &std::path::Path, packets: u32) {
         pkt.extend_from_slice(&[0, 53, 0, 8, 0, 0]);
         let len = pkt.len() as u32;
         for v in [1_700_000_000 + i / 1000, (i % 1000) * 1000, len, len] {
-            f.write_all(&v.to_le_bytes()).expect("record");
+            f.extend_from_slice(&v.to_le_bytes());
         }
-        f.write_all(&pkt).expect("packet");
+        f.extend_from_slice(&pkt);
     }
-    f.flush().expect("flush");
+    f
 }
 
 /// Files under `dir` (not folders), recursively.
@@ -745,9 +747,7 @@ async fn quotas_and_a_full_queue_answer_429_and_expired_jobs_leave_no_files() {
             .send()
     };
     // acme's big job takes the only worker.
-    let big = dir.join("big.pcap");
-    big_capture(&big, 2_000_000);
-    let r = submit("acme", std::fs::read(&big).expect("big"))
+    let r = submit("acme", big_capture(2_000_000))
         .await
         .expect("big upload");
     assert_eq!(r.status(), 202);
@@ -1283,14 +1283,13 @@ async fn any_node_answers_for_a_job_submitted_on_another() {
     )
     .await;
     // A job running on A is cancelled through B.
-    let big = shared.join("big.pcap");
-    big_capture(&big, 2_000_000);
+
     let r = http
         .post(format!(
             "http://{api_a}/api/v1/tenants/acme/jobs/pcap-conversion"
         ))
         .bearer_auth(token)
-        .body(std::fs::read(&big).expect("big"))
+        .body(big_capture(2_000_000))
         .send()
         .await
         .expect("big upload");

@@ -2,32 +2,52 @@
 //! (`GET /api/v1/tenants/{tenant}/sessions`), a page at a time.
 //!
 //! A listing asks every session of every node for its statistics (SessionDirectory's
-//! `ListCluster`): with a thousand sessions that is milliseconds of work. Requests within
-//! `SNAPSHOT_FOR` of each other therefore share one listing, made once however many ask at the
-//! same moment; each answer says how old its figures are (`as_of_ms`).
+//! `ListCluster`): with a thousand sessions that is milliseconds of work. So requests share
+//! listings: one younger than `SNAPSHOT_FOR` answers as it is; an older one (up to `STALE_FOR`)
+//! still answers at once while one request's task lists again in the background; only with no
+//! listing, or one older than that, does a request wait, for a listing made once however many
+//! wait. Each answer says how old its figures are (`as_of_ms`). Pages rendered from a listing
+//! are kept with it, so clients polling the same page cost a copy, not a rendering.
 
 use super::problem::{self, Problem};
 use super::routes::{Ctx, admin};
 use crate::actors::directory::{DIRECTORY_NAME, DirectoryMsg, SessionInfo, SessionList};
 use ractor::ActorRef;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use warp::http::StatusCode;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
-/// How long one listing of the cluster's sessions answers requests.
+/// A listing this young answers without a new one being made.
 pub const SNAPSHOT_FOR: Duration = Duration::from_millis(500);
+/// A listing this young still answers at once while a new one is made.
+pub const STALE_FOR: Duration = Duration::from_secs(5);
+/// Bytes of rendered pages kept per listing (a client asking for many different pages costs
+/// renderings, not memory).
+const PAGES_KEPT_BYTES: usize = 8 << 20;
 
-/// The last listing, sorted by its cursor key.
+/// A listing, sorted by its cursor key, with the pages rendered from it.
 struct Snapshot {
     at: Instant,
     as_of_ms: u64,
-    sessions: Arc<Vec<(String, SessionInfo)>>,
-    errors: Arc<Vec<String>>,
+    sessions: Vec<(String, SessionInfo)>,
+    errors: Vec<String>,
+    pages: std::sync::Mutex<(HashMap<PageKey, bytes::Bytes>, usize)>,
 }
 
+/// (tenant, after, limit)
+type PageKey = (Option<String>, Option<String>, usize);
+
 #[derive(Default)]
-pub struct Snapshots(tokio::sync::Mutex<Option<Snapshot>>);
+pub struct Snapshots {
+    last: std::sync::Mutex<Option<Arc<Snapshot>>>,
+    /// A background listing is under way.
+    refreshing: AtomicBool,
+    /// Held by the request that lists while others wait for it.
+    listing: tokio::sync::Mutex<()>,
+}
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -82,8 +102,38 @@ async fn page(
             format!("limit must be 1 to 1000, not {limit}"),
         )));
     }
-    let (sessions, errors, as_of_ms) = snapshot(&ctx).await?;
-    let start = match &q.after {
+    let snap = snapshot(&ctx).await?;
+    let key: PageKey = (tenant, q.after, limit);
+    let cached = snap
+        .pages
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .0
+        .get(&key)
+        .cloned();
+    let body = match cached {
+        Some(b) => b,
+        None => {
+            let b = render(&snap, &key);
+            let mut pages = snap.pages.lock().unwrap_or_else(|p| p.into_inner());
+            if pages.1 + b.len() <= PAGES_KEPT_BYTES {
+                pages.1 += b.len();
+                pages.0.insert(key, b.clone());
+            }
+            b
+        }
+    };
+    let mut r = warp::reply::Response::new(body.into());
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+fn render(snap: &Snapshot, (tenant, after, limit): &PageKey) -> bytes::Bytes {
+    let sessions = &snap.sessions;
+    let start = match after {
         Some(after) => sessions.partition_point(|(key, _)| key.as_str() <= after.as_str()),
         None => 0,
     };
@@ -92,32 +142,54 @@ async fn page(
         .filter(|(_, s)| tenant.as_ref().is_none_or(|t| &s.stats.tenant == t))
         .take(limit + 1)
         .collect();
-    let more = taken.len() > limit;
-    taken.truncate(limit);
-    let body = SessionPage {
+    let more = taken.len() > *limit;
+    taken.truncate(*limit);
+    let page = SessionPage {
         next_after: if more {
             taken.last().map(|(key, _)| key.clone())
         } else {
             None
         },
         sessions: taken.into_iter().map(|(_, s)| s.clone()).collect(),
-        errors: errors.to_vec(),
-        as_of_ms,
+        errors: snap.errors.clone(),
+        as_of_ms: snap.as_of_ms,
     };
-    Ok(warp::reply::json(&body).into_response())
+    serde_json::to_vec(&page).unwrap_or_default().into()
 }
 
-type Listed = (Arc<Vec<(String, SessionInfo)>>, Arc<Vec<String>>, u64);
-
-/// The cluster's sessions, listed again when the last listing is older than `SNAPSHOT_FOR`.
-/// The lock is held while listing: requests that arrive meanwhile wait for that one listing.
-async fn snapshot(ctx: &Ctx) -> Result<Listed, Rejection> {
-    let mut held = ctx.sessions.0.lock().await;
-    if let Some(s) = held.as_ref()
-        && s.at.elapsed() < SNAPSHOT_FOR
-    {
-        return Ok((s.sessions.clone(), s.errors.clone(), s.as_of_ms));
+/// A listing to answer from (see the module's comment for which).
+async fn snapshot(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
+    let snaps = &ctx.sessions;
+    let last = snaps.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(s) = last {
+        let age = s.at.elapsed();
+        if age < SNAPSHOT_FOR {
+            return Ok(s);
+        }
+        if age < STALE_FOR {
+            if !snaps.refreshing.swap(true, Ordering::AcqRel) {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = list(&ctx).await {
+                        tracing::debug!(error = ?e, "sessions not listed again");
+                    }
+                    ctx.sessions.refreshing.store(false, Ordering::Release);
+                });
+            }
+            return Ok(s);
+        }
     }
+    let _one = snaps.listing.lock().await;
+    // Made by the request that held the lock before this one?
+    let last = snaps.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match last {
+        Some(s) if s.at.elapsed() < SNAPSHOT_FOR => Ok(s),
+        _ => list(ctx).await,
+    }
+}
+
+/// Lists the cluster's sessions and keeps the listing.
+async fn list(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
     let Some(d) = ractor::registry::where_is(DIRECTORY_NAME).map(ActorRef::<DirectoryMsg>::from)
     else {
         return Err(problem::reject(Problem::unavailable(
@@ -138,13 +210,13 @@ async fn snapshot(ctx: &Ctx) -> Result<Listed, Rejection> {
         .map(|s| (format!("{}/{}", s.node, s.session), s))
         .collect();
     sessions.sort_by(|a, b| a.0.cmp(&b.0));
-    let s = Snapshot {
+    let s = Arc::new(Snapshot {
         at: Instant::now(),
         as_of_ms: crate::store::unix_ms(),
-        sessions: Arc::new(sessions),
-        errors: Arc::new(list.errors),
-    };
-    let out = (s.sessions.clone(), s.errors.clone(), s.as_of_ms);
-    *held = Some(s);
-    Ok(out)
+        sessions,
+        errors: list.errors,
+        pages: Default::default(),
+    });
+    *ctx.sessions.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+    Ok(s)
 }
