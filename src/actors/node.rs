@@ -293,6 +293,7 @@ impl Actor for NodeSupervisor {
                 requests: Default::default(),
                 refused: Default::default(),
                 sessions: Default::default(),
+                uploading: Default::default(),
                 storage: PathBuf::from(&args.settings.storage.dir),
                 max_upload: a.max_upload_bytes,
                 registry: args.registry.clone(),
@@ -304,6 +305,7 @@ impl Actor for NodeSupervisor {
                 limits: crate::api::server::Limits {
                     max_connections: a.max_connections,
                     header_timeout: Duration::from_secs(a.header_timeout_secs),
+                    request_timeout: Duration::from_secs(a.request_timeout_secs),
                 },
             });
             api.spawn(myself.get_cell()).await?;

@@ -319,6 +319,8 @@ async fn submit(
 ) -> Result<warp::reply::Response, Rejection> {
     // The tenant's quotas, checked before a byte is stored.
     let quotas = super::tenants::tenant(&ctx, &tenant).await?.quotas;
+    // This upload counts as a job from now on: parallel uploads cannot all pass the check.
+    let uploading = Uploading::start(&ctx.uploading, &tenant);
     let j = jobs()?;
     let ms = ctx.timeout.as_millis() as u64;
     let active = match ractor::call_t!(j, JobMsg::List, ms, tenant.clone()) {
@@ -326,12 +328,13 @@ async fn submit(
         Ok(Err(e)) => return Err(unavailable("listing jobs", e)),
         Err(e) => return Err(unavailable("asking the job supervisor", e)),
     };
+    let active = active + uploading.others();
     if active >= quotas.max_jobs as usize {
         return Ok(too_many(
             "quota-jobs",
             "The tenant's job quota is used up",
             format!(
-                "{active} jobs of tenant {tenant} are queued or running; its quota is {} (quotas.max_jobs)",
+                "{active} jobs of tenant {tenant} are queued, running or being uploaded; its quota is {} (quotas.max_jobs)",
                 quotas.max_jobs
             ),
             RETRY_QUOTA,
@@ -346,11 +349,13 @@ async fn submit(
                 "tenant {tenant} keeps {stored} bytes of uploads; its quota is {} (quotas.upload_bytes)",
                 quotas.upload_bytes
             ),
+            tenant_bytes: quotas.upload_bytes,
         }
     } else {
         Limit {
             bytes: max_upload,
             why: format!("uploads are limited to {max_upload} bytes (api.max_upload_bytes)"),
+            tenant_bytes: quotas.upload_bytes,
         }
     };
     let name = uuid::Uuid::new_v4().simple().to_string();
@@ -395,7 +400,11 @@ async fn submit(
                 e,
             )));
         }
-        Err(e) => return Err(unavailable("asking the job supervisor", e)),
+        Err(e) => {
+            // The supervisor may still take the job: the upload is left to the sweep.
+            guard.0 = None;
+            return Err(unavailable("asking the job supervisor", e));
+        }
     };
     // The job owns the upload now.
     guard.0 = None;
@@ -426,6 +435,55 @@ fn too_many(kind: &str, title: &'static str, detail: String, secs: u64) -> warp:
 struct Limit {
     bytes: u64,
     why: String,
+    /// The tenant's quota for all its uploads together, checked again as this one grows (its
+    /// other uploads in progress grow too).
+    tenant_bytes: u64,
+}
+
+/// Bytes between two checks of a tenant's uploads in progress against its quota.
+const RECHECK_EVERY: u64 = 64 << 20;
+
+/// Uploads in progress per tenant on this node (what the job quota counts besides jobs).
+pub type UploadsInProgress = std::sync::Mutex<std::collections::HashMap<String, usize>>;
+
+/// One upload in progress, counted until it ends.
+struct Uploading<'a> {
+    all: &'a UploadsInProgress,
+    tenant: String,
+}
+
+impl<'a> Uploading<'a> {
+    fn start(all: &'a UploadsInProgress, tenant: &str) -> Uploading<'a> {
+        *all.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_string())
+            .or_default() += 1;
+        Uploading {
+            all,
+            tenant: tenant.to_string(),
+        }
+    }
+
+    /// The tenant's other uploads in progress.
+    fn others(&self) -> usize {
+        self.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.tenant)
+            .map_or(0, |n| n.saturating_sub(1))
+    }
+}
+
+impl Drop for Uploading<'_> {
+    fn drop(&mut self) {
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = all.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                all.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// Streams the body into `part`, counting bytes: past the limit it stops with 413 (chunked
@@ -478,6 +536,20 @@ async fn receive(
                     "Upload too large",
                     limit.why.clone(),
                 )));
+            }
+            if written / RECHECK_EVERY != (written - n as u64) / RECHECK_EVERY {
+                let all = crate::actors::jobs::sweep::upload_bytes(dir).await;
+                if all > limit.tenant_bytes {
+                    return Err(problem::reject(Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too-large",
+                        "Upload too large",
+                        format!(
+                            "the tenant's uploads, this one and others in progress, reached {all} bytes; its quota is {} (quotas.upload_bytes)",
+                            limit.tenant_bytes
+                        ),
+                    )));
+                }
             }
             if magic.len() < 4 {
                 let take = (4 - magic.len()).min(n);

@@ -9,7 +9,9 @@ use super::problem::Problem;
 use super::routes::{Health, NodeViews, Readiness};
 use super::sessions::{SessionPage, SessionQuery};
 use super::templates::{DomainTemplates, ExporterTemplates, FieldView, TemplateList, TemplateView};
-use super::tenants::{NewTenant, TenantList, TenantPatch, TokenInfo, TokenList, TokenMade};
+use super::tenants::{
+    NewTenant, QuotasPatch, TenantList, TenantPatch, TokenInfo, TokenList, TokenMade,
+};
 use crate::actors::collector::session_logic::SessionStats;
 use crate::actors::directory::SessionInfo;
 use crate::store::jobs::{JobOptions, JobProgress, JobTelemetry};
@@ -37,7 +39,7 @@ const PROBLEM: &str = "application/problem+json";
     ),
     components(schemas(
         Problem, Health, Readiness, NodeViews, SessionPage, SessionInfo, SessionStats,
-        Tenant, Quotas, NewTenant, TenantPatch, TenantList, TokenMade, TokenInfo, TokenList,
+        Tenant, Quotas, QuotasPatch, NewTenant, TenantPatch, TenantList, TokenMade, TokenInfo, TokenList,
         TemplateList, ExporterTemplates, DomainTemplates, TemplateView, FieldView, Transport,
         JobRecord, JobId, JobState, JobOptions, JobProgress, JobTelemetry, JobList,
     )),
@@ -183,7 +185,7 @@ mod ops {
             (status = 201, description = "Made; `Location` names it", body = Tenant),
             (status = 400, description = "A bad id, prefix, field or JSON", body = Problem, content_type = PROBLEM),
             (status = 401, description = "No token, or not the admin's", body = Problem, content_type = PROBLEM),
-            (status = 409, description = "The tenant exists", body = Problem, content_type = PROBLEM),
+            (status = 409, description = "The tenant exists, or a deleted one of that id left job records not yet expired", body = Problem, content_type = PROBLEM),
             (status = 413, description = "A body over 64 KiB", body = Problem, content_type = PROBLEM),
             (status = 415, description = "Not `application/json`", body = Problem, content_type = PROBLEM),
             (status = 503, description = "The tenant store did not answer", body = Problem, content_type = PROBLEM),

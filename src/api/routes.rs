@@ -29,6 +29,8 @@ pub struct Ctx {
     pub requests: Arc<RequestCounts>,
     /// The last listing of the cluster's sessions, shared by requests close together.
     pub sessions: Arc<super::sessions::Snapshots>,
+    /// Uploads in progress per tenant on this node (counted by the job quota).
+    pub uploading: Arc<super::jobs::UploadsInProgress>,
     /// Connections closed at `api.max_connections`.
     pub refused: Arc<super::server::Refused>,
     /// `storage.dir`: uploads and job results.

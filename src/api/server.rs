@@ -30,6 +30,8 @@ use warp::Filter;
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// How long a request may wait on the actors behind it (`api.request_timeout_secs`).
+    pub request_timeout: Duration,
 }
 
 /// Connections closed at `max_connections` since the start (for `/metrics`).
@@ -158,6 +160,7 @@ pub async fn serve<F>(
             .into_owned();
         let mut stop = stop_rx.clone();
         let idle = limits.header_timeout;
+        let request_timeout = limits.request_timeout;
         connections.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let mut tick = tokio::time::interval(idle / 4);
@@ -174,12 +177,16 @@ pub async fn serve<F>(
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    _ = tick.tick(), if !closing => {
+                    _ = tick.tick() => {
                         let quiet = start.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                        if quiet >= idle {
+                        if !closing && quiet >= idle {
                             // Idle, or a request whose client went quiet: answered first, then closed.
                             conn.as_mut().graceful_shutdown();
                             closing = true;
+                        } else if closing && quiet >= idle + request_timeout {
+                            // Still nothing moves (a peer that stopped reading): dropped, and its
+                            // place with it.
+                            break;
                         }
                     }
                 }

@@ -24,6 +24,8 @@ use warp::{Filter, Rejection};
 pub const SNAPSHOT_FOR: Duration = Duration::from_millis(500);
 /// A listing this young still answers at once while a new one is made.
 pub const STALE_FOR: Duration = Duration::from_secs(5);
+/// A cursor is a node name and a session name: longer is not one.
+const MAX_CURSOR: usize = 512;
 /// Bytes of rendered pages kept per listing (a client asking for many different pages costs
 /// renderings, not memory).
 const PAGES_KEPT_BYTES: usize = 8 << 20;
@@ -68,7 +70,8 @@ pub struct SessionPage {
     pub errors: Vec<String>,
     /// Give it as `after` for the next page; null on the last.
     pub next_after: Option<String>,
-    /// When the figures were gathered (unix ms): at most half a second before the answer.
+    /// When the figures were gathered (unix ms): usually within half a second of the answer,
+    /// at most 5 s (a listing that old answers while a new one is made).
     pub as_of_ms: u64,
 }
 
@@ -94,6 +97,14 @@ async fn page(
     q: SessionQuery,
 ) -> Result<warp::reply::Response, Rejection> {
     let limit = usize::from(q.limit.unwrap_or(100));
+    if q.after.as_ref().is_some_and(|a| a.len() > MAX_CURSOR) {
+        return Err(problem::reject(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            "Bad query string",
+            format!("after is a cursor of at most {MAX_CURSOR} bytes (a page's next_after)"),
+        )));
+    }
     if !(1..=1000).contains(&limit) {
         return Err(problem::reject(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -116,8 +127,9 @@ async fn page(
         None => {
             let b = render(&snap, &key);
             let mut pages = snap.pages.lock().unwrap_or_else(|p| p.into_inner());
-            if pages.1 + b.len() <= PAGES_KEPT_BYTES {
-                pages.1 += b.len();
+            let cost = b.len() + key.1.as_ref().map_or(0, String::len) + 64;
+            if pages.1 + cost <= PAGES_KEPT_BYTES {
+                pages.1 += cost;
                 pages.0.insert(key, b.clone());
             }
             b
@@ -157,6 +169,14 @@ fn render(snap: &Snapshot, (tenant, after, limit): &PageKey) -> bytes::Bytes {
     serde_json::to_vec(&page).unwrap_or_default().into()
 }
 
+struct Refreshed(Arc<Snapshots>);
+
+impl Drop for Refreshed {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
+    }
+}
+
 /// A listing to answer from (see the module's comment for which).
 async fn snapshot(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
     let snaps = &ctx.sessions;
@@ -170,10 +190,11 @@ async fn snapshot(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
             if !snaps.refreshing.swap(true, Ordering::AcqRel) {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
+                    // Cleared however the task ends (a panic included).
+                    let _done = Refreshed(ctx.sessions.clone());
                     if let Err(e) = list(&ctx).await {
                         tracing::debug!(error = ?e, "sessions not listed again");
                     }
-                    ctx.sessions.refreshing.store(false, Ordering::Release);
                 });
             }
             return Ok(s);

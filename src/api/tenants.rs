@@ -101,6 +101,41 @@ pub fn authorized(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Rejection> 
         )
 }
 
+/// An id whose earlier tenant (deleted) still has job records is not given out again until they
+/// expire: its new owner would see them, and their results. Asked of this node's JobSupervisor
+/// (the job store is shared); a node without one cannot tell, and allows it.
+async fn earlier_jobs(ctx: &Ctx, id: &str) -> Result<(), Rejection> {
+    use crate::actors::jobs::{JOB_SUPERVISOR, JobMsg};
+    let Some(j) = ractor::registry::where_is(JOB_SUPERVISOR).map(ActorRef::<JobMsg>::from) else {
+        return Ok(());
+    };
+    let left = match ractor::call_t!(
+        j,
+        JobMsg::List,
+        ctx.timeout.as_millis() as u64,
+        id.to_string()
+    ) {
+        Ok(Ok(all)) => all.len(),
+        Ok(Err(e)) => return Err(store_down(e)),
+        Err(e) => {
+            return Err(problem::reject(Problem::unavailable(format!(
+                "asking the job supervisor: {e}"
+            ))));
+        }
+    };
+    if left > 0 {
+        return Err(problem::reject(Problem::new(
+            StatusCode::CONFLICT,
+            "tenant-id-in-use",
+            "The id still has job records",
+            format!(
+                "a deleted tenant {id:?} left {left} job records, kept until they expire (jobs.retention_secs): choose another id or wait"
+            ),
+        )));
+    }
+    Ok(())
+}
+
 /// A tenant as the store has it (for its quotas); 404 when it does not exist.
 pub(crate) async fn tenant(ctx: &Ctx, id: &str) -> Result<Tenant, Rejection> {
     let found: Option<Tenant> = ask!(ctx, TenantMsg::Get, id.to_string());
@@ -119,16 +154,27 @@ pub struct NewTenant {
     /// Source prefixes of the exporters it owns (`10.1.0.0/16`, `2001:db8::/32`).
     #[serde(default)]
     exporters: Vec<String>,
-    quotas: Option<Quotas>,
+    /// Read as an object only (see `object`).
+    #[schema(value_type = Option<Quotas>)]
+    quotas: Option<serde_json::Value>,
 }
 
-/// `PATCH /api/v1/tenants/{tenant}`: what is given replaces what was.
+/// `PATCH /api/v1/tenants/{tenant}`: what is given replaces what was (each quota alone).
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     name: Option<String>,
     exporters: Option<Vec<String>>,
-    quotas: Option<Quotas>,
+    /// Read as an object only (see `object`).
+    #[schema(value_type = Option<QuotasPatch>)]
+    quotas: Option<serde_json::Value>,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasPatch {
+    max_jobs: Option<u32>,
+    upload_bytes: Option<u64>,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -160,6 +206,18 @@ pub struct TokenInfo {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
+}
+
+/// A JSON object as `T`. serde would also take an array for a struct (`[1, 2]` as its fields
+/// in order), which the document does not allow.
+fn object<T: serde::de::DeserializeOwned>(
+    v: serde_json::Value,
+    what: &str,
+) -> Result<T, Rejection> {
+    if !v.is_object() {
+        return Err(bad(format!("{what} must be a JSON object")));
+    }
+    serde_json::from_value(v).map_err(|e| bad(format!("{what}: {e}")))
 }
 
 /// Quotas within the integers the document gives them (int32 and int64), which clients in
@@ -199,14 +257,17 @@ pub fn routes(
                 return Err(bad(format!("id {:?} must match [a-z0-9-]{{1,63}}", n.id)));
             }
             let exporters = normalise_prefixes(&n.exporters).map_err(bad)?;
-            if let Some(q) = &n.quotas {
-                check_quotas(q)?;
-            }
+            let quotas: Quotas = match n.quotas {
+                Some(q) => object(q, "quotas")?,
+                None => Quotas::default(),
+            };
+            check_quotas(&quotas)?;
+            earlier_jobs(&ctx, &n.id).await?;
             let t = Tenant {
                 name: n.name.unwrap_or_else(|| n.id.clone()),
                 id: n.id,
                 exporters,
-                quotas: n.quotas.unwrap_or_default(),
+                quotas,
                 created_ms: crate::store::unix_ms(),
             };
             let created: bool = ask!(ctx, TenantMsg::Create, t.clone());
@@ -254,8 +315,12 @@ pub fn routes(
                 t.exporters = normalise_prefixes(&e).map_err(bad)?;
             }
             if let Some(q) = p.quotas {
-                check_quotas(&q)?;
-                t.quotas = q;
+                let q: QuotasPatch = object(q, "quotas")?;
+                let mut merged = t.quotas.clone();
+                merged.max_jobs = q.max_jobs.unwrap_or(merged.max_jobs);
+                merged.upload_bytes = q.upload_bytes.unwrap_or(merged.upload_bytes);
+                check_quotas(&merged)?;
+                t.quotas = merged;
             }
             let updated: bool = ask!(ctx, TenantMsg::Update, t.clone());
             if !updated {

@@ -772,6 +772,8 @@ impl RedisTemplates {
         let pattern = format!("ipfix:tplids:{}:*", glob_escape(tenant));
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
+        // SCAN may return a name twice.
+        let mut seen = std::collections::HashSet::new();
         loop {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(cursor)
@@ -785,7 +787,7 @@ impl RedisTemplates {
                 let Some(scope) = TemplateKey::from_redis_index(&name) else {
                     continue;
                 };
-                if scope.tenant != tenant {
+                if scope.tenant != tenant || !seen.insert(scope.clone()) {
                     continue;
                 }
                 out.extend(self.list(&scope).await?);

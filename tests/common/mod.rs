@@ -155,7 +155,6 @@ pub fn traffic_captures() -> Vec<PathBuf> {
     files
 }
 
-/// Fails the test with a clear line when a tool the test drives is not installed.
 /// The API address a `serve` logs (`API listening api=ADDR`).
 pub fn api_addr(server: &Server) -> SocketAddr {
     let lines = server.wait_log("API listening", 1, Duration::from_secs(20));
@@ -197,6 +196,7 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Fails the test with a clear line when a tool the test drives is not installed.
 pub fn need(tool: &str) {
     let ok = Command::new("sh")
         .arg("-c")

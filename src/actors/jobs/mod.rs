@@ -97,6 +97,15 @@ pub struct JobSupervisorStatus {
     pub running: Vec<(String, JobId, JobProgress)>,
 }
 
+/// Clears a flag when dropped.
+struct Cleared(Arc<AtomicBool>);
+
+impl Drop for Cleared {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// How often `storage.dir` is swept: a quarter of the retention, within 1 s and 10 min.
 pub fn sweep_every(retention: Duration) -> Duration {
     (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
@@ -515,6 +524,8 @@ impl JobSupervisorState {
         let retention = self.args.retention;
         let flag = self.sweeping.clone();
         tokio::spawn(async move {
+            // Cleared however the task ends (a panic included).
+            let _done = Cleared(flag);
             match sweep::sweep(&store, &dir, retention, tenants, local).await {
                 Ok(s) if s != sweep::Swept::default() => tracing::info!(
                     uploads = s.uploads,
@@ -527,7 +538,6 @@ impl JobSupervisorState {
                     tracing::warn!(error = %e, "storage sweep skipped: the job store did not answer")
                 }
             }
-            flag.store(false, Ordering::Release);
         });
     }
 
