@@ -208,15 +208,7 @@ async fn record(ctx: &Ctx, tenant: &str, id: JobId) -> Result<JobRecord, Rejecti
 }
 
 async fn list(tenant: String, ctx: Ctx, q: ListQuery) -> Result<warp::reply::Response, Rejection> {
-    let limit = usize::from(q.limit.unwrap_or(100));
-    if !(1..=1000).contains(&limit) {
-        return Err(problem::reject(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-query",
-            "Bad query string",
-            format!("limit must be 1 to 1000, not {limit}"),
-        )));
-    }
+    let limit = problem::page_limit(q.limit)?;
     let j = jobs()?;
     let ms = ctx.timeout.as_millis() as u64;
     let mut all = match ractor::call_t!(j, JobMsg::List, ms, tenant) {

@@ -160,6 +160,25 @@ pub async fn recover(r: Rejection) -> Result<Problem, Rejection> {
 }
 
 /// For handlers: a problem as the error of a route.
+/// 400 for a query parameter out of its range.
+pub fn bad_query(detail: String) -> Rejection {
+    reject(Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-query",
+        "Bad query string",
+        detail,
+    ))
+}
+
+/// A page size from `?limit=` (default 100, 1 to 1000), or 400.
+pub fn page_limit(limit: Option<u16>) -> Result<usize, Rejection> {
+    let limit = usize::from(limit.unwrap_or(100));
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_query(format!("limit must be 1 to 1000, not {limit}")));
+    }
+    Ok(limit)
+}
+
 pub fn reject(p: Problem) -> Rejection {
     warp::reject::custom(p)
 }

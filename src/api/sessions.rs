@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 /// A listing this young answers without a new one being made.
@@ -96,21 +95,10 @@ async fn page(
     tenant: Option<String>,
     q: SessionQuery,
 ) -> Result<warp::reply::Response, Rejection> {
-    let limit = usize::from(q.limit.unwrap_or(100));
+    let limit = problem::page_limit(q.limit)?;
     if q.after.as_ref().is_some_and(|a| a.len() > MAX_CURSOR) {
-        return Err(problem::reject(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-query",
-            "Bad query string",
-            format!("after is a cursor of at most {MAX_CURSOR} bytes (a page's next_after)"),
-        )));
-    }
-    if !(1..=1000).contains(&limit) {
-        return Err(problem::reject(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-query",
-            "Bad query string",
-            format!("limit must be 1 to 1000, not {limit}"),
+        return Err(problem::bad_query(format!(
+            "after is a cursor of at most {MAX_CURSOR} bytes (a page's next_after)"
         )));
     }
     let snap = snapshot(&ctx).await?;
