@@ -93,6 +93,9 @@ pub enum CacheMsg {
     Tenant(String, RpcReplyPort<Result<TenantTemplates, String>>),
 }
 
+/// Template listings (`Tenant`) under way at once.
+const MAX_LISTINGS: usize = 4;
+
 /// Templates one answer lists at most: a bound on what a tenant with many exporters costs a
 /// request.
 pub const TENANT_TEMPLATES: usize = 10_000;
@@ -221,6 +224,8 @@ fn alive(s: &ActorRef<SessionMsg>) -> bool {
 
 pub struct CacheState {
     store: Arc<TemplateStore>,
+    /// Permits for template listings (`MAX_LISTINGS`).
+    listings: Arc<tokio::sync::Semaphore>,
     node: String,
     refresh_every: Duration,
     udp_lifetime: Duration,
@@ -283,6 +288,7 @@ impl Actor for TemplateCache {
             }
         });
         Ok(CacheState {
+            listings: Arc::new(tokio::sync::Semaphore::new(MAX_LISTINGS)),
             store: args.store,
             node: args.node,
             refresh_every: args.refresh_every,
@@ -361,8 +367,16 @@ impl Actor for TemplateCache {
             }
             CacheMsg::Tenant(tenant, reply) => {
                 // The store may be slow or away: the cache goes on serving sessions meanwhile.
+                // A listing scans the store (Redis: its whole keyspace), so only a few at once.
+                let Ok(permit) = state.listings.clone().try_acquire_owned() else {
+                    let _ = reply.send(Err(format!(
+                        "{MAX_LISTINGS} template listings are under way: try again shortly"
+                    )));
+                    return Ok(());
+                };
                 let store = state.store.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let listed = store
                         .tenant(&tenant, TENANT_TEMPLATES)
                         .await
