@@ -48,6 +48,25 @@ fn start(name: &str, extra: &[(&str, &str)]) -> (Server, SocketAddr, std::path::
     (server, api, dir)
 }
 
+/// GET `url` with a bearer token, which must answer the problem `status`.
+async fn get_problem(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+    status: u16,
+) -> serde_json::Value {
+    problem(
+        http.get(url)
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .expect("GET"),
+        status,
+    )
+    .await
+}
+
 async fn problem(r: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(r.status().as_u16(), status);
     assert_eq!(
@@ -396,15 +415,7 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
     .await;
     // Another tenant's own token, on its own path or on acme's: the job is not found either way.
     create_tenant(api, &token, serde_json::json!({"id": "globex"})).await;
-    let globex: serde_json::Value = http
-        .post(format!("http://{api}/api/v1/tenants/globex/tokens"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
+    let globex = common::create_token(api, &token, "globex").await;
     let globex = globex["token"].as_str().expect("token").to_string();
     for path in [
         format!("/api/v1/tenants/globex/jobs/{id}"),
@@ -412,15 +423,7 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
         format!("/api/v1/tenants/acme/jobs/{id}"),
         format!("/api/v1/tenants/acme/jobs/{id}/result"),
     ] {
-        problem(
-            http.get(format!("http://{api}{path}"))
-                .bearer_auth(&globex)
-                .send()
-                .await
-                .expect("other tenant"),
-            404,
-        )
-        .await;
+        get_problem(&http, format!("http://{api}{path}"), &globex, 404).await;
     }
     problem(
         http.delete(format!("http://{api}/api/v1/tenants/globex/jobs/{id}"))
@@ -432,23 +435,17 @@ async fn a_capture_uploaded_becomes_a_job_whose_result_is_what_convert_makes() {
     )
     .await;
     // Another tenant, an unknown id, no token: 404 / 404 / 401.
-    problem(
-        http.get(format!("http://{api}/api/v1/tenants/other/jobs/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("other"),
+    get_problem(
+        &http,
+        format!("http://{api}/api/v1/tenants/other/jobs/{id}"),
+        &token,
         404,
     )
     .await;
-    problem(
-        http.get(format!(
-            "{base}/00000000-0000-4000-8000-000000000000/result"
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("unknown"),
+    get_problem(
+        &http,
+        format!("{base}/00000000-0000-4000-8000-000000000000/result"),
+        &token,
         404,
     )
     .await;
@@ -635,15 +632,7 @@ async fn tenants_and_their_tokens() {
     assert_eq!(list["tenants"].as_array().map(Vec::len), Some(2));
 
     // A token, shown once; listed without its secret.
-    let made: serde_json::Value = http
-        .post(format!("{v1}/tenants/acme/tokens"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
+    let made = common::create_token(api, &admin, "acme").await;
     let token = made["token"].as_str().expect("token").to_string();
     let tid = made["id"].as_str().expect("id").to_string();
     let listed = http
@@ -682,24 +671,8 @@ async fn tenants_and_their_tokens() {
         .as_u64()
         .expect("used now");
     assert!(now.abs_diff(last) < 60_000, "{used}");
-    problem(
-        http.get(format!("{v1}/tenants/globex/jobs"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("other"),
-        404,
-    )
-    .await;
-    problem(
-        http.get(format!("{v1}/tenants"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("admin route"),
-        401,
-    )
-    .await;
+    get_problem(&http, format!("{v1}/tenants/globex/jobs"), &token, 404).await;
+    get_problem(&http, format!("{v1}/tenants"), &token, 401).await;
     // Revoked: refused at once.
     let r = http
         .delete(format!("{v1}/tenants/acme/tokens/{tid}"))
@@ -708,15 +681,7 @@ async fn tenants_and_their_tokens() {
         .await
         .expect("revoke");
     assert_eq!(r.status(), 204);
-    problem(
-        http.get(format!("{v1}/tenants/acme/jobs"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("revoked"),
-        401,
-    )
-    .await;
+    get_problem(&http, format!("{v1}/tenants/acme/jobs"), &token, 401).await;
     // A deleted tenant is gone for the admin too.
     let r = http
         .delete(format!("{v1}/tenants/globex"))
@@ -725,15 +690,7 @@ async fn tenants_and_their_tokens() {
         .await
         .expect("delete");
     assert_eq!(r.status(), 204);
-    problem(
-        http.get(format!("{v1}/tenants/globex/jobs"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .expect("gone"),
-        404,
-    )
-    .await;
+    get_problem(&http, format!("{v1}/tenants/globex/jobs"), &admin, 404).await;
 }
 
 /// A pcap of `packets` small UDP packets over 5,000 flows (in memory: nothing left on disk),
@@ -895,12 +852,10 @@ async fn quotas_and_a_full_queue_answer_429_and_expired_jobs_leave_no_files() {
                 && files_under(&dir.join("jobs")).is_empty()
         },
     );
-    problem(
-        http.get(format!("{v1}/tenants/globex/jobs/{small_id}"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .expect("expired"),
+    get_problem(
+        &http,
+        format!("{v1}/tenants/globex/jobs/{small_id}"),
+        &admin,
         404,
     )
     .await;
@@ -1066,15 +1021,7 @@ async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
                 others("default") == 3979
             });
             // A tenant's token lists the tenant's live sessions only.
-            let made: serde_json::Value = reqwest::Client::new()
-                .post(format!("http://{api}/api/v1/tenants/acme/tokens"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .expect("token")
-                .json()
-                .await
-                .expect("json");
+            let made = common::create_token(api, &admin, "acme").await;
             let token = made["token"].as_str().expect("token").to_string();
             let mut owned = {
                 let s = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -1143,15 +1090,7 @@ async fn sessions_belong_to_the_tenant_that_owns_their_exporter() {
             );
             assert_ne!(second["sessions"][0], first["sessions"][0]);
             assert!(second["as_of_ms"].as_u64().is_some());
-            problem(
-                http.get(format!("{v1}/sessions?limit=0"))
-                    .bearer_auth(&admin)
-                    .send()
-                    .await
-                    .expect("bad limit"),
-                400,
-            )
-            .await;
+            get_problem(&http, format!("{v1}/sessions?limit=0"), &admin, 400).await;
             drop((owned, stranger));
             templates_are_the_tenants_own(&api, &admin, &token).await;
         }
@@ -1244,25 +1183,11 @@ async fn templates_are_the_tenants_own(api: &SocketAddr, admin: &str, token: &st
     }
     // Another tenant sees its own (none), and acme's are not found for it.
     create_tenant(*api, admin, serde_json::json!({"id": "globex"})).await;
-    let made = http
-        .post(format!("{v1}/tenants/globex/tokens"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .expect("token");
-    let made: serde_json::Value = made.json().await.expect("json");
+    let made = common::create_token(*api, admin, "globex").await;
     let globex = made["token"].as_str().expect("token");
     let own = get_json(&http, format!("{v1}/tenants/globex/templates"), globex).await;
     assert_eq!(own["exporters"], serde_json::json!([]));
-    problem(
-        http.get(format!("{v1}/tenants/acme/templates"))
-            .bearer_auth(globex)
-            .send()
-            .await
-            .expect("other"),
-        404,
-    )
-    .await;
+    get_problem(&http, format!("{v1}/tenants/acme/templates"), globex, 404).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

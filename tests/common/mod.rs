@@ -188,6 +188,18 @@ pub async fn create_tenant(api: SocketAddr, admin: &str, tenant: serde_json::Val
     assert_eq!(r.status(), 201, "{tenant}");
 }
 
+/// Makes a token of `tenant` through the API with the admin token: the answer (`id`, `token`).
+pub async fn create_token(api: SocketAddr, admin: &str, tenant: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("http://{api}/api/v1/tenants/{tenant}/tokens"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .expect("create token");
+    assert_eq!(r.status(), 201, "a token of {tenant}");
+    r.json().await.expect("token JSON")
+}
+
 /// A loopback port free now (for listeners that must be named before they start).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
