@@ -5,6 +5,7 @@ pub mod actors;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod mediation;
 pub mod meter;
 pub mod store;
 pub mod telemetry;
