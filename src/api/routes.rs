@@ -174,7 +174,7 @@ fn timeout_ms(ctx: &Ctx) -> u64 {
     ctx.timeout.as_millis() as u64
 }
 
-fn local<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
+pub(crate) fn local<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
     ractor::registry::where_is(name).map(ActorRef::from)
 }
 

@@ -12,7 +12,6 @@
 use super::problem::{self, Problem};
 use super::routes::{Ctx, admin};
 use crate::actors::directory::{DIRECTORY_NAME, DirectoryMsg, SessionInfo, SessionList};
-use ractor::ActorRef;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -199,8 +198,7 @@ async fn snapshot(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
 
 /// Lists the cluster's sessions and keeps the listing.
 async fn list(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
-    let Some(d) = ractor::registry::where_is(DIRECTORY_NAME).map(ActorRef::<DirectoryMsg>::from)
-    else {
+    let Some(d) = super::routes::local::<DirectoryMsg>(DIRECTORY_NAME) else {
         return Err(problem::reject(Problem::unavailable(
             "the session directory is restarting".into(),
         )));

@@ -8,7 +8,6 @@ use crate::actors::template_cache::{CacheMsg, TEMPLATE_CACHE, TenantTemplates};
 use crate::store::{StoredTemplate, TemplateKey, Transport};
 use crate::wire::TemplateKind;
 use crate::wire::registry::Registry;
-use ractor::ActorRef;
 use std::net::IpAddr;
 use warp::{Filter, Rejection, Reply};
 
@@ -74,8 +73,7 @@ pub fn routes(
 }
 
 async fn list(tenant: String, ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
-    let Some(cache) = ractor::registry::where_is(TEMPLATE_CACHE).map(ActorRef::<CacheMsg>::from)
-    else {
+    let Some(cache) = super::routes::local::<CacheMsg>(TEMPLATE_CACHE) else {
         return Err(problem::reject(Problem::unavailable(
             "the template cache is restarting".into(),
         )));

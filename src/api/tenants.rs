@@ -106,7 +106,7 @@ pub fn authorized(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Rejection> 
 /// (the job store is shared); a node without one cannot tell, and allows it.
 async fn earlier_jobs(ctx: &Ctx, id: &str) -> Result<(), Rejection> {
     use crate::actors::jobs::{JOB_SUPERVISOR, JobMsg};
-    let Some(j) = ractor::registry::where_is(JOB_SUPERVISOR).map(ActorRef::<JobMsg>::from) else {
+    let Some(j) = super::routes::local::<JobMsg>(JOB_SUPERVISOR) else {
         return Ok(());
     };
     let left = match ractor::call_t!(
