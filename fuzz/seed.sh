@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recreates the seed corpora (gitignored) of the fuzz targets from the shared test data:
-#   fuzz/corpus/{decode_messages,framer_chunks,file_reader,capture,meter,session}/
+#   fuzz/corpus/{decode_messages,framer_chunks,file_reader,capture,meter,session,filter}/
 # Usage: fuzz/seed.sh [TESTDATA_DIR]   (default: ../shared/testdata/ipfix beside the repo)
 # Idempotent: seeds are named by content hash; files that libFuzzer added are left alone.
 set -euo pipefail
@@ -258,5 +258,24 @@ for f in sorted(os.listdir(traffic)) if os.path.isdir(traffic) else []:
             break
         out += rec
     n["meter"] += put("meter", out, CAP)
+
+# --- filter: a length byte, the filter text, then records of the target's fixed template ------
+# (sourceIPv4Address, destinationTransportPort, protocolIdentifier, octetDeltaCount/4,
+# sourceIPv6Address, flowStartMilliseconds, applicationName varlen, sourceIPv4Address)
+def filter_record(k):
+    app = [b"", b"dns", b"http"][k % 3]
+    return (bytes([10, 0, 0, k % 4]) + struct.pack(">HBI", [80, 443, 22][k % 3], [6, 17, 1][k % 3], k * 100)
+            + bytes(16 - 1) + bytes([k]) + struct.pack(">Q", 1704067200000 + k * 1000)
+            + bytes([len(app)]) + app + bytes([10, 0, 1, k % 4]))
+body = b"".join(filter_record(k) for k in range(70))
+n["filter"] = 0
+for text in [
+    "protocolIdentifier == 6 and destinationTransportPort in (80, 443) and not sourceIPv4Address in 10.0.0.0/8",
+    "octetDeltaCount >= 0x100 or (applicationName == \"dns\" and sourceIPv6Address in ::/120)",
+    "flowStartMilliseconds < \"2024-01-01T00:00:30Z\" and @domain != 2 or @exporter in 192.0.2.0/24",
+    "not not (sourceIPv4Address > 10.0.0.1 and destinationIPv4Address == 10.0.0.1) or octetDeltaCount < 1.5e3",
+]:
+    t = text.encode()
+    n["filter"] += put("filter", bytes([len(t)]) + t + body, MAX + 1024)
 print("seeds written:", ", ".join(f"{k} {v}" for k, v in n.items()), "->", corpus)
 PY

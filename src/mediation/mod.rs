@@ -3,3 +3,4 @@
 //! actors own the streams, their queues and sinks, and call in here.
 
 pub mod cryptopan;
+pub mod filter;

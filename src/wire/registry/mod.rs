@@ -199,6 +199,40 @@ impl Registry {
         e
     }
 
+    /// The element an operator names (filters, `keep` lists): a registered name, an RFC 5103
+    /// reverse name (`reverseOctetDeltaCount`), or the unknown-element spelling `_ipfix_<id>` /
+    /// `e<PEN>id<id>`. A linear scan: names are looked up when a stream is configured, never per
+    /// record.
+    pub fn find(&self, name: &str) -> Option<Arc<InfoElement>> {
+        let best = self
+            .elements
+            .values()
+            .filter(|e| e.name == name)
+            .min_by_key(|e| (e.pen, e.id));
+        if let Some(e) = best {
+            return Some(e.clone());
+        }
+        if let Some(rest) = name.strip_prefix("reverse") {
+            let mut chars = rest.chars();
+            let first = chars.next()?;
+            let forward: String = first.to_lowercase().chain(chars).collect();
+            if let Some(f) = self
+                .elements
+                .values()
+                .find(|e| e.pen == 0 && e.name == forward)
+            {
+                return self.lookup(REVERSE_PEN, f.id);
+            }
+        }
+        if let Some(id) = name.strip_prefix("_ipfix_") {
+            let id: u16 = id.parse().ok().filter(|id| *id <= 0x7fff)?;
+            return Some(self.resolve(0, id));
+        }
+        let (pen, id) = name.strip_prefix('e')?.split_once("id")?;
+        let (pen, id): (u32, u16) = (pen.parse().ok()?, id.parse().ok()?);
+        (pen != 0 && id <= 0x7fff).then(|| self.resolve(pen, id))
+    }
+
     pub fn len(&self) -> usize {
         self.elements.len()
     }
@@ -260,6 +294,22 @@ mod tests {
         assert_eq!(r.resolve(0, 32000).name, "_ipfix_32000");
         assert_eq!(r.resolve(9, 12345).name, "e9id12345");
         assert_eq!(r.resolve(9, 12345).data_type, DataType::OctetArray);
+    }
+
+    #[test]
+    fn find_by_name() {
+        let r = Registry::builtin();
+        assert_eq!(
+            r.find("octetDeltaCount").map(|e| (e.pen, e.id)),
+            Some((0, 1))
+        );
+        let rev = r.find("reverseOctetDeltaCount").expect("reverse");
+        assert_eq!((rev.pen, rev.id), (REVERSE_PEN, 1));
+        assert_eq!(r.find("_ipfix_32000").map(|e| e.id), Some(32000));
+        assert_eq!(r.find("e9id12345").map(|e| (e.pen, e.id)), Some((9, 12345)));
+        assert!(r.find("octetDeltaCounts").is_none());
+        assert!(r.find("e0id5").is_none());
+        assert!(r.find("reverse").is_none());
     }
 
     #[test]
