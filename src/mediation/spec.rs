@@ -1,0 +1,513 @@
+//! A stream as an operator writes it (the `[[mediator.streams]]` tables of the configuration,
+//! and the bodies of the streams API): which records, filter, transforms, sink, and the policy
+//! when its queue is full. [`Pipeline::build`] checks it all against the information model, so
+//! a wrong name is refused when the stream is made, not when the first record arrives.
+
+use super::aggregate::{Aggregator, MAX_KEYS};
+use super::cryptopan::CryptoPan;
+use super::filter::{Compiled, Filter, Meta};
+use super::shape::{ElementId, FieldStep, Method, Shaper};
+use super::{Records, Source};
+use crate::wire::plan::Plan;
+use crate::wire::registry::Registry;
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Unique per tenant set; letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Tenants whose records the stream takes (the API sets it to the path's tenant).
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Exporter addresses or prefixes; empty: all.
+    #[serde(default)]
+    pub exporters: Vec<String>,
+    /// Observation Domain ids; empty: all.
+    #[serde(default)]
+    pub domains: Vec<u32>,
+    /// Template ids; empty: all.
+    #[serde(default)]
+    pub templates: Vec<u16>,
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub transforms: Vec<TransformSpec>,
+    pub sink: SinkSpec,
+    /// `block` or `drop`; the default depends on the sink (block for files and TCP).
+    #[serde(default)]
+    pub on_full: Option<OnFull>,
+    /// The queue's bound in bytes of decoded messages (default 32 MiB).
+    #[serde(default)]
+    pub queue_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Sessions wait (TCP pushes back on the exporter); nothing is lost.
+    Block,
+    /// Sessions never wait; what does not fit is dropped and counted.
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransformSpec {
+    Keep(Vec<String>),
+    Drop(Vec<String>),
+    Anonymise(AnonymiseSpec),
+    Aggregate(AggregateSpec),
+    /// Every record leaves under this Observation Domain id.
+    Domain(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonMethod {
+    Truncate,
+    Cryptopan,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymiseSpec {
+    pub method: AnonMethod,
+    /// Crypto-PAn: 64 hex digits (or `key_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Crypto-PAn: a file holding the 64 hex digits (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// Truncate: bits of IPv4 addresses kept (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4_prefix: Option<u8>,
+    /// Truncate: bits of IPv6 addresses kept (default 48).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6_prefix: Option<u8>,
+    /// Default: source and destination IPv4 and IPv6 addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSpec {
+    pub window_secs: u32,
+    pub key: Vec<String>,
+    /// The table's bound (default 64 MiB); past it the window is flushed early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// NDJSON on standard output (no `path`) or appended to a file.
+    Ndjson {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
+    /// Records are counted and not written (measurements; the `output.format = count` mode).
+    Discard {},
+}
+
+impl SinkSpec {
+    /// The policy a sink gets when the stream names none: block where losing records is never
+    /// wanted (files, standard output).
+    pub fn default_on_full(&self) -> OnFull {
+        match self {
+            SinkSpec::Ndjson { .. } | SinkSpec::Discard {} => OnFull::Block,
+        }
+    }
+}
+
+pub const DEFAULT_QUEUE_BYTES: u64 = 32 << 20;
+pub const DEFAULT_AGGREGATE_BYTES: u64 = 64 << 20;
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why a stream was refused: the field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stream {stream:?}: {field}: {message}")]
+pub struct SpecError {
+    pub stream: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// The addresses `anonymise` changes when it names no fields.
+const DEFAULT_ADDRESS_FIELDS: [&str; 4] = [
+    "sourceIPv4Address",
+    "destinationIPv4Address",
+    "sourceIPv6Address",
+    "destinationIPv6Address",
+];
+
+/// Figures a pipeline keeps (the stream adds its queue's and sink's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Records offered to the stream (after its tenant/exporter/domain match).
+    pub records_in: u64,
+    /// Left out by the template match, the filter, or a transform that left no field.
+    pub filtered: u64,
+    pub aggregate_groups: u64,
+    pub aggregate_early_flushes: u64,
+}
+
+enum Stage {
+    Shape(Shaper),
+    Aggregate(Aggregator),
+    Domain(u32),
+}
+
+/// A stream's logic, ready to run: match, filter, then the transforms in order.
+pub struct Pipeline {
+    exporters: Vec<IpNet>,
+    domains: Vec<u32>,
+    templates: Vec<u16>,
+    filter: Option<Filter>,
+    compiled: FxHashMap<usize, (Arc<Plan>, Compiled)>,
+    stages: Vec<Stage>,
+    stats: PipelineStats,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("filter", &self.filter.as_ref().map(Filter::source))
+            .field("stages", &self.stages.len())
+            .finish()
+    }
+}
+
+/// Compiled filters kept at most (one per template seen); past it they are compiled again.
+const MAX_COMPILED: usize = 4096;
+
+impl Pipeline {
+    pub fn build(spec: &StreamSpec, registry: &Arc<Registry>) -> Result<Pipeline, SpecError> {
+        let err = |field: &str, message: String| SpecError {
+            stream: spec.name.clone(),
+            field: field.to_string(),
+            message,
+        };
+        check_name(&spec.name).map_err(|m| err("name", m))?;
+        let exporters = spec
+            .exporters
+            .iter()
+            .map(|e| {
+                e.parse::<IpNet>()
+                    .or_else(|_| e.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| err("exporters", format!("{e:?} is not an address or prefix")))
+            })
+            .collect::<Result<_, _>>()?;
+        let filter = match &spec.filter {
+            Some(f) if !f.trim().is_empty() => {
+                Some(Filter::parse(f, registry).map_err(|e| err("filter", e.to_string()))?)
+            }
+            _ => None,
+        };
+        let element = |field: &str, name: &str| -> Result<ElementId, SpecError> {
+            registry.find(name).map(|e| (e.pen, e.id)).ok_or_else(|| {
+                err(
+                    field,
+                    format!("{name:?} is not an Information Element name"),
+                )
+            })
+        };
+        let mut stages = Vec::new();
+        let mut steps: Vec<FieldStep> = Vec::new();
+        let flush_steps = |steps: &mut Vec<FieldStep>, stages: &mut Vec<Stage>| {
+            if !steps.is_empty() {
+                stages.push(Stage::Shape(Shaper::new(
+                    std::mem::take(steps),
+                    registry.clone(),
+                )));
+            }
+        };
+        for (n, t) in spec.transforms.iter().enumerate() {
+            let at = format!("transforms[{n}]");
+            match t {
+                TransformSpec::Keep(v) => steps.push(FieldStep::Keep(
+                    v.iter()
+                        .map(|x| element(&format!("{at}.keep"), x))
+                        .collect::<Result<_, _>>()?,
+                )),
+                TransformSpec::Drop(v) => steps.push(FieldStep::Drop(
+                    v.iter()
+                        .map(|x| element(&format!("{at}.drop"), x))
+                        .collect::<Result<_, _>>()?,
+                )),
+                TransformSpec::Anonymise(a) => {
+                    let method = anon_method(a).map_err(|m| err(&format!("{at}.anonymise"), m))?;
+                    let names: Vec<String> = match &a.fields {
+                        Some(f) => f.clone(),
+                        None => DEFAULT_ADDRESS_FIELDS
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                    };
+                    let mut fields = Vec::new();
+                    for name in &names {
+                        let e = registry.find(name).ok_or_else(|| {
+                            err(
+                                &format!("{at}.anonymise.fields"),
+                                format!("{name:?} is not an Information Element name"),
+                            )
+                        })?;
+                        use crate::wire::model::DataType;
+                        if !matches!(e.data_type, DataType::Ipv4Address | DataType::Ipv6Address) {
+                            return Err(err(
+                                &format!("{at}.anonymise.fields"),
+                                format!("{name} is an {}, not an address", e.data_type.iana_name()),
+                            ));
+                        }
+                        fields.push((e.pen, e.id));
+                    }
+                    steps.push(FieldStep::Anonymise { method, fields });
+                }
+                TransformSpec::Aggregate(a) => {
+                    flush_steps(&mut steps, &mut stages);
+                    let field = format!("{at}.aggregate");
+                    if a.window_secs == 0 || a.window_secs > 86_400 {
+                        return Err(err(
+                            &format!("{field}.window_secs"),
+                            format!("{} is outside 1 to 86400", a.window_secs),
+                        ));
+                    }
+                    if a.key.is_empty() || a.key.len() > MAX_KEYS {
+                        return Err(err(
+                            &format!("{field}.key"),
+                            format!("names 1 to {MAX_KEYS} elements, not {}", a.key.len()),
+                        ));
+                    }
+                    let keys = a
+                        .key
+                        .iter()
+                        .map(|k| element(&format!("{field}.key"), k))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let max = a.max_bytes.unwrap_or(DEFAULT_AGGREGATE_BYTES);
+                    if max < 4096 {
+                        return Err(err(
+                            &format!("{field}.max_bytes"),
+                            "must be at least 4096".into(),
+                        ));
+                    }
+                    stages.push(Stage::Aggregate(Aggregator::new(
+                        a.window_secs,
+                        keys,
+                        usize::try_from(max).unwrap_or(usize::MAX),
+                        registry.clone(),
+                    )));
+                }
+                TransformSpec::Domain(d) => {
+                    flush_steps(&mut steps, &mut stages);
+                    stages.push(Stage::Domain(*d));
+                }
+            }
+        }
+        flush_steps(&mut steps, &mut stages);
+        if let Some(q) = spec.queue_bytes
+            && q < 65_536
+        {
+            return Err(err("queue_bytes", format!("{q} is below 65536")));
+        }
+        if let SinkSpec::Ndjson { path: Some(p) } = &spec.sink
+            && p.trim().is_empty()
+        {
+            return Err(err(
+                "sink.path",
+                "is empty (leave it out for standard output)".into(),
+            ));
+        }
+        Ok(Pipeline {
+            exporters,
+            domains: spec.domains.clone(),
+            templates: spec.templates.clone(),
+            filter,
+            compiled: FxHashMap::default(),
+            stages,
+            stats: PipelineStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        let mut s = self.stats;
+        for st in &self.stages {
+            if let Stage::Aggregate(a) = st {
+                let a = a.stats();
+                s.aggregate_groups += a.groups as u64;
+                s.aggregate_early_flushes += a.early_flushes;
+            }
+        }
+        s
+    }
+
+    /// Whether records of `source` under `domain` are the stream's at all (before any count).
+    pub fn takes(&self, source: &Source, domain: u32) -> bool {
+        (self.exporters.is_empty() || self.exporters.iter().any(|n| n.contains(&source.addr)))
+            && (self.domains.is_empty() || self.domains.contains(&domain))
+    }
+
+    /// Runs `recs` through the stream; returns what is ready for the sink (an aggregate holds
+    /// records back until its window ends).
+    pub fn push(&mut self, mut recs: Records, now_ms: u64) -> Vec<Records> {
+        let offered = recs.count() as u64;
+        self.stats.records_in += offered;
+        for (k, b) in recs.msg.batches.iter().enumerate() {
+            let id = b.plan.template.id;
+            if !self.templates.is_empty() && !self.templates.contains(&id) {
+                recs.selected[k] = Some(super::filter::Mask::new(b.len(), false));
+                continue;
+            }
+            if let Some(f) = &self.filter {
+                let key = Arc::as_ptr(&b.plan) as usize;
+                if !self.compiled.contains_key(&key) && self.compiled.len() >= MAX_COMPILED {
+                    self.compiled.clear();
+                }
+                let (_, c) = self
+                    .compiled
+                    .entry(key)
+                    .or_insert_with(|| (b.plan.clone(), f.compile(&b.plan)));
+                let meta = Meta {
+                    exporter: recs.source.addr,
+                    domain: recs.msg.header.observation_domain,
+                    template: id,
+                };
+                let mut m = c.eval(b, &recs.msg.buf, &meta);
+                if let Some(prev) = &recs.selected[k] {
+                    for r in 0..m.len() {
+                        if m.get(r) && !prev.get(r) {
+                            m.set(r, false);
+                        }
+                    }
+                }
+                recs.selected[k] = Some(m);
+            }
+        }
+        let passed = recs.count() as u64;
+        if passed == 0 {
+            self.stats.filtered += offered;
+            return Vec::new();
+        }
+        self.stats.filtered += offered - passed;
+        self.run_from(0, vec![recs], now_ms)
+    }
+
+    /// What aggregates whose window ended by `now_ms` release.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Records> {
+        let mut out = Vec::new();
+        for k in 0..self.stages.len() {
+            if let Stage::Aggregate(a) = &mut self.stages[k] {
+                let due = a.flush_due(now_ms);
+                if !due.is_empty() {
+                    out.extend(self.run_from(k + 1, due, now_ms));
+                }
+            }
+        }
+        out
+    }
+
+    /// Everything held (shutdown, or the stream replaced).
+    pub fn finish(&mut self, now_ms: u64) -> Vec<Records> {
+        let mut out = Vec::new();
+        for k in 0..self.stages.len() {
+            if let Stage::Aggregate(a) = &mut self.stages[k] {
+                let held = a.flush_all();
+                if !held.is_empty() {
+                    out.extend(self.run_from(k + 1, held, now_ms));
+                }
+            }
+        }
+        out
+    }
+
+    /// When the next aggregate window ends, if any holds records.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.stages
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Aggregate(a) => a.due_ms(),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn run_from(&mut self, first: usize, mut batch: Vec<Records>, now_ms: u64) -> Vec<Records> {
+        for stage in &mut self.stages[first..] {
+            let mut next = Vec::with_capacity(batch.len());
+            for recs in batch {
+                match stage {
+                    Stage::Shape(s) => {
+                        let n = recs.count() as u64;
+                        match s.apply(recs) {
+                            Some(r) => {
+                                self.stats.filtered += n - r.count() as u64;
+                                next.push(r);
+                            }
+                            None => self.stats.filtered += n,
+                        }
+                    }
+                    Stage::Aggregate(a) => next.extend(a.push(&recs, now_ms)),
+                    Stage::Domain(d) => next.push(Records { domain: *d, ..recs }),
+                }
+            }
+            batch = next;
+        }
+        batch
+    }
+}
+
+fn anon_method(a: &AnonymiseSpec) -> Result<Method, String> {
+    match a.method {
+        AnonMethod::Truncate => {
+            if a.key.is_some() || a.key_file.is_some() {
+                return Err("truncate takes no key".into());
+            }
+            let v4 = a.v4_prefix.unwrap_or(24);
+            let v6 = a.v6_prefix.unwrap_or(48);
+            if v4 > 32 || v6 > 128 {
+                return Err(format!(
+                    "prefix lengths are at most 32 (IPv4) and 128 (IPv6), not {v4} and {v6}"
+                ));
+            }
+            Ok(Method::Truncate { v4, v6 })
+        }
+        AnonMethod::Cryptopan => {
+            if a.v4_prefix.is_some() || a.v6_prefix.is_some() {
+                return Err("cryptopan takes no prefix lengths (they are for truncate)".into());
+            }
+            let hex = match (&a.key, &a.key_file) {
+                (Some(k), None) => k.clone(),
+                (None, Some(f)) => {
+                    std::fs::read_to_string(f).map_err(|e| format!("key_file {f}: {e}"))?
+                }
+                _ => return Err("cryptopan needs exactly one of key and key_file".into()),
+            };
+            CryptoPan::from_hex(&hex)
+                .map(|c| Method::CryptoPan(Arc::new(c)))
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Stream names appear in URLs, metric labels and actor names.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!("must be 1 to {MAX_NAME_LEN} characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "{name:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
