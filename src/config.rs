@@ -28,6 +28,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub collector: CollectorSettings,
     pub output: OutputSettings,
+    pub mediator: MediatorSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub redis: RedisSettings,
@@ -360,6 +361,14 @@ impl CollectorSettings {
     }
 }
 
+/// The `mediator` role's export streams (README "Streams" lists every key of a stream).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediatorSettings {
+    /// Export streams; none: one stream `default` that writes NDJSON as `output.*` says.
+    pub streams: Vec<crate::mediation::spec::StreamSpec>,
+}
+
 /// Where decoded records go while no mediator stream is configured.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -376,7 +385,8 @@ pub struct OutputSettings {
     pub format: OutputFormat,
     /// A file to append NDJSON to; empty for standard output.
     pub path: String,
-    /// Rendered chunks (up to 1 MiB each) queued for the writer before sessions wait.
+    /// The `default` stream's queue, in MiB of decoded messages, before sessions wait. Small:
+    /// what it holds at SIGTERM must be rendered and written within the grace period.
     pub queue_chunks: usize,
 }
 
@@ -385,7 +395,7 @@ impl Default for OutputSettings {
         OutputSettings {
             format: OutputFormat::Ndjson,
             path: String::new(),
-            queue_chunks: 64,
+            queue_chunks: 8,
         }
     }
 }

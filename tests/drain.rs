@@ -64,11 +64,12 @@ fn a_drain_under_load_writes_every_record_the_collector_read() {
     for e in exporters {
         let _ = e.join();
     }
+    let log = log.lock().expect("log").clone();
     assert!(
         status.success(),
-        "a drain that loses nothing exits 0: {status:?}"
+        "a drain that loses nothing exits 0: {status:?}; the log ends: {:?}",
+        &log[log.len().saturating_sub(6)..]
     );
-    let log = log.lock().expect("log").clone();
     let written = std::fs::read_to_string(&out)
         .expect("records")
         .lines()

@@ -257,7 +257,7 @@ proptest! {
                             &mut line,
                             ipfixsvc::wire::ndjson::Origin {
                     exporter: "test",
-                    tenant: None,
+                    tenant: None, domain: None,
                 },
                             &decoded,
                             batch,

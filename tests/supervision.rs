@@ -3,8 +3,8 @@
 
 use ipfixsvc::actors::collector::session::SessionMsg;
 use ipfixsvc::actors::collector::{CollectorArgs, CollectorMsg, CollectorSupervisor, SessionEnv};
-use ipfixsvc::actors::output::RecordSink;
-use ipfixsvc::config::{CollectorSettings, OutputFormat, OutputSettings};
+use ipfixsvc::actors::mediator::Streams;
+use ipfixsvc::config::CollectorSettings;
 use ipfixsvc::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -55,19 +55,17 @@ async fn eventually<F: AsyncFnMut() -> bool>(mut f: F) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_by_message_and_a_panicking_sibling_costs_nobody_else() {
-    let (sink, _writer) = RecordSink::start(&OutputSettings {
-        format: OutputFormat::Count,
-        ..OutputSettings::default()
-    })
-    .await
-    .expect("sink");
+    // No stream: records are decoded and counted, not written.
+    let (streams, _tasks) = Streams::start(Vec::new(), Registry::builtin())
+        .await
+        .expect("streams");
     let settings = CollectorSettings {
         tcp_listen: "127.0.0.1:0".into(),
         udp_listen: "127.0.0.1:0".into(),
         max_tcp_sessions: 3,
         ..CollectorSettings::default()
     };
-    let env = SessionEnv::new(settings, Registry::builtin(), sink);
+    let env = SessionEnv::new(settings, Registry::builtin(), streams);
     let (collector, _) = Actor::spawn(
         Some("collector".into()),
         CollectorSupervisor,
@@ -225,12 +223,10 @@ async fn the_template_cache_and_the_directory_are_restarted_and_found_by_name() 
     use ipfixsvc::actors::node::{NodeArgs, NodeSupervisor};
     use ipfixsvc::actors::template_cache::TEMPLATE_CACHE;
     use ipfixsvc::config::{Role, Settings};
-    let (sink, _writer) = RecordSink::start(&OutputSettings {
-        format: OutputFormat::Count,
-        ..OutputSettings::default()
-    })
-    .await
-    .expect("sink");
+    // No stream: records are decoded and counted, not written.
+    let (streams, _tasks) = Streams::start(Vec::new(), Registry::builtin())
+        .await
+        .expect("streams");
     let mut settings = Settings::default();
     settings.node.roles = vec![Role::Collector];
     settings.collector.tcp_listen = "127.0.0.1:0".into();
@@ -238,7 +234,7 @@ async fn the_template_cache_and_the_directory_are_restarted_and_found_by_name() 
     let args = NodeArgs {
         settings,
         registry: Registry::builtin(),
-        sink,
+        streams,
     };
     let (_node, _) = Actor::spawn(Some("node".into()), NodeSupervisor, args)
         .await

@@ -39,6 +39,7 @@ fn json_lines(d: &DecodedMessage) -> Vec<serde_json::Value> {
                 Origin {
                     exporter: "test",
                     tenant: None,
+                    domain: None,
                 },
                 d,
                 b,

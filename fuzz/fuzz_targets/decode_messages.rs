@@ -19,7 +19,7 @@ fn render(decoder: &mut Decoder, msg: Bytes, out: &mut Vec<u8>) {
             out.clear();
             write_record(out, Origin {
                     exporter: "fuzz",
-                    tenant: None,
+                    tenant: None, domain: None,
                 }, &decoded, batch, r, &registry);
         }
     }

@@ -146,7 +146,7 @@ fn records(out: &[DecodedMessage], released: usize, registry: &Arc<Registry>) ->
                     &mut json,
                     Origin {
                     exporter: "fuzz",
-                    tenant: None,
+                    tenant: None, domain: None,
                 },
                     d,
                     batch,

@@ -7,8 +7,8 @@ pub mod cluster_tls;
 pub mod collector;
 pub mod directory;
 pub mod jobs;
+pub mod mediator;
 pub mod node;
-pub mod output;
 pub mod template_cache;
 pub mod tenants;
 

@@ -19,7 +19,7 @@ use crate::actors::cluster::{CLUSTER_MEMBER, ClusterArgs, ClusterMember};
 use crate::actors::cluster_tls::ClusterTls;
 use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
-use crate::actors::output::RecordSink;
+use crate::actors::mediator::Streams;
 use crate::actors::template_cache::{CacheArgs, CacheHandle, TEMPLATE_CACHE, TemplateCache};
 use crate::actors::tenants::{TENANT_DIRECTORY, TenantArgs, TenantDirectory};
 use crate::api::auth::AdminToken;
@@ -128,7 +128,7 @@ impl Restarts {
 pub struct NodeArgs {
     pub settings: Settings,
     pub registry: Arc<Registry>,
-    pub sink: RecordSink,
+    pub streams: Streams,
 }
 
 pub struct NodeState {
@@ -207,7 +207,7 @@ impl Actor for NodeSupervisor {
             let env = SessionEnv::new(
                 args.settings.collector.clone(),
                 args.registry.clone(),
-                args.sink.clone(),
+                args.streams.clone(),
             )
             .with_cache(cache_handle.clone(), st.tenant.clone())
             .with_owners(owners.clone());

@@ -330,6 +330,7 @@ impl<W: Write> Dumper<W> {
                     Origin {
                         exporter,
                         tenant: None,
+                        domain: None,
                     },
                     d,
                     b,

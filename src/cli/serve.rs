@@ -3,8 +3,8 @@
 //! all within `shutdown.grace_secs`.
 
 use crate::actors::collector::DrainReport;
+use crate::actors::mediator::{StreamEnd, Streams, default_streams};
 use crate::actors::node::{NodeArgs, NodeMsg, NodeSupervisor};
-use crate::actors::output::RecordSink;
 use crate::config::Settings;
 use crate::wire::Registry;
 use ractor::Actor;
@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML or YAML); the environment (IPFIXSVC__SECTION__KEY) overrides it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "IPFIXSVC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Extra Information Elements (TOML), as for `dump --elements`.
     #[arg(long, value_name = "FILE")]
@@ -44,14 +44,14 @@ const EXIT_MARGIN: Duration = Duration::from_millis(500);
 
 async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown.grace_secs);
-    let (sink, mut writer) = RecordSink::start(&settings.output).await?;
-    // Held until the drain: a node without sessions (no collector role, or none yet) must not
-    // see its writer end as if the output had failed.
-    let held = sink.clone();
+    let (streams, mut tasks) = Streams::start(default_streams(&settings), registry.clone()).await?;
+    // Held until the drain: a stream's task ends only when every handle is gone, so a node
+    // without sessions (no collector role, or none yet) does not see it end as a failure.
+    let held = streams.clone();
     let args = NodeArgs {
         settings,
         registry,
-        sink,
+        streams,
     };
     let (node, node_done) = Actor::spawn(Some("node".into()), NodeSupervisor, args)
         .await
@@ -67,10 +67,10 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
         // Records can no longer be written (a full disk, a closed pipe): sessions would close
         // after their first message while the node looked healthy. Say so and exit non-zero,
         // so the orchestrator restarts the pod.
-        end = &mut writer => Some(match end {
-            Ok(Ok(())) => anyhow::anyhow!("the record output ended"),
-            Ok(Err(e)) => anyhow::anyhow!("the record output failed: {e}"),
-            Err(e) => anyhow::anyhow!("the record output writer: {e}"),
+        Some(end) = tasks.join_next(), if !tasks.is_empty() => Some(match end {
+            Ok((name, Ok(()))) => anyhow::anyhow!("export stream {name:?} ended"),
+            Ok((name, Err(e))) => anyhow::anyhow!("the record output failed: export stream {name:?}: {e}"),
+            Err(e) => anyhow::anyhow!("an export stream's task: {e}"),
         }),
     };
     if let Some(e) = failed {
@@ -98,11 +98,11 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
     node.stop(None);
     drop(held);
     let stopped = tokio::time::timeout_at(deadline, node_done).await.is_ok();
-    // Every session's output handle is gone now: the writer drains and ends.
-    let flushed = tokio::time::timeout_at(deadline, writer).await;
+    // Every session's stream handle is gone now: the streams drain and end.
+    let flushed = tokio::time::timeout_at(deadline, all_ended(&mut tasks)).await;
     let took = started.elapsed().as_millis() as u64;
     match flushed {
-        Ok(Ok(Ok(()))) if report.unfinished == 0 && stopped => {
+        Ok(Ok(())) if report.unfinished == 0 && stopped => {
             tracing::info!(
                 sessions = report.sessions,
                 took_ms = took,
@@ -110,19 +110,34 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
             );
             Ok(())
         }
-        Ok(Ok(Ok(()))) => anyhow::bail!(
+        Ok(Ok(())) => anyhow::bail!(
             "shutdown: {} of {} sessions did not finish within shutdown.grace_secs ({} s): what they held is lost",
             report.unfinished,
             report.sessions,
             grace.as_secs()
         ),
-        Ok(Ok(Err(e))) => anyhow::bail!("writing records: {e}"),
-        Ok(Err(e)) => anyhow::bail!("output writer: {e}"),
+        Ok(Err(e)) => anyhow::bail!("writing records: {e}"),
         Err(_) => anyhow::bail!(
             "shutdown: the record output did not take the last records within shutdown.grace_secs ({} s): they are lost",
             grace.as_secs()
         ),
     }
+}
+
+/// Waits for every stream task; the first failure is the answer.
+async fn all_ended(tasks: &mut tokio::task::JoinSet<StreamEnd>) -> anyhow::Result<()> {
+    let mut first = Ok(());
+    while let Some(end) = tasks.join_next().await {
+        let e = match end {
+            Ok((_, Ok(()))) => continue,
+            Ok((name, Err(e))) => anyhow::anyhow!("export stream {name:?}: {e}"),
+            Err(e) => anyhow::anyhow!("an export stream's task: {e}"),
+        };
+        if first.is_ok() {
+            first = Err(e);
+        }
+    }
+    first
 }
 
 async fn wait_stopped(node: &ractor::ActorRef<NodeMsg>) {

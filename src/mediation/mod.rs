@@ -56,7 +56,7 @@ impl Records {
     }
 
     /// The records of batch `k` that are in, in order.
-    pub fn rows(&self, k: usize) -> Box<dyn Iterator<Item = usize> + '_> {
+    pub fn rows(&self, k: usize) -> Box<dyn Iterator<Item = usize> + Send + '_> {
         match &self.selected[k] {
             Some(m) => Box::new(m.ones()),
             None => Box::new(0..self.msg.batches[k].len()),

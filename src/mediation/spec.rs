@@ -40,7 +40,7 @@ pub struct StreamSpec {
     /// `block` or `drop`; the default depends on the sink (block for files and TCP).
     #[serde(default)]
     pub on_full: Option<OnFull>,
-    /// The queue's bound in bytes of decoded messages (default 32 MiB).
+    /// The queue's bound in bytes of decoded messages (default 8 MiB).
     #[serde(default)]
     pub queue_bytes: Option<u64>,
 }
@@ -125,7 +125,9 @@ impl SinkSpec {
     }
 }
 
-pub const DEFAULT_QUEUE_BYTES: u64 = 32 << 20;
+/// A queue holds decoded messages still to be transformed and written: what it holds at SIGTERM
+/// must go out within the grace period, so it is small.
+pub const DEFAULT_QUEUE_BYTES: u64 = 8 << 20;
 pub const DEFAULT_AGGREGATE_BYTES: u64 = 64 << 20;
 pub const MAX_NAME_LEN: usize = 64;
 

@@ -172,6 +172,11 @@ impl Batch {
         self.len == 0
     }
 
+    /// Bytes of column storage this batch holds (what a queue of batches is bounded by).
+    pub fn heap_bytes(&self) -> usize {
+        self.arena.len() * 8
+    }
+
     fn bases(&self) -> &[u32] {
         bytemuck::cast_slice(&bytemuck::cast_slice::<u64, u8>(&self.arena)[self.bases_at..])
     }

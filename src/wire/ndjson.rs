@@ -24,6 +24,8 @@ pub struct Origin<'a> {
     pub exporter: &'a str,
     /// The tenant that owns the exporter (the collector's records); `None` writes no field.
     pub tenant: Option<&'a str>,
+    /// The Observation Domain to show instead of the header's (a mediator's `domain` transform).
+    pub domain: Option<u32>,
 }
 
 /// Appends one JSON object (and a newline) for record `r` of `batch`.
@@ -42,7 +44,10 @@ pub fn write_record(
         write_str(out, t.as_bytes());
     }
     out.extend_from_slice(b",\"@domain\":");
-    write_u64(out, msg.header.observation_domain as u64);
+    write_u64(
+        out,
+        origin.domain.unwrap_or(msg.header.observation_domain) as u64,
+    );
     out.extend_from_slice(b",\"@template\":");
     write_u64(out, batch.plan.template.id as u64);
     if batch.plan.template.kind == TemplateKind::Options {
@@ -358,6 +363,7 @@ mod tests {
         let origin = Origin {
             exporter: "x",
             tenant: None,
+            domain: None,
         };
         write_record(&mut out, origin, &m, &m.batches[0], 0, &registry);
         String::from_utf8_lossy(&out).into_owned()

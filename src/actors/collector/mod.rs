@@ -11,7 +11,7 @@ pub mod session_logic;
 pub mod tcp;
 pub mod udp;
 
-use crate::actors::output::RecordSink;
+use crate::actors::mediator::Streams;
 use crate::actors::template_cache::CacheHandle;
 use crate::config::CollectorSettings;
 use crate::store::tenants::ExporterTenants;
@@ -34,7 +34,7 @@ use udp::{UdpListenerActor, UdpListenerArgs};
 pub struct SessionEnv {
     pub settings: CollectorSettings,
     pub registry: Arc<Registry>,
-    pub sink: RecordSink,
+    pub streams: Streams,
     /// Session places and template budgets.
     pub admission: Arc<Admission>,
     /// Datagrams handed to a UDP session that ended (idle, or failed) before it read them.
@@ -51,13 +51,13 @@ impl SessionEnv {
     pub fn new(
         settings: CollectorSettings,
         registry: Arc<Registry>,
-        sink: RecordSink,
+        streams: Streams,
     ) -> SessionEnv {
         SessionEnv {
             admission: Admission::new(&settings),
             settings,
             registry,
-            sink,
+            streams,
             lost_datagrams: Arc::new(AtomicU64::new(0)),
             cache: None,
             tenant: "default".into(),
@@ -113,7 +113,7 @@ impl SessionEnv {
             input,
             settings: self.settings.clone(),
             registry: self.registry.clone(),
-            sink: self.sink.clone(),
+            streams: self.streams.clone(),
             slot,
             cache: self.cache.clone(),
             tenant,

@@ -14,11 +14,11 @@
 
 use super::admission::Slot;
 use super::session_logic::{SessionCore, SessionLimits, SessionStats, Transport};
-use crate::actors::output::RecordSink;
+use crate::actors::mediator::Streams;
 use crate::actors::template_cache::{CacheHandle, CacheMsg};
 use crate::config::CollectorSettings;
+use crate::mediation::Source;
 use crate::store::TemplateKey;
-use crate::wire::ndjson::{Origin, write_record};
 use crate::wire::{ByteBudget, Framer, Registry};
 use crate::wire::{DecodedMessage, Template, TemplateEvent, TemplateKind};
 use bytes::{Bytes, BytesMut};
@@ -131,7 +131,7 @@ pub struct SessionArgs {
     pub input: SessionInput,
     pub settings: CollectorSettings,
     pub registry: Arc<Registry>,
-    pub sink: RecordSink,
+    pub streams: Streams,
     /// This session's place; given back when the session stops.
     pub slot: Slot,
     /// Shared templates (template scope `exporter`); `None` for strict session scope.
@@ -141,9 +141,10 @@ pub struct SessionArgs {
 
 pub struct SessionState {
     peer: SocketAddr,
-    exporter: String,
     core: SessionCore,
-    sink: RecordSink,
+    streams: Streams,
+    /// Who this session's records come from, as the streams see it.
+    source: Arc<Source>,
     reader: Option<AbortOnDrop>,
     ticker: Option<AbortOnDrop>,
     udp_queue: Option<Arc<UdpQueue>>,
@@ -207,11 +208,15 @@ impl Actor for ExporterSession {
         };
         let mut state = SessionState {
             peer: args.peer,
-            exporter: args.peer.to_string(),
             core: SessionCore::new(args.registry, transport, limits)
                 .with_budget(args.slot.template_budget())
                 .with_pending_budget(args.slot.pending_budget()),
-            sink: args.sink,
+            source: Arc::new(Source {
+                exporter: args.peer.to_string(),
+                addr: args.peer.ip(),
+                tenant: args.tenant.clone(),
+            }),
+            streams: args.streams,
             reader: None,
             ticker: None,
             udp_queue: None,
@@ -454,7 +459,7 @@ impl SessionState {
         }
         self.note_drops();
         self.share(&decoded);
-        self.emit(&decoded).await
+        self.emit(decoded).await
     }
 
     /// Says once per session that Data Sets are being dropped for want of a template (the count
@@ -594,39 +599,13 @@ impl SessionState {
         }
     }
 
-    async fn emit(&mut self, decoded: &[DecodedMessage]) -> Result<(), String> {
-        if !self.sink.renders() {
-            return Ok(());
-        }
-        let closed = || "the record output closed".to_string();
-        let mut out = Vec::with_capacity(4096);
-        for d in decoded {
-            for b in &d.batches {
-                for r in 0..b.len() {
-                    write_record(
-                        &mut out,
-                        Origin {
-                            exporter: &self.exporter,
-                            tenant: Some(&self.tenant),
-                        },
-                        d,
-                        b,
-                        r,
-                        self.core.registry(),
-                    );
-                    // Chunks of about 1 MiB: the output queue's bound in chunks is then a bound
-                    // in bytes, whatever one message expands to.
-                    if out.len() >= OUTPUT_CHUNK {
-                        let full = std::mem::replace(&mut out, Vec::with_capacity(4096));
-                        self.sink.write(full).await.map_err(|_| closed())?;
-                    }
-                }
-            }
-        }
-        if !out.is_empty() {
-            self.sink.write(out).await.map_err(|_| closed())?;
-        }
-        Ok(())
+    /// Hands the decoded messages to the export streams that take them (waiting on a full
+    /// stream whose policy is `block`).
+    async fn emit(&mut self, decoded: Vec<DecodedMessage>) -> Result<(), String> {
+        self.streams
+            .deliver(&self.source, decoded)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -675,9 +654,6 @@ fn fingerprint(t: &Template) -> u64 {
     h.finish()
 }
 
-/// Rendered records handed to the output at a time, at most (plus one record).
-const OUTPUT_CHUNK: usize = 1 << 20;
-
 /// A lookup's answer: the template goes into the session's decoder and the Data Sets that were
 /// waiting for it are decoded.
 async fn self_learn(state: &mut SessionState, domain: u32, template: Template) {
@@ -691,7 +667,7 @@ async fn self_learn(state: &mut SessionState, domain: u32, template: Template) {
     match state.core.learn_shared(domain, template, Instant::now()) {
         Ok(released) => {
             state.shared.insert((domain, id), (fp, Instant::now()));
-            let _ = state.emit(&released).await;
+            let _ = state.emit(released).await;
         }
         Err(e) => tracing::warn!(peer = %state.peer, domain, error = %e, "shared template refused"),
     }

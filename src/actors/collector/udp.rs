@@ -361,8 +361,8 @@ fn deliver(route: &Route, datagrams: Vec<Bytes>) -> Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::output::RecordSink;
-    use crate::config::{CollectorSettings, OutputFormat, OutputSettings};
+    use crate::actors::mediator::Streams;
+    use crate::config::CollectorSettings;
     use crate::wire::Registry;
 
     /// Stands in for a session: it only has to stop.
@@ -384,13 +384,10 @@ mod tests {
 
     #[tokio::test]
     async fn datagrams_an_ended_session_never_read_are_counted_lost() {
-        let (sink, _writer) = RecordSink::start(&OutputSettings {
-            format: OutputFormat::Count,
-            ..OutputSettings::default()
-        })
-        .await
-        .expect("sink");
-        let env = SessionEnv::new(CollectorSettings::default(), Registry::builtin(), sink);
+        let (streams, _tasks) = Streams::start(Vec::new(), Registry::builtin())
+            .await
+            .expect("streams");
+        let env = SessionEnv::new(CollectorSettings::default(), Registry::builtin(), streams);
         let (session, handle) = Actor::spawn(None, Ended, ()).await.expect("spawn");
         let peer: SocketAddr = "127.0.0.1:4739".parse().expect("addr");
         let total = env.admission.udp_queue_total.clone();
