@@ -1141,7 +1141,16 @@ fn tshark_templates() -> Vec<(u64, usize)> {
 async fn templates_are_the_tenants_own(api: &SocketAddr, admin: &str, token: &str) {
     let http = reqwest::Client::new();
     let v1 = format!("http://{api}/api/v1");
-    let list = get_json(&http, format!("{v1}/tenants/acme/templates"), token).await;
+    // The cache writes templates to the store as sessions share them, a little after the
+    // session is listed: wait (bounded) for both exporters' templates.
+    let mut list = serde_json::Value::Null;
+    for _ in 0..100 {
+        list = get_json(&http, format!("{v1}/tenants/acme/templates"), token).await;
+        if list["exporters"].as_array().map_or(0, Vec::len) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(list["tenant"], "acme");
     assert_eq!(list["truncated"], false);
     let exporters = list["exporters"].as_array().expect("exporters");

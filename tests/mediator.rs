@@ -151,3 +151,107 @@ fn a_stream_that_does_not_check_is_refused_at_start_naming_the_field() {
         "{err}"
     );
 }
+
+/// A stream whose actor panics is restarted with its configuration: the restart and the
+/// failure are in `/debug/actors`, records lost with the dead actor's mailbox are counted as
+/// dropped, and records sent after the restart are all written.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_stream_is_restarted_with_its_configuration_and_counted() {
+    let dir = std::env::temp_dir().join(format!(
+        "ipfixsvc-test-{}-streams-panic-config",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = dir.join("flaky.ndjson");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mediator.streams]]\nname = \"flaky\"\nfault_panic_at_records = 1000\nsink = {{ kind = \"ndjson\", path = \"{}\" }}\n",
+            out.display()
+        ),
+    )
+    .expect("config");
+    let storage = dir.join("storage");
+    let server = Server::start(
+        "streams-panic",
+        &[
+            ("IPFIXSVC_CONFIG", config.to_str().expect("utf-8")),
+            ("IPFIXSVC__NODE__ROLES", "collector,api"),
+            ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+            ("IPFIXSVC__STORAGE__DIR", storage.to_str().expect("utf-8")),
+        ],
+    );
+    let api = common::api_addr(&server);
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    let send = |n: usize| {
+        let mut s = std::net::TcpStream::connect(server.tcp).expect("connect");
+        s.write_all(&file).expect("send");
+        drop(s);
+        server.wait_log("exporter session ended", n, Duration::from_secs(20));
+    };
+    send(1);
+    server.wait_log(
+        "export stream failed: restarting it",
+        1,
+        Duration::from_secs(10),
+    );
+    let before = lines(&out).len();
+    send(2);
+    let per_file = 3979; // example_flows.ipfix's data records (dump's count; tests/tshark_oracle.rs holds dump to tshark)
+    common::eventually(
+        "the second file written in full",
+        Duration::from_secs(10),
+        || lines(&out).len() == before + per_file,
+    );
+    let token = common::admin_token(&storage);
+    let tree: Value = reqwest::Client::new()
+        .get(format!("http://{api}/debug/actors"))
+        .bearer_auth(&token)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("GET /debug/actors")
+        .json()
+        .await
+        .expect("JSON");
+    fn find<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+        if v["name"] == name {
+            return Some(v);
+        }
+        v["children"].as_array()?.iter().find_map(|c| find(c, name))
+    }
+    let root = tree
+        .get("tree")
+        .or_else(|| tree["nodes"][0].get("tree"))
+        .unwrap_or(&tree);
+    let s = find(root, "stream/flaky").unwrap_or_else(|| panic!("no stream/flaky in {tree}"));
+    assert_eq!(s["kind"], "ExportStream");
+    assert_eq!(s["restarts"], 1, "{s}");
+    assert!(
+        s["last_failure"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fault injection"),
+        "{s}"
+    );
+    let f = &s["figures"];
+    let n = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{k} in {f}"));
+    assert_eq!(n("records_in"), 2 * per_file as u64, "{f}");
+    assert_eq!(
+        n("records_out") + n("dropped") + n("filtered"),
+        n("records_in"),
+        "{f}"
+    );
+    assert_eq!(n("records_out"), lines(&out).len() as u64, "{f}");
+    assert!(
+        n("dropped") > 0,
+        "the panicking message was lost and counted: {f}"
+    );
+}

@@ -16,6 +16,8 @@ use super::directory::DirectoryMsg;
 use super::jobs::conversion::ConversionMsg;
 use super::jobs::directory::JobDirectoryMsg;
 use super::jobs::{JobMsg, JobSupervisorStatus};
+use super::mediator::stream::StreamMsg;
+use super::mediator::{MediatorMsg, StreamState};
 use super::node::{NodeMsg, RestartInfo};
 use super::template_cache::CacheMsg;
 use super::tenants::TenantMsg;
@@ -57,6 +59,8 @@ fn kind(cell: &ActorCell, in_cluster_server: bool) -> &'static str {
         JobMsg => "JobSupervisor",
         JobDirectoryMsg => "JobDirectory",
         ConversionMsg => "PcapConversionJob",
+        MediatorMsg => "MediatorSupervisor",
+        StreamMsg => "ExportStream",
     );
     if cell.get_name().as_deref() == Some("cluster/node-server") {
         "ractor_cluster NodeServer"
@@ -90,6 +94,7 @@ fn shape(cell: &ActorCell, node: &str, in_cluster: bool, asks: &mut Vec<ActorCel
             | "CollectorSupervisor"
             | "TemplateCache"
             | "JobSupervisor"
+            | "MediatorSupervisor"
     ) {
         asks.push(cell.clone());
     }
@@ -150,6 +155,11 @@ async fn figures(cell: ActorCell) -> (String, Figures) {
         ractor::call_t!(a, JobMsg::Status, ms)
             .map(Figures::Jobs)
             .ok()
+    } else if cell.is_message_type_of::<MediatorMsg>() == Some(true) {
+        let a: ActorRef<MediatorMsg> = cell.into();
+        ractor::call_t!(a, MediatorMsg::Tree, ms)
+            .map(Figures::Streams)
+            .ok()
     } else if cell.is_message_type_of::<NodeMsg>() == Some(true) {
         let a: ActorRef<NodeMsg> = cell.into();
         ractor::call_t!(a, NodeMsg::Restarts, ms)
@@ -169,6 +179,8 @@ enum Figures {
     Jobs(JobSupervisorStatus),
     /// The NodeSupervisor's count of its children's restarts, by name.
     Restarts(Vec<RestartInfo>),
+    /// Each export stream's actor id, figures and last failure (the MediatorSupervisor's).
+    Streams(Vec<(String, StreamState, Option<String>)>),
 }
 
 /// This node's tree with every actor's figures.
@@ -198,6 +210,25 @@ pub async fn tree(node: &str) -> Value {
                     id,
                     json!({"queued": s.queued, "running": s.running.len(), "workers": s.workers, "queue": s.queue}),
                 );
+            }
+            Figures::Streams(list) => {
+                let total: u64 = list.iter().map(|(_, s, _)| s.records_in).sum();
+                by_id.insert(id, json!({"streams": list.len(), "records_in": total}));
+                for (actor, s, failure) in list {
+                    by_name.insert(
+                        format!("stream/{}", s.name),
+                        json!({"restarts": s.restarts, "last_failure": failure}),
+                    );
+                    by_id.insert(
+                        actor,
+                        json!({
+                            "queue_bytes": s.queue_bytes, "queue_capacity": s.queue_capacity,
+                            "records_in": s.records_in, "records_out": s.records_out,
+                            "filtered": s.filtered, "dropped": s.dropped,
+                            "sink_errors": s.sink_errors,
+                        }),
+                    );
+                }
             }
             Figures::Restarts(list) => {
                 for r in list {

@@ -19,7 +19,9 @@ use crate::actors::cluster::{CLUSTER_MEMBER, ClusterArgs, ClusterMember};
 use crate::actors::cluster_tls::ClusterTls;
 use crate::actors::directory::{DIRECTORY_NAME, DirectoryArgs, SessionDirectory};
 use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
-use crate::actors::mediator::Streams;
+use crate::actors::mediator::{
+    MEDIATOR_NAME, MediatorArgs, MediatorMsg, MediatorSupervisor, Streams, configured_streams,
+};
 use crate::actors::template_cache::{CacheArgs, CacheHandle, TEMPLATE_CACHE, TemplateCache};
 use crate::actors::tenants::{TENANT_DIRECTORY, TenantArgs, TenantDirectory};
 use crate::api::auth::AdminToken;
@@ -133,6 +135,7 @@ pub struct NodeArgs {
 
 pub struct NodeState {
     collector: Option<ActorRef<CollectorMsg>>,
+    mediator: Option<ActorRef<MediatorMsg>>,
     jobs: Option<ActorRef<JobMsg>>,
     restartable: Vec<Restartable>,
     restarts: std::collections::HashMap<&'static str, Restarts>,
@@ -201,6 +204,24 @@ impl Actor for NodeSupervisor {
             });
             tenants.spawn(myself.get_cell()).await?;
             restartable.push(tenants);
+        }
+        // The mediator runs where records are decoded: on every collector (and on a node that
+        // names the role, for its streams' figures).
+        let mut mediator = None;
+        if roles.contains(&Role::Collector) || roles.contains(&Role::Mediator) {
+            let (m, _) = Actor::spawn_linked(
+                Some(MEDIATOR_NAME.into()),
+                MediatorSupervisor,
+                MediatorArgs {
+                    specs: configured_streams(&args.settings),
+                    registry: args.registry.clone(),
+                    streams: args.streams.clone(),
+                    node: args.settings.node.name.clone(),
+                },
+                myself.get_cell(),
+            )
+            .await?;
+            mediator = Some(m);
         }
         let mut collector = None;
         if roles.contains(&Role::Collector) {
@@ -314,7 +335,7 @@ impl Actor for NodeSupervisor {
         }
         let later: Vec<_> = roles
             .iter()
-            .filter(|r| !matches!(r, Role::Collector | Role::Jobs | Role::Api))
+            .filter(|r| !matches!(r, Role::Collector | Role::Jobs | Role::Api | Role::Mediator))
             .collect();
         if !later.is_empty() {
             tracing::info!(roles = ?later, "roles not in this build yet: not started");
@@ -322,6 +343,7 @@ impl Actor for NodeSupervisor {
         tracing::info!(node = %args.settings.node.name, "node started");
         Ok(NodeState {
             collector,
+            mediator,
             jobs,
             restartable,
             restarts: Default::default(),
@@ -347,6 +369,16 @@ impl Actor for NodeSupervisor {
                     match ractor::call!(c, CollectorMsg::Drain, within) {
                         Ok(r) => report = r,
                         Err(e) => tracing::warn!(error = %e, "collector did not drain"),
+                    }
+                }
+                // After the sessions: the streams take what they handed over, then flush.
+                if let Some(m) = &state.mediator {
+                    match ractor::call!(m, MediatorMsg::Drain, within / 4) {
+                        Ok(failed) => report.streams_unfinished = failed,
+                        Err(e) => {
+                            report.streams_unfinished =
+                                vec![format!("the mediator did not answer: {e}")]
+                        }
                     }
                 }
                 if let Some(j) = &state.jobs {

@@ -2,8 +2,7 @@
 //! Ctrl-C, then drain: listeners stop, sessions finish the message they hold, output flushes,
 //! all within `shutdown.grace_secs`.
 
-use crate::actors::collector::DrainReport;
-use crate::actors::mediator::{StreamEnd, Streams, default_streams};
+use crate::actors::mediator::Streams;
 use crate::actors::node::{NodeArgs, NodeMsg, NodeSupervisor};
 use crate::config::Settings;
 use crate::wire::Registry;
@@ -44,10 +43,8 @@ const EXIT_MARGIN: Duration = Duration::from_millis(500);
 
 async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown.grace_secs);
-    let (streams, mut tasks) = Streams::start(default_streams(&settings), registry.clone()).await?;
-    // Held until the drain: a stream's task ends only when every handle is gone, so a node
-    // without sessions (no collector role, or none yet) does not see it end as a failure.
-    let held = streams.clone();
+    // The routing table the mediator fills and the sessions read.
+    let streams = Streams::default();
     let args = NodeArgs {
         settings,
         registry,
@@ -64,14 +61,6 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
             None
         }
         _ = wait_stopped(&node) => Some(anyhow::anyhow!("the node stopped on its own (see the errors above)")),
-        // Records can no longer be written (a full disk, a closed pipe): sessions would close
-        // after their first message while the node looked healthy. Say so and exit non-zero,
-        // so the orchestrator restarts the pod.
-        Some(end) = tasks.join_next(), if !tasks.is_empty() => Some(match end {
-            Ok((name, Ok(()))) => anyhow::anyhow!("export stream {name:?} ended"),
-            Ok((name, Err(e))) => anyhow::anyhow!("the record output failed: export stream {name:?}: {e}"),
-            Err(e) => anyhow::anyhow!("an export stream's task: {e}"),
-        }),
     };
     if let Some(e) = failed {
         tracing::error!(error = %e, "stopping");
@@ -90,54 +79,35 @@ async fn serve(settings: Settings, registry: Arc<Registry>) -> anyhow::Result<()
     let report = match answered {
         Ok(Ok(r)) => r,
         // The node did not answer in time (or at all): nothing says what was lost.
-        _ => DrainReport {
-            sessions: 0,
-            unfinished: 1,
-        },
+        _ => anyhow::bail!(
+            "shutdown: the drain did not finish within shutdown.grace_secs ({} s): records still held by sessions or export streams are lost",
+            grace.as_secs()
+        ),
     };
     node.stop(None);
-    drop(held);
     let stopped = tokio::time::timeout_at(deadline, node_done).await.is_ok();
-    // Every session's stream handle is gone now: the streams drain and end.
-    let flushed = tokio::time::timeout_at(deadline, all_ended(&mut tasks)).await;
     let took = started.elapsed().as_millis() as u64;
-    match flushed {
-        Ok(Ok(())) if report.unfinished == 0 && stopped => {
-            tracing::info!(
-                sessions = report.sessions,
-                took_ms = took,
-                "stopped: every record read was written"
-            );
-            Ok(())
-        }
-        Ok(Ok(())) => anyhow::bail!(
+    if !report.streams_unfinished.is_empty() {
+        anyhow::bail!(
+            "shutdown: the record output did not take the last records within shutdown.grace_secs ({} s): they are lost ({})",
+            grace.as_secs(),
+            report.streams_unfinished.join("; ")
+        );
+    }
+    if report.unfinished > 0 || !stopped {
+        anyhow::bail!(
             "shutdown: {} of {} sessions did not finish within shutdown.grace_secs ({} s): what they held is lost",
             report.unfinished,
             report.sessions,
             grace.as_secs()
-        ),
-        Ok(Err(e)) => anyhow::bail!("writing records: {e}"),
-        Err(_) => anyhow::bail!(
-            "shutdown: the record output did not take the last records within shutdown.grace_secs ({} s): they are lost",
-            grace.as_secs()
-        ),
+        );
     }
-}
-
-/// Waits for every stream task; the first failure is the answer.
-async fn all_ended(tasks: &mut tokio::task::JoinSet<StreamEnd>) -> anyhow::Result<()> {
-    let mut first = Ok(());
-    while let Some(end) = tasks.join_next().await {
-        let e = match end {
-            Ok((_, Ok(()))) => continue,
-            Ok((name, Err(e))) => anyhow::anyhow!("export stream {name:?}: {e}"),
-            Err(e) => anyhow::anyhow!("an export stream's task: {e}"),
-        };
-        if first.is_ok() {
-            first = Err(e);
-        }
-    }
-    first
+    tracing::info!(
+        sessions = report.sessions,
+        took_ms = took,
+        "stopped: every record read was written"
+    );
+    Ok(())
 }
 
 async fn wait_stopped(node: &ractor::ActorRef<NodeMsg>) {

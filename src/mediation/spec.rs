@@ -43,6 +43,11 @@ pub struct StreamSpec {
     /// The queue's bound in bytes of decoded messages (default 8 MiB).
     #[serde(default)]
     pub queue_bytes: Option<u64>,
+    /// Tests only (feature `fault-injection`): the stream's actor panics when its count of
+    /// records taken in crosses this number (once: the count outlives the restart).
+    #[cfg(feature = "fault-injection")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_panic_at_records: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

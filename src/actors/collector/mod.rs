@@ -215,11 +215,13 @@ impl Drop for Watched {
 }
 
 /// How a drain went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct DrainReport {
     pub sessions: usize,
     /// Sessions still busy when the time was up (stopped anyway: what they held is lost).
     pub unfinished: usize,
+    /// Export streams that did not write everything they held (the mediator's drain).
+    pub streams_unfinished: Vec<String>,
 }
 
 /// The CollectorSupervisor's registered name.
@@ -400,6 +402,7 @@ impl Actor for CollectorSupervisor {
                 let _ = reply.send(DrainReport {
                     sessions: sessions.len(),
                     unfinished: unfinished.len(),
+                    streams_unfinished: Vec::new(),
                 });
             }
             CollectorMsg::Sessions(reply) => {

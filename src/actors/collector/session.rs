@@ -602,10 +602,8 @@ impl SessionState {
     /// Hands the decoded messages to the export streams that take them (waiting on a full
     /// stream whose policy is `block`).
     async fn emit(&mut self, decoded: Vec<DecodedMessage>) -> Result<(), String> {
-        self.streams
-            .deliver(&self.source, decoded)
-            .await
-            .map_err(|e| e.to_string())
+        self.streams.deliver(&self.source, decoded).await;
+        Ok(())
     }
 }
 

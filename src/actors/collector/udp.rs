@@ -384,9 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn datagrams_an_ended_session_never_read_are_counted_lost() {
-        let (streams, _tasks) = Streams::start(Vec::new(), Registry::builtin())
-            .await
-            .expect("streams");
+        let streams = Streams::default();
         let env = SessionEnv::new(CollectorSettings::default(), Registry::builtin(), streams);
         let (session, handle) = Actor::spawn(None, Ended, ()).await.expect("spawn");
         let peer: SocketAddr = "127.0.0.1:4739".parse().expect("addr");

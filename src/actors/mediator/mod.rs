@@ -1,28 +1,41 @@
-//! The Mediator's data path: export streams, each a task that owns its pipeline
-//! (`mediation::spec::Pipeline`) and its sink, fed through its own queue, bounded in bytes of
-//! decoded messages. Sessions hold a [`Streams`] handle and hand each decoded message (an `Arc`,
-//! shared by every stream that takes it) to the streams whose tenants, exporters and domains
-//! match.
+//! The Mediator: a MediatorSupervisor ("mediator") with one ExportStream actor per stream
+//! ("stream/<name>"), each owning its pipeline (`mediation::spec::Pipeline`) and its sink.
 //!
-//! A stream's task ends when every handle is gone and its queue is empty (the drain), after its
-//! aggregates are flushed and its sink has written everything; or early, with an error, when
-//! its sink fails. `serve` watches them: an output that can no longer write takes the node
-//! down, as the interim writer this replaces did.
+//! Sessions hold a [`Streams`] handle: the routing table the supervisor keeps current. Per
+//! decoded message they make one `Arc` and hand it to every stream whose tenants, exporters
+//! and Observation Domains take it. A stream's queue is its mailbox, bounded in bytes by a
+//! semaphore whose permits travel with each message: `block` waits for room, `drop` counts
+//! the records and goes on.
+//!
+//! A stream whose actor panics is restarted with its configuration (counted, shown in
+//! `/debug/actors`); what its mailbox held is lost and counted. A stream whose local sink
+//! fails (a full disk, a closed pipe) stops the supervisor, and with it the node: the pod is
+//! restarted rather than kept running while it loses records. On drain (after the sessions),
+//! every stream works through its mailbox, flushes its aggregates and its sink, and stops.
 
 mod ndjson_sink;
+pub mod stream;
 
 use crate::config::{OutputFormat, Settings};
-use crate::mediation::spec::{DEFAULT_QUEUE_BYTES, OnFull, Pipeline, SinkSpec, StreamSpec};
+use crate::mediation::spec::{
+    DEFAULT_QUEUE_BYTES, OnFull, Pipeline, PipelineStats, SinkSpec, StreamSpec,
+};
 use crate::mediation::{Records, Source};
 use crate::wire::Registry;
 use crate::wire::decoder::DecodedMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use stream::{ExportStream, SinkFailed, StreamArgs, StreamMsg};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A stream's figures, shared between its task and whoever reports them.
+pub const MEDIATOR_NAME: &str = "mediator";
+
+/// A stream's figures, shared between its actor and whoever reports them. They outlive a
+/// restart: the new actor counts on.
 #[derive(Debug, Default)]
 pub struct StreamStats {
     pub records_in: AtomicU64,
@@ -30,60 +43,152 @@ pub struct StreamStats {
     pub filtered: AtomicU64,
     pub dropped: AtomicU64,
     pub sink_errors: AtomicU64,
+    pub restarts: AtomicU64,
 }
 
-struct Item {
-    recs: Records,
-    /// The message's bytes in the queue, given back when the stream is done with it.
-    _room: OwnedSemaphorePermit,
-}
-
-struct Handle {
-    spec: StreamSpec,
-    /// `spec.exporters`, parsed (the pipeline checked them).
-    exporters: Vec<ipnet::IpNet>,
-    on_full: OnFull,
-    capacity: u32,
-    room: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<Item>,
-    stats: Arc<StreamStats>,
-}
-
-impl Handle {
-    /// The stream's tenants, exporters and domains take records of `source` under `domain`.
-    fn takes(&self, source: &Source, domain: u32) -> bool {
-        (self.spec.tenants.is_empty() || self.spec.tenants.contains(&source.tenant))
-            && (self.exporters.is_empty()
-                || self.exporters.iter().any(|n| n.contains(&source.addr)))
-            && (self.spec.domains.is_empty() || self.spec.domains.contains(&domain))
+impl StreamStats {
+    /// Adds what the pipeline counted since `last`.
+    fn add_pipeline(&self, now: PipelineStats, last: &mut PipelineStats) {
+        self.records_in
+            .fetch_add(now.records_in - last.records_in, Ordering::Relaxed);
+        self.filtered
+            .fetch_add(now.filtered - last.filtered, Ordering::Relaxed);
+        *last = now;
     }
 }
 
-/// What sessions hold: the node's streams. Cloned per session; when the last clone is dropped
-/// the streams drain and end.
-#[derive(Clone)]
+/// Records on their way to a stream, with the room they take in its queue (given back when
+/// the stream is done with them, or when a dead actor's mailbox is dropped).
+pub struct Item {
+    recs: Option<Records>,
+    _room: OwnedSemaphorePermit,
+    stats: Arc<StreamStats>,
+}
+
+impl Item {
+    /// The records (a cheap clone: the message is shared). The item stays armed until
+    /// [`Item::done`], so a panic while they are processed counts them as lost.
+    fn records(&self) -> Option<Records> {
+        self.recs.clone()
+    }
+
+    fn done(mut self) {
+        self.recs = None;
+    }
+}
+
+impl Drop for Item {
+    /// An item dropped unprocessed (its actor died with it in the mailbox, or panicked while
+    /// processing it) is counted.
+    fn drop(&mut self) {
+        if let Some(r) = &self.recs {
+            let n = r.count() as u64;
+            self.stats.records_in.fetch_add(n, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One stream as sessions see it.
+struct Route {
+    name: String,
+    tenants: Vec<String>,
+    exporters: Vec<ipnet::IpNet>,
+    domains: Vec<u32>,
+    on_full: OnFull,
+    capacity: u32,
+    room: Arc<Semaphore>,
+    to: ActorRef<StreamMsg>,
+    stats: Arc<StreamStats>,
+}
+
+impl Route {
+    fn takes(&self, source: &Source, domain: u32) -> bool {
+        (self.tenants.is_empty() || self.tenants.contains(&source.tenant))
+            && (self.exporters.is_empty()
+                || self.exporters.iter().any(|n| n.contains(&source.addr)))
+            && (self.domains.is_empty() || self.domains.contains(&domain))
+    }
+}
+
+type Table = Arc<Vec<Arc<Route>>>;
+
+/// What sessions hold: the node's streams, kept current by the MediatorSupervisor.
+#[derive(Clone, Default)]
 pub struct Streams {
-    streams: Arc<Vec<Handle>>,
+    table: Arc<RwLock<Table>>,
 }
 
 impl std::fmt::Debug for Streams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.streams.iter().map(|h| &h.spec.name))
-            .finish()
+        let t = self.snapshot();
+        f.debug_list().entries(t.iter().map(|r| &r.name)).finish()
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("export stream {0:?} is closed (its sink failed)")]
-pub struct StreamClosed(pub String);
+/// Bytes a decoded message holds: its buffer and its batches' columns.
+fn weight(m: &DecodedMessage) -> usize {
+    m.buf.len() + m.batches.iter().map(|b| b.heap_bytes()).sum::<usize>()
+}
 
-/// A stream task's end: its name, and the sink's error if it failed.
-pub type StreamEnd = (String, std::io::Result<()>);
+impl Streams {
+    fn snapshot(&self) -> Table {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 
-/// The streams a node runs when `mediator.streams` names none: NDJSON on standard output or
-/// in `output.path`, as `output.*` says (the behaviour before the mediator existed).
-pub fn default_streams(settings: &Settings) -> Vec<StreamSpec> {
+    fn set(&self, t: Vec<Arc<Route>>) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+    }
+
+    /// Hands `msgs` (decoded by the session of `source`) to every stream that takes them.
+    /// Waits on a full stream whose policy is `block`; never on one whose policy is `drop`.
+    pub async fn deliver(&self, source: &Arc<Source>, msgs: Vec<DecodedMessage>) {
+        let routes = self.snapshot();
+        if routes.is_empty() {
+            return;
+        }
+        for m in msgs {
+            if m.batches.is_empty() {
+                continue;
+            }
+            let m = Arc::new(m);
+            let w = weight(&m);
+            for r in routes.iter() {
+                if !r.takes(source, m.header.observation_domain) {
+                    continue;
+                }
+                let need = w.clamp(1, r.capacity as usize) as u32;
+                let permit = match r.on_full {
+                    OnFull::Block => match r.room.clone().acquire_many_owned(need).await {
+                        Ok(p) => p,
+                        Err(_) => continue, // the stream was replaced or removed meanwhile
+                    },
+                    OnFull::Drop => match r.room.clone().try_acquire_many_owned(need) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            let n = m.data_records() as u64;
+                            r.stats.records_in.fetch_add(n, Ordering::Relaxed);
+                            r.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                };
+                let item = Item {
+                    recs: Some(Records::all(m.clone(), source.clone())),
+                    _room: permit,
+                    stats: r.stats.clone(),
+                };
+                // A stream that died meanwhile: the item is dropped, and counted as it goes.
+                let _ = r.to.send_message(StreamMsg::Records(item));
+            }
+        }
+    }
+}
+
+/// The streams a node runs from its configuration: `mediator.streams`, or when that names
+/// none, one stream `default` that writes NDJSON as `output.*` says (the behaviour before the
+/// mediator existed).
+pub fn configured_streams(settings: &Settings) -> Vec<StreamSpec> {
     if !settings.mediator.streams.is_empty() {
         return settings.mediator.streams.clone();
     }
@@ -104,46 +209,92 @@ pub fn default_streams(settings: &Settings) -> Vec<StreamSpec> {
         sink,
         on_full: Some(OnFull::Block),
         queue_bytes: Some((settings.output.queue_chunks as u64).saturating_mul(1 << 20)),
+        #[cfg(feature = "fault-injection")]
+        fault_panic_at_records: None,
     }]
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// A stream's state, as the API and `/debug/actors` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamState {
+    pub name: String,
+    pub node: String,
+    pub queue_bytes: u64,
+    pub queue_capacity: u64,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub filtered: u64,
+    pub dropped: u64,
+    pub sink_errors: u64,
+    pub restarts: u64,
 }
 
-/// Bytes a decoded message holds: its buffer and its batches' columns.
-fn weight(m: &DecodedMessage) -> usize {
-    m.buf.len() + m.batches.iter().map(|b| b.heap_bytes()).sum::<usize>()
+#[derive(RactorMessage)]
+pub enum MediatorMsg {
+    /// Every stream works through what it holds, flushes, and stops; the answer names the
+    /// streams that could not finish in time (or failed).
+    Drain(Duration, RpcReplyPort<Vec<String>>),
+    /// Each stream's figures.
+    States(RpcReplyPort<Vec<StreamState>>),
+    /// For `/debug/actors`: each stream's actor id, figures and last failure.
+    Tree(RpcReplyPort<Vec<(String, StreamState, Option<String>)>>),
 }
 
-impl Streams {
-    /// Starts one task per stream. Errors name the stream and the field at fault.
-    pub async fn start(
-        specs: Vec<StreamSpec>,
-        registry: Arc<Registry>,
-    ) -> anyhow::Result<(Streams, JoinSet<StreamEnd>)> {
-        let mut names = std::collections::HashSet::new();
-        let mut handles = Vec::new();
-        let mut tasks = JoinSet::new();
-        for spec in specs {
-            if !names.insert(spec.name.clone()) {
-                anyhow::bail!("mediator.streams: two streams are named {:?}", spec.name);
-            }
-            let pipeline = Pipeline::build(&spec, &registry)?;
-            let sink = Sink::open(&spec.sink, registry.clone()).await?;
-            let capacity = spec
-                .queue_bytes
-                .unwrap_or(DEFAULT_QUEUE_BYTES)
-                .min(u32::MAX as u64) as u32;
-            let room = Arc::new(Semaphore::new(capacity as usize));
-            let (tx, rx) = mpsc::unbounded_channel();
-            let stats = Arc::new(StreamStats::default());
-            let name = spec.name.clone();
-            let run = run(pipeline, sink, rx, stats.clone());
-            tasks.spawn(async move { (name, run.await) });
-            let exporters = spec
+pub struct MediatorArgs {
+    pub specs: Vec<StreamSpec>,
+    pub registry: Arc<Registry>,
+    pub streams: Streams,
+    pub node: String,
+}
+
+struct Running {
+    spec: StreamSpec,
+    /// Why the stream's previous actor failed, if it did.
+    last_failure: Option<String>,
+    actor: ActorRef<StreamMsg>,
+    route: Arc<Route>,
+}
+
+pub struct MediatorState {
+    args: MediatorArgs,
+    running: HashMap<String, Running>,
+    draining: bool,
+}
+
+pub struct MediatorSupervisor;
+
+impl MediatorState {
+    /// Starts (or restarts, with the same figures) the actor of `spec`, and routes to it.
+    async fn start(
+        &mut self,
+        myself: &ActorRef<MediatorMsg>,
+        spec: StreamSpec,
+        stats: Arc<StreamStats>,
+    ) -> Result<(), ActorProcessingErr> {
+        let pipeline = Pipeline::build(&spec, &self.args.registry)?;
+        let capacity = spec
+            .queue_bytes
+            .unwrap_or(DEFAULT_QUEUE_BYTES)
+            .min(u32::MAX as u64) as u32;
+        let room = Arc::new(Semaphore::new(capacity as usize));
+        let (actor, _) = Actor::spawn_linked(
+            Some(format!("stream/{}", spec.name)),
+            ExportStream,
+            StreamArgs {
+                spec: spec.clone(),
+                pipeline,
+                registry: self.args.registry.clone(),
+                stats: stats.clone(),
+                room: room.clone(),
+                capacity,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let route = Arc::new(Route {
+            name: spec.name.clone(),
+            tenants: spec.tenants.clone(),
+            exporters: spec
                 .exporters
                 .iter()
                 .filter_map(|e| {
@@ -151,178 +302,186 @@ impl Streams {
                         .ok()
                         .or_else(|| e.parse::<std::net::IpAddr>().ok().map(Into::into))
                 })
-                .collect();
-            handles.push(Handle {
-                exporters,
-                on_full: spec.on_full.unwrap_or(spec.sink.default_on_full()),
+                .collect(),
+            domains: spec.domains.clone(),
+            on_full: spec.on_full.unwrap_or(spec.sink.default_on_full()),
+            capacity,
+            room,
+            to: actor.clone(),
+            stats,
+        });
+        self.running.insert(
+            spec.name.clone(),
+            Running {
                 spec,
-                capacity,
-                room,
-                tx,
-                stats,
-            });
-        }
-        Ok((
-            Streams {
-                streams: Arc::new(handles),
+                last_failure: None,
+                actor,
+                route,
             },
-            tasks,
-        ))
+        );
+        self.publish();
+        Ok(())
     }
 
-    /// Whether any stream renders or sends records (not only counts them): when none does,
-    /// sessions need not hand anything over.
-    pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
+    /// The routing table sessions read, from the streams running now.
+    fn publish(&self) {
+        let mut routes: Vec<Arc<Route>> = self.running.values().map(|r| r.route.clone()).collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.args.streams.set(routes);
     }
 
-    /// Hands `msgs` (decoded by the session of `source`) to every stream that takes them.
-    /// Waits on a full stream whose policy is `block`; never on one whose policy is `drop`.
-    pub async fn deliver(
+    fn states(&self) -> Vec<StreamState> {
+        let mut v: Vec<StreamState> = self
+            .running
+            .values()
+            .map(|r| {
+                let s = &r.route.stats;
+                let cap = r.route.capacity as u64;
+                StreamState {
+                    name: r.spec.name.clone(),
+                    node: self.args.node.clone(),
+                    queue_bytes: cap - r.route.room.available_permits().min(cap as usize) as u64,
+                    queue_capacity: cap,
+                    records_in: s.records_in.load(Ordering::Relaxed),
+                    records_out: s.records_out.load(Ordering::Relaxed),
+                    filtered: s.filtered.load(Ordering::Relaxed),
+                    dropped: s.dropped.load(Ordering::Relaxed),
+                    sink_errors: s.sink_errors.load(Ordering::Relaxed),
+                    restarts: s.restarts.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+impl Actor for MediatorSupervisor {
+    type Msg = MediatorMsg;
+    type State = MediatorState;
+    type Arguments = MediatorArgs;
+
+    async fn pre_start(
         &self,
-        source: &Arc<Source>,
-        msgs: Vec<DecodedMessage>,
-    ) -> Result<(), StreamClosed> {
-        for m in msgs {
-            if m.batches.is_empty() {
-                continue;
+        myself: ActorRef<MediatorMsg>,
+        mut args: MediatorArgs,
+    ) -> Result<MediatorState, ActorProcessingErr> {
+        let specs = std::mem::take(&mut args.specs);
+        let mut names = std::collections::HashSet::new();
+        for s in &specs {
+            if !names.insert(s.name.clone()) {
+                return Err(format!("mediator.streams: two streams are named {:?}", s.name).into());
             }
-            let m = Arc::new(m);
-            let w = weight(&m);
-            for h in self.streams.iter() {
-                if !h.takes(source, m.header.observation_domain) {
-                    continue;
-                }
-                let n = m.data_records() as u64;
-                let need = (w.min(h.capacity as usize)).max(1) as u32;
-                let permit = match h.on_full {
-                    OnFull::Block => h
-                        .room
-                        .clone()
-                        .acquire_many_owned(need)
-                        .await
-                        .map_err(|_| StreamClosed(h.spec.name.clone()))?,
-                    OnFull::Drop => match h.room.clone().try_acquire_many_owned(need) {
-                        Ok(p) => p,
-                        Err(_) => {
-                            h.stats.records_in.fetch_add(n, Ordering::Relaxed);
-                            h.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                            continue;
+            // Every stream is checked before any starts: one bad stream, no half-started set.
+            Pipeline::build(s, &args.registry)?;
+        }
+        let mut state = MediatorState {
+            args,
+            running: HashMap::new(),
+            draining: false,
+        };
+        for s in specs {
+            state.start(&myself, s, Arc::default()).await?;
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<MediatorMsg>,
+        state: &mut MediatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.streams.set(Vec::new());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<MediatorMsg>,
+        msg: MediatorMsg,
+        state: &mut MediatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MediatorMsg::States(reply) => {
+                let _ = reply.send(state.states());
+            }
+            MediatorMsg::Tree(reply) => {
+                let states = state.states();
+                let _ = reply.send(
+                    states
+                        .into_iter()
+                        .filter_map(|s| {
+                            let r = state.running.get(&s.name)?;
+                            Some((r.actor.get_id().to_string(), s, r.last_failure.clone()))
+                        })
+                        .collect(),
+                );
+            }
+            MediatorMsg::Drain(within, reply) => {
+                state.draining = true;
+                // Sessions are done: nothing new arrives. Each stream finishes what its
+                // mailbox holds (the Finish comes after it), all at once, within the time.
+                let asks = state.running.values().map(|r| {
+                    let (name, actor) = (r.spec.name.clone(), r.actor.clone());
+                    async move {
+                        let ms = within.as_millis() as u64;
+                        match ractor::call_t!(actor, StreamMsg::Finish, ms.max(1)) {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(format!("stream {name:?}: {e}")),
+                            Err(_) => Some(format!("stream {name:?} did not finish in time")),
                         }
-                    },
-                };
-                let item = Item {
-                    recs: Records::all(m.clone(), source.clone()),
-                    _room: permit,
-                };
-                if h.tx.send(item).is_err() {
-                    return Err(StreamClosed(h.spec.name.clone()));
-                }
+                    }
+                });
+                let failed: Vec<String> = futures_util::future::join_all(asks)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                state.args.streams.set(Vec::new());
+                let _ = reply.send(failed);
             }
         }
         Ok(())
     }
 
-    /// Each stream's name and figures, with its queue's bytes in use.
-    pub fn report(&self) -> Vec<(String, u64, Arc<StreamStats>)> {
-        self.streams
-            .iter()
-            .map(|h| {
-                let used = h.capacity as u64 - h.room.available_permits() as u64;
-                (h.spec.name.clone(), used, h.stats.clone())
-            })
-            .collect()
-    }
-}
-
-/// Where a stream's records end up.
-enum Sink {
-    Ndjson(ndjson_sink::NdjsonSink),
-    Discard,
-}
-
-impl Sink {
-    async fn open(spec: &SinkSpec, registry: Arc<Registry>) -> anyhow::Result<Sink> {
-        Ok(match spec {
-            SinkSpec::Ndjson { path } => {
-                Sink::Ndjson(ndjson_sink::NdjsonSink::open(path.as_deref(), registry).await?)
-            }
-            SinkSpec::Discard {} => Sink::Discard,
-        })
-    }
-
-    async fn write(&mut self, recs: &[Records]) -> std::io::Result<()> {
-        match self {
-            Sink::Ndjson(s) => s.write(recs).await,
-            Sink::Discard => Ok(()),
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<MediatorMsg>,
+        evt: SupervisionEvent,
+        state: &mut MediatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, err) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err),
+            _ => return Ok(()),
+        };
+        let Some(name) = cell
+            .get_name()
+            .and_then(|n| n.strip_prefix("stream/").map(str::to_string))
+        else {
+            return Ok(());
+        };
+        let Some(r) = state.running.remove(&name) else {
+            return Ok(());
+        };
+        state.publish();
+        if state.draining {
+            return Ok(());
         }
-    }
-
-    /// Called when the queue is empty: low latency when idle, large writes when busy.
-    async fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::Ndjson(s) => s.flush().await,
-            Sink::Discard => Ok(()),
+        if let Some(f) = err.downcast_ref::<SinkFailed>() {
+            // A local output that cannot write: stop the node, so the orchestrator restarts
+            // the pod, instead of running on while losing records.
+            tracing::error!(stream = name, error = %f, "the record output failed: stopping the node");
+            myself.stop(Some(format!(
+                "the record output failed: stream {name:?}: {f}"
+            )));
+            return Ok(());
         }
-    }
-}
-
-async fn write(sink: &mut Sink, stats: &StreamStats, out: Vec<Records>) -> std::io::Result<()> {
-    let n: u64 = out.iter().map(|r| r.count() as u64).sum();
-    sink.write(&out).await?;
-    stats.records_out.fetch_add(n, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Guards against a clock that jumps: a window is flushed at most this late.
-const TICK: Duration = Duration::from_millis(250);
-
-async fn run(
-    mut pipeline: Pipeline,
-    mut sink: Sink,
-    mut rx: mpsc::UnboundedReceiver<Item>,
-    stats: Arc<StreamStats>,
-) -> std::io::Result<()> {
-    let seen = Mutex::new(crate::mediation::spec::PipelineStats::default());
-    let publish = |p: &Pipeline| {
-        let now = p.stats();
-        let mut last = seen.lock().unwrap_or_else(|e| e.into_inner());
-        stats
-            .records_in
-            .fetch_add(now.records_in - last.records_in, Ordering::Relaxed);
-        stats
-            .filtered
-            .fetch_add(now.filtered - last.filtered, Ordering::Relaxed);
-        *last = now;
-    };
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            item = rx.recv() => {
-                let Some(item) = item else { break };
-                let out = pipeline.push(item.recs, now_ms());
-                publish(&pipeline);
-                if let Err(e) = write(&mut sink, &stats, out).await {
-                    stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-                if rx.is_empty() {
-                    sink.flush().await?;
-                }
-            }
-            _ = ticker.tick(), if pipeline.next_due_ms().is_some() => {
-                let out = pipeline.tick(now_ms());
-                if !out.is_empty() {
-                    write(&mut sink, &stats, out).await?;
-                    sink.flush().await?;
-                }
-            }
+        r.route.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(stream = name, error = %err, "export stream failed: restarting it with its configuration");
+        state.start(&myself, r.spec, r.route.stats.clone()).await?;
+        if let Some(now) = state.running.get_mut(&name) {
+            now.last_failure = Some(format!("failed: {err}"));
         }
+        Ok(())
     }
-    // Every handle is gone and the queue is empty: what aggregates hold goes out last.
-    let out = pipeline.finish(now_ms());
-    publish(&pipeline);
-    write(&mut sink, &stats, out).await?;
-    sink.flush().await
 }

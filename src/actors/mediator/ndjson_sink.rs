@@ -13,6 +13,8 @@ const CHUNK: usize = 1 << 20;
 pub struct NdjsonSink {
     out: Box<dyn AsyncWrite + Send + Unpin>,
     buf: Vec<u8>,
+    /// Records rendered into `buf`, not yet handed to the OS.
+    buffered: u64,
     registry: Arc<Registry>,
 }
 
@@ -32,11 +34,19 @@ impl NdjsonSink {
         Ok(NdjsonSink {
             out,
             buf: Vec::with_capacity(CHUNK + 64 * 1024),
+            buffered: 0,
             registry,
         })
     }
 
-    pub async fn write(&mut self, batch: &[Records]) -> std::io::Result<()> {
+    /// Records rendered but not yet handed to the OS (lost if the stream dies).
+    pub fn buffered(&self) -> u64 {
+        self.buffered
+    }
+
+    /// Renders `batch`; returns how many records went to the OS (whole chunks).
+    pub async fn write(&mut self, batch: &[Records]) -> std::io::Result<u64> {
+        let mut written = 0;
         for recs in batch {
             let msg = &recs.msg;
             let origin = Origin {
@@ -47,21 +57,23 @@ impl NdjsonSink {
             for (k, b) in msg.batches.iter().enumerate() {
                 for r in recs.rows(k) {
                     write_record(&mut self.buf, origin, msg, b, r, &self.registry);
+                    self.buffered += 1;
                     if self.buf.len() >= CHUNK {
-                        self.out.write_all(&self.buf).await?;
-                        self.buf.clear();
+                        written += self.flush().await?;
                     }
                 }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
-    pub async fn flush(&mut self) -> std::io::Result<()> {
+    /// Hands everything rendered to the OS; returns how many records that was.
+    pub async fn flush(&mut self) -> std::io::Result<u64> {
         if !self.buf.is_empty() {
             self.out.write_all(&self.buf).await?;
             self.buf.clear();
         }
-        self.out.flush().await
+        self.out.flush().await?;
+        Ok(std::mem::take(&mut self.buffered))
     }
 }

@@ -1,0 +1,218 @@
+//! ExportStream: one export stream's actor. Its mailbox is the stream's queue (bounded in
+//! bytes by the permits that travel with each message); it runs the records through the
+//! pipeline and hands what comes out to its sink.
+
+use super::ndjson_sink::NdjsonSink;
+use super::{Item, StreamStats};
+use crate::mediation::Records;
+use crate::mediation::spec::{Pipeline, PipelineStats, SinkSpec, StreamSpec};
+use crate::wire::Registry;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+#[derive(RactorMessage)]
+pub enum StreamMsg {
+    Records(Item),
+    /// Aggregate windows that ended, and a flush of what the sink buffers (latency bound).
+    Tick,
+    /// Drain: everything before this in the mailbox is done; flush aggregates and the sink.
+    Finish(RpcReplyPort<Result<(), String>>),
+}
+
+/// The sink could not write: the supervisor stops the node rather than restart the stream.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkFailed(pub std::io::Error);
+
+pub struct StreamArgs {
+    pub spec: StreamSpec,
+    pub pipeline: Pipeline,
+    pub registry: Arc<Registry>,
+    pub stats: Arc<StreamStats>,
+    pub room: Arc<Semaphore>,
+    pub capacity: u32,
+}
+
+/// Where a stream's records end up.
+enum Sink {
+    Ndjson(NdjsonSink),
+    Discard,
+}
+
+impl Sink {
+    async fn open(spec: &SinkSpec, registry: Arc<Registry>) -> std::io::Result<Sink> {
+        Ok(match spec {
+            SinkSpec::Ndjson { path } => {
+                Sink::Ndjson(NdjsonSink::open(path.as_deref(), registry).await?)
+            }
+            SinkSpec::Discard {} => Sink::Discard,
+        })
+    }
+
+    /// Returns how many records left the stream for good (handed to the OS, or discarded).
+    async fn write(&mut self, recs: &[Records]) -> std::io::Result<u64> {
+        match self {
+            Sink::Ndjson(s) => s.write(recs).await,
+            Sink::Discard => Ok(recs.iter().map(|r| r.count() as u64).sum()),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<u64> {
+        match self {
+            Sink::Ndjson(s) => s.flush().await,
+            Sink::Discard => Ok(0),
+        }
+    }
+
+    /// Records held and not yet written.
+    fn buffered(&self) -> u64 {
+        match self {
+            Sink::Ndjson(s) => s.buffered(),
+            Sink::Discard => 0,
+        }
+    }
+}
+
+pub struct StreamState {
+    pipeline: Pipeline,
+    sink: Sink,
+    stats: Arc<StreamStats>,
+    seen: PipelineStats,
+    room: Arc<Semaphore>,
+    capacity: u32,
+    /// The sink holds records not yet flushed.
+    dirty: bool,
+    #[cfg(feature = "fault-injection")]
+    panic_at: Option<u64>,
+}
+
+/// How often aggregates are checked and an idle sink flushed.
+const TICK: Duration = Duration::from_millis(250);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl StreamState {
+    async fn write(&mut self, out: Vec<Records>) -> Result<(), SinkFailed> {
+        self.stats
+            .add_pipeline(self.pipeline.stats(), &mut self.seen);
+        if out.is_empty() {
+            return Ok(());
+        }
+        match self.sink.write(&out).await {
+            Ok(n) => self.stats.records_out.fetch_add(n, Ordering::Relaxed),
+            Err(e) => {
+                self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(SinkFailed(e));
+            }
+        };
+        self.dirty = true;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkFailed> {
+        if self.dirty {
+            match self.sink.flush().await {
+                Ok(n) => self.stats.records_out.fetch_add(n, Ordering::Relaxed),
+                Err(e) => {
+                    self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(SinkFailed(e));
+                }
+            };
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StreamState {
+    /// Records rendered but never written (the actor panicked, or its sink failed) are lost:
+    /// counted, so records in = out + filtered + dropped holds.
+    fn drop(&mut self) {
+        self.stats
+            .dropped
+            .fetch_add(self.sink.buffered(), Ordering::Relaxed);
+    }
+}
+
+pub struct ExportStream;
+
+impl Actor for ExportStream {
+    type Msg = StreamMsg;
+    type State = StreamState;
+    type Arguments = StreamArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        args: StreamArgs,
+    ) -> Result<StreamState, ActorProcessingErr> {
+        let sink = Sink::open(&args.spec.sink, args.registry)
+            .await
+            .map_err(|e| format!("stream {:?}: sink: {e}", args.spec.name))?;
+        myself.send_interval(TICK, || StreamMsg::Tick);
+        Ok(StreamState {
+            pipeline: args.pipeline,
+            sink,
+            stats: args.stats,
+            seen: PipelineStats::default(),
+            room: args.room,
+            capacity: args.capacity,
+            dirty: false,
+            #[cfg(feature = "fault-injection")]
+            panic_at: args.spec.fault_panic_at_records,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        msg: StreamMsg,
+        state: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StreamMsg::Records(item) => {
+                let Some(recs) = item.records() else {
+                    return Ok(());
+                };
+                #[cfg(feature = "fault-injection")]
+                if let Some(n) = state.panic_at {
+                    let before = state.stats.records_in.load(Ordering::Relaxed);
+                    if before < n && before + recs.count() as u64 >= n {
+                        panic!("fault injection: the stream's records crossed {n}");
+                    }
+                }
+                let out = state.pipeline.push(recs, now_ms());
+                item.done();
+                state.write(out).await?;
+                // The queue is empty when all its room is back: flush then, so an idle
+                // stream's records go out at once and a busy one's in large writes.
+                if state.room.available_permits() >= state.capacity as usize {
+                    state.flush().await?;
+                }
+            }
+            StreamMsg::Tick => {
+                let out = state.pipeline.tick(now_ms());
+                state.write(out).await?;
+                state.flush().await?;
+            }
+            StreamMsg::Finish(reply) => {
+                let out = state.pipeline.finish(now_ms());
+                let done = match state.write(out).await {
+                    Ok(()) => state.flush().await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(done.map_err(|e| e.to_string()));
+                myself.stop(Some("drained".into()));
+            }
+        }
+        Ok(())
+    }
+}
