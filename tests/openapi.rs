@@ -34,6 +34,7 @@ fn concrete(template: &str, tenant: &str) -> String {
         .replace("{tenant}", tenant)
         .replace("{job_id}", "00000000-0000-4000-8000-000000000000")
         .replace("{token_id}", "no-such-token")
+        .replace("{name}", "no-such-stream")
 }
 
 async fn document(http: &reqwest::Client, api: SocketAddr) -> serde_json::Value {

@@ -17,10 +17,18 @@ fn render(decoder: &mut Decoder, msg: Bytes, out: &mut Vec<u8>) {
     for batch in &decoded.batches {
         for r in 0..batch.len() {
             out.clear();
-            write_record(out, Origin {
+            write_record(
+                out,
+                Origin {
                     exporter: "fuzz",
-                    tenant: None, domain: None,
-                }, &decoded, batch, r, &registry);
+                    tenant: None,
+                    domain: None,
+                },
+                &decoded,
+                batch,
+                r,
+                &registry,
+            );
         }
     }
 }

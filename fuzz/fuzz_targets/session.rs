@@ -145,9 +145,10 @@ fn records(out: &[DecodedMessage], released: usize, registry: &Arc<Registry>) ->
                 write_record(
                     &mut json,
                     Origin {
-                    exporter: "fuzz",
-                    tenant: None, domain: None,
-                },
+                        exporter: "fuzz",
+                        tenant: None,
+                        domain: None,
+                    },
                     d,
                     batch,
                     r,

@@ -10,6 +10,7 @@ use super::cluster::{CLUSTER_MEMBER, ClusterMsg};
 use super::collector::session::SessionMsg;
 use super::collector::session_logic::SessionStats;
 use super::collector::{COLLECTOR_NAME, CollectorMsg};
+use super::mediator::{MEDIATOR_NAME, MediatorMsg, StreamState};
 use crate::store::codec;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{BytesConvertable, RactorClusterMessage};
@@ -48,6 +49,28 @@ impl BytesConvertable for SessionList {
     }
 }
 
+/// Export streams' states, from one node or all (`errors`: nodes that did not answer).
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct StreamStateList {
+    pub streams: Vec<StreamState>,
+    pub errors: Vec<String>,
+}
+
+impl BytesConvertable for StreamStateList {
+    fn into_bytes(self) -> Vec<u8> {
+        codec::encode(&self)
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        codec::decode::<_, { 16 << 20 }>(&bytes).unwrap_or_else(|e| StreamStateList {
+            errors: vec![format!("unreadable answer from a peer: {e}")],
+            ..StreamStateList::default()
+        })
+    }
+}
+
 /// A JSON document between nodes (the cluster view), for display.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Json(pub String);
@@ -77,6 +100,12 @@ pub enum DirectoryMsg {
     /// This node's supervision tree (names, ids, states, children) as JSON.
     #[rpc]
     ActorTree(RpcReplyPort<Json>),
+    /// This node's export streams.
+    #[rpc]
+    Streams(RpcReplyPort<StreamStateList>),
+    /// Every node's export streams.
+    #[rpc]
+    StreamsCluster(RpcReplyPort<StreamStateList>),
 }
 
 pub struct DirectoryArgs {
@@ -108,6 +137,44 @@ impl Actor for SessionDirectory {
         match msg {
             DirectoryMsg::List(reply) => {
                 let _ = reply.send(local_sessions(&state.node).await);
+            }
+            DirectoryMsg::Streams(reply) => {
+                let node = state.node.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(local_streams(&node).await);
+                });
+            }
+            DirectoryMsg::StreamsCluster(reply) => {
+                let peers: Vec<_> = ractor::pg::get_members(&DIRECTORY_GROUP.to_string())
+                    .into_iter()
+                    .filter(|m| m.get_id() != myself.get_id())
+                    .collect();
+                let node = state.node.clone();
+                tokio::spawn(async move {
+                    let mut all = local_streams(&node).await;
+                    let answers = futures_util::future::join_all(peers.into_iter().map(
+                        |member| async move {
+                            let peer: ActorRef<DirectoryMsg> = member.clone().into();
+                            (
+                                member.get_id(),
+                                ractor::call_t!(peer, DirectoryMsg::Streams, 5_000),
+                            )
+                        },
+                    ))
+                    .await;
+                    for (id, answer) in answers {
+                        match answer {
+                            Ok(list) => {
+                                all.streams.extend(list.streams);
+                                all.errors.extend(list.errors);
+                            }
+                            Err(e) => all
+                                .errors
+                                .push(format!("directory {id} did not answer: {e}")),
+                        }
+                    }
+                    let _ = reply.send(all);
+                });
             }
             DirectoryMsg::Ping(reply) => {
                 let _ = reply.send(Json(String::new()));
@@ -174,6 +241,22 @@ impl Actor for SessionDirectory {
         }
         Ok(())
     }
+}
+
+/// This node's export streams, from its MediatorSupervisor (none on a node without one).
+async fn local_streams(node: &str) -> StreamStateList {
+    let mut out = StreamStateList::default();
+    let Some(m) = ractor::registry::where_is(MEDIATOR_NAME) else {
+        return out;
+    };
+    let m: ActorRef<MediatorMsg> = m.into();
+    match ractor::call_t!(m, MediatorMsg::States, 2_000) {
+        Ok(s) => out.streams = s,
+        Err(e) => out
+            .errors
+            .push(format!("{node}: the mediator did not answer: {e}")),
+    }
+    out
 }
 
 /// This node's sessions, each asked for its statistics.

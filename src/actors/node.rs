@@ -28,6 +28,7 @@ use crate::api::auth::AdminToken;
 use crate::api::routes::Ctx;
 use crate::api::{API_SERVER, ApiArgs, ApiServer};
 use crate::config::{Role, Settings};
+use crate::store::streams::StreamStore;
 use crate::store::tenants::ExporterTenants;
 use crate::store::{JobStore, TemplateStore, TenantStore};
 use crate::wire::Registry;
@@ -188,6 +189,15 @@ impl Actor for NodeSupervisor {
         restartable[0].spawn(myself.get_cell()).await?;
         // Tenants: the API manages them, the collector tags its sessions with them.
         let owners = Arc::new(ExporterTenants::default());
+        // Tenants' export streams: the API writes them, every node's mediator runs them.
+        let stream_store = Arc::new(if args.settings.redis.url.is_empty() {
+            StreamStore::memory()
+        } else {
+            StreamStore::redis(
+                &args.settings.redis.url,
+                Duration::from_millis(st.timeout_ms),
+            )?
+        });
         if roles.contains(&Role::Api) || roles.contains(&Role::Collector) {
             let store = if args.settings.redis.url.is_empty() {
                 TenantStore::memory()
@@ -201,6 +211,7 @@ impl Actor for NodeSupervisor {
                 store: Arc::new(store),
                 exporters: owners.clone(),
                 marks: Default::default(),
+                streams: stream_store.clone(),
             });
             tenants.spawn(myself.get_cell()).await?;
             restartable.push(tenants);
@@ -217,6 +228,8 @@ impl Actor for NodeSupervisor {
                     registry: args.registry.clone(),
                     streams: args.streams.clone(),
                     node: args.settings.node.name.clone(),
+                    store: stream_store.clone(),
+                    storage_dir: PathBuf::from(&args.settings.storage.dir),
                 },
                 myself.get_cell(),
             )
@@ -360,6 +373,7 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Drain(within, reply) => {
+                let started = std::time::Instant::now();
                 state.draining = true;
                 if let Some(f) = &state.api_draining {
                     f.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -371,9 +385,15 @@ impl Actor for NodeSupervisor {
                         Err(e) => tracing::warn!(error = %e, "collector did not drain"),
                     }
                 }
-                // After the sessions: the streams take what they handed over, then flush.
+                // After the sessions: the streams take what they handed over, then flush, in
+                // what is left of the grace period (`within` is the sessions' 80% of it),
+                // less a margin for the jobs and the API.
                 if let Some(m) = &state.mediator {
-                    match ractor::call!(m, MediatorMsg::Drain, within / 4) {
+                    let left = (within * 5 / 4)
+                        .saturating_sub(started.elapsed())
+                        .saturating_sub(within / 8)
+                        .max(Duration::from_millis(100));
+                    match ractor::call!(m, MediatorMsg::Drain, left) {
                         Ok(failed) => report.streams_unfinished = failed,
                         Err(e) => {
                             report.streams_unfinished =

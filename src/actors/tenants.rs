@@ -5,6 +5,7 @@
 //! Messages: `Create`, `Update`, `Get`, `List`, `Delete`, `AddToken`, `Tokens`, `Revoke`,
 //! `Authenticate` (a bearer token -> its tenant).
 
+use crate::store::streams::{Put, StoredStream, StreamStore};
 use crate::store::tenants::{CHANGED_CHANNEL, ExporterTenants, PrefixTable};
 use crate::store::{StoreError, Tenant, TenantStore, TokenRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -32,6 +33,11 @@ pub enum TenantMsg {
     LastUsed(String, Reply<std::collections::HashMap<String, u64>>),
     /// Reload the exporter prefix table from the store (own timer, and after a change here).
     Reload,
+    /// A tenant's export stream: created (`true`: only if the name is free) or replaced.
+    PutStream(StoredStream, bool, Reply<Put>),
+    GetStream(String, String, Reply<Option<StoredStream>>),
+    ListStreams(String, Reply<Vec<StoredStream>>),
+    DeleteStream(String, String, Reply<bool>),
 }
 
 /// What the directory needs: the store, and the table the collector reads.
@@ -41,6 +47,8 @@ pub struct TenantArgs {
     pub exporters: Arc<ExporterTenants>,
     /// When this node last wrote each token's use (token id -> unix ms).
     pub marks: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Tenants' export streams (the mediators read them from the same store).
+    pub streams: Arc<StreamStore>,
 }
 
 /// A token's use is written at most this often (ms) by a node: its last use is then right
@@ -198,13 +206,31 @@ impl Actor for TenantDirectory {
             TenantMsg::List(r) => answer(r, async move { s.list().await }),
             TenantMsg::Delete(id, r) => {
                 let store = s.clone();
-                answer_and_reload(
-                    myself,
-                    store,
-                    id.clone(),
-                    r,
-                    async move { s.delete(&id).await },
-                )
+                let streams = state.streams.clone();
+                answer_and_reload(myself, store, id.clone(), r, async move {
+                    let gone = s.delete(&id).await?;
+                    // A deleted tenant's streams stop on every node.
+                    for st in streams.of_tenant(&id).await? {
+                        streams.delete(&id, &st.spec.name).await?;
+                    }
+                    Ok(gone)
+                })
+            }
+            TenantMsg::PutStream(st, create, r) => {
+                let streams = state.streams.clone();
+                answer(r, async move { streams.put(st, create).await })
+            }
+            TenantMsg::GetStream(t, name, r) => {
+                let streams = state.streams.clone();
+                answer(r, async move { streams.get(&t, &name).await })
+            }
+            TenantMsg::ListStreams(t, r) => {
+                let streams = state.streams.clone();
+                answer(r, async move { streams.of_tenant(&t).await })
+            }
+            TenantMsg::DeleteStream(t, name, r) => {
+                let streams = state.streams.clone();
+                answer(r, async move { streams.delete(&t, &name).await })
             }
             TenantMsg::AddToken(id, r) => answer(r, async move { s.add_token(&id).await }),
             TenantMsg::Tokens(id, r) => answer(r, async move { s.tokens(&id).await }),

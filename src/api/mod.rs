@@ -14,6 +14,7 @@ pub mod problem;
 pub mod routes;
 pub mod server;
 pub mod sessions;
+pub mod streams;
 pub mod templates;
 pub mod tenants;
 

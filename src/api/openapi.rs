@@ -8,12 +8,17 @@ use super::jobs::{JobList, ListQuery, UploadQuery};
 use super::problem::Problem;
 use super::routes::{Health, NodeViews, Readiness};
 use super::sessions::{SessionPage, SessionQuery};
+use super::streams::{StreamList, StreamTotals, StreamView};
 use super::templates::{DomainTemplates, ExporterTemplates, FieldView, TemplateList, TemplateView};
 use super::tenants::{
     NewTenant, QuotasPatch, TenantList, TenantPatch, TokenInfo, TokenList, TokenMade,
 };
 use crate::actors::collector::session_logic::SessionStats;
 use crate::actors::directory::SessionInfo;
+use crate::actors::mediator::StreamState;
+use crate::mediation::spec::{
+    AggregateSpec, AnonMethod, AnonymiseSpec, OnFull, SinkSpec, StreamSpec, TransformSpec,
+};
 use crate::store::jobs::{JobOptions, JobProgress, JobTelemetry};
 use crate::store::tenants::Quotas;
 use crate::store::{JobId, JobRecord, JobState, Tenant, Transport};
@@ -35,13 +40,16 @@ const PROBLEM: &str = "application/problem+json";
         ops::actors, ops::create_tenant, ops::list_tenants, ops::get_tenant, ops::patch_tenant,
         ops::delete_tenant, ops::create_token, ops::list_tokens, ops::revoke_token,
         ops::tenant_sessions, ops::tenant_templates, ops::submit_job, ops::list_jobs,
-        ops::get_job, ops::cancel_job, ops::job_result,
+        ops::get_job, ops::cancel_job, ops::job_result, ops::create_stream, ops::list_streams,
+        ops::get_stream, ops::put_stream, ops::delete_stream,
     ),
     components(schemas(
         Problem, Health, Readiness, NodeViews, SessionPage, SessionInfo, SessionStats,
         Tenant, Quotas, QuotasPatch, NewTenant, TenantPatch, TenantList, TokenMade, TokenInfo, TokenList,
         TemplateList, ExporterTemplates, DomainTemplates, TemplateView, FieldView, Transport,
         JobRecord, JobId, JobState, JobOptions, JobProgress, JobTelemetry, JobList,
+        StreamSpec, TransformSpec, AnonymiseSpec, AnonMethod, AggregateSpec, SinkSpec, OnFull,
+        StreamView, StreamTotals, StreamList, StreamState,
     )),
     modifiers(&Bearer),
     tags(
@@ -50,6 +58,7 @@ const PROBLEM: &str = "application/problem+json";
         (name = "tenants", description = "Tenants and their tokens: the admin token."),
         (name = "collector", description = "A tenant's exporter sessions and templates."),
         (name = "jobs", description = "Conversion jobs: a capture in, an IPFIX file out."),
+        (name = "streams", description = "A tenant's export streams (the mediator): which records, filter, transforms, sink."),
     )
 )]
 struct ApiDoc;
@@ -287,6 +296,68 @@ mod ops {
             (status = 503, description = "The template store did not answer", body = Problem, content_type = PROBLEM),
         ))]
     fn tenant_templates() {}
+
+    #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/streams", tag = "streams", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id")),
+        request_body(content = StreamSpec, description = "The stream; `tenants` may be left out (it is the path's tenant); an `ndjson` sink needs a relative `path`, placed under the node's storage"),
+        responses(
+            (status = 201, description = "Made; every node starts it; `Location` names it", body = StreamView),
+            (status = 400, description = "A stream that does not check: the field and why (a filter: the column)", body = Problem, content_type = PROBLEM),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant (or another tenant's)", body = Problem, content_type = PROBLEM),
+            (status = 409, description = "The tenant has a stream of that name (PUT replaces it)", body = Problem, content_type = PROBLEM),
+            (status = 413, description = "A body over 64 KiB", body = Problem, content_type = PROBLEM),
+            (status = 415, description = "Not JSON", body = Problem, content_type = PROBLEM),
+            (status = 429, description = "The tenant has the most streams it may have", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "The store did not answer", body = Problem, content_type = PROBLEM),
+        ))]
+    fn create_stream() {}
+
+    #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/streams", tag = "streams", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id")),
+        responses(
+            (status = 200, description = "The tenant's streams with their figures, summed and per node", body = StreamList),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant (or another tenant's)", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "The store did not answer", body = Problem, content_type = PROBLEM),
+        ))]
+    fn list_streams() {}
+
+    #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/streams/{name}", tag = "streams", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id"), ("name" = String, Path, description = "The stream's name")),
+        responses(
+            (status = 200, description = "The stream and its figures", body = StreamView),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant or stream", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "The store did not answer", body = Problem, content_type = PROBLEM),
+        ))]
+    fn get_stream() {}
+
+    #[utoipa::path(put, path = "/api/v1/tenants/{tenant}/streams/{name}", tag = "streams", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id"), ("name" = String, Path, description = "The stream's name")),
+        request_body(content = StreamSpec, description = "The whole stream; its `name` is the path's"),
+        responses(
+            (status = 200, description = "Replaced; every node switches to it without a gap", body = StreamView),
+            (status = 201, description = "Made", body = StreamView),
+            (status = 400, description = "A stream that does not check, or a name that is not the path's", body = Problem, content_type = PROBLEM),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant (or another tenant's)", body = Problem, content_type = PROBLEM),
+            (status = 413, description = "A body over 64 KiB", body = Problem, content_type = PROBLEM),
+            (status = 415, description = "Not JSON", body = Problem, content_type = PROBLEM),
+            (status = 429, description = "The tenant has the most streams it may have", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "The store did not answer", body = Problem, content_type = PROBLEM),
+        ))]
+    fn put_stream() {}
+
+    #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/streams/{name}", tag = "streams", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id"), ("name" = String, Path, description = "The stream's name")),
+        responses(
+            (status = 204, description = "Deleted; every node's stream writes what it holds and stops"),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant or stream", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "The store did not answer", body = Problem, content_type = PROBLEM),
+        ))]
+    fn delete_stream() {}
 
     #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/jobs/pcap-conversion", tag = "jobs", security(("bearer" = [])),
         params(("tenant" = String, Path, description = "The tenant's id"), UploadQuery),

@@ -148,6 +148,7 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
     let jobs = super::jobs::routes(ctx.clone(), ctx.storage.clone(), ctx.max_upload);
     let tenants = super::tenants::routes(ctx.clone());
     let templates = super::templates::routes(ctx.clone());
+    let streams = super::streams::routes(ctx.clone());
     healthz
         .map(Reply::into_response)
         .or(readyz.map(Reply::into_response))
@@ -167,6 +168,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(jobs)
         .unify()
         .or(templates)
+        .unify()
+        .or(streams)
         .unify()
 }
 

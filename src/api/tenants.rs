@@ -14,7 +14,7 @@ use warp::{Filter, Rejection, Reply};
 /// JSON bodies are small: past this, 413.
 const MAX_JSON: u64 = 64 * 1024;
 
-fn directory() -> Result<ActorRef<TenantMsg>, Rejection> {
+pub(super) fn directory() -> Result<ActorRef<TenantMsg>, Rejection> {
     ractor::registry::where_is(TENANT_DIRECTORY)
         .map(ActorRef::from)
         .ok_or_else(|| {
@@ -27,10 +27,10 @@ fn directory() -> Result<ActorRef<TenantMsg>, Rejection> {
 /// Asks the TenantDirectory; a store or actor failure is 503.
 macro_rules! ask {
     ($ctx:expr, $variant:path $(, $arg:expr)*) => {{
-        let d = directory()?;
+        let d = $crate::api::tenants::directory()?;
         match ractor::call_t!(d, $variant, $ctx.timeout.as_millis() as u64 $(, $arg)*) {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(store_down(e)),
+            Ok(Err(e)) => return Err($crate::api::tenants::store_down(e)),
             Err(e) => {
                 return Err(problem::reject(Problem::unavailable(format!(
                     "asking the tenant directory: {e}"
@@ -40,7 +40,9 @@ macro_rules! ask {
     }};
 }
 
-fn store_down(e: StoreError) -> Rejection {
+pub(super) use ask;
+
+pub(super) fn store_down(e: StoreError) -> Rejection {
     problem::reject(Problem::unavailable(format!("the tenant store: {e}")))
 }
 
@@ -235,12 +237,12 @@ fn check_quotas(q: &Quotas) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn json_body<T: serde::de::DeserializeOwned + Send>()
+pub(super) fn json_body<T: serde::de::DeserializeOwned + Send>()
 -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_JSON).and(warp::body::json())
 }
 
-fn reply(v: &impl serde::Serialize, status: StatusCode) -> warp::reply::Response {
+pub(super) fn reply(v: &impl serde::Serialize, status: StatusCode) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(v), status).into_response()
 }
 

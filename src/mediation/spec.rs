@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
     /// Unique per tenant set; letters, digits, `-`, `_`, `.`.
@@ -50,7 +50,7 @@ pub struct StreamSpec {
     pub fault_panic_at_records: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Sessions wait (TCP pushes back on the exporter); nothing is lost.
@@ -59,7 +59,7 @@ pub enum OnFull {
     Drop,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TransformSpec {
     Keep(Vec<String>),
@@ -70,14 +70,14 @@ pub enum TransformSpec {
     Domain(u32),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnonMethod {
     Truncate,
     Cryptopan,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnonymiseSpec {
     pub method: AnonMethod,
@@ -98,7 +98,7 @@ pub struct AnonymiseSpec {
     pub fields: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateSpec {
     pub window_secs: u32,
@@ -108,7 +108,7 @@ pub struct AggregateSpec {
     pub max_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkSpec {
     /// NDJSON on standard output (no `path`) or appended to a file.
@@ -498,6 +498,71 @@ fn anon_method(a: &AnonymiseSpec) -> Result<Method, String> {
                 .map_err(|e| e.to_string())
         }
     }
+}
+
+/// A tenant's stream as the node runs it: it takes the tenant's records only, and it may not
+/// reach outside the node's storage: an `ndjson` file is a relative path under
+/// `<storage_dir>/streams/<tenant>/`, and a Crypto-PAn key is given inline, not as a file of
+/// the node's. Pure: the path is only joined, not touched.
+pub fn for_tenant(
+    spec: &StreamSpec,
+    tenant: &str,
+    storage_dir: &std::path::Path,
+) -> Result<StreamSpec, SpecError> {
+    let err = |field: &str, message: String| SpecError {
+        stream: spec.name.clone(),
+        field: field.to_string(),
+        message,
+    };
+    if !spec.tenants.is_empty() && spec.tenants != [tenant] {
+        return Err(err(
+            "tenants",
+            format!(
+                "a stream of tenant {tenant:?} takes that tenant's records only (leave it out)"
+            ),
+        ));
+    }
+    let mut out = spec.clone();
+    out.tenants = vec![tenant.to_string()];
+    for (n, t) in spec.transforms.iter().enumerate() {
+        if let TransformSpec::Anonymise(a) = t
+            && a.key_file.is_some()
+        {
+            return Err(err(
+                &format!("transforms[{n}].anonymise.key_file"),
+                "is for the node's own configuration; give the key inline".into(),
+            ));
+        }
+    }
+    match &spec.sink {
+        SinkSpec::Ndjson { path } => {
+            let Some(p) = path else {
+                return Err(err(
+                    "sink.path",
+                    "is required: a tenant's NDJSON goes to a file under the node's storage".into(),
+                ));
+            };
+            let rel = std::path::Path::new(p);
+            let plain = !p.is_empty()
+                && rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(err(
+                    "sink.path",
+                    format!(
+                        "{p:?} must be a relative path without '..' (it is placed under the node's storage)"
+                    ),
+                ));
+            }
+            let full = storage_dir.join("streams").join(tenant).join(rel);
+            out.sink = SinkSpec::Ndjson {
+                path: Some(full.to_string_lossy().into_owned()),
+            };
+        }
+        SinkSpec::Discard {} => {}
+    }
+    Ok(out)
 }
 
 /// Stream names appear in URLs, metric labels and actor names.

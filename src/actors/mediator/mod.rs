@@ -18,14 +18,16 @@ pub mod stream;
 
 use crate::config::{OutputFormat, Settings};
 use crate::mediation::spec::{
-    DEFAULT_QUEUE_BYTES, OnFull, Pipeline, PipelineStats, SinkSpec, StreamSpec,
+    DEFAULT_QUEUE_BYTES, OnFull, Pipeline, PipelineStats, SinkSpec, StreamSpec, for_tenant,
 };
 use crate::mediation::{Records, Source};
+use crate::store::streams::{STREAMS_CHANGED, StoredStream, StreamStore};
 use crate::wire::Registry;
 use crate::wire::decoder::DecodedMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -215,10 +217,17 @@ pub fn configured_streams(settings: &Settings) -> Vec<StreamSpec> {
 }
 
 /// A stream's state, as the API and `/debug/actors` show it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct StreamState {
     pub name: String,
+    /// The tenant of a stream made through the API; none for the configuration's.
+    pub tenant: Option<String>,
     pub node: String,
+    /// `running`, or `failed: <why>` (a tenant's sink that could not write; fixed by replacing
+    /// the stream).
+    pub state: String,
     pub queue_bytes: u64,
     pub queue_capacity: u64,
     pub records_in: u64,
@@ -238,6 +247,9 @@ pub enum MediatorMsg {
     States(RpcReplyPort<Vec<StreamState>>),
     /// For `/debug/actors`: each stream's actor id, figures and last failure.
     Tree(RpcReplyPort<Vec<(String, StreamState, Option<String>)>>),
+    /// Read the tenants' streams from the store again and start, replace or stop streams to
+    /// match (a change announced, or the periodic check).
+    Reload,
 }
 
 pub struct MediatorArgs {
@@ -245,40 +257,116 @@ pub struct MediatorArgs {
     pub registry: Arc<Registry>,
     pub streams: Streams,
     pub node: String,
+    /// Tenants' streams (made through the API).
+    pub store: Arc<StreamStore>,
+    /// Tenants' NDJSON files go under `<storage_dir>/streams/<tenant>/`.
+    pub storage_dir: PathBuf,
+}
+
+/// Where a stream's configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// The node's configuration file: fixed for the node's life; its local sink failing stops
+    /// the node.
+    Config,
+    /// A tenant, through the API and the store: changed at run time; its sink failing stops
+    /// the stream only.
+    Tenant(String),
 }
 
 struct Running {
     spec: StreamSpec,
+    origin: Origin,
     /// Why the stream's previous actor failed, if it did.
     last_failure: Option<String>,
     actor: ActorRef<StreamMsg>,
     route: Arc<Route>,
 }
 
+/// A tenant's stream whose sink failed: not run again until its configuration changes.
+struct Failed {
+    spec: StreamSpec,
+    tenant: String,
+    why: String,
+    stats: Arc<StreamStats>,
+}
+
 pub struct MediatorState {
     args: MediatorArgs,
+    /// By key: the name (configuration) or `tenant/name` (API).
     running: HashMap<String, Running>,
+    failed: HashMap<String, Failed>,
     draining: bool,
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
+
+impl Drop for MediatorState {
+    fn drop(&mut self) {
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
+    }
+}
+
+/// How often the store is read again anyway (a change announced while a subscription was
+/// down).
+const RELOAD_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a stream being removed gets to write what it holds.
+const FINISH_WITHIN_MS: u64 = 10_000;
 
 pub struct MediatorSupervisor;
 
+fn route(
+    spec: &StreamSpec,
+    capacity: u32,
+    room: Arc<Semaphore>,
+    to: ActorRef<StreamMsg>,
+    stats: Arc<StreamStats>,
+) -> Arc<Route> {
+    Arc::new(Route {
+        name: spec.name.clone(),
+        tenants: spec.tenants.clone(),
+        exporters: spec
+            .exporters
+            .iter()
+            .filter_map(|e| {
+                e.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| e.parse::<std::net::IpAddr>().ok().map(Into::into))
+            })
+            .collect(),
+        domains: spec.domains.clone(),
+        on_full: spec.on_full.unwrap_or(spec.sink.default_on_full()),
+        capacity,
+        room,
+        to,
+        stats,
+    })
+}
+
+fn capacity_of(spec: &StreamSpec) -> u32 {
+    spec.queue_bytes
+        .unwrap_or(DEFAULT_QUEUE_BYTES)
+        .min(u32::MAX as u64) as u32
+}
+
 impl MediatorState {
-    /// Starts (or restarts, with the same figures) the actor of `spec`, and routes to it.
+    /// Starts (or restarts, with the same figures) the actor of `spec` under `key`, and
+    /// routes to it.
     async fn start(
         &mut self,
         myself: &ActorRef<MediatorMsg>,
+        key: String,
         spec: StreamSpec,
+        origin: Origin,
         stats: Arc<StreamStats>,
     ) -> Result<(), ActorProcessingErr> {
         let pipeline = Pipeline::build(&spec, &self.args.registry)?;
-        let capacity = spec
-            .queue_bytes
-            .unwrap_or(DEFAULT_QUEUE_BYTES)
-            .min(u32::MAX as u64) as u32;
+        let capacity = capacity_of(&spec);
         let room = Arc::new(Semaphore::new(capacity as usize));
         let (actor, _) = Actor::spawn_linked(
-            Some(format!("stream/{}", spec.name)),
+            Some(format!("stream/{key}")),
             ExportStream,
             StreamArgs {
                 spec: spec.clone(),
@@ -291,29 +379,12 @@ impl MediatorState {
             myself.get_cell(),
         )
         .await?;
-        let route = Arc::new(Route {
-            name: spec.name.clone(),
-            tenants: spec.tenants.clone(),
-            exporters: spec
-                .exporters
-                .iter()
-                .filter_map(|e| {
-                    e.parse::<ipnet::IpNet>()
-                        .ok()
-                        .or_else(|| e.parse::<std::net::IpAddr>().ok().map(Into::into))
-                })
-                .collect(),
-            domains: spec.domains.clone(),
-            on_full: spec.on_full.unwrap_or(spec.sink.default_on_full()),
-            capacity,
-            room,
-            to: actor.clone(),
-            stats,
-        });
+        let route = route(&spec, capacity, room, actor.clone(), stats);
         self.running.insert(
-            spec.name.clone(),
+            key,
             Running {
                 spec,
+                origin,
                 last_failure: None,
                 actor,
                 route,
@@ -321,6 +392,138 @@ impl MediatorState {
         );
         self.publish();
         Ok(())
+    }
+
+    /// Gives the running stream `key` a new configuration without a gap.
+    async fn replace(&mut self, key: &str, spec: StreamSpec) -> Result<(), String> {
+        let Some(r) = self.running.get(key) else {
+            return Err("not running".into());
+        };
+        let pipeline = Pipeline::build(&spec, &self.args.registry).map_err(|e| e.to_string())?;
+        let capacity = capacity_of(&spec);
+        let room = Arc::new(Semaphore::new(capacity as usize));
+        let stats = r.route.stats.clone();
+        let actor = r.actor.clone();
+        let args = StreamArgs {
+            spec: spec.clone(),
+            pipeline,
+            registry: self.args.registry.clone(),
+            stats: stats.clone(),
+            room: room.clone(),
+            capacity,
+        };
+        match ractor::call_t!(actor, StreamMsg::Replace, FINISH_WITHIN_MS, Box::new(args)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("the stream did not answer: {e}")),
+        }
+        if let Some(r) = self.running.get_mut(key) {
+            r.route = route(&spec, capacity, room, actor, stats);
+            r.spec = spec;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Stops routing to `key`, then lets it write what it holds and stop (in a task: the
+    /// supervisor keeps answering).
+    fn remove(&mut self, key: &str) {
+        if let Some(r) = self.running.remove(key) {
+            self.publish();
+            let actor = r.actor;
+            tokio::spawn(async move {
+                if !matches!(
+                    ractor::call_t!(actor, StreamMsg::Finish, FINISH_WITHIN_MS),
+                    Ok(Ok(()))
+                ) {
+                    actor.stop(Some("removed".into()));
+                }
+            });
+        }
+        self.failed.remove(key);
+    }
+
+    /// Runs what the store holds: new streams started, changed ones replaced, deleted ones
+    /// stopped. Streams from the configuration are left as they are.
+    async fn reconcile(&mut self, myself: &ActorRef<MediatorMsg>, stored: Vec<StoredStream>) {
+        let mut wanted: HashMap<String, (String, StreamSpec)> = HashMap::new();
+        for st in stored {
+            let key = st.key();
+            match for_tenant(&st.spec, &st.tenant, &self.args.storage_dir) {
+                Ok(spec) => {
+                    wanted.insert(key, (st.tenant, spec));
+                }
+                Err(e) => tracing::warn!(stream = key, error = %e, "stored stream not run"),
+            }
+        }
+        let gone: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(k, r)| matches!(r.origin, Origin::Tenant(_)) && !wanted.contains_key(*k))
+            .map(|(k, _)| k.clone())
+            .chain(
+                self.failed
+                    .keys()
+                    .filter(|k| !wanted.contains_key(*k))
+                    .cloned(),
+            )
+            .collect();
+        for k in gone {
+            tracing::info!(stream = k, "stream deleted: stopping it");
+            self.remove(&k);
+        }
+        let mut keys: Vec<&String> = wanted.keys().collect();
+        keys.sort();
+        let keys: Vec<String> = keys.into_iter().cloned().collect();
+        for key in keys {
+            let Some((tenant, spec)) = wanted.remove(&key) else {
+                continue;
+            };
+            if self.failed.get(&key).is_some_and(|f| f.spec == spec) {
+                continue;
+            }
+            let stats = self
+                .failed
+                .remove(&key)
+                .map(|f| f.stats)
+                .unwrap_or_default();
+            match self.running.get(&key) {
+                Some(r) if r.spec == spec => {}
+                Some(_) => {
+                    if let Err(e) = self.replace(&key, spec.clone()).await {
+                        tracing::warn!(stream = key, error = %e, "stream not replaced");
+                    } else {
+                        tracing::info!(stream = key, "stream replaced");
+                    }
+                }
+                None => {
+                    let started = self
+                        .start(
+                            myself,
+                            key.clone(),
+                            spec.clone(),
+                            Origin::Tenant(tenant.clone()),
+                            stats.clone(),
+                        )
+                        .await;
+                    match started {
+                        Ok(()) => tracing::info!(stream = key, "stream started"),
+                        Err(e) => {
+                            tracing::warn!(stream = key, error = %e, "stream not started");
+                            self.failed.insert(
+                                key,
+                                Failed {
+                                    spec,
+                                    tenant,
+                                    why: e.to_string(),
+                                    stats,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The routing table sessions read, from the streams running now.
@@ -331,28 +534,77 @@ impl MediatorState {
     }
 
     fn states(&self) -> Vec<StreamState> {
+        let figures = |s: &StreamStats| StreamState {
+            records_in: s.records_in.load(Ordering::Relaxed),
+            records_out: s.records_out.load(Ordering::Relaxed),
+            filtered: s.filtered.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            sink_errors: s.sink_errors.load(Ordering::Relaxed),
+            restarts: s.restarts.load(Ordering::Relaxed),
+            node: self.args.node.clone(),
+            ..StreamState::default()
+        };
         let mut v: Vec<StreamState> = self
             .running
             .values()
             .map(|r| {
-                let s = &r.route.stats;
                 let cap = r.route.capacity as u64;
                 StreamState {
                     name: r.spec.name.clone(),
-                    node: self.args.node.clone(),
+                    tenant: match &r.origin {
+                        Origin::Tenant(t) => Some(t.clone()),
+                        Origin::Config => None,
+                    },
+                    state: "running".into(),
                     queue_bytes: cap - r.route.room.available_permits().min(cap as usize) as u64,
                     queue_capacity: cap,
-                    records_in: s.records_in.load(Ordering::Relaxed),
-                    records_out: s.records_out.load(Ordering::Relaxed),
-                    filtered: s.filtered.load(Ordering::Relaxed),
-                    dropped: s.dropped.load(Ordering::Relaxed),
-                    sink_errors: s.sink_errors.load(Ordering::Relaxed),
-                    restarts: s.restarts.load(Ordering::Relaxed),
+                    ..figures(&r.route.stats)
                 }
             })
+            .chain(self.failed.values().map(|f| StreamState {
+                name: f.spec.name.clone(),
+                tenant: Some(f.tenant.clone()),
+                state: format!("failed: {}", f.why),
+                ..figures(&f.stats)
+            }))
             .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
         v
+    }
+}
+
+/// Reloads whenever a change to the tenants' streams is announced: Redis pub/sub (every
+/// node), or the memory store's counter (one node). Resubscribes after a lost connection.
+async fn follow_changes(store: Arc<StreamStore>, me: ActorRef<MediatorMsg>) {
+    use futures_util::StreamExt;
+    if let Some(mut w) = store.watch() {
+        while w.changed().await.is_ok() {
+            if me.cast(MediatorMsg::Reload).is_err() {
+                return;
+            }
+        }
+        return;
+    }
+    let Some(client) = store.subscription_client() else {
+        return;
+    };
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(STREAMS_CHANGED).await.is_ok() {
+                    // Changes made while this node was not listening.
+                    let _ = me.cast(MediatorMsg::Reload);
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        if me.cast(MediatorMsg::Reload).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "stream changes: no subscription yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -375,14 +627,24 @@ impl Actor for MediatorSupervisor {
             // Every stream is checked before any starts: one bad stream, no half-started set.
             Pipeline::build(s, &args.registry)?;
         }
+        let follower = Some(tokio::spawn(follow_changes(
+            args.store.clone(),
+            myself.clone(),
+        )));
         let mut state = MediatorState {
             args,
             running: HashMap::new(),
+            failed: HashMap::new(),
             draining: false,
+            follower,
         };
         for s in specs {
-            state.start(&myself, s, Arc::default()).await?;
+            state
+                .start(&myself, s.name.clone(), s, Origin::Config, Arc::default())
+                .await?;
         }
+        myself.send_interval(RELOAD_EVERY, || MediatorMsg::Reload);
+        let _ = myself.cast(MediatorMsg::Reload);
         Ok(state)
     }
 
@@ -397,7 +659,7 @@ impl Actor for MediatorSupervisor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<MediatorMsg>,
+        myself: ActorRef<MediatorMsg>,
         msg: MediatorMsg,
         state: &mut MediatorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -411,24 +673,38 @@ impl Actor for MediatorSupervisor {
                     states
                         .into_iter()
                         .filter_map(|s| {
-                            let r = state.running.get(&s.name)?;
+                            let key = match &s.tenant {
+                                Some(t) => crate::store::streams::key(t, &s.name),
+                                None => s.name.clone(),
+                            };
+                            let r = state.running.get(&key)?;
                             Some((r.actor.get_id().to_string(), s, r.last_failure.clone()))
                         })
                         .collect(),
                 );
             }
+            MediatorMsg::Reload => {
+                if state.draining {
+                    return Ok(());
+                }
+                // A store that is away leaves the running streams as they are.
+                match state.args.store.all().await {
+                    Ok(stored) => state.reconcile(&myself, stored).await,
+                    Err(e) => tracing::debug!(error = %e, "tenants' streams not reloaded"),
+                }
+            }
             MediatorMsg::Drain(within, reply) => {
                 state.draining = true;
                 // Sessions are done: nothing new arrives. Each stream finishes what its
                 // mailbox holds (the Finish comes after it), all at once, within the time.
-                let asks = state.running.values().map(|r| {
-                    let (name, actor) = (r.spec.name.clone(), r.actor.clone());
+                let asks = state.running.iter().map(|(key, r)| {
+                    let (key, actor) = (key.clone(), r.actor.clone());
                     async move {
                         let ms = within.as_millis() as u64;
                         match ractor::call_t!(actor, StreamMsg::Finish, ms.max(1)) {
                             Ok(Ok(())) => None,
-                            Ok(Err(e)) => Some(format!("stream {name:?}: {e}")),
-                            Err(_) => Some(format!("stream {name:?} did not finish in time")),
+                            Ok(Err(e)) => Some(format!("stream {key:?}: {e}")),
+                            Err(_) => Some(format!("stream {key:?} did not finish in time")),
                         }
                     }
                 });
@@ -454,13 +730,21 @@ impl Actor for MediatorSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err),
             _ => return Ok(()),
         };
-        let Some(name) = cell
+        let Some(key) = cell
             .get_name()
             .and_then(|n| n.strip_prefix("stream/").map(str::to_string))
         else {
             return Ok(());
         };
-        let Some(r) = state.running.remove(&name) else {
+        // Only the actor running now: one that was removed may fail on its way out.
+        if state
+            .running
+            .get(&key)
+            .is_none_or(|r| r.actor.get_id() != cell.get_id())
+        {
+            return Ok(());
+        }
+        let Some(r) = state.running.remove(&key) else {
             return Ok(());
         };
         state.publish();
@@ -468,18 +752,43 @@ impl Actor for MediatorSupervisor {
             return Ok(());
         }
         if let Some(f) = err.downcast_ref::<SinkFailed>() {
-            // A local output that cannot write: stop the node, so the orchestrator restarts
-            // the pod, instead of running on while losing records.
-            tracing::error!(stream = name, error = %f, "the record output failed: stopping the node");
-            myself.stop(Some(format!(
-                "the record output failed: stream {name:?}: {f}"
-            )));
+            match r.origin {
+                Origin::Config => {
+                    // A local output that cannot write: stop the node, so the orchestrator
+                    // restarts the pod, instead of running on while losing records.
+                    tracing::error!(stream = key, error = %f, "the record output failed: stopping the node");
+                    myself.stop(Some(format!(
+                        "the record output failed: stream {key:?}: {f}"
+                    )));
+                }
+                Origin::Tenant(tenant) => {
+                    // A tenant's sink stops that stream only, until it is replaced.
+                    tracing::warn!(stream = key, error = %f, "a tenant's stream failed: stopped until it is replaced");
+                    state.failed.insert(
+                        key,
+                        Failed {
+                            spec: r.spec,
+                            tenant,
+                            why: f.to_string(),
+                            stats: r.route.stats.clone(),
+                        },
+                    );
+                }
+            }
             return Ok(());
         }
         r.route.stats.restarts.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(stream = name, error = %err, "export stream failed: restarting it with its configuration");
-        state.start(&myself, r.spec, r.route.stats.clone()).await?;
-        if let Some(now) = state.running.get_mut(&name) {
+        tracing::error!(stream = key, error = %err, "export stream failed: restarting it with its configuration");
+        state
+            .start(
+                &myself,
+                key.clone(),
+                r.spec,
+                r.origin,
+                r.route.stats.clone(),
+            )
+            .await?;
+        if let Some(now) = state.running.get_mut(&key) {
             now.last_failure = Some(format!("failed: {err}"));
         }
         Ok(())

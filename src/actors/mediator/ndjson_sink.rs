@@ -22,14 +22,21 @@ impl NdjsonSink {
     pub async fn open(path: Option<&str>, registry: Arc<Registry>) -> std::io::Result<NdjsonSink> {
         let out: Box<dyn AsyncWrite + Send + Unpin> = match path {
             None => Box::new(tokio::io::stdout()),
-            Some(p) => Box::new(
+            Some(p) => Box::new({
+                if let Some(dir) = std::path::Path::new(p).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))
+                    })?;
+                }
                 tokio::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
                     .await
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}")))?,
-            ),
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}")))?
+            }),
         };
         Ok(NdjsonSink {
             out,

@@ -21,6 +21,9 @@ pub enum StreamMsg {
     Tick,
     /// Drain: everything before this in the mailbox is done; flush aggregates and the sink.
     Finish(RpcReplyPort<Result<(), String>>),
+    /// A new configuration: what came before is finished with the old pipeline and sink,
+    /// what comes after goes through the new ones (no record in between is lost).
+    Replace(Box<StreamArgs>, RpcReplyPort<Result<(), String>>),
 }
 
 /// The sink could not write: the supervisor stops the node rather than restart the stream.
@@ -202,6 +205,35 @@ impl Actor for ExportStream {
                 let out = state.pipeline.tick(now_ms());
                 state.write(out).await?;
                 state.flush().await?;
+            }
+            StreamMsg::Replace(args, reply) => {
+                let out = state.pipeline.finish(now_ms());
+                let done = match state.write(out).await {
+                    Ok(()) => state.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    let _ = reply.send(Err(e.to_string()));
+                    return Err(e.into());
+                }
+                match Sink::open(&args.spec.sink, args.registry).await {
+                    Ok(sink) => {
+                        state.sink = sink;
+                        state.pipeline = args.pipeline;
+                        state.seen = PipelineStats::default();
+                        state.room = args.room;
+                        state.capacity = args.capacity;
+                        #[cfg(feature = "fault-injection")]
+                        {
+                            state.panic_at = args.spec.fault_panic_at_records;
+                        }
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("sink: {e}")));
+                        return Err(SinkFailed(e).into());
+                    }
+                }
             }
             StreamMsg::Finish(reply) => {
                 let out = state.pipeline.finish(now_ms());
