@@ -367,6 +367,9 @@ impl CollectorSettings {
 pub struct MediatorSettings {
     /// Export streams; none: one stream `default` that writes NDJSON as `output.*` says.
     pub streams: Vec<crate::mediation::spec::StreamSpec>,
+    /// Tenants' streams (made through the API) may use network sinks (`ipfix`): off by
+    /// default, since they make the node connect where a tenant says.
+    pub tenant_network_sinks: bool,
 }
 
 /// Where decoded records go while no mediator stream is configured.

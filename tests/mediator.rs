@@ -255,3 +255,381 @@ async fn a_panicking_stream_is_restarted_with_its_configuration_and_counted() {
         "the panicking message was lost and counted: {f}"
     );
 }
+
+/// The chain: exporter -> node A (a stream re-exporting IPFIX over TCP) -> node B. B's records
+/// equal A's, field by field (only the exporter, the template id and the export time are A's
+/// own); and A's output, taken off a second stream, decodes without error in tshark and in
+/// ipfixDump (libfixbuf), with every record.
+#[test]
+fn a_stream_re_exports_ipfix_that_another_node_tshark_and_ipfixdump_read_in_full() {
+    common::need("tshark");
+    common::need("ipfixDump");
+    let b = Server::start("chain-b", &[]);
+    // A plain TCP listener keeps what A sends it: an RFC 5655 file, as the peers read one.
+    let capture = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let capture_at = capture.local_addr().expect("addr");
+    let kept = std::thread::spawn(move || {
+        let (mut s, _) = capture.accept().expect("A connects");
+        let mut all = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut all);
+        all
+    });
+    let dir =
+        std::env::temp_dir().join(format!("ipfixsvc-test-{}-chain-config", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let a_all = dir.join("a-all.ndjson");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[mediator.streams]]
+name = "all"
+sink = {{ kind = "ndjson", path = "{}" }}
+
+[[mediator.streams]]
+name = "to-b"
+sink = {{ kind = "ipfix", transport = "tcp", to = "{}" }}
+
+[[mediator.streams]]
+name = "to-file"
+sink = {{ kind = "ipfix", transport = "tcp", to = "{}" }}
+"#,
+            a_all.display(),
+            b.tcp,
+            capture_at
+        ),
+    )
+    .expect("config");
+    let a = Server::start(
+        "chain-a",
+        &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
+    );
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
+    s.write_all(&file).expect("send");
+    drop(s);
+    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    common::eventually("B has every record", Duration::from_secs(20), || {
+        b.output().len() >= 3979
+    });
+    assert!(a.terminate().success());
+    let strip = |v: &Value| {
+        let mut o = v.as_object().expect("object").clone();
+        for k in ["@exporter", "@template", "@exportTime"] {
+            o.remove(k);
+        }
+        Value::Object(o)
+    };
+    let on_a: Vec<Value> = lines(&a_all).iter().map(strip).collect();
+    let on_b: Vec<Value> = b
+        .output()
+        .iter()
+        .map(|l| strip(&serde_json::from_str(l).expect("JSON")))
+        .collect();
+    assert_eq!(on_a.len(), 3979);
+    assert_eq!(on_b.len(), on_a.len());
+    for (x, y) in on_a.iter().zip(&on_b) {
+        assert_eq!(x, y);
+    }
+    // A's output as a file, read by the two reference decoders.
+    let bytes = kept.join().expect("listener");
+    let out = dir.join("a-output.ipfix");
+    std::fs::write(&out, &bytes).expect("write");
+    let t = std::process::Command::new("tshark")
+        .args(["-r"])
+        .arg(&out)
+        .args(["-T", "fields", "-e", "cflow.octets"])
+        .output()
+        .expect("tshark");
+    let text = String::from_utf8_lossy(&t.stdout);
+    let flows: usize = text
+        .lines()
+        .map(|l| l.split(',').filter(|x| !x.is_empty()).count())
+        .sum();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    assert_eq!(flows, 3979, "tshark reads every record's octets");
+    let v = std::process::Command::new("tshark")
+        .args(["-r"])
+        .arg(&out)
+        .args(["-V"])
+        .output()
+        .expect("tshark -V");
+    let verbose = String::from_utf8_lossy(&v.stdout);
+    assert!(!verbose.contains("Malformed"), "tshark: malformed");
+    assert!(!verbose.contains("[Expert Info (Error"), "tshark: an error");
+    let d = std::process::Command::new("ipfixDump")
+        .args(["--in"])
+        .arg(&out)
+        .output()
+        .expect("ipfixDump");
+    let dumped = String::from_utf8_lossy(&d.stdout);
+    let err = String::from_utf8_lossy(&d.stderr);
+    assert!(d.status.success(), "ipfixDump: {err}");
+    assert!(!err.to_lowercase().contains("error"), "ipfixDump: {err}");
+    let records = dumped.matches("--- data record ").count();
+    assert_eq!(records, 3979, "ipfixDump reads every record");
+    assert!(
+        dumped.contains("3979 Data Records"),
+        "ipfixDump's own count: {}",
+        &dumped[dumped.len().saturating_sub(300)..]
+    );
+}
+
+/// Records in a stream of IPFIX messages (decoded by the library, templates carried along).
+fn ipfix_records(bytes: &[u8]) -> usize {
+    let mut d = ipfixsvc::wire::Decoder::new(
+        ipfixsvc::wire::Registry::builtin(),
+        ipfixsvc::wire::DecoderOptions::default(),
+    );
+    let mut n = 0;
+    let mut at = 0;
+    while at + 16 <= bytes.len() {
+        let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+        if len < 16 || at + len > bytes.len() {
+            break;
+        }
+        let m = d
+            .decode(bytes::Bytes::copy_from_slice(&bytes[at..at + len]))
+            .expect("a message A sent");
+        n += m.data_records();
+        at += len;
+    }
+    n
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A peer that stops reading: with `block`, the node's memory stays bounded and the exporter
+/// is slowed (TCP pushes back), and when the peer reads again every record arrives; with
+/// `drop`, the exporter is never slowed and what the peer gets plus what was counted as
+/// dropped is everything sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_peer_slows_the_exporter_with_block_and_is_counted_with_drop() {
+    const COPIES: usize = 60;
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    for policy in ["block", "drop"] {
+        let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("peer");
+        let peer_at = peer.local_addr().expect("addr");
+        let dir = std::env::temp_dir().join(format!(
+            "ipfixsvc-test-{}-stall-{policy}-config",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[mediator.streams]]\nname = \"peer\"\non_full = \"{policy}\"\nqueue_bytes = 1048576\nsink = {{ kind = \"ipfix\", transport = \"tcp\", to = \"{peer_at}\" }}\n"
+            ),
+        )
+        .expect("config");
+        let storage = dir.join("storage");
+        let a = Server::start(
+            &format!("stall-{policy}"),
+            &[
+                ("IPFIXSVC_CONFIG", config.to_str().expect("utf-8")),
+                ("IPFIXSVC__NODE__ROLES", "collector,api"),
+                ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+                ("IPFIXSVC__STORAGE__DIR", storage.to_str().expect("utf-8")),
+            ],
+        );
+        let api = common::api_addr(&a);
+        let (to, bytes) = (a.tcp, file.clone());
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let progress = sent.clone();
+        let exporter = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(to).expect("connect");
+            for _ in 0..COPIES {
+                s.write_all(&bytes).expect("send");
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        // The peer has not read a byte yet.
+        std::thread::sleep(Duration::from_secs(3));
+        let stalled_at = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let rss = rss_kib(a.child.id());
+        if policy == "block" {
+            assert!(
+                stalled_at < COPIES,
+                "the exporter was slowed: {stalled_at} of {COPIES} copies sent"
+            );
+            assert!(rss < 300 * 1024, "memory stays bounded: {rss} KiB");
+        }
+        // The peer reads again, to the end.
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = peer.accept().expect("A connects");
+            let mut all = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut all);
+            all
+        });
+        exporter.join().expect("exporter");
+        a.wait_log("exporter session ended", 1, Duration::from_secs(60));
+        let token = common::admin_token(&storage);
+        let tree: Value = reqwest::Client::new()
+            .get(format!("http://{api}/debug/actors"))
+            .bearer_auth(&token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .expect("GET /debug/actors")
+            .json()
+            .await
+            .expect("JSON");
+        let text = tree.to_string();
+        let dropped: u64 = text
+            .split("\"dropped\":")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no dropped figure in {text}"));
+        assert!(a.terminate().success(), "{policy}: a clean drain");
+        let got = ipfix_records(&reader.join().expect("reader"));
+        let total = COPIES * 3979;
+        match policy {
+            "block" => {
+                assert_eq!(dropped, 0);
+                assert_eq!(got, total, "block: every record arrives");
+            }
+            _ => {
+                assert!(dropped > 0, "the peer stalled long enough to drop some");
+                assert_eq!(
+                    got as u64 + dropped,
+                    total as u64,
+                    "drop: delivered + dropped = sent"
+                );
+            }
+        }
+    }
+}
+
+/// The stream's figures in `/debug/actors` (the first stream found).
+async fn stream_figures(api: std::net::SocketAddr, token: &str) -> Value {
+    let tree: Value = reqwest::Client::new()
+        .get(format!("http://{api}/debug/actors"))
+        .bearer_auth(token)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("GET /debug/actors")
+        .json()
+        .await
+        .expect("JSON");
+    fn find(v: &Value) -> Option<Value> {
+        if v["kind"] == "ExportStream" {
+            return Some(v["figures"].clone());
+        }
+        let nodes = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| &n["tree"]);
+        let children = v["children"].as_array().into_iter().flatten();
+        std::iter::once(&v["tree"])
+            .chain(nodes)
+            .chain(children)
+            .filter(|c| c.is_object())
+            .find_map(find)
+    }
+    find(&tree).unwrap_or_else(|| panic!("no stream in {tree}"))
+}
+
+/// A peer that is down: the breaker opens after repeated failures (a `drop` stream then drops
+/// and counts), a probe finds the peer back, the breaker closes, and records flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_down_opens_the_breaker_and_a_probe_closes_it() {
+    let port = common::free_port();
+    let dir = std::env::temp_dir().join(format!(
+        "ipfixsvc-test-{}-breaker-config",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mediator.streams]]\nname = \"peer\"\non_full = \"drop\"\nsink = {{ kind = \"ipfix\", transport = \"tcp\", to = \"127.0.0.1:{port}\" }}\n"
+        ),
+    )
+    .expect("config");
+    let storage = dir.join("storage");
+    let a = Server::start(
+        "breaker",
+        &[
+            ("IPFIXSVC_CONFIG", config.to_str().expect("utf-8")),
+            ("IPFIXSVC__NODE__ROLES", "collector,api"),
+            ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+            ("IPFIXSVC__STORAGE__DIR", storage.to_str().expect("utf-8")),
+        ],
+    );
+    let api = common::api_addr(&a);
+    let token = common::admin_token(&storage);
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    let send = |n: usize| {
+        let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
+        s.write_all(&file).expect("send");
+        drop(s);
+        a.wait_log("exporter session ended", n, Duration::from_secs(20));
+    };
+    send(1);
+    let mut f = Value::Null;
+    for _ in 0..100 {
+        f = stream_figures(api, &token).await;
+        if f["breaker"] == "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(f["breaker"], "open", "{f}");
+    assert!(f["sink_errors"].as_u64().unwrap_or(0) >= 5, "{f}");
+    // The peer comes back; the next records probe it.
+    let peer = std::net::TcpListener::bind(("127.0.0.1", port)).expect("peer");
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = peer.accept().expect("A connects");
+        let mut all = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut all);
+        all
+    });
+    let mut sent = 1;
+    for _ in 0..20 {
+        sent += 1;
+        send(sent);
+        f = stream_figures(api, &token).await;
+        if f["breaker"] == "closed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(f["breaker"], "closed", "{f}");
+    assert!(a.terminate().success());
+    let got = ipfix_records(&reader.join().expect("reader")) as u64;
+    let dropped = f["dropped"].as_u64().expect("dropped");
+    assert!(got > 0, "records flow again");
+    assert_eq!(
+        got + dropped,
+        sent as u64 * 3979,
+        "delivered + dropped = sent ({f})"
+    );
+}

@@ -225,7 +225,7 @@ pub async fn tree(node: &str) -> Value {
                             "queue_bytes": s.queue_bytes, "queue_capacity": s.queue_capacity,
                             "records_in": s.records_in, "records_out": s.records_out,
                             "filtered": s.filtered, "dropped": s.dropped,
-                            "sink_errors": s.sink_errors,
+                            "sink_errors": s.sink_errors, "breaker": s.breaker,
                         }),
                     );
                 }

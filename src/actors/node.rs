@@ -230,6 +230,7 @@ impl Actor for NodeSupervisor {
                     node: args.settings.node.name.clone(),
                     store: stream_store.clone(),
                     storage_dir: PathBuf::from(&args.settings.storage.dir),
+                    tenant_network_sinks: args.settings.mediator.tenant_network_sinks,
                 },
                 myself.get_cell(),
             )
@@ -331,6 +332,7 @@ impl Actor for NodeSupervisor {
                 storage: PathBuf::from(&args.settings.storage.dir),
                 max_upload: a.max_upload_bytes,
                 registry: args.registry.clone(),
+                tenant_network_sinks: args.settings.mediator.tenant_network_sinks,
             };
             let api = Restartable::Api(ApiArgs {
                 listen: a.listen.clone(),

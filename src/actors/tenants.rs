@@ -34,7 +34,7 @@ pub enum TenantMsg {
     /// Reload the exporter prefix table from the store (own timer, and after a change here).
     Reload,
     /// A tenant's export stream: created (`true`: only if the name is free) or replaced.
-    PutStream(StoredStream, bool, Reply<Put>),
+    PutStream(Box<StoredStream>, bool, Reply<Put>),
     GetStream(String, String, Reply<Option<StoredStream>>),
     ListStreams(String, Reply<Vec<StoredStream>>),
     DeleteStream(String, String, Reply<bool>),
@@ -218,7 +218,7 @@ impl Actor for TenantDirectory {
             }
             TenantMsg::PutStream(st, create, r) => {
                 let streams = state.streams.clone();
-                answer(r, async move { streams.put(st, create).await })
+                answer(r, async move { streams.put(*st, create).await })
             }
             TenantMsg::GetStream(t, name, r) => {
                 let streams = state.streams.clone();

@@ -38,6 +38,8 @@ pub struct Ctx {
     pub max_upload: u64,
     /// Names the fields of templates.
     pub registry: Arc<crate::wire::registry::Registry>,
+    /// `mediator.tenant_network_sinks`: whether tenants' streams may send over the network.
+    pub tenant_network_sinks: bool,
 }
 
 /// `GET /healthz`.

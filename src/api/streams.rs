@@ -44,6 +44,9 @@ pub struct StreamTotals {
     pub dropped: u64,
     pub sink_errors: u64,
     pub restarts: u64,
+    /// A network sink's circuit breaker, the worst over the nodes: `closed`, `half-open`,
+    /// `open`.
+    pub breaker: String,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -75,7 +78,8 @@ fn check(ctx: &Ctx, tenant: &str, body: serde_json::Value) -> Result<StreamSpec,
         return Err(invalid("the body must be a JSON object".into()));
     }
     let spec: StreamSpec = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
-    let run = for_tenant(&spec, tenant, &ctx.storage).map_err(|e| invalid(e.to_string()))?;
+    let run = for_tenant(&spec, tenant, &ctx.storage, ctx.tenant_network_sinks)
+        .map_err(|e| invalid(e.to_string()))?;
     Pipeline::build(&run, &ctx.registry).map_err(|e| invalid(e.to_string()))?;
     Ok(spec)
 }
@@ -116,6 +120,11 @@ fn view(s: StoredStream, all: &StreamStateList) -> StreamView {
                 |n| format!("{} (on {})", n.state, n.node),
             )
         },
+        breaker: ["open", "half-open"]
+            .into_iter()
+            .find(|b| nodes.iter().any(|n| n.breaker == *b))
+            .unwrap_or("closed")
+            .to_string(),
         ..StreamTotals::default()
     };
     for n in &nodes {
@@ -169,7 +178,7 @@ async fn write(
         updated_ms: now,
     };
     let name = stored.spec.name.clone();
-    let outcome: Put = ask!(ctx, TenantMsg::PutStream, stored.clone(), create);
+    let outcome: Put = ask!(ctx, TenantMsg::PutStream, Box::new(stored.clone()), create);
     let status = match outcome {
         Put::Created => StatusCode::CREATED,
         Put::Replaced => StatusCode::OK,

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod cryptopan;
+pub mod export;
 pub mod filter;
 pub mod shape;
 pub mod spec;

@@ -118,6 +118,26 @@ pub enum SinkSpec {
     },
     /// Records are counted and not written (measurements; the `output.format = count` mode).
     Discard {},
+    /// IPFIX to another collector (IPFIXcol2, nfacctd, another ipfixsvc, a SIEM): the stream's
+    /// own templates, re-sent after every reconnect and (UDP) every `template_refresh_secs`.
+    Ipfix {
+        transport: SinkTransport,
+        /// `host:port`.
+        to: String,
+        /// UDP: seconds between template refreshes (default 60).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template_refresh_secs: Option<u32>,
+        /// The largest message: default 65535 over TCP, 1472 over UDP (a 1500-byte path).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_message_bytes: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkTransport {
+    Tcp,
+    Udp,
 }
 
 impl SinkSpec {
@@ -126,7 +146,16 @@ impl SinkSpec {
     pub fn default_on_full(&self) -> OnFull {
         match self {
             SinkSpec::Ndjson { .. } | SinkSpec::Discard {} => OnFull::Block,
+            SinkSpec::Ipfix { transport, .. } => match transport {
+                SinkTransport::Tcp => OnFull::Block,
+                SinkTransport::Udp => OnFull::Drop,
+            },
         }
+    }
+
+    /// Sends over the network (an operator allows these for tenants' streams).
+    pub fn is_network(&self) -> bool {
+        matches!(self, SinkSpec::Ipfix { .. })
     }
 }
 
@@ -329,6 +358,34 @@ impl Pipeline {
                 "is empty (leave it out for standard output)".into(),
             ));
         }
+        if let SinkSpec::Ipfix {
+            to,
+            template_refresh_secs,
+            max_message_bytes,
+            ..
+        } = &spec.sink
+        {
+            let port_ok = to
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(err("sink.to", format!("{to:?} is not host:port")));
+            }
+            if template_refresh_secs.is_some_and(|s| s == 0) {
+                return Err(err(
+                    "sink.template_refresh_secs",
+                    "must be at least 1".into(),
+                ));
+            }
+            if let Some(m) = max_message_bytes
+                && !(256..=65535).contains(m)
+            {
+                return Err(err(
+                    "sink.max_message_bytes",
+                    format!("{m} is outside 256 to 65535"),
+                ));
+            }
+        }
         Ok(Pipeline {
             exporters,
             domains: spec.domains.clone(),
@@ -508,6 +565,7 @@ pub fn for_tenant(
     spec: &StreamSpec,
     tenant: &str,
     storage_dir: &std::path::Path,
+    network_sinks: bool,
 ) -> Result<StreamSpec, SpecError> {
     let err = |field: &str, message: String| SpecError {
         stream: spec.name.clone(),
@@ -561,6 +619,14 @@ pub fn for_tenant(
             };
         }
         SinkSpec::Discard {} => {}
+        SinkSpec::Ipfix { .. } => {
+            if !network_sinks {
+                return Err(err(
+                    "sink.kind",
+                    "tenants' streams may not send over the network on this node (mediator.tenant_network_sinks)".into(),
+                ));
+            }
+        }
     }
     Ok(out)
 }

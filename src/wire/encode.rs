@@ -283,6 +283,16 @@ impl MessageBuilder {
         Ok(())
     }
 
+    /// Adds one Data Record already encoded, under `template_id` (a re-exporter's own id for
+    /// the template the record was decoded with): the bytes are copied as they are, variable-
+    /// length fields with their length prefixes.
+    pub fn add_raw_record(&mut self, template_id: u16, rec: &[u8]) -> Result<(), WireError> {
+        self.reserve(template_id, rec.len())?;
+        self.buf.extend_from_slice(rec);
+        self.records_in_message += 1;
+        Ok(())
+    }
+
     /// Adds one Data Record of `plan`'s template with `values` in template order.
     pub fn add_record(&mut self, plan: &Plan, values: &[FieldValue]) -> Result<(), WireError> {
         if values.len() != plan.fields.len() {

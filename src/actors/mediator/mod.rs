@@ -13,6 +13,7 @@
 //! restarted rather than kept running while it loses records. On drain (after the sessions),
 //! every stream works through its mailbox, flushes its aggregates and its sink, and stops.
 
+mod ipfix_sink;
 mod ndjson_sink;
 pub mod stream;
 
@@ -46,6 +47,8 @@ pub struct StreamStats {
     pub dropped: AtomicU64,
     pub sink_errors: AtomicU64,
     pub restarts: AtomicU64,
+    /// A network sink's circuit breaker (`ipfix_sink::CLOSED`, `OPEN`, `HALF_OPEN`).
+    pub breaker: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl StreamStats {
@@ -236,6 +239,8 @@ pub struct StreamState {
     pub dropped: u64,
     pub sink_errors: u64,
     pub restarts: u64,
+    /// A network sink's circuit breaker: `closed`, `open` or `half-open`.
+    pub breaker: String,
 }
 
 #[derive(RactorMessage)]
@@ -261,6 +266,8 @@ pub struct MediatorArgs {
     pub store: Arc<StreamStore>,
     /// Tenants' NDJSON files go under `<storage_dir>/streams/<tenant>/`.
     pub storage_dir: PathBuf,
+    /// `mediator.tenant_network_sinks`.
+    pub tenant_network_sinks: bool,
 }
 
 /// Where a stream's configuration comes from.
@@ -449,7 +456,12 @@ impl MediatorState {
         let mut wanted: HashMap<String, (String, StreamSpec)> = HashMap::new();
         for st in stored {
             let key = st.key();
-            match for_tenant(&st.spec, &st.tenant, &self.args.storage_dir) {
+            match for_tenant(
+                &st.spec,
+                &st.tenant,
+                &self.args.storage_dir,
+                self.args.tenant_network_sinks,
+            ) {
                 Ok(spec) => {
                     wanted.insert(key, (st.tenant, spec));
                 }
@@ -541,6 +553,7 @@ impl MediatorState {
             dropped: s.dropped.load(Ordering::Relaxed),
             sink_errors: s.sink_errors.load(Ordering::Relaxed),
             restarts: s.restarts.load(Ordering::Relaxed),
+            breaker: ipfix_sink::breaker_name(s.breaker.load(Ordering::Relaxed)).into(),
             node: self.args.node.clone(),
             ..StreamState::default()
         };

@@ -2,6 +2,7 @@
 //! bytes by the permits that travel with each message); it runs the records through the
 //! pipeline and hands what comes out to its sink.
 
+use super::ipfix_sink::IpfixSink;
 use super::ndjson_sink::NdjsonSink;
 use super::{Item, StreamStats};
 use crate::mediation::Records;
@@ -44,15 +45,34 @@ pub struct StreamArgs {
 enum Sink {
     Ndjson(NdjsonSink),
     Discard,
+    Ipfix(Box<IpfixSink>),
 }
 
 impl Sink {
-    async fn open(spec: &SinkSpec, registry: Arc<Registry>) -> std::io::Result<Sink> {
-        Ok(match spec {
+    async fn open(
+        spec: &StreamSpec,
+        registry: Arc<Registry>,
+        stats: &Arc<StreamStats>,
+    ) -> std::io::Result<Sink> {
+        Ok(match &spec.sink {
             SinkSpec::Ndjson { path } => {
                 Sink::Ndjson(NdjsonSink::open(path.as_deref(), registry).await?)
             }
             SinkSpec::Discard {} => Sink::Discard,
+            SinkSpec::Ipfix {
+                transport,
+                to,
+                template_refresh_secs,
+                max_message_bytes,
+            } => Sink::Ipfix(Box::new(IpfixSink::new(
+                *transport,
+                to.clone(),
+                *template_refresh_secs,
+                *max_message_bytes,
+                spec.on_full.unwrap_or(spec.sink.default_on_full()),
+                stats.clone(),
+                stats.breaker.clone(),
+            ))),
         })
     }
 
@@ -61,6 +81,7 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.write(recs).await,
             Sink::Discard => Ok(recs.iter().map(|r| r.count() as u64).sum()),
+            Sink::Ipfix(s) => s.write(recs).await,
         }
     }
 
@@ -68,6 +89,7 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.flush().await,
             Sink::Discard => Ok(0),
+            Sink::Ipfix(s) => s.flush().await,
         }
     }
 
@@ -75,7 +97,7 @@ impl Sink {
     fn buffered(&self) -> u64 {
         match self {
             Sink::Ndjson(s) => s.buffered(),
-            Sink::Discard => 0,
+            Sink::Discard | Sink::Ipfix(_) => 0,
         }
     }
 }
@@ -157,7 +179,7 @@ impl Actor for ExportStream {
         myself: ActorRef<StreamMsg>,
         args: StreamArgs,
     ) -> Result<StreamState, ActorProcessingErr> {
-        let sink = Sink::open(&args.spec.sink, args.registry)
+        let sink = Sink::open(&args.spec, args.registry, &args.stats)
             .await
             .map_err(|e| format!("stream {:?}: sink: {e}", args.spec.name))?;
         myself.send_interval(TICK, || StreamMsg::Tick);
@@ -216,7 +238,7 @@ impl Actor for ExportStream {
                     let _ = reply.send(Err(e.to_string()));
                     return Err(e.into());
                 }
-                match Sink::open(&args.spec.sink, args.registry).await {
+                match Sink::open(&args.spec, args.registry, &args.stats).await {
                     Ok(sink) => {
                         state.sink = sink;
                         state.pipeline = args.pipeline;
