@@ -8,6 +8,7 @@ mod common;
 use common::Server;
 use serde_json::Value;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn lines(path: &std::path::Path) -> Vec<Value> {
@@ -632,4 +633,102 @@ async fn a_peer_that_is_down_opens_the_breaker_and_a_probe_closes_it() {
         sent as u64 * 3979,
         "delivered + dropped = sent ({f})"
     );
+}
+
+/// `ipfix_file` and a rotating `ndjson` sink: files finished by size are renamed whole, the
+/// last one when the node stops; each IPFIX file decodes alone (its templates first) in
+/// `ipfixsvc dump` and tshark, and the files hold every record once.
+#[test]
+fn rotated_files_are_whole_and_each_ipfix_file_reads_alone() {
+    common::need("tshark");
+    let dir = std::env::temp_dir().join(format!(
+        "ipfixsvc-test-{}-rotate-config",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (store, ndjson) = (dir.join("store"), dir.join("ndjson"));
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mediator.streams]]\nname = \"store\"\nsink = {{ kind = \"ipfix_file\", dir = \"{}\", rotate_bytes = 65536 }}\n\n[[mediator.streams]]\nname = \"lines\"\nsink = {{ kind = \"ndjson\", path = \"{}/flows.ndjson\", rotate_bytes = 262144 }}\n",
+            store.display(),
+            ndjson.display()
+        ),
+    )
+    .expect("config");
+    let a = Server::start(
+        "rotate",
+        &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
+    );
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    for n in 1..=2 {
+        let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
+        s.write_all(&file).expect("send");
+        drop(s);
+        a.wait_log("exporter session ended", n, Duration::from_secs(20));
+    }
+    assert!(a.terminate().success());
+    let listing = |d: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        v.sort();
+        v
+    };
+    let ipfix = listing(&store);
+    assert!(ipfix.len() >= 3, "finished by size: {ipfix:?}");
+    let mut total = 0;
+    for f in &ipfix {
+        let name = f.file_name().expect("name").to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("store-") && name.ends_with(".ipfix"),
+            "whole files only, no .part left: {name}"
+        );
+        let out = std::process::Command::new(common::BIN)
+            .args(["dump", "--count"])
+            .arg(f)
+            .output()
+            .expect("dump");
+        assert!(
+            out.status.success(),
+            "{name} decodes alone: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let counts: Value = serde_json::from_slice(&out.stdout).expect("dump's counts");
+        assert_eq!(counts["errors"], 0, "{name}: {counts}");
+        total += counts["dataRecords"].as_u64().expect("dataRecords");
+        let t = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(f)
+            .arg("-V")
+            .output()
+            .expect("tshark");
+        let v = String::from_utf8_lossy(&t.stdout);
+        assert!(
+            t.status.success() && !v.contains("Malformed") && !v.contains("no template found"),
+            "{name}: tshark"
+        );
+    }
+    assert_eq!(total, 2 * 3979, "every record once");
+    let nd = listing(&ndjson);
+    assert!(nd.len() >= 2, "{nd:?}");
+    let mut lines_total = 0;
+    for f in &nd {
+        let name = f.file_name().expect("name").to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("flows-") && name.ends_with(".ndjson"),
+            "{name}"
+        );
+        let text = std::fs::read_to_string(f).expect("read");
+        assert!(text.ends_with('\n'), "{name} ends with a whole line");
+        lines_total += lines(f).len();
+    }
+    assert_eq!(lines_total, 2 * 3979);
 }

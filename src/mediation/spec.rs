@@ -111,10 +111,25 @@ pub struct AggregateSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkSpec {
-    /// NDJSON on standard output (no `path`) or appended to a file.
+    /// NDJSON on standard output (no `path`) or appended to a file; with `rotate_bytes` or
+    /// `rotate_secs`, written to `.<stem>.part` beside `path` and renamed
+    /// `<stem>-<UTC start>.<ext>` when complete.
     Ndjson {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rotate_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rotate_secs: Option<u64>,
+    },
+    /// RFC 5655 IPFIX files in `dir`, each readable alone (its templates first), finished by
+    /// size and age (defaults 256 MiB, 300 s) and renamed `<stream>-<UTC start>.ipfix`.
+    IpfixFile {
+        dir: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rotate_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rotate_secs: Option<u64>,
     },
     /// Records are counted and not written (measurements; the `output.format = count` mode).
     Discard {},
@@ -145,7 +160,9 @@ impl SinkSpec {
     /// wanted (files, standard output).
     pub fn default_on_full(&self) -> OnFull {
         match self {
-            SinkSpec::Ndjson { .. } | SinkSpec::Discard {} => OnFull::Block,
+            SinkSpec::Ndjson { .. } | SinkSpec::IpfixFile { .. } | SinkSpec::Discard {} => {
+                OnFull::Block
+            }
             SinkSpec::Ipfix { transport, .. } => match transport {
                 SinkTransport::Tcp => OnFull::Block,
                 SinkTransport::Udp => OnFull::Drop,
@@ -350,7 +367,41 @@ impl Pipeline {
         {
             return Err(err("queue_bytes", format!("{q} is below 65536")));
         }
-        if let SinkSpec::Ndjson { path: Some(p) } = &spec.sink
+        let rotation = match &spec.sink {
+            SinkSpec::Ndjson {
+                rotate_bytes,
+                rotate_secs,
+                path,
+            } => {
+                if path.is_none() && (rotate_bytes.is_some() || rotate_secs.is_some()) {
+                    return Err(err(
+                        "sink.path",
+                        "is needed to rotate (standard output is not rotated)".into(),
+                    ));
+                }
+                Some((rotate_bytes, rotate_secs))
+            }
+            SinkSpec::IpfixFile {
+                dir,
+                rotate_bytes,
+                rotate_secs,
+            } => {
+                if dir.trim().is_empty() {
+                    return Err(err("sink.dir", "is empty".into()));
+                }
+                Some((rotate_bytes, rotate_secs))
+            }
+            _ => None,
+        };
+        if let Some((bytes, secs)) = rotation {
+            if bytes.is_some_and(|b| b < 65_536) {
+                return Err(err("sink.rotate_bytes", "must be at least 65536".into()));
+            }
+            if secs.is_some_and(|s| s == 0) {
+                return Err(err("sink.rotate_secs", "must be at least 1".into()));
+            }
+        }
+        if let SinkSpec::Ndjson { path: Some(p), .. } = &spec.sink
             && p.trim().is_empty()
         {
             return Err(err(
@@ -592,30 +643,55 @@ pub fn for_tenant(
             ));
         }
     }
+    let under_storage = |field: &str, p: &str| -> Result<String, SpecError> {
+        let rel = std::path::Path::new(p);
+        let plain = !p.is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(err(
+                field,
+                format!(
+                    "{p:?} must be a relative path without '..' (it is placed under the node's storage)"
+                ),
+            ));
+        }
+        Ok(storage_dir
+            .join("streams")
+            .join(tenant)
+            .join(rel)
+            .to_string_lossy()
+            .into_owned())
+    };
     match &spec.sink {
-        SinkSpec::Ndjson { path } => {
+        SinkSpec::IpfixFile {
+            dir,
+            rotate_bytes,
+            rotate_secs,
+        } => {
+            out.sink = SinkSpec::IpfixFile {
+                dir: under_storage("sink.dir", dir)?,
+                rotate_bytes: *rotate_bytes,
+                rotate_secs: *rotate_secs,
+            };
+        }
+        SinkSpec::Ndjson {
+            path,
+            rotate_bytes,
+            rotate_secs,
+        } => {
             let Some(p) = path else {
                 return Err(err(
                     "sink.path",
                     "is required: a tenant's NDJSON goes to a file under the node's storage".into(),
                 ));
             };
-            let rel = std::path::Path::new(p);
-            let plain = !p.is_empty()
-                && rel
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !plain {
-                return Err(err(
-                    "sink.path",
-                    format!(
-                        "{p:?} must be a relative path without '..' (it is placed under the node's storage)"
-                    ),
-                ));
-            }
-            let full = storage_dir.join("streams").join(tenant).join(rel);
+            let full = under_storage("sink.path", p)?;
             out.sink = SinkSpec::Ndjson {
-                path: Some(full.to_string_lossy().into_owned()),
+                path: Some(full),
+                rotate_bytes: *rotate_bytes,
+                rotate_secs: *rotate_secs,
             };
         }
         SinkSpec::Discard {} => {}

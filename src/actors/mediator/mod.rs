@@ -13,8 +13,10 @@
 //! restarted rather than kept running while it loses records. On drain (after the sessions),
 //! every stream works through its mailbox, flushes its aggregates and its sink, and stops.
 
+mod ipfix_file_sink;
 mod ipfix_sink;
 mod ndjson_sink;
+mod rotating;
 pub mod stream;
 
 use crate::config::{OutputFormat, Settings};
@@ -201,6 +203,8 @@ pub fn configured_streams(settings: &Settings) -> Vec<StreamSpec> {
         OutputFormat::Count => SinkSpec::Discard {},
         OutputFormat::Ndjson => SinkSpec::Ndjson {
             path: (!settings.output.path.is_empty()).then(|| settings.output.path.clone()),
+            rotate_bytes: None,
+            rotate_secs: None,
         },
     };
     vec![StreamSpec {

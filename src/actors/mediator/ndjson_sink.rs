@@ -1,29 +1,57 @@
 //! The `ndjson` sink: one JSON object per record (as `ipfixsvc dump` prints them), on standard
-//! output or appended to a file, written in large chunks.
+//! output, appended to a file, or into files finished by size and age (`rotating.rs`), written
+//! in large chunks.
 
+use super::rotating::Rotating;
 use crate::mediation::Records;
 use crate::wire::Registry;
 use crate::wire::ndjson::{Origin, write_record};
+use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Rendered bytes gathered before a write.
 const CHUNK: usize = 1 << 20;
 
+enum Out {
+    Plain(Box<dyn AsyncWrite + Send + Unpin>),
+    Rotating(Box<Rotating>),
+}
+
 pub struct NdjsonSink {
-    out: Box<dyn AsyncWrite + Send + Unpin>,
+    out: Out,
     buf: Vec<u8>,
+    /// Bytes rendered before they are written: `CHUNK`, or a quarter of `rotate_bytes` so a
+    /// rotated file passes its size by little.
+    chunk: usize,
     /// Records rendered into `buf`, not yet handed to the OS.
     buffered: u64,
     registry: Arc<Registry>,
 }
 
 impl NdjsonSink {
-    pub async fn open(path: Option<&str>, registry: Arc<Registry>) -> std::io::Result<NdjsonSink> {
-        let out: Box<dyn AsyncWrite + Send + Unpin> = match path {
-            None => Box::new(tokio::io::stdout()),
-            Some(p) => Box::new({
-                if let Some(dir) = std::path::Path::new(p).parent()
+    pub async fn open(
+        path: Option<&str>,
+        rotate: (Option<u64>, Option<u64>),
+        registry: Arc<Registry>,
+    ) -> std::io::Result<NdjsonSink> {
+        let out = match path {
+            None => Out::Plain(Box::new(tokio::io::stdout())),
+            Some(p) if rotate.0.is_some() || rotate.1.is_some() => {
+                let p = Path::new(p);
+                let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                let stem = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "records".into());
+                let ext = p
+                    .extension()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "ndjson".into());
+                Out::Rotating(Box::new(Rotating::new(dir, stem, ext, rotate.0, rotate.1)))
+            }
+            Some(p) => Out::Plain(Box::new({
+                if let Some(dir) = Path::new(p).parent()
                     && !dir.as_os_str().is_empty()
                 {
                     tokio::fs::create_dir_all(dir).await.map_err(|e| {
@@ -36,11 +64,15 @@ impl NdjsonSink {
                     .open(p)
                     .await
                     .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}")))?
-            }),
+            })),
         };
+        let chunk = rotate
+            .0
+            .map_or(CHUNK, |b| (b / 4).clamp(4096, CHUNK as u64) as usize);
         Ok(NdjsonSink {
             out,
-            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+            chunk,
+            buf: Vec::with_capacity(chunk + 64 * 1024),
             buffered: 0,
             registry,
         })
@@ -65,7 +97,7 @@ impl NdjsonSink {
                 for r in recs.rows(k) {
                     write_record(&mut self.buf, origin, msg, b, r, &self.registry);
                     self.buffered += 1;
-                    if self.buf.len() >= CHUNK {
+                    if self.buf.len() >= self.chunk {
                         written += self.flush().await?;
                     }
                 }
@@ -74,13 +106,45 @@ impl NdjsonSink {
         Ok(written)
     }
 
-    /// Hands everything rendered to the OS; returns how many records that was.
+    /// Hands everything rendered to the OS; returns how many records that was. A rotating
+    /// file past its size or age is finished first (records never straddle two files).
     pub async fn flush(&mut self) -> std::io::Result<u64> {
-        if !self.buf.is_empty() {
-            self.out.write_all(&self.buf).await?;
-            self.buf.clear();
+        match &mut self.out {
+            Out::Plain(o) => {
+                if !self.buf.is_empty() {
+                    o.write_all(&self.buf).await?;
+                }
+                o.flush().await?;
+            }
+            Out::Rotating(r) => {
+                if r.due() {
+                    r.finish().await?;
+                }
+                if !self.buf.is_empty() {
+                    r.write(&self.buf).await?;
+                }
+                r.flush().await?;
+            }
         }
-        self.out.flush().await?;
+        self.buf.clear();
         Ok(std::mem::take(&mut self.buffered))
+    }
+
+    /// A rotating file old enough is finished even when no record comes.
+    pub async fn tick(&mut self) -> std::io::Result<()> {
+        if let Out::Rotating(r) = &mut self.out
+            && r.due()
+        {
+            r.finish().await?;
+        }
+        Ok(())
+    }
+
+    /// The stream stops: the file being written is finished.
+    pub async fn close(&mut self) -> std::io::Result<()> {
+        if let Out::Rotating(r) = &mut self.out {
+            r.finish().await?;
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! bytes by the permits that travel with each message); it runs the records through the
 //! pipeline and hands what comes out to its sink.
 
+use super::ipfix_file_sink::IpfixFileSink;
 use super::ipfix_sink::IpfixSink;
 use super::ndjson_sink::NdjsonSink;
 use super::{Item, StreamStats};
@@ -46,6 +47,7 @@ enum Sink {
     Ndjson(NdjsonSink),
     Discard,
     Ipfix(Box<IpfixSink>),
+    IpfixFile(Box<IpfixFileSink>),
 }
 
 impl Sink {
@@ -55,9 +57,24 @@ impl Sink {
         stats: &Arc<StreamStats>,
     ) -> std::io::Result<Sink> {
         Ok(match &spec.sink {
-            SinkSpec::Ndjson { path } => {
-                Sink::Ndjson(NdjsonSink::open(path.as_deref(), registry).await?)
-            }
+            SinkSpec::Ndjson {
+                path,
+                rotate_bytes,
+                rotate_secs,
+            } => Sink::Ndjson(
+                NdjsonSink::open(path.as_deref(), (*rotate_bytes, *rotate_secs), registry).await?,
+            ),
+            SinkSpec::IpfixFile {
+                dir,
+                rotate_bytes,
+                rotate_secs,
+            } => Sink::IpfixFile(Box::new(IpfixFileSink::new(
+                dir,
+                &spec.name,
+                *rotate_bytes,
+                *rotate_secs,
+                stats.clone(),
+            ))),
             SinkSpec::Discard {} => Sink::Discard,
             SinkSpec::Ipfix {
                 transport,
@@ -82,6 +99,25 @@ impl Sink {
             Sink::Ndjson(s) => s.write(recs).await,
             Sink::Discard => Ok(recs.iter().map(|r| r.count() as u64).sum()),
             Sink::Ipfix(s) => s.write(recs).await,
+            Sink::IpfixFile(s) => s.write(recs).await,
+        }
+    }
+
+    /// Time-based work with no record: a rotating file old enough is finished.
+    async fn tick(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Ndjson(s) => s.tick().await,
+            Sink::IpfixFile(s) => s.tick().await,
+            Sink::Discard | Sink::Ipfix(_) => Ok(()),
+        }
+    }
+
+    /// The stream stops (or gets a new sink): files being written are finished.
+    async fn close(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Ndjson(s) => s.close().await,
+            Sink::IpfixFile(s) => s.close().await,
+            Sink::Discard | Sink::Ipfix(_) => Ok(()),
         }
     }
 
@@ -90,6 +126,7 @@ impl Sink {
             Sink::Ndjson(s) => s.flush().await,
             Sink::Discard => Ok(0),
             Sink::Ipfix(s) => s.flush().await,
+            Sink::IpfixFile(s) => s.flush().await.map(|()| 0),
         }
     }
 
@@ -97,7 +134,7 @@ impl Sink {
     fn buffered(&self) -> u64 {
         match self {
             Sink::Ndjson(s) => s.buffered(),
-            Sink::Discard | Sink::Ipfix(_) => 0,
+            Sink::Discard | Sink::Ipfix(_) | Sink::IpfixFile(_) => 0,
         }
     }
 }
@@ -227,11 +264,19 @@ impl Actor for ExportStream {
                 let out = state.pipeline.tick(now_ms());
                 state.write(out).await?;
                 state.flush().await?;
+                if let Err(e) = state.sink.tick().await {
+                    state.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(SinkFailed(e).into());
+                }
             }
             StreamMsg::Replace(args, reply) => {
                 let out = state.pipeline.finish(now_ms());
                 let done = match state.write(out).await {
                     Ok(()) => state.flush().await,
+                    Err(e) => Err(e),
+                };
+                let done = match done {
+                    Ok(()) => state.sink.close().await.map_err(SinkFailed),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = done {
@@ -261,6 +306,10 @@ impl Actor for ExportStream {
                 let out = state.pipeline.finish(now_ms());
                 let done = match state.write(out).await {
                     Ok(()) => state.flush().await,
+                    Err(e) => Err(e),
+                };
+                let done = match done {
+                    Ok(()) => state.sink.close().await.map_err(SinkFailed),
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(done.map_err(|e| e.to_string()));
