@@ -7,7 +7,7 @@ use crate::meter::capture::{CaptureReader, FileKind, sniff_reader};
 use crate::meter::messages::{Found, MessageFinder};
 use crate::meter::transport::Protocol;
 use crate::store::files::{Access, map_file};
-use crate::wire::ndjson::{self, Origin};
+use crate::wire::ndjson::Origin;
 use crate::wire::{
     DecodedMessage, Decoder, DecoderOptions, FramingError, MessageReader, MessageSlices, Registry,
     TemplateEvent, TemplateKind,
@@ -75,6 +75,7 @@ enum Mode {
 pub struct Dumper<W: Write> {
     out: W,
     line: Vec<u8>,
+    writer: crate::wire::ndjson_writer::RecordWriter,
     mode: Mode,
     registry: Arc<Registry>,
     pub counts: Counts,
@@ -104,6 +105,7 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
     let mut d = Dumper {
         out,
         line: Vec::with_capacity(4096),
+        writer: Default::default(),
         mode,
         registry,
         counts: Counts::default(),
@@ -322,23 +324,16 @@ impl<W: Write> Dumper<W> {
     }
 
     fn records(&mut self, exporter: &str, d: &DecodedMessage) -> std::io::Result<()> {
+        let origin = Origin {
+            exporter,
+            tenant: None,
+            domain: None,
+        };
         for b in &d.batches {
-            for r in 0..b.len() {
-                self.line.clear();
-                ndjson::write_record(
-                    &mut self.line,
-                    Origin {
-                        exporter,
-                        tenant: None,
-                        domain: None,
-                    },
-                    d,
-                    b,
-                    r,
-                    &self.registry,
-                );
-                self.out.write_all(&self.line)?;
-            }
+            self.line.clear();
+            self.writer
+                .write_rows(&mut self.line, origin, d, b, 0..b.len(), &self.registry);
+            self.out.write_all(&self.line)?;
         }
         Ok(())
     }

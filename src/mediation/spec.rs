@@ -448,6 +448,11 @@ impl Pipeline {
         })
     }
 
+    /// Takes every record as it is: no template match, no filter, no transform.
+    pub fn is_trivial(&self) -> bool {
+        self.templates.is_empty() && self.filter.is_none() && self.stages.is_empty()
+    }
+
     pub fn stats(&self) -> PipelineStats {
         let mut s = self.stats;
         for st in &self.stages {

@@ -11,6 +11,7 @@ pub mod framing;
 pub mod header;
 pub mod model;
 pub mod ndjson;
+pub mod ndjson_writer;
 pub mod netflow_v5;
 pub mod plan;
 pub mod registry;

@@ -37,6 +37,24 @@ pub fn write_record(
     r: usize,
     registry: &Registry,
 ) {
+    write_meta(out, origin, msg, batch);
+    let ctx = Ctx {
+        msg: &msg.buf,
+        templates: &msg.templates,
+        registry,
+    };
+    write_fields(out, &ctx, batch, r, 0, true);
+    out.extend_from_slice(b"}\n");
+}
+
+/// The `@` keys a line starts with (`{"@exporter":...`, no closing brace): the same for every
+/// record of a batch.
+pub(crate) fn write_meta(
+    out: &mut Vec<u8>,
+    origin: Origin<'_>,
+    msg: &DecodedMessage,
+    batch: &Batch,
+) {
     out.extend_from_slice(b"{\"@exporter\":");
     write_str(out, origin.exporter.as_bytes());
     if let Some(t) = origin.tenant {
@@ -62,13 +80,6 @@ pub fn write_record(
         out.extend_from_slice(b",\"@sysUptime\":");
         write_u64(out, up as u64);
     }
-    let ctx = Ctx {
-        msg: &msg.buf,
-        templates: &msg.templates,
-        registry,
-    };
-    write_fields(out, &ctx, batch, r, 0, true);
-    out.extend_from_slice(b"}\n");
 }
 
 struct Ctx<'a> {

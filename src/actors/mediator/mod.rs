@@ -107,6 +107,9 @@ struct Route {
     room: Arc<Semaphore>,
     to: ActorRef<StreamMsg>,
     stats: Arc<StreamStats>,
+    /// A `discard` stream that takes every record as it is: the session counts the records
+    /// itself (nothing to queue, nothing for the actor to do).
+    counts_only: bool,
 }
 
 impl Route {
@@ -162,6 +165,12 @@ impl Streams {
             let w = weight(&m);
             for r in routes.iter() {
                 if !r.takes(source, m.header.observation_domain) {
+                    continue;
+                }
+                if r.counts_only {
+                    let n = m.data_records() as u64;
+                    r.stats.records_in.fetch_add(n, Ordering::Relaxed);
+                    r.stats.records_out.fetch_add(n, Ordering::Relaxed);
                     continue;
                 }
                 let need = w.clamp(1, r.capacity as usize) as u32;
@@ -330,6 +339,7 @@ pub struct MediatorSupervisor;
 
 fn route(
     spec: &StreamSpec,
+    trivial: bool,
     capacity: u32,
     room: Arc<Semaphore>,
     to: ActorRef<StreamMsg>,
@@ -353,6 +363,7 @@ fn route(
         room,
         to,
         stats,
+        counts_only: matches!(spec.sink, SinkSpec::Discard {}) && trivial,
     })
 }
 
@@ -374,6 +385,7 @@ impl MediatorState {
         stats: Arc<StreamStats>,
     ) -> Result<(), ActorProcessingErr> {
         let pipeline = Pipeline::build(&spec, &self.args.registry)?;
+        let trivial = pipeline.is_trivial();
         let capacity = capacity_of(&spec);
         let room = Arc::new(Semaphore::new(capacity as usize));
         let (actor, _) = Actor::spawn_linked(
@@ -390,7 +402,7 @@ impl MediatorState {
             myself.get_cell(),
         )
         .await?;
-        let route = route(&spec, capacity, room, actor.clone(), stats);
+        let route = route(&spec, trivial, capacity, room, actor.clone(), stats);
         self.running.insert(
             key,
             Running {
@@ -411,6 +423,7 @@ impl MediatorState {
             return Err("not running".into());
         };
         let pipeline = Pipeline::build(&spec, &self.args.registry).map_err(|e| e.to_string())?;
+        let trivial = pipeline.is_trivial();
         let capacity = capacity_of(&spec);
         let room = Arc::new(Semaphore::new(capacity as usize));
         let stats = r.route.stats.clone();
@@ -429,7 +442,7 @@ impl MediatorState {
             Err(e) => return Err(format!("the stream did not answer: {e}")),
         }
         if let Some(r) = self.running.get_mut(key) {
-            r.route = route(&spec, capacity, room, actor, stats);
+            r.route = route(&spec, trivial, capacity, room, actor, stats);
             r.spec = spec;
         }
         self.publish();
