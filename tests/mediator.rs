@@ -732,3 +732,54 @@ fn rotated_files_are_whole_and_each_ipfix_file_reads_alone() {
     }
     assert_eq!(lines_total, 2 * 3979);
 }
+
+/// Re-export over UDP: messages within 1472 bytes, templates first, and node B decodes every
+/// record A received.
+#[test]
+fn a_stream_re_exports_over_udp_within_the_path_size() {
+    let b = Server::start("udp-b", &[]);
+    let dir = std::env::temp_dir().join(format!("ipfixsvc-test-{}-udp-config", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mediator.streams]]\nname = \"to-b\"\nsink = {{ kind = \"ipfix\", transport = \"udp\", to = \"{}\" }}\n",
+            b.udp
+        ),
+    )
+    .expect("config");
+    let a = Server::start(
+        "udp-a",
+        &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
+    );
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
+    s.write_all(&file).expect("send");
+    drop(s);
+    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    common::eventually("B has every record", Duration::from_secs(20), || {
+        b.output().len() >= 3979
+    });
+    assert_eq!(b.output().len(), 3979);
+    assert!(a.terminate().success());
+    let log = b.log.clone();
+    assert!(b.terminate().success());
+    // B's session (A's UDP socket): no sequence loss, no error, every record.
+    let ended: Vec<String> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|l| l.contains("exporter session ended"))
+        .cloned()
+        .collect();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    for k in ["lost=0 ", "errors=0 ", "records=3979 "] {
+        assert!(ended[0].contains(k), "{k}: {}", ended[0]);
+    }
+}
