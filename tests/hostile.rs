@@ -446,14 +446,19 @@ async fn a_flood_of_bad_datagrams_and_forged_sources_does_not_flood_the_log() {
     server.wait_log("ended", 1, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let malformed = server.log_lines("malformed").len();
-    let ended = server.log_lines("ended").len();
     assert!(
         malformed > 0 && malformed < 20,
         "{malformed} lines for 2,000 bad datagrams"
     );
+    // Each kind of line comes at powers of two of its count: at most 11 for 1,000. On a busy
+    // host some sessions reach their first-message deadline with their datagram still queued:
+    // those losses are a second series, also at powers of two.
+    let quiet = server.log_lines("ended without a data record").len();
+    let lost = server.log_lines("queued for an ended session").len();
     assert!(
-        ended > 0 && ended < 20,
-        "{ended} lines for 1,000 retired sessions"
+        quiet > 0 && quiet <= 11 && lost <= 11,
+        "{quiet} + {lost} lines for 1,000 retired sessions: {:?}",
+        server.log_lines("ended")
     );
 }
 

@@ -783,3 +783,89 @@ fn a_stream_re_exports_over_udp_within_the_path_size() {
         assert!(ended[0].contains(k), "{k}: {}", ended[0]);
     }
 }
+
+/// `redis_stream` with a real redis-server: one entry per record whose fields are the record's
+/// (the same values as the NDJSON stream's), or one per Data Set holding its lines; both hold
+/// every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stream_entries_hold_every_record() {
+    let redis = common::redis_server::RedisServer::start();
+    let url = redis.url();
+    let dir =
+        std::env::temp_dir().join(format!("ipfixsvc-test-{}-xadd-config", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let all = dir.join("all.ndjson");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mediator.streams]]\nname = \"all\"\nsink = {{ kind = \"ndjson\", path = \"{}\" }}\n\n[[mediator.streams]]\nname = \"records\"\nsink = {{ kind = \"redis_stream\", url = \"{url}\", key = \"flows:records\" }}\n\n[[mediator.streams]]\nname = \"batches\"\nsink = {{ kind = \"redis_stream\", url = \"{url}\", key = \"flows:batches\", entry = \"batch\" }}\n",
+            all.display()
+        ),
+    )
+    .expect("config");
+    let a = Server::start(
+        "xadd",
+        &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
+    );
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
+    s.write_all(&file).expect("send");
+    drop(s);
+    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    assert!(a.terminate().success(), "a clean drain");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let n: u64 = redis::cmd("XLEN")
+        .arg("flows:records")
+        .query_async(&mut c)
+        .await
+        .expect("XLEN");
+    assert_eq!(n, 3979);
+    // The first entry against the NDJSON stream's first line, field by field.
+    let first: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("flows:records")
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .expect("XRANGE");
+    let line = lines(&all).remove(0);
+    let entry = &first.ids[0].map;
+    for (k, v) in line.as_object().expect("object") {
+        let want = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let got: String =
+            redis::from_redis_value(entry.get(k).unwrap_or_else(|| panic!("{k}")).clone())
+                .expect("a string");
+        assert_eq!(got, want, "{k}");
+    }
+    let batches: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("flows:batches")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("XRANGE");
+    let in_batches: usize = batches
+        .ids
+        .iter()
+        .map(|e| {
+            let text: String = e.get("records").expect("records");
+            text.lines().count()
+        })
+        .sum();
+    assert_eq!(in_batches, 3979);
+}

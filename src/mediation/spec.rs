@@ -146,6 +146,30 @@ pub enum SinkSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_message_bytes: Option<u32>,
     },
+    /// `XADD` to a Redis stream, capped with `MAXLEN ~`: other consumers read flows from Redis.
+    RedisStream {
+        /// `redis://host:port` (or `rediss://`, `unix://`).
+        url: String,
+        /// The stream's key (not under `ipfix:`, the service's own keys).
+        key: String,
+        /// `MAXLEN ~` (default 1,000,000 entries).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maxlen: Option<u64>,
+        /// `record` (default) or `batch`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entry: Option<StreamEntry>,
+    },
+}
+
+/// What one `redis_stream` entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEntry {
+    /// One entry per record: fields are element names (and `@` metadata), values as NDJSON
+    /// writes them (strings without their quotes).
+    Record,
+    /// One entry per Data Set: field `records`, the NDJSON lines.
+    Batch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -167,12 +191,13 @@ impl SinkSpec {
                 SinkTransport::Tcp => OnFull::Block,
                 SinkTransport::Udp => OnFull::Drop,
             },
+            SinkSpec::RedisStream { .. } => OnFull::Drop,
         }
     }
 
     /// Sends over the network (an operator allows these for tenants' streams).
     pub fn is_network(&self) -> bool {
-        matches!(self, SinkSpec::Ipfix { .. })
+        matches!(self, SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. })
     }
 }
 
@@ -408,6 +433,31 @@ impl Pipeline {
                 "sink.path",
                 "is empty (leave it out for standard output)".into(),
             ));
+        }
+        if let SinkSpec::RedisStream {
+            url, key, maxlen, ..
+        } = &spec.sink
+        {
+            if !["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return Err(err(
+                    "sink.url",
+                    format!("{url:?} is not a redis://, rediss:// or unix:// URL"),
+                ));
+            }
+            if key.is_empty() || key.starts_with("ipfix:") || key.len() > 256 {
+                return Err(err(
+                    "sink.key",
+                    format!(
+                        "{key:?} must be 1 to 256 bytes and not under ipfix: (the service's own keys)"
+                    ),
+                ));
+            }
+            if maxlen.is_some_and(|m| m == 0) {
+                return Err(err("sink.maxlen", "must be at least 1".into()));
+            }
         }
         if let SinkSpec::Ipfix {
             to,
@@ -700,7 +750,7 @@ pub fn for_tenant(
             };
         }
         SinkSpec::Discard {} => {}
-        SinkSpec::Ipfix { .. } => {
+        SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. } => {
             if !network_sinks {
                 return Err(err(
                     "sink.kind",

@@ -10,32 +10,16 @@
 //! UDP: no connection; templates again every `template_refresh_secs`.
 
 use super::StreamStats;
+use super::breaker::{Breaker, Gate};
 use crate::mediation::Records;
 use crate::mediation::export::Reexporter;
 use crate::mediation::spec::{OnFull, SinkTransport};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
-/// The breaker's states, as `StreamState.breaker` shows them.
-pub const CLOSED: u8 = 0;
-pub const OPEN: u8 = 1;
-pub const HALF_OPEN: u8 = 2;
-
-pub fn breaker_name(b: u8) -> &'static str {
-    match b {
-        OPEN => "open",
-        HALF_OPEN => "half-open",
-        _ => "closed",
-    }
-}
-
-/// Failures in a row that open the breaker.
-const TRIP_AFTER: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 
 enum Socket {
@@ -47,13 +31,8 @@ pub struct IpfixSink {
     to: String,
     socket: Socket,
     reexporter: Reexporter,
-    policy: OnFull,
     stats: Arc<StreamStats>,
-    breaker: Arc<AtomicU8>,
-    failures: u32,
-    backoff: Duration,
-    /// No attempt before this (the breaker is open until then).
-    next_try: Instant,
+    breaker: Breaker,
     refresh: Duration,
     last_refresh: Instant,
 }
@@ -70,23 +49,17 @@ impl IpfixSink {
         max_message: Option<u32>,
         policy: OnFull,
         stats: Arc<StreamStats>,
-        breaker: Arc<AtomicU8>,
     ) -> IpfixSink {
         let (socket, default_max) = match transport {
             SinkTransport::Tcp => (Socket::Tcp(None), 65535),
             SinkTransport::Udp => (Socket::Udp(None), 1472),
         };
-        breaker.store(CLOSED, Ordering::Relaxed);
         IpfixSink {
+            breaker: Breaker::new(to.clone(), policy, stats.clone()),
             to,
             socket,
             reexporter: Reexporter::new(max_message.map_or(default_max, |m| m as usize)),
-            policy,
             stats,
-            breaker,
-            failures: 0,
-            backoff: FIRST_BACKOFF,
-            next_try: Instant::now(),
             refresh: Duration::from_secs(refresh_secs.unwrap_or(60) as u64),
             last_refresh: Instant::now(),
         }
@@ -134,29 +107,11 @@ impl IpfixSink {
     }
 
     fn failed(&mut self, e: &std::io::Error) {
-        self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
         match &mut self.socket {
             Socket::Tcp(s) => *s = None,
             Socket::Udp(s) => *s = None,
         }
-        self.failures += 1;
-        self.next_try = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        if self.failures >= TRIP_AFTER {
-            if self.breaker.swap(OPEN, Ordering::Relaxed) != OPEN {
-                tracing::warn!(to = %self.to, error = %e, failures = self.failures, "IPFIX sink: circuit breaker open");
-            }
-        } else {
-            tracing::debug!(to = %self.to, error = %e, "IPFIX sink: send failed, will reconnect");
-        }
-    }
-
-    fn succeeded(&mut self) {
-        if self.breaker.swap(CLOSED, Ordering::Relaxed) != CLOSED {
-            tracing::info!(to = %self.to, "IPFIX sink: connected again, circuit breaker closed");
-        }
-        self.failures = 0;
-        self.backoff = FIRST_BACKOFF;
+        self.breaker.failed(e);
     }
 
     /// Sends every finished message.
@@ -192,17 +147,9 @@ impl IpfixSink {
         }
         loop {
             if !self.connected() {
-                let now = Instant::now();
-                if now < self.next_try {
-                    if self.policy == OnFull::Drop && self.breaker.load(Ordering::Relaxed) == OPEN {
-                        // Open: drop and count until the probe is due.
-                        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                        return Ok(0);
-                    }
-                    tokio::time::sleep_until(self.next_try.into()).await;
-                }
-                if self.breaker.load(Ordering::Relaxed) == OPEN {
-                    self.breaker.store(HALF_OPEN, Ordering::Relaxed);
+                if let Gate::Drop = self.breaker.gate().await {
+                    self.breaker.drop_records(n);
+                    return Ok(0);
                 }
                 if let Err(e) = self.connect().await {
                     self.failed(&e);
@@ -221,7 +168,7 @@ impl IpfixSink {
             self.reexporter.flush();
             match self.send_ready().await {
                 Ok(()) => {
-                    self.succeeded();
+                    self.breaker.succeeded();
                     self.stats.filtered.fetch_add(skipped, Ordering::Relaxed);
                     return Ok(n - skipped);
                 }

@@ -13,9 +13,11 @@
 //! restarted rather than kept running while it loses records. On drain (after the sessions),
 //! every stream works through its mailbox, flushes its aggregates and its sink, and stops.
 
+mod breaker;
 mod ipfix_file_sink;
 mod ipfix_sink;
 mod ndjson_sink;
+mod redis_sink;
 mod rotating;
 pub mod stream;
 
@@ -49,7 +51,7 @@ pub struct StreamStats {
     pub dropped: AtomicU64,
     pub sink_errors: AtomicU64,
     pub restarts: AtomicU64,
-    /// A network sink's circuit breaker (`ipfix_sink::CLOSED`, `OPEN`, `HALF_OPEN`).
+    /// A network sink's circuit breaker (`breaker::CLOSED`, `OPEN`, `HALF_OPEN`).
     pub breaker: Arc<std::sync::atomic::AtomicU8>,
 }
 
@@ -570,7 +572,7 @@ impl MediatorState {
             dropped: s.dropped.load(Ordering::Relaxed),
             sink_errors: s.sink_errors.load(Ordering::Relaxed),
             restarts: s.restarts.load(Ordering::Relaxed),
-            breaker: ipfix_sink::breaker_name(s.breaker.load(Ordering::Relaxed)).into(),
+            breaker: breaker::breaker_name(s.breaker.load(Ordering::Relaxed)).into(),
             node: self.args.node.clone(),
             ..StreamState::default()
         };

@@ -5,6 +5,7 @@
 use super::ipfix_file_sink::IpfixFileSink;
 use super::ipfix_sink::IpfixSink;
 use super::ndjson_sink::NdjsonSink;
+use super::redis_sink::RedisSink;
 use super::{Item, StreamStats};
 use crate::mediation::Records;
 use crate::mediation::spec::{Pipeline, PipelineStats, SinkSpec, StreamSpec};
@@ -48,6 +49,7 @@ enum Sink {
     Discard,
     Ipfix(Box<IpfixSink>),
     IpfixFile(Box<IpfixFileSink>),
+    Redis(Box<RedisSink>),
 }
 
 impl Sink {
@@ -76,6 +78,20 @@ impl Sink {
                 stats.clone(),
             ))),
             SinkSpec::Discard {} => Sink::Discard,
+            SinkSpec::RedisStream {
+                url,
+                key,
+                maxlen,
+                entry,
+            } => Sink::Redis(Box::new(RedisSink::new(
+                url,
+                key.clone(),
+                *maxlen,
+                *entry,
+                spec.on_full.unwrap_or(spec.sink.default_on_full()),
+                stats.clone(),
+                registry,
+            ))),
             SinkSpec::Ipfix {
                 transport,
                 to,
@@ -88,7 +104,6 @@ impl Sink {
                 *max_message_bytes,
                 spec.on_full.unwrap_or(spec.sink.default_on_full()),
                 stats.clone(),
-                stats.breaker.clone(),
             ))),
         })
     }
@@ -100,6 +115,7 @@ impl Sink {
             Sink::Discard => Ok(recs.iter().map(|r| r.count() as u64).sum()),
             Sink::Ipfix(s) => s.write(recs).await,
             Sink::IpfixFile(s) => s.write(recs).await,
+            Sink::Redis(s) => s.write(recs).await,
         }
     }
 
@@ -108,7 +124,7 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.tick().await,
             Sink::IpfixFile(s) => s.tick().await,
-            Sink::Discard | Sink::Ipfix(_) => Ok(()),
+            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) => Ok(()),
         }
     }
 
@@ -117,7 +133,7 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.close().await,
             Sink::IpfixFile(s) => s.close().await,
-            Sink::Discard | Sink::Ipfix(_) => Ok(()),
+            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) => Ok(()),
         }
     }
 
@@ -127,6 +143,7 @@ impl Sink {
             Sink::Discard => Ok(0),
             Sink::Ipfix(s) => s.flush().await,
             Sink::IpfixFile(s) => s.flush().await.map(|()| 0),
+            Sink::Redis(_) => Ok(0),
         }
     }
 
@@ -134,7 +151,7 @@ impl Sink {
     fn buffered(&self) -> u64 {
         match self {
             Sink::Ndjson(s) => s.buffered(),
-            Sink::Discard | Sink::Ipfix(_) | Sink::IpfixFile(_) => 0,
+            Sink::Discard | Sink::Ipfix(_) | Sink::IpfixFile(_) | Sink::Redis(_) => 0,
         }
     }
 }
