@@ -869,3 +869,89 @@ async fn redis_stream_entries_hold_every_record() {
         .sum();
     assert_eq!(in_batches, 3979);
 }
+
+/// `http` against a local server that answers 503 to its first requests: the batches are sent
+/// again until taken, and the server gets every record once, as JSON arrays of at most
+/// `batch_records` objects.
+#[test]
+fn an_http_sink_retries_until_the_server_takes_every_record() {
+    use std::io::{BufRead, BufReader, Read};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let at = server.local_addr().expect("addr");
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        let mut requests = 0;
+        for c in server.incoming() {
+            let Ok(c) = c else { return };
+            let mut r = BufReader::new(c);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            requests += 1;
+            let status = if requests <= 2 {
+                "503 Service Unavailable"
+            } else {
+                let v: Value = serde_json::from_slice(&body).expect("a JSON array");
+                seen.lock()
+                    .expect("seen")
+                    .push(v.as_array().map_or(0, Vec::len));
+                "200 OK"
+            };
+            let _ = r.get_mut().write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    let dir =
+        std::env::temp_dir().join(format!("ipfixsvc-test-{}-http-config", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mediator.streams]]\nname = \"store\"\non_full = \"block\"\nsink = {{ kind = \"http\", url = \"http://{at}/ingest\", batch_records = 500 }}\n"
+        ),
+    )
+    .expect("config");
+    let a = Server::start(
+        "http",
+        &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
+    );
+    let file = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix");
+    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
+    s.write_all(&file).expect("send");
+    drop(s);
+    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    common::eventually(
+        "the server took every record",
+        Duration::from_secs(20),
+        || got.lock().expect("got").iter().sum::<usize>() >= 3979,
+    );
+    assert!(a.terminate().success());
+    let sizes = got.lock().expect("got").clone();
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        3979,
+        "every record once: {sizes:?}"
+    );
+    assert!(sizes.iter().all(|n| *n <= 500), "{sizes:?}");
+}

@@ -146,6 +146,17 @@ pub enum SinkSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_message_bytes: Option<u32>,
     },
+    /// Batches of records POSTed as a JSON array (a flow store's ingest endpoint), retried.
+    Http {
+        /// `http://host:port/path`.
+        url: String,
+        /// Records per request at most (default 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch_records: Option<u32>,
+        /// Seconds a request may take (default 10).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u32>,
+    },
     /// `XADD` to a Redis stream, capped with `MAXLEN ~`: other consumers read flows from Redis.
     RedisStream {
         /// `redis://host:port` (or `rediss://`, `unix://`).
@@ -191,13 +202,16 @@ impl SinkSpec {
                 SinkTransport::Tcp => OnFull::Block,
                 SinkTransport::Udp => OnFull::Drop,
             },
-            SinkSpec::RedisStream { .. } => OnFull::Drop,
+            SinkSpec::RedisStream { .. } | SinkSpec::Http { .. } => OnFull::Drop,
         }
     }
 
     /// Sends over the network (an operator allows these for tenants' streams).
     pub fn is_network(&self) -> bool {
-        matches!(self, SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. })
+        matches!(
+            self,
+            SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. } | SinkSpec::Http { .. }
+        )
     }
 }
 
@@ -433,6 +447,25 @@ impl Pipeline {
                 "sink.path",
                 "is empty (leave it out for standard output)".into(),
             ));
+        }
+        if let SinkSpec::Http {
+            url,
+            batch_records,
+            timeout_secs,
+        } = &spec.sink
+        {
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                return Err(err(
+                    "sink.url",
+                    format!("{url:?} is not an http:// URL (https is not built yet)"),
+                ));
+            }
+            if batch_records.is_some_and(|b| b == 0 || b > 100_000) {
+                return Err(err("sink.batch_records", "must be 1 to 100000".into()));
+            }
+            if timeout_secs.is_some_and(|t| t == 0) {
+                return Err(err("sink.timeout_secs", "must be at least 1".into()));
+            }
         }
         if let SinkSpec::RedisStream {
             url, key, maxlen, ..
@@ -750,7 +783,7 @@ pub fn for_tenant(
             };
         }
         SinkSpec::Discard {} => {}
-        SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. } => {
+        SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. } | SinkSpec::Http { .. } => {
             if !network_sinks {
                 return Err(err(
                     "sink.kind",

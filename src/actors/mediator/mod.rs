@@ -14,6 +14,7 @@
 //! every stream works through its mailbox, flushes its aggregates and its sink, and stops.
 
 mod breaker;
+mod http_sink;
 mod ipfix_file_sink;
 mod ipfix_sink;
 mod ndjson_sink;

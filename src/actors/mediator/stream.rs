@@ -2,6 +2,7 @@
 //! bytes by the permits that travel with each message); it runs the records through the
 //! pipeline and hands what comes out to its sink.
 
+use super::http_sink::HttpSink;
 use super::ipfix_file_sink::IpfixFileSink;
 use super::ipfix_sink::IpfixSink;
 use super::ndjson_sink::NdjsonSink;
@@ -50,6 +51,7 @@ enum Sink {
     Ipfix(Box<IpfixSink>),
     IpfixFile(Box<IpfixFileSink>),
     Redis(Box<RedisSink>),
+    Http(Box<HttpSink>),
 }
 
 impl Sink {
@@ -78,6 +80,18 @@ impl Sink {
                 stats.clone(),
             ))),
             SinkSpec::Discard {} => Sink::Discard,
+            SinkSpec::Http {
+                url,
+                batch_records,
+                timeout_secs,
+            } => Sink::Http(Box::new(HttpSink::new(
+                url.clone(),
+                *batch_records,
+                *timeout_secs,
+                spec.on_full.unwrap_or(spec.sink.default_on_full()),
+                stats.clone(),
+                registry,
+            ))),
             SinkSpec::RedisStream {
                 url,
                 key,
@@ -116,6 +130,7 @@ impl Sink {
             Sink::Ipfix(s) => s.write(recs).await,
             Sink::IpfixFile(s) => s.write(recs).await,
             Sink::Redis(s) => s.write(recs).await,
+            Sink::Http(s) => s.write(recs).await,
         }
     }
 
@@ -124,7 +139,7 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.tick().await,
             Sink::IpfixFile(s) => s.tick().await,
-            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) => Ok(()),
+            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) => Ok(()),
         }
     }
 
@@ -133,7 +148,7 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.close().await,
             Sink::IpfixFile(s) => s.close().await,
-            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) => Ok(()),
+            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) => Ok(()),
         }
     }
 
@@ -143,7 +158,7 @@ impl Sink {
             Sink::Discard => Ok(0),
             Sink::Ipfix(s) => s.flush().await,
             Sink::IpfixFile(s) => s.flush().await.map(|()| 0),
-            Sink::Redis(_) => Ok(0),
+            Sink::Redis(_) | Sink::Http(_) => Ok(0),
         }
     }
 
@@ -151,7 +166,11 @@ impl Sink {
     fn buffered(&self) -> u64 {
         match self {
             Sink::Ndjson(s) => s.buffered(),
-            Sink::Discard | Sink::Ipfix(_) | Sink::IpfixFile(_) | Sink::Redis(_) => 0,
+            Sink::Discard
+            | Sink::Ipfix(_)
+            | Sink::IpfixFile(_)
+            | Sink::Redis(_)
+            | Sink::Http(_) => 0,
         }
     }
 }
