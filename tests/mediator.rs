@@ -11,6 +11,34 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// example_flows.ipfix: 3979 records (dump's count; tests/tshark_oracle.rs holds dump to tshark).
+fn example() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ipfix/example_flows.ipfix"
+    ))
+    .expect("example_flows.ipfix")
+}
+
+/// Sends `file` on a new TCP connection to `server` and waits until `n` sessions have ended.
+fn send(server: &Server, file: &[u8], n: usize) {
+    let mut s = std::net::TcpStream::connect(server.tcp).expect("connect");
+    s.write_all(file).expect("send");
+    drop(s);
+    server.wait_log("exporter session ended", n, Duration::from_secs(20));
+}
+
+/// A fresh folder for a test's configuration (not the Server's own, which it empties).
+fn config_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ipfixsvc-test-{}-{name}-config",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
 fn lines(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -21,12 +49,7 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn configured_streams_filter_truncate_and_keep_what_the_full_stream_says() {
-    let dir = std::env::temp_dir().join(format!(
-        "ipfixsvc-test-{}-streams-config",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = config_dir("streams");
     let (all, web) = (dir.join("all.ndjson"), dir.join("web.ndjson"));
     let config = dir.join("config.toml");
     std::fs::write(
@@ -56,15 +79,8 @@ on_full = "block"
         "mediator",
         &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
     );
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
-    let mut s = std::net::TcpStream::connect(server.tcp).expect("connect");
-    s.write_all(&file).expect("send");
-    drop(s);
-    server.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    let file = example();
+    send(&server, &file, 1);
     let status = server.terminate();
     assert!(status.success(), "serve exits 0 after its drain: {status}");
 
@@ -159,12 +175,7 @@ fn a_stream_that_does_not_check_is_refused_at_start_naming_the_field() {
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_stream_is_restarted_with_its_configuration_and_counted() {
-    let dir = std::env::temp_dir().join(format!(
-        "ipfixsvc-test-{}-streams-panic-config",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = config_dir("streams-panic");
     let out = dir.join("flaky.ndjson");
     let config = dir.join("config.toml");
     std::fs::write(
@@ -186,11 +197,7 @@ async fn a_panicking_stream_is_restarted_with_its_configuration_and_counted() {
         ],
     );
     let api = common::api_addr(&server);
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
+    let file = example();
     let send = |n: usize| {
         let mut s = std::net::TcpStream::connect(server.tcp).expect("connect");
         s.write_all(&file).expect("send");
@@ -307,15 +314,8 @@ sink = {{ kind = "ipfix", transport = "tcp", to = "{}" }}
         "chain-a",
         &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
     );
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
-    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
-    s.write_all(&file).expect("send");
-    drop(s);
-    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    let file = example();
+    send(&a, &file, 1);
     common::eventually("B has every record", Duration::from_secs(20), || {
         b.output().len() >= 3979
     });
@@ -420,11 +420,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_peer_slows_the_exporter_with_block_and_is_counted_with_drop() {
     const COPIES: usize = 60;
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
+    let file = example();
     for policy in ["block", "drop"] {
         let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("peer");
         let peer_at = peer.local_addr().expect("addr");
@@ -557,12 +553,7 @@ async fn stream_figures(api: std::net::SocketAddr, token: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_is_down_opens_the_breaker_and_a_probe_closes_it() {
     let port = common::free_port();
-    let dir = std::env::temp_dir().join(format!(
-        "ipfixsvc-test-{}-breaker-config",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = config_dir("breaker");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -583,11 +574,7 @@ async fn a_peer_that_is_down_opens_the_breaker_and_a_probe_closes_it() {
     );
     let api = common::api_addr(&a);
     let token = common::admin_token(&storage);
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
+    let file = example();
     let send = |n: usize| {
         let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
         s.write_all(&file).expect("send");
@@ -641,12 +628,7 @@ async fn a_peer_that_is_down_opens_the_breaker_and_a_probe_closes_it() {
 #[test]
 fn rotated_files_are_whole_and_each_ipfix_file_reads_alone() {
     common::need("tshark");
-    let dir = std::env::temp_dir().join(format!(
-        "ipfixsvc-test-{}-rotate-config",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = config_dir("rotate");
     let (store, ndjson) = (dir.join("store"), dir.join("ndjson"));
     let config = dir.join("config.toml");
     std::fs::write(
@@ -662,11 +644,7 @@ fn rotated_files_are_whole_and_each_ipfix_file_reads_alone() {
         "rotate",
         &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
     );
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
+    let file = example();
     for n in 1..=2 {
         let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
         s.write_all(&file).expect("send");
@@ -738,9 +716,7 @@ fn rotated_files_are_whole_and_each_ipfix_file_reads_alone() {
 #[test]
 fn a_stream_re_exports_over_udp_within_the_path_size() {
     let b = Server::start("udp-b", &[]);
-    let dir = std::env::temp_dir().join(format!("ipfixsvc-test-{}-udp-config", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = config_dir("udp");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -754,15 +730,8 @@ fn a_stream_re_exports_over_udp_within_the_path_size() {
         "udp-a",
         &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
     );
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
-    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
-    s.write_all(&file).expect("send");
-    drop(s);
-    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    let file = example();
+    send(&a, &file, 1);
     common::eventually("B has every record", Duration::from_secs(20), || {
         b.output().len() >= 3979
     });
@@ -809,15 +778,8 @@ async fn redis_stream_entries_hold_every_record() {
         "xadd",
         &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
     );
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
-    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
-    s.write_all(&file).expect("send");
-    drop(s);
-    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    let file = example();
+    send(&a, &file, 1);
     assert!(a.terminate().success(), "a clean drain");
     let client = redis::Client::open(url.as_str()).expect("client");
     let mut c = client
@@ -932,15 +894,8 @@ fn an_http_sink_retries_until_the_server_takes_every_record() {
         "http",
         &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
     );
-    let file = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/ipfix/example_flows.ipfix"
-    ))
-    .expect("example_flows.ipfix");
-    let mut s = std::net::TcpStream::connect(a.tcp).expect("connect");
-    s.write_all(&file).expect("send");
-    drop(s);
-    a.wait_log("exporter session ended", 1, Duration::from_secs(20));
+    let file = example();
+    send(&a, &file, 1);
     common::eventually(
         "the server took every record",
         Duration::from_secs(20),

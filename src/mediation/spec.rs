@@ -179,7 +179,7 @@ pub enum StreamEntry {
     /// One entry per record: fields are element names (and `@` metadata), values as NDJSON
     /// writes them (strings without their quotes).
     Record,
-    /// One entry per Data Set: field `records`, the NDJSON lines.
+    /// One entry per IPFIX message: field `records`, the NDJSON lines of its records.
     Batch,
 }
 

@@ -6,10 +6,10 @@
 
 use super::StreamStats;
 use super::breaker::{Breaker, Gate};
+use super::ndjson_sink::render;
 use crate::mediation::Records;
 use crate::mediation::spec::OnFull;
 use crate::wire::Registry;
-use crate::wire::ndjson::Origin;
 use crate::wire::ndjson_writer::RecordWriter;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -61,16 +61,7 @@ impl HttpSink {
     fn bodies(&mut self, recs: &[Records]) -> Vec<(Vec<u8>, u64)> {
         let mut lines = Vec::new();
         for r in recs {
-            let msg = &r.msg;
-            let origin = Origin {
-                exporter: &r.source.exporter,
-                tenant: Some(&r.source.tenant),
-                domain: (r.domain != msg.header.observation_domain).then_some(r.domain),
-            };
-            for (k, b) in msg.batches.iter().enumerate() {
-                self.writer
-                    .write_rows(&mut lines, origin, msg, b, r.rows(k), &self.registry);
-            }
+            render(&mut lines, &mut self.writer, r, &self.registry);
         }
         let mut out = Vec::new();
         let mut body = vec![b'['];

@@ -387,21 +387,12 @@ impl MediatorState {
         origin: Origin,
         stats: Arc<StreamStats>,
     ) -> Result<(), ActorProcessingErr> {
-        let pipeline = Pipeline::build(&spec, &self.args.registry)?;
-        let trivial = pipeline.is_trivial();
-        let capacity = capacity_of(&spec);
-        let room = Arc::new(Semaphore::new(capacity as usize));
+        let (args, trivial) = self.stream_args(&spec, stats.clone())?;
+        let (capacity, room) = (args.capacity, args.room.clone());
         let (actor, _) = Actor::spawn_linked(
             Some(format!("stream/{key}")),
             ExportStream,
-            StreamArgs {
-                spec: spec.clone(),
-                pipeline,
-                registry: self.args.registry.clone(),
-                stats: stats.clone(),
-                room: room.clone(),
-                capacity,
-            },
+            args,
             myself.get_cell(),
         )
         .await?;
@@ -420,25 +411,38 @@ impl MediatorState {
         Ok(())
     }
 
+    /// What an ExportStream runs for `spec` (a fresh queue bound), and whether its pipeline
+    /// takes every record as it is.
+    fn stream_args(
+        &self,
+        spec: &StreamSpec,
+        stats: Arc<StreamStats>,
+    ) -> Result<(StreamArgs, bool), crate::mediation::spec::SpecError> {
+        let pipeline = Pipeline::build(spec, &self.args.registry)?;
+        let trivial = pipeline.is_trivial();
+        let capacity = capacity_of(spec);
+        let args = StreamArgs {
+            spec: spec.clone(),
+            pipeline,
+            registry: self.args.registry.clone(),
+            stats,
+            room: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+        };
+        Ok((args, trivial))
+    }
+
     /// Gives the running stream `key` a new configuration without a gap.
     async fn replace(&mut self, key: &str, spec: StreamSpec) -> Result<(), String> {
         let Some(r) = self.running.get(key) else {
             return Err("not running".into());
         };
-        let pipeline = Pipeline::build(&spec, &self.args.registry).map_err(|e| e.to_string())?;
-        let trivial = pipeline.is_trivial();
-        let capacity = capacity_of(&spec);
-        let room = Arc::new(Semaphore::new(capacity as usize));
         let stats = r.route.stats.clone();
         let actor = r.actor.clone();
-        let args = StreamArgs {
-            spec: spec.clone(),
-            pipeline,
-            registry: self.args.registry.clone(),
-            stats: stats.clone(),
-            room: room.clone(),
-            capacity,
-        };
+        let (args, trivial) = self
+            .stream_args(&spec, stats.clone())
+            .map_err(|e| e.to_string())?;
+        let (capacity, room) = (args.capacity, args.room.clone());
         match ractor::call_t!(actor, StreamMsg::Replace, FINISH_WITHIN_MS, Box::new(args)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),

@@ -11,6 +11,20 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+/// Appends the NDJSON lines of every record of `recs` that is in (their metadata as each
+/// one's source and domain say) to `out`.
+pub fn render(out: &mut Vec<u8>, writer: &mut RecordWriter, recs: &Records, registry: &Registry) {
+    let msg = &recs.msg;
+    let origin = Origin {
+        exporter: &recs.source.exporter,
+        tenant: Some(&recs.source.tenant),
+        domain: (recs.domain != msg.header.observation_domain).then_some(recs.domain),
+    };
+    for (k, b) in msg.batches.iter().enumerate() {
+        writer.write_rows(out, origin, msg, b, recs.rows(k), registry);
+    }
+}
+
 /// Rendered bytes gathered before a write.
 const CHUNK: usize = 1 << 20;
 

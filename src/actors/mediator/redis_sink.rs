@@ -1,14 +1,14 @@
 //! The `redis_stream` sink: `XADD key MAXLEN ~ N * field value ...`, one entry per record (its
-//! NDJSON object's keys and values, strings without their quotes) or per Data Set (field
-//! `records`: the NDJSON lines), pipelined per write. A failed write is retried whole after a
+//! NDJSON object's keys and values, strings without their quotes) or per message (field
+//! `records`: the NDJSON lines of its records), pipelined per write. A failed write is retried whole after a
 //! reconnect (at least once); the backoff and breaker are `breaker.rs`'s.
 
 use super::StreamStats;
 use super::breaker::{Breaker, Gate};
+use super::ndjson_sink::render;
 use crate::mediation::Records;
 use crate::mediation::spec::{OnFull, StreamEntry};
 use crate::wire::Registry;
-use crate::wire::ndjson::Origin;
 use crate::wire::ndjson_writer::RecordWriter;
 use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
@@ -71,47 +71,37 @@ impl RedisSink {
     fn commands(&mut self, recs: &[Records]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         for r in recs {
-            let msg = &r.msg;
-            let origin = Origin {
-                exporter: &r.source.exporter,
-                tenant: Some(&r.source.tenant),
-                domain: (r.domain != msg.header.observation_domain).then_some(r.domain),
-            };
-            for (k, b) in msg.batches.iter().enumerate() {
-                let mut lines = std::mem::take(&mut self.lines);
-                lines.clear();
-                self.writer
-                    .write_rows(&mut lines, origin, msg, b, r.rows(k), &self.registry);
-                if lines.is_empty() {
-                    self.lines = lines;
-                    continue;
+            let mut lines = std::mem::take(&mut self.lines);
+            lines.clear();
+            render(&mut lines, &mut self.writer, r, &self.registry);
+            if lines.is_empty() {
+                self.lines = lines;
+                continue;
+            }
+            match self.entry {
+                StreamEntry::Batch => {
+                    let mut c = self.xadd();
+                    c.arg("records").arg(&lines[..]);
+                    pipe.add_command(c).ignore();
                 }
-                match self.entry {
-                    StreamEntry::Batch => {
+                StreamEntry::Record => {
+                    for line in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                        let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line) else {
+                            continue;
+                        };
                         let mut c = self.xadd();
-                        c.arg("records").arg(&lines[..]);
+                        for (name, v) in o {
+                            let text = match v {
+                                serde_json::Value::String(s) => s,
+                                other => other.to_string(),
+                            };
+                            c.arg(name).arg(text);
+                        }
                         pipe.add_command(c).ignore();
                     }
-                    StreamEntry::Record => {
-                        for line in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-                            let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line)
-                            else {
-                                continue;
-                            };
-                            let mut c = self.xadd();
-                            for (name, v) in o {
-                                let text = match v {
-                                    serde_json::Value::String(s) => s,
-                                    other => other.to_string(),
-                                };
-                                c.arg(name).arg(text);
-                            }
-                            pipe.add_command(c).ignore();
-                        }
-                    }
                 }
-                self.lines = lines;
             }
+            self.lines = lines;
         }
         pipe
     }

@@ -230,6 +230,16 @@ impl StreamState {
     }
 }
 
+impl StreamState {
+    /// Everything held goes out: aggregates, the sink's buffer, the file being written.
+    async fn wind_up(&mut self) -> Result<(), SinkFailed> {
+        let out = self.pipeline.finish(now_ms());
+        self.write(out).await?;
+        self.flush().await?;
+        self.sink.close().await.map_err(SinkFailed)
+    }
+}
+
 impl Drop for StreamState {
     /// Records rendered but never written (the actor panicked, or its sink failed) are lost:
     /// counted, so records in = out + filtered + dropped holds.
@@ -306,16 +316,7 @@ impl Actor for ExportStream {
                 }
             }
             StreamMsg::Replace(args, reply) => {
-                let out = state.pipeline.finish(now_ms());
-                let done = match state.write(out).await {
-                    Ok(()) => state.flush().await,
-                    Err(e) => Err(e),
-                };
-                let done = match done {
-                    Ok(()) => state.sink.close().await.map_err(SinkFailed),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = done {
+                if let Err(e) = state.wind_up().await {
                     let _ = reply.send(Err(e.to_string()));
                     return Err(e.into());
                 }
@@ -339,15 +340,7 @@ impl Actor for ExportStream {
                 }
             }
             StreamMsg::Finish(reply) => {
-                let out = state.pipeline.finish(now_ms());
-                let done = match state.write(out).await {
-                    Ok(()) => state.flush().await,
-                    Err(e) => Err(e),
-                };
-                let done = match done {
-                    Ok(()) => state.sink.close().await.map_err(SinkFailed),
-                    Err(e) => Err(e),
-                };
+                let done = state.wind_up().await;
                 let _ = reply.send(done.map_err(|e| e.to_string()));
                 myself.stop(Some("drained".into()));
             }
