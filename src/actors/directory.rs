@@ -145,34 +145,14 @@ impl Actor for SessionDirectory {
                 });
             }
             DirectoryMsg::StreamsCluster(reply) => {
-                let peers: Vec<_> = ractor::pg::get_members(&DIRECTORY_GROUP.to_string())
-                    .into_iter()
-                    .filter(|m| m.get_id() != myself.get_id())
-                    .collect();
+                let peers = other_directories(&myself);
                 let node = state.node.clone();
                 tokio::spawn(async move {
-                    let mut all = local_streams(&node).await;
-                    let answers = futures_util::future::join_all(peers.into_iter().map(
-                        |member| async move {
-                            let peer: ActorRef<DirectoryMsg> = member.clone().into();
-                            (
-                                member.get_id(),
-                                ractor::call_t!(peer, DirectoryMsg::Streams, 5_000),
-                            )
-                        },
-                    ))
+                    let mine = local_streams(&node).await;
+                    let all = with_peers(mine, peers, |peer| async move {
+                        ractor::call_t!(peer, DirectoryMsg::Streams, 5_000)
+                    })
                     .await;
-                    for (id, answer) in answers {
-                        match answer {
-                            Ok(list) => {
-                                all.streams.extend(list.streams);
-                                all.errors.extend(list.errors);
-                            }
-                            Err(e) => all
-                                .errors
-                                .push(format!("directory {id} did not answer: {e}")),
-                        }
-                    }
                     let _ = reply.send(all);
                 });
             }
@@ -207,40 +187,79 @@ impl Actor for SessionDirectory {
             DirectoryMsg::ListCluster(reply) => {
                 // Asked from a task: this directory keeps answering `List` meanwhile, so two
                 // nodes listing the cluster at once do not wait on each other.
-                let peers: Vec<_> = ractor::pg::get_members(&DIRECTORY_GROUP.to_string())
-                    .into_iter()
-                    .filter(|m| m.get_id() != myself.get_id())
-                    .collect();
+                let peers = other_directories(&myself);
                 let node = state.node.clone();
                 tokio::spawn(async move {
-                    let mut all = local_sessions(&node).await;
-                    let answers = futures_util::future::join_all(peers.into_iter().map(
-                        |member| async move {
-                            let peer: ActorRef<DirectoryMsg> = member.clone().into();
-                            (
-                                member.get_id(),
-                                ractor::call_t!(peer, DirectoryMsg::List, 5_000),
-                            )
-                        },
-                    ))
+                    let mine = local_sessions(&node).await;
+                    let all = with_peers(mine, peers, |peer| async move {
+                        ractor::call_t!(peer, DirectoryMsg::List, 5_000)
+                    })
                     .await;
-                    for (id, answer) in answers {
-                        match answer {
-                            Ok(list) => {
-                                all.sessions.extend(list.sessions);
-                                all.errors.extend(list.errors);
-                            }
-                            Err(e) => all
-                                .errors
-                                .push(format!("directory {id} did not answer: {e}")),
-                        }
-                    }
                     let _ = reply.send(all);
                 });
             }
         }
         Ok(())
     }
+}
+
+/// An answer that gathers over the cluster: another node's part joins it, a node that does
+/// not answer is named in it.
+trait Gathered {
+    fn join(&mut self, other: Self);
+    fn missing(&mut self, why: String);
+}
+
+impl Gathered for SessionList {
+    fn join(&mut self, other: Self) {
+        self.sessions.extend(other.sessions);
+        self.errors.extend(other.errors);
+    }
+
+    fn missing(&mut self, why: String) {
+        self.errors.push(why);
+    }
+}
+
+impl Gathered for StreamStateList {
+    fn join(&mut self, other: Self) {
+        self.streams.extend(other.streams);
+        self.errors.extend(other.errors);
+    }
+
+    fn missing(&mut self, why: String) {
+        self.errors.push(why);
+    }
+}
+
+/// The other nodes' directories (process group members other than this one).
+fn other_directories(myself: &ActorRef<DirectoryMsg>) -> Vec<ractor::ActorCell> {
+    ractor::pg::get_members(&DIRECTORY_GROUP.to_string())
+        .into_iter()
+        .filter(|m| m.get_id() != myself.get_id())
+        .collect()
+}
+
+/// `mine` with every peer's answer to `ask`, asked all at once.
+async fn with_peers<L, F, Fut>(mut mine: L, peers: Vec<ractor::ActorCell>, ask: F) -> L
+where
+    L: Gathered,
+    F: Fn(ActorRef<DirectoryMsg>) -> Fut,
+    Fut: std::future::Future<Output = Result<L, ractor::RactorErr<DirectoryMsg>>>,
+{
+    let answers = futures_util::future::join_all(peers.into_iter().map(|member| {
+        let id = member.get_id();
+        let answer = ask(member.into());
+        async move { (id, answer.await) }
+    }))
+    .await;
+    for (id, answer) in answers {
+        match answer {
+            Ok(list) => mine.join(list),
+            Err(e) => mine.missing(format!("directory {id} did not answer: {e}")),
+        }
+    }
+    mine
 }
 
 /// This node's export streams, from its MediatorSupervisor (none on a node without one).
