@@ -205,14 +205,6 @@ impl SinkSpec {
             SinkSpec::RedisStream { .. } | SinkSpec::Http { .. } => OnFull::Drop,
         }
     }
-
-    /// Sends over the network (an operator allows these for tenants' streams).
-    pub fn is_network(&self) -> bool {
-        matches!(
-            self,
-            SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. } | SinkSpec::Http { .. }
-        )
-    }
 }
 
 /// A queue holds decoded messages still to be transformed and written: what it holds at SIGTERM
