@@ -910,3 +910,81 @@ fn an_http_sink_retries_until_the_server_takes_every_record() {
     );
     assert!(sizes.iter().all(|n| *n <= 500), "{sizes:?}");
 }
+
+/// Records of `bytes` (IPFIX messages), and whether every Data Set found its template.
+fn decode_stream(bytes: &[u8]) -> (usize, bool) {
+    use ipfixsvc::wire::{Decoder, DecoderOptions, MessageReader, Registry};
+    let mut d = Decoder::new(Registry::builtin(), DecoderOptions::default());
+    let (mut records, mut whole) = (0, true);
+    for m in MessageReader::new(bytes, 65535) {
+        let Ok((_, m)) = m else { break };
+        let Ok(m) = d.decode(m) else {
+            return (records, false);
+        };
+        records += m.data_records();
+        whole &= m.missing.is_empty();
+    }
+    (records, whole)
+}
+
+#[test]
+fn a_peer_that_drops_the_connection_gets_a_new_session_with_its_templates_and_the_held_records() {
+    // The peer reads a little of the first connection and closes it; the second it reads in
+    // full. The second is a Transport Session of its own: templates first, every record after
+    // the break in it, and the stream's figures add up.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let peer_at = peer.local_addr().expect("addr");
+    let got = std::thread::spawn(move || {
+        let (mut s, _) = peer.accept().expect("first connection");
+        let mut first = vec![0u8; 4096];
+        let _ = std::io::Read::read_exact(&mut s, &mut first);
+        drop(s);
+        let (mut s, _) = peer.accept().expect("second connection");
+        let mut second = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut second);
+        second
+    });
+    let dir = config_dir("reconnect");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mediator.streams]]\nname = \"to-peer\"\nsink = {{ kind = \"ipfix\", transport = \"tcp\", to = \"{peer_at}\" }}\n"
+        ),
+    )
+    .expect("config");
+    let server = Server::start(
+        "reconnect",
+        &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
+    );
+    // Twice: the first send's chunk may all fit in the closed socket's buffer; the second
+    // then finds the connection broken.
+    let file = example();
+    send(&server, &file, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    send(&server, &file, 2);
+    let (status, log) = server.terminate_with_log();
+    assert!(status.success());
+    let second = got.join().expect("peer");
+    let (records, whole) = decode_stream(&second);
+    assert!(
+        whole,
+        "the new session has every template before its records"
+    );
+    assert!(
+        (3979..=2 * 3979).contains(&records),
+        "the second session holds the second send at least: {records}"
+    );
+    let line = log
+        .iter()
+        .find(|l| l.contains("stream finished"))
+        .expect("the stream's final figures");
+    assert!(
+        !line.contains("sink_errors=0"),
+        "the break was counted: {line}"
+    );
+    assert!(
+        line.contains("dropped=0"),
+        "nothing dropped with block: {line}"
+    );
+}

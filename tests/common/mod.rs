@@ -107,6 +107,17 @@ impl Server {
             .collect()
     }
 
+    /// SIGTERM; the exit status and every log line.
+    #[allow(dead_code)]
+    pub fn terminate_with_log(self) -> (std::process::ExitStatus, Vec<String>) {
+        let log = self.log.clone();
+        let status = self.terminate();
+        // The reader thread's last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = log.lock().expect("log lock").clone();
+        (status, lines)
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

@@ -1,5 +1,6 @@
 //! The `http` sink: records POSTed as JSON arrays (`[{...},{...}]`, each object the NDJSON
-//! line's) of at most `batch_records`, to a flow store's ingest URL. A request that fails
+//! line's) of `batch_records` (fewer when the stream flushes: when it runs idle, and at
+//! least each tick), to a flow store's ingest URL. A request that fails
 //! (no connection, a timeout, 5xx, 429) is sent again after the backoff (at least once); one
 //! the server refuses for good (another 4xx) is dropped and counted, since sending it again
 //! cannot help. The backoff and breaker are `breaker.rs`'s.
@@ -23,6 +24,10 @@ pub struct HttpSink {
     stats: Arc<StreamStats>,
     writer: RecordWriter,
     registry: Arc<Registry>,
+    lines: Vec<u8>,
+    /// The body being gathered (`[` and the objects so far) and its records.
+    body: Vec<u8>,
+    held: u64,
 }
 
 enum Sent {
@@ -54,43 +59,23 @@ impl HttpSink {
             stats,
             writer: RecordWriter::new(),
             registry,
+            lines: Vec::new(),
+            body: vec![b'['],
+            held: 0,
         }
     }
 
-    /// The records of `recs` as JSON arrays of at most `batch` objects, with their counts.
-    fn bodies(&mut self, recs: &[Records]) -> Vec<(Vec<u8>, u64)> {
-        let mut lines = Vec::new();
-        for r in recs {
-            render(&mut lines, &mut self.writer, r, &self.registry);
-        }
-        let mut out = Vec::new();
-        let mut body = vec![b'['];
-        let mut n = 0u64;
-        for line in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-            if n > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(line);
-            n += 1;
-            if n as usize >= self.batch {
-                body.push(b']');
-                out.push((std::mem::replace(&mut body, vec![b'[']), n));
-                n = 0;
-            }
-        }
-        if n > 0 {
-            body.push(b']');
-            out.push((body, n));
-        }
-        out
+    /// Records held and not yet sent.
+    pub fn buffered(&self) -> u64 {
+        self.held
     }
 
-    async fn post(&self, body: &[u8]) -> Sent {
+    async fn post(&self, body: &bytes::Bytes) -> Sent {
         let r = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
-            .body(body.to_vec())
+            .body(body.clone())
             .send()
             .await;
         match r {
@@ -103,31 +88,56 @@ impl HttpSink {
         }
     }
 
-    /// POSTs `recs`; returns how many records the server took.
+    /// Adds `recs` to the body, POSTed each time it holds `batch_records`; returns how many
+    /// records the server took.
     pub async fn write(&mut self, recs: &[Records]) -> std::io::Result<u64> {
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.clear();
+        for r in recs {
+            render(&mut lines, &mut self.writer, r, &self.registry);
+        }
         let mut taken = 0;
-        for (body, n) in self.bodies(recs) {
-            loop {
-                if let Gate::Drop = self.breaker.gate().await {
-                    self.breaker.drop_records(n);
-                    break;
+        for line in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+            if self.held > 0 {
+                self.body.push(b',');
+            }
+            self.body.extend_from_slice(line);
+            self.held += 1;
+            if self.held as usize >= self.batch {
+                taken += self.flush().await?;
+            }
+        }
+        self.lines = lines;
+        Ok(taken)
+    }
+
+    /// POSTs the body gathered so far; returns how many records the server took.
+    pub async fn flush(&mut self) -> std::io::Result<u64> {
+        let n = std::mem::take(&mut self.held);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut body = std::mem::replace(&mut self.body, vec![b'[']);
+        body.push(b']');
+        let body = bytes::Bytes::from(body);
+        loop {
+            if let Gate::Drop = self.breaker.gate().await {
+                self.breaker.drop_records(n);
+                return Ok(0);
+            }
+            match self.post(&body).await {
+                Sent::Ok => {
+                    self.breaker.succeeded();
+                    return Ok(n);
                 }
-                match self.post(&body).await {
-                    Sent::Ok => {
-                        self.breaker.succeeded();
-                        taken += n;
-                        break;
-                    }
-                    Sent::Retry(why) => self.breaker.failed(&why),
-                    Sent::Refused(why) => {
-                        tracing::warn!(url = %self.url, why, records = n, "http sink: refused, dropped");
-                        self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                        break;
-                    }
+                Sent::Retry(why) => self.breaker.failed(&why),
+                Sent::Refused(why) => {
+                    tracing::warn!(url = %self.url, why, records = n, "http sink: refused, dropped");
+                    self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    return Ok(0);
                 }
             }
         }
-        Ok(taken)
     }
 }

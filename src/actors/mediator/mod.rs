@@ -735,11 +735,23 @@ impl Actor for MediatorSupervisor {
                 // Sessions are done: nothing new arrives. Each stream finishes what its
                 // mailbox holds (the Finish comes after it), all at once, within the time.
                 let asks = state.running.iter().map(|(key, r)| {
-                    let (key, actor) = (key.clone(), r.actor.clone());
+                    let (key, actor, stats) = (key.clone(), r.actor.clone(), r.route.stats.clone());
                     async move {
                         let ms = within.as_millis() as u64;
                         match ractor::call_t!(actor, StreamMsg::Finish, ms.max(1)) {
-                            Ok(Ok(())) => None,
+                            Ok(Ok(())) => {
+                                let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                                tracing::info!(
+                                    stream = key,
+                                    records_in = n(&stats.records_in),
+                                    records_out = n(&stats.records_out),
+                                    filtered = n(&stats.filtered),
+                                    dropped = n(&stats.dropped),
+                                    sink_errors = n(&stats.sink_errors),
+                                    "stream finished"
+                                );
+                                None
+                            }
                             Ok(Err(e)) => Some(format!("stream {key:?}: {e}")),
                             Err(_) => Some(format!("stream {key:?} did not finish in time")),
                         }

@@ -60,11 +60,6 @@ impl Rotating {
         })
     }
 
-    /// No file is open: the next write starts one (its writer puts its header first).
-    pub fn is_new(&self) -> bool {
-        self.current.is_none()
-    }
-
     pub async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if self.current.is_none() {
             tokio::fs::create_dir_all(&self.dir).await.map_err(|e| {
