@@ -131,71 +131,11 @@ fn a_node_lists_another_nodes_sessions_and_sees_it_go() {
     );
 }
 
-/// A CA and one node certificate (SANs 127.0.0.1 and localhost, server and client use), made
-/// with the openssl command line.
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=ipfixsvc-test-ca",
-    ]);
-    run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj",
-        "/CN=node",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "node.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "node.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
-    (p("node.pem"), p("node.key"), p("ca.pem"))
-}
-
 #[test]
 fn nodes_speak_mutual_tls_and_refuse_plain_peers() {
     let dir = std::env::temp_dir().join(format!("ipfixsvc-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let (cert, key, ca) = certificates(&dir);
+    let (cert, key, ca) = common::certificates(&dir);
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let la = format!("127.0.0.1:{pa}");
     let tls = |name: &'static str, listen: String, seeds: Option<&str>| {
@@ -425,7 +365,7 @@ fn tls_nodes_that_know_one_seed_each_still_see_each_other() {
     // TLS node refuses: B and C, each seeding only A, never met, and B did not list C's sessions.
     let dir = std::env::temp_dir().join(format!("ipfixsvc-mesh-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let tls = certificates(&dir);
+    let tls = common::certificates(&dir);
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let (la, lb, lc) = (
         format!("127.0.0.1:{pa}"),

@@ -835,8 +835,15 @@ async fn redis_stream_entries_hold_every_record() {
 /// `http` against a local server that answers 503 to its first requests: the batches are sent
 /// again until taken, and the server gets every record once, as JSON arrays of at most
 /// `batch_records` objects.
-#[test]
-fn an_http_sink_retries_until_the_server_takes_every_record() {
+/// A flow store's ingest endpoint on loopback (https with `tls`): answers 503 to the first
+/// `refuse` requests, then 200, keeping the size of each JSON array it took.
+fn ingest_server(
+    refuse: usize,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+) {
     use std::io::{BufRead, BufReader, Read};
     let server = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
     let at = server.local_addr().expect("addr");
@@ -846,7 +853,14 @@ fn an_http_sink_retries_until_the_server_takes_every_record() {
         let mut requests = 0;
         for c in server.incoming() {
             let Ok(c) = c else { return };
-            let mut r = BufReader::new(c);
+            let stream: Box<dyn ReadWrite> = match &tls {
+                Some(cfg) => Box::new(rustls::StreamOwned::new(
+                    rustls::ServerConnection::new(cfg.clone()).expect("TLS session"),
+                    c,
+                )),
+                None => Box::new(c),
+            };
+            let mut r = BufReader::new(stream);
             let mut len = 0;
             loop {
                 let mut line = String::new();
@@ -860,10 +874,13 @@ fn an_http_sink_retries_until_the_server_takes_every_record() {
                     break;
                 }
             }
+            if len == 0 {
+                continue;
+            }
             let mut body = vec![0; len];
             let _ = r.read_exact(&mut body);
             requests += 1;
-            let status = if requests <= 2 {
+            let status = if requests <= refuse {
                 "503 Service Unavailable"
             } else {
                 let v: Value = serde_json::from_slice(&body).expect("a JSON array");
@@ -876,22 +893,31 @@ fn an_http_sink_retries_until_the_server_takes_every_record() {
                 format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     .as_bytes(),
             );
+            let _ = r.get_mut().flush();
         }
     });
-    let dir =
-        std::env::temp_dir().join(format!("ipfixsvc-test-{}-http-config", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    (at, got)
+}
+
+trait ReadWrite: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> ReadWrite for T {}
+
+/// Runs a node whose one stream is `sink`, sends example_flows.ipfix, and returns the sizes
+/// of the batches the ingest server took once it holds every record.
+fn through_http_sink(
+    name: &str,
+    sink: &str,
+    got: &std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+) -> Vec<usize> {
+    let dir = config_dir(name);
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[[mediator.streams]]\nname = \"store\"\non_full = \"block\"\nsink = {{ kind = \"http\", url = \"http://{at}/ingest\", batch_records = 500 }}\n"
-        ),
+        format!("[[mediator.streams]]\nname = \"store\"\non_full = \"block\"\nsink = {sink}\n"),
     )
     .expect("config");
     let a = Server::start(
-        "http",
+        name,
         &[("IPFIXSVC_CONFIG", config.to_str().expect("utf-8"))],
     );
     let file = example();
@@ -902,13 +928,52 @@ fn an_http_sink_retries_until_the_server_takes_every_record() {
         || got.lock().expect("got").iter().sum::<usize>() >= 3979,
     );
     assert!(a.terminate().success());
-    let sizes = got.lock().expect("got").clone();
+    got.lock().expect("got").clone()
+}
+
+#[test]
+fn an_http_sink_retries_until_the_server_takes_every_record() {
+    let (at, got) = ingest_server(2, None);
+    let sizes = through_http_sink(
+        "http",
+        &format!("{{ kind = \"http\", url = \"http://{at}/ingest\", batch_records = 500 }}"),
+        &got,
+    );
     assert_eq!(
         sizes.iter().sum::<usize>(),
         3979,
         "every record once: {sizes:?}"
     );
     assert!(sizes.iter().all(|n| *n <= 500), "{sizes:?}");
+}
+
+#[test]
+fn an_https_sink_trusts_its_ca_file_and_delivers_every_record() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = config_dir("https-certs");
+    let (cert, key, ca) = common::certificates(&dir);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_file_iter(&cert)
+                .expect("cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certs"),
+            PrivateKeyDer::from_pem_file(&key).expect("key"),
+        )
+        .expect("server config");
+    let (at, got) = ingest_server(0, Some(std::sync::Arc::new(tls)));
+    let sizes = through_http_sink(
+        "https",
+        &format!(
+            "{{ kind = \"http\", url = \"https://127.0.0.1:{}/ingest\", batch_records = 1000, ca_file = \"{ca}\" }}",
+            at.port()
+        ),
+        &got,
+    );
+    assert_eq!(sizes.iter().sum::<usize>(), 3979, "{sizes:?}");
 }
 
 /// Records of `bytes` (IPFIX messages), and whether every Data Set found its template.

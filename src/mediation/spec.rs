@@ -156,6 +156,10 @@ pub enum SinkSpec {
         /// Seconds a request may take (default 10).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u32>,
+        /// For an `https://` URL: a PEM file of CA certificates to trust besides the system's
+        /// (a private CA). The node's configuration only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<String>,
     },
     /// `XADD` to a Redis stream, capped with `MAXLEN ~`: other consumers read flows from Redis.
     RedisStream {
@@ -444,13 +448,18 @@ impl Pipeline {
             url,
             batch_records,
             timeout_secs,
+            ca_file,
         } = &spec.sink
         {
-            if !url.starts_with("http://") || url.len() <= "http://".len() {
+            let https = url.starts_with("https://") && url.len() > "https://".len();
+            if !https && (!url.starts_with("http://") || url.len() <= "http://".len()) {
                 return Err(err(
                     "sink.url",
-                    format!("{url:?} is not an http:// URL (https is not built yet)"),
+                    format!("{url:?} is not an http:// or https:// URL"),
                 ));
+            }
+            if ca_file.is_some() && !https {
+                return Err(err("sink.ca_file", "is for an https:// URL".into()));
             }
             if batch_records.is_some_and(|b| b == 0 || b > 100_000) {
                 return Err(err("sink.batch_records", "must be 1 to 100000".into()));
@@ -775,6 +784,15 @@ pub fn for_tenant(
             };
         }
         SinkSpec::Discard {} => {}
+        SinkSpec::Http {
+            ca_file: Some(_), ..
+        } => {
+            return Err(err(
+                "sink.ca_file",
+                "is for the node's configuration: a tenant's https sink trusts the system's CAs"
+                    .into(),
+            ));
+        }
         SinkSpec::Ipfix { .. } | SinkSpec::RedisStream { .. } | SinkSpec::Http { .. } => {
             if !network_sinks {
                 return Err(err(

@@ -1,6 +1,7 @@
 //! The `http` sink: records POSTed as JSON arrays (`[{...},{...}]`, each object the NDJSON
 //! line's) of `batch_records` (fewer when the stream flushes: when it runs idle, and at
-//! least each tick), to a flow store's ingest URL. A request that fails
+//! least each tick), to a flow store's ingest URL, `http://` or `https://` (rustls; the
+//! system's CAs, and those of `ca_file` for a private CA). A request that fails
 //! (no connection, a timeout, 5xx, 429) is sent again after the backoff (at least once); one
 //! the server refuses for good (another 4xx) is dropped and counted, since sending it again
 //! cannot help. The backoff and breaker are `breaker.rs`'s.
@@ -39,20 +40,40 @@ enum Sent {
 }
 
 impl HttpSink {
+    /// `ca_file`: PEM certificates trusted besides the system's (an unreadable or empty one
+    /// refuses the stream at start, naming the file).
     pub fn new(
         url: String,
         batch_records: Option<u32>,
         timeout_secs: Option<u32>,
+        ca_file: Option<&str>,
         policy: OnFull,
         stats: Arc<StreamStats>,
         registry: Arc<Registry>,
-    ) -> HttpSink {
+    ) -> std::io::Result<HttpSink> {
         let timeout = Duration::from_secs(timeout_secs.unwrap_or(10) as u64);
-        HttpSink {
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .unwrap_or_default(),
+        let mut client = reqwest::Client::builder().timeout(timeout);
+        if let Some(f) = ca_file {
+            let bad = |e: &dyn std::fmt::Display| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("ca_file {f}: {e}"),
+                )
+            };
+            let pem = std::fs::read(f).map_err(|e| bad(&e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(&e))?;
+            if certs.is_empty() {
+                return Err(bad(&"no PEM certificate in it"));
+            }
+            for c in certs {
+                client = client.add_root_certificate(c);
+            }
+        }
+        let client = client
+            .build()
+            .map_err(|e| std::io::Error::other(format!("http client: {e}")))?;
+        Ok(HttpSink {
+            client,
             breaker: Breaker::new(url.clone(), policy, stats.clone()),
             url,
             batch: batch_records.unwrap_or(1000) as usize,
@@ -62,7 +83,7 @@ impl HttpSink {
             lines: Vec::new(),
             body: vec![b'['],
             held: 0,
-        }
+        })
     }
 
     /// Records held and not yet sent.

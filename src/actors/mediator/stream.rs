@@ -23,6 +23,8 @@ pub enum StreamMsg {
     Records(Item),
     /// Aggregate windows that ended, and a flush of what the sink buffers (latency bound).
     Tick,
+    /// The queue ran empty within `EAGER_FLUSH` of the last flush: flush now if still held.
+    Flush,
     /// Drain: everything before this in the mailbox is done; flush aggregates and the sink.
     Finish(RpcReplyPort<Result<(), String>>),
     /// A new configuration: what came before is finished with the old pipeline and sink,
@@ -84,14 +86,16 @@ impl Sink {
                 url,
                 batch_records,
                 timeout_secs,
+                ca_file,
             } => Sink::Http(Box::new(HttpSink::new(
                 url.clone(),
                 *batch_records,
                 *timeout_secs,
+                ca_file.as_deref(),
                 spec.on_full.unwrap_or(spec.sink.default_on_full()),
                 stats.clone(),
                 registry,
-            ))),
+            )?)),
             SinkSpec::RedisStream {
                 url,
                 key,
@@ -188,6 +192,8 @@ pub struct StreamState {
     dirty: bool,
     /// When the sink was last flushed.
     flushed: Instant,
+    /// A `Flush` is on its way.
+    flush_due: bool,
     #[cfg(feature = "fault-injection")]
     panic_at: Option<u64>,
 }
@@ -283,6 +289,7 @@ impl Actor for ExportStream {
             capacity: args.capacity,
             dirty: false,
             flushed: Instant::now(),
+            flush_due: false,
             #[cfg(feature = "fault-injection")]
             panic_at: args.spec.fault_panic_at_records,
         })
@@ -313,12 +320,21 @@ impl Actor for ExportStream {
                 // stream's records go out at once and a busy one's in large writes. Not more
                 // often than EAGER_FLUSH: a stream that keeps up with its sessions finds its
                 // queue empty after every message, and a flush each time (a file's is a trip
-                // to tokio's blocking pool) cost it half its rate; the tick flushes the rest.
-                if state.room.available_permits() >= state.capacity as usize
-                    && state.flushed.elapsed() >= EAGER_FLUSH
-                {
-                    state.flush().await?;
+                // to tokio's blocking pool) cost it half its rate; sooner, a timer does it.
+                if state.room.available_permits() >= state.capacity as usize {
+                    let since = state.flushed.elapsed();
+                    if since >= EAGER_FLUSH {
+                        state.flush().await?;
+                    } else if !state.flush_due {
+                        // One timer at a time: records reach the sink within EAGER_FLUSH.
+                        state.flush_due = true;
+                        myself.send_after(EAGER_FLUSH - since, || StreamMsg::Flush);
+                    }
                 }
+            }
+            StreamMsg::Flush => {
+                state.flush_due = false;
+                state.flush().await?;
             }
             StreamMsg::Tick => {
                 let out = state.pipeline.tick(now_ms());

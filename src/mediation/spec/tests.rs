@@ -79,6 +79,22 @@ fn refusals_name_the_field() {
     assert!(refused(&s).contains("transforms[0].aggregate.window_secs: 0 is outside 1 to 86400"));
     let s = spec("name = \"a\"\nexporters = [\"192.0.2.0/33\"]\nsink = { kind = \"discard\" }");
     assert!(refused(&s).contains("exporters: \"192.0.2.0/33\" is not an address or prefix"));
+    let s = spec("name = \"a\"\nsink = { kind = \"http\", url = \"ftp://x/\" }");
+    assert!(refused(&s).contains("sink.url: \"ftp://x/\" is not an http:// or https:// URL"));
+    let s = spec(
+        "name = \"a\"\nsink = { kind = \"http\", url = \"http://x/\", ca_file = \"/ca.pem\" }",
+    );
+    assert!(refused(&s).contains("sink.ca_file: is for an https:// URL"));
+    let s = spec(
+        "name = \"a\"\nsink = { kind = \"http\", url = \"https://x/\", ca_file = \"/ca.pem\" }",
+    );
+    Pipeline::build(&s, &Registry::builtin()).expect("https with a CA file builds");
+    let e = for_tenant(&s, "t", std::path::Path::new("/var/lib/x"), true).expect_err("tenant");
+    assert!(
+        e.to_string()
+            .contains("sink.ca_file: is for the node's configuration"),
+        "{e}"
+    );
     // Unknown keys and sink kinds are refused by the reader, with serde's words.
     let e =
         toml::from_str::<StreamSpec>("name = \"a\"\nsink = { kind = \"ipfx\" }").expect_err("kind");
