@@ -9,7 +9,8 @@ Reports, for one run on this machine:
     decoded (wall), and records per CPU-second of the collector process;
   * memory per idle TCP session: the collector's RSS growth over N idle connections, divided by N;
   * UDP side by side with nfcapd (Debian package nfdump) receiving the same file at the same paced
-    rate: records received and records per CPU-second of each collector, and their ratio.
+    rate: records received and records per CPU-second of each collector, and their ratio;
+  * IPFIX over TLS versus plain TCP, 1 session, interleaved (certificates made with openssl).
 Standard library only. Targets only loopback.
 """
 
@@ -20,6 +21,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,6 +143,41 @@ def tcp_run(path, records, sessions):
     return got, t1 - t0, cpu
 
 
+def certificates(d):
+    """A CA and a server certificate for 127.0.0.1, made with the openssl command line."""
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=bench-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
+        "-subj", "/CN=node")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "node.pem", "-days", "1", "-extfile", "ext.cnf")
+    return [os.path.join(d, f) for f in ("node.pem", "node.key", "ca.pem")]
+
+
+def tls_vs_tcp(path, records, rounds=3):
+    """Medians of records/s over TLS and over TCP, 1 session, send to last record decoded."""
+    d = tempfile.mkdtemp(prefix="ipfixsvc-bench-tls-")
+    cert, key, ca = certificates(d)
+    tls, tcp = [], []
+    for _ in range(rounds):
+        got, wall, _ = tcp_run(path, records, 1)
+        tcp.append(got / wall)
+        s = Serve({"IPFIXSVC__COLLECTOR__TLS_LISTEN": "127.0.0.1:0",
+                   "IPFIXSVC__COLLECTOR__TLS_CERT": cert, "IPFIXSVC__COLLECTOR__TLS_KEY": key})
+        at = s._addr("tls=")
+        t0 = time.time()
+        subprocess.run([BIN, "send", path, "--to", "%s:%d" % at, "--tls", "--ca", ca],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ended = s.wait_ended(1)
+        tls.append(sum(records_of(l) for l in ended) / (time.time() - t0))
+        s.stop()
+    shutil.rmtree(d, ignore_errors=True)
+    return statistics.median(tls), statistics.median(tcp)
+
+
 def idle_memory(n):
     raise_nofile(n + 1024)
     # Idle connections from one address that never send a message: lift the per-address cap and
@@ -243,6 +280,11 @@ def main():
         print(f"  nfcapd:   {ngot} of {records} records received, {ncpu:.3f} cpu s, {theirs / 1e6:.2f}M rec/cpu-s, "
               f"{nkernel} datagrams dropped by the kernel")
         print(f"  ratio ipfixsvc/nfcapd (records per CPU-second): {ours / max(theirs, 1e-9):.2f}")
+    if shutil.which("openssl"):
+        print()
+        tls, tcp = tls_vs_tcp(path, records)
+        print(f"TLS vs TCP, 1 session (medians of 3 interleaved): {tls / 1e6:.2f}M vs {tcp / 1e6:.2f}M records/s"
+              f" (TLS {tls / tcp:.2f} of TCP)")
 
 
 if __name__ == "__main__":

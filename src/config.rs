@@ -256,6 +256,16 @@ pub struct CollectorSettings {
     pub tcp_listen: String,
     /// IPFIX and NetFlow v9 over UDP; empty to disable.
     pub udp_listen: String,
+    /// IPFIX over TLS (RFC 7011 section 11); empty (the default) to disable. Needs `tls_cert`
+    /// and `tls_key`.
+    pub tls_listen: String,
+    /// PEM certificate chain the TLS listener presents.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+    /// PEM CA certificates: when set, exporters must present a certificate signed by one of
+    /// them (mutual TLS); when empty, any exporter may connect, as over plain TCP.
+    pub tls_ca: String,
     /// Concurrent TCP sessions (connections); beyond this new connections are closed.
     pub max_tcp_sessions: usize,
     /// Concurrent UDP sessions (exporter address:port and Observation Domain); when full, the
@@ -322,6 +332,10 @@ impl Default for CollectorSettings {
         CollectorSettings {
             tcp_listen: "0.0.0.0:4739".into(),
             udp_listen: "0.0.0.0:4739".into(),
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
             max_tcp_sessions: 10_000,
             max_udp_sessions: 10_000,
             max_sessions_per_exporter: 256,
@@ -577,6 +591,17 @@ impl Settings {
         if !t.is_empty() && (t.len() < 16 || t.chars().any(|c| c.is_whitespace())) {
             return bad("api.admin_token must be at least 16 characters, without spaces");
         }
+        let c = &self.collector;
+        if !c.tls_listen.is_empty() && (c.tls_cert.is_empty() || c.tls_key.is_empty()) {
+            return bad("collector.tls_listen needs collector.tls_cert and collector.tls_key");
+        }
+        if c.tls_listen.is_empty()
+            && (!c.tls_cert.is_empty() || !c.tls_key.is_empty() || !c.tls_ca.is_empty())
+        {
+            return bad(
+                "collector.tls_cert, tls_key and tls_ca are for collector.tls_listen, which is empty",
+            );
+        }
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {
             return bad("cluster.seeds needs cluster.cookie (a shared secret)");
         }
@@ -585,6 +610,7 @@ impl Settings {
         for (key, value) in [
             ("collector.tcp_listen", &self.collector.tcp_listen),
             ("collector.udp_listen", &self.collector.udp_listen),
+            ("collector.tls_listen", &self.collector.tls_listen),
             ("api.listen", &self.api.listen),
         ] {
             // Empty disables that listener.

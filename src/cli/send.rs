@@ -1,6 +1,6 @@
 //! `ipfixsvc send`: replay an IPFIX file (RFC 5655) or the IPFIX/NetFlow v9/v5 messages in a
-//! capture to a collector, over TCP (default) or UDP, at an optional record rate, a number of
-//! times: a real Exporting Process for demos, tests and load.
+//! capture to a collector, over TCP (default), TLS or UDP, at an optional record rate, a number
+//! of times: a real Exporting Process for demos, tests and load.
 
 use crate::meter::capture::{CaptureReader, FileKind, sniff_reader};
 use crate::meter::messages::{Found, MessageFinder};
@@ -36,6 +36,18 @@ pub struct SendArgs {
     /// Capture ports holding IPFIX besides 4739, 2055, 9995 and 9996 (repeatable).
     #[arg(long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
+    /// IPFIX over TLS (RFC 7011 section 11) to the collector's `collector.tls_listen`.
+    #[arg(long, conflicts_with = "udp", requires = "ca")]
+    pub tls: bool,
+    /// With --tls: PEM CA certificates the collector's certificate must be signed by.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// With --tls: this exporter's PEM certificate, for a collector that asks for one.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// With --tls: the private key of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -47,18 +59,64 @@ pub struct SendSummary {
     pub records_per_second: f64,
 }
 
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
 enum Out {
-    Tcp(TcpStream, Watcher),
+    /// TCP, or TLS over it; the watcher reads the raw socket (a collector sends nothing).
+    Tcp(TcpStream, Option<Box<Tls>>, Watcher),
     Udp(UdpSocket, SocketAddr),
 }
 
 impl Out {
     fn send(&mut self, m: &[u8]) -> std::io::Result<()> {
         match self {
-            Out::Tcp(s, _) => s.write_all(m),
+            Out::Tcp(_, Some(t), _) => t.write_all(m),
+            Out::Tcp(s, None, _) => s.write_all(m),
             Out::Udp(s, to) => s.send_to(m, *to).map(|_| ()),
         }
     }
+}
+
+/// The TLS client for --tls: trusts --ca, presents --cert when given; the collector's name is
+/// --to's host (an address or a DNS name its certificate must carry).
+fn tls_client(args: &SendArgs, tcp: &mut TcpStream) -> anyhow::Result<rustls::ClientConnection> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let ca = args.ca.as_ref().context("--tls needs --ca")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("--ca {}", ca.display()))? {
+        roots
+            .add(c.with_context(|| format!("--ca {}", ca.display()))?)
+            .with_context(|| format!("--ca {}", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("--cert {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("--key {}", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let host = args
+        .to
+        .rsplit_once(':')
+        .map_or(args.to.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).with_context(|| format!("--to {host}"))?;
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    // The handshake now, so a refused certificate is an error here, not a write failure later.
+    while conn.is_handshaking() {
+        conn.complete_io(tcp).context("TLS handshake")?;
+    }
+    Ok(conn)
 }
 
 /// After our FIN, how long send waits for the collector to read the rest and close in turn.
@@ -197,11 +255,17 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
         };
         Out::Udp(UdpSocket::bind(local)?, to)
     } else {
-        let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
             .with_context(|| format!("connecting to {to}"))?;
         s.set_nodelay(true)?;
+        let tls = if args.tls {
+            let conn = tls_client(args, &mut s)?;
+            Some(Box::new(rustls::StreamOwned::new(conn, s.try_clone()?)))
+        } else {
+            None
+        };
         let watcher = Watcher::start(&s)?;
-        Out::Tcp(s, watcher)
+        Out::Tcp(s, tls, watcher)
     };
     let mut summary = SendSummary::default();
     let start = Instant::now();
@@ -221,7 +285,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
                 }
             }
             if let Err(e) = out.send(&m) {
-                if let Out::Tcp(_, w) = &out {
+                if let Out::Tcp(_, _, w) = &out {
                     // EPIPE or ECONNRESET on the socket is the collector hanging up (never the
                     // quiet `| head` case, which is about standard output); the watcher has
                     // the first cause, or is about to.
@@ -240,7 +304,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
             summary.messages += 1;
             summary.records += records;
             summary.bytes += m.len() as u64;
-            if let Out::Tcp(_, w) = &out
+            if let Out::Tcp(_, _, w) = &out
                 && let Ok(why) = w.hangup.try_recv()
             {
                 return Err(hung_up(to, &summary, &why));
@@ -249,10 +313,16 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
     }
     // The sending time: the wait for the collector's close below is not part of it.
     summary.seconds = start.elapsed().as_secs_f64();
-    if let Out::Tcp(s, w) = out {
+    if let Out::Tcp(s, tls, w) = out {
         // A hangup before our FIN: the collector closed on its own, before the end.
         if let Ok(why) = w.hangup.try_recv() {
             return Err(hung_up(to, &summary, &why));
+        }
+        if let Some(mut t) = tls {
+            // TLS's own end of data, so the collector knows the stream was not cut short.
+            t.conn.send_close_notify();
+            t.flush()
+                .map_err(|e| hung_up(to, &summary, &Hangup::Broken(e)))?;
         }
         s.shutdown(std::net::Shutdown::Write)
             .map_err(|e| hung_up(to, &summary, &Hangup::Broken(e)))?;

@@ -78,6 +78,27 @@ impl Server {
         }
     }
 
+    /// An address the server logged as `key=ADDR` (e.g. `tls=`), waited for up to 20 s.
+    pub fn logged_addr(&self, key: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.log.lock().expect("log lock").iter().find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not report its {key} address: {:?}",
+                self.log_lines("")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         self.log
             .lock()

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod session;
 pub mod session_logic;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use crate::actors::mediator::Streams;
@@ -39,6 +40,8 @@ pub struct SessionEnv {
     pub admission: Arc<Admission>,
     /// Datagrams handed to a UDP session that ended (idle, or failed) before it read them.
     pub lost_datagrams: Arc<AtomicU64>,
+    /// TLS handshakes that failed (see `CollectorCounters::tls_handshake_failures`).
+    pub tls_failures: Arc<AtomicU64>,
     /// Shared templates, unless the template scope is `session`.
     pub cache: Option<CacheHandle>,
     /// The tenant of exporters no tenant owns (`store.tenant`).
@@ -59,6 +62,7 @@ impl SessionEnv {
             registry,
             streams,
             lost_datagrams: Arc::new(AtomicU64::new(0)),
+            tls_failures: Arc::new(AtomicU64::new(0)),
             cache: None,
             tenant: "default".into(),
             owners: None,
@@ -157,6 +161,10 @@ pub struct CollectorCounters {
     /// Sessions refused because no tenant owns their exporter (`unknown_exporters = refuse`).
     pub refused_unknown_exporters: u64,
     pub failed_sessions: u64,
+    /// TLS connections closed before their handshake completed (a wrong or missing
+    /// certificate, plain TCP on the TLS port, a handshake not done within
+    /// `first_message_secs`).
+    pub tls_handshake_failures: u64,
     /// Datagrams queued for a UDP session that ended before reading them (a session retiring
     /// while its exporter sends again).
     pub lost_datagrams: u64,
@@ -228,6 +236,7 @@ pub struct DrainReport {
 pub const COLLECTOR_NAME: &str = "collector";
 pub const TCP_LISTENER: &str = "collector/tcp-listener";
 pub const UDP_LISTENER: &str = "collector/udp-listener";
+pub const TLS_LISTENER: &str = "collector/tls-listener";
 
 /// Actor names: unique per connection (TCP) or exporter and domain (UDP).
 pub fn session_name(transport: &str, peer: SocketAddr, domain: Option<u32>) -> String {
@@ -241,6 +250,7 @@ pub fn session_name(transport: &str, peer: SocketAddr, domain: Option<u32>) -> S
 pub enum ListenerKind {
     Tcp,
     Udp,
+    Tls,
 }
 
 #[derive(RactorMessage)]
@@ -258,7 +268,7 @@ pub enum CollectorMsg {
 pub struct CollectorState {
     env: SessionEnv,
     /// Consecutive restarts per listener, for the backoff, and when the last one was.
-    restarts: [(u32, Option<std::time::Instant>); 2],
+    restarts: [(u32, Option<std::time::Instant>); 3],
     draining: bool,
     pub session_failures: u64,
 }
@@ -278,9 +288,25 @@ impl CollectorSupervisor {
                     listen: s.tcp_listen.clone(),
                     env: env.clone(),
                     supervisor: myself.get_cell(),
+                    tls: None,
                 };
                 Actor::spawn_linked(
                     Some(TCP_LISTENER.into()),
+                    TcpListenerActor,
+                    args,
+                    myself.get_cell(),
+                )
+                .await?;
+            }
+            ListenerKind::Tls if !s.tls_listen.is_empty() => {
+                let args = TcpListenerArgs {
+                    listen: s.tls_listen.clone(),
+                    env: env.clone(),
+                    supervisor: myself.get_cell(),
+                    tls: Some(tls::acceptor(s)?),
+                };
+                Actor::spawn_linked(
+                    Some(TLS_LISTENER.into()),
                     TcpListenerActor,
                     args,
                     myself.get_cell(),
@@ -310,6 +336,7 @@ impl CollectorSupervisor {
         match cell.get_name().as_deref() {
             Some(TCP_LISTENER) => Some(ListenerKind::Tcp),
             Some(UDP_LISTENER) => Some(ListenerKind::Udp),
+            Some(TLS_LISTENER) => Some(ListenerKind::Tls),
             _ => None,
         }
     }
@@ -340,9 +367,10 @@ impl Actor for CollectorSupervisor {
         // A listener that cannot bind at start is a configuration error: fail loudly.
         Self::start_listener(ListenerKind::Tcp, &myself, &args.env).await?;
         Self::start_listener(ListenerKind::Udp, &myself, &args.env).await?;
+        Self::start_listener(ListenerKind::Tls, &myself, &args.env).await?;
         Ok(CollectorState {
             env: args.env,
-            restarts: [(0, None); 2],
+            restarts: [(0, None); 3],
             draining: false,
             session_failures: 0,
         })
@@ -369,7 +397,7 @@ impl Actor for CollectorSupervisor {
             CollectorMsg::Drain(within, reply) => {
                 let deadline = tokio::time::Instant::now() + within;
                 state.draining = true;
-                for name in [TCP_LISTENER, UDP_LISTENER] {
+                for name in [TCP_LISTENER, UDP_LISTENER, TLS_LISTENER] {
                     if let Some(l) = myself
                         .get_children()
                         .into_iter()
@@ -455,6 +483,7 @@ impl Actor for CollectorSupervisor {
                     refused_unknown_exporters: a.refused_unknown.load(Ordering::Relaxed),
                     failed_sessions: state.session_failures,
                     lost_datagrams: state.env.lost_datagrams.load(Ordering::Relaxed),
+                    tls_handshake_failures: state.env.tls_failures.load(Ordering::Relaxed),
                     template_bytes: a.template_bytes(),
                     udp_queued_bytes: a.udp_queue_total.used(),
                     pending_bytes: a.pending_total.used(),

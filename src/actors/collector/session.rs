@@ -82,6 +82,13 @@ pub enum ReaderEnd {
 /// How the session gets its bytes.
 pub enum SessionInput {
     Tcp(TcpStream),
+    /// IPFIX over TLS: the reader does the handshake first (within the idle timeout);
+    /// `failures` counts the ones that fail.
+    Tls {
+        stream: TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        failures: Arc<AtomicU64>,
+    },
     /// UDP: datagrams arrive as messages from the listener.
     Udp(Arc<UdpQueue>),
 }
@@ -195,7 +202,7 @@ impl Actor for ExporterSession {
     ) -> Result<SessionState, ActorProcessingErr> {
         let s = &args.settings;
         let transport = match args.input {
-            SessionInput::Tcp(_) => Transport::Tcp,
+            SessionInput::Tcp(_) | SessionInput::Tls { .. } => Transport::Tcp,
             SessionInput::Udp(_) => Transport::Udp,
         };
         let limits = SessionLimits {
@@ -256,6 +263,38 @@ impl Actor for ExporterSession {
                     stop_rx,
                     state.read_messages.clone(),
                 ))));
+            }
+            SessionInput::Tls {
+                stream,
+                acceptor,
+                failures,
+            } => {
+                let permits = Arc::new(Semaphore::new(s.tcp_inflight_batches));
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                state.stop_reading = Some(stop_tx);
+                let (me, idle, max) = (myself.clone(), s.idle_timeout(), s.max_message_size);
+                let (read, peer) = (state.read_messages.clone(), state.peer);
+                // A handshake is a first message of sorts: it gets the first message's time (less
+                // a margin, so the reader, not the session's deadline, ends it and counts it).
+                let within = Duration::from_secs(s.first_message_secs)
+                    .min(idle)
+                    .saturating_sub(Duration::from_millis(250))
+                    .max(Duration::from_millis(500));
+                state.reader = Some(AbortOnDrop(tokio::spawn(async move {
+                    let shaken = tokio::time::timeout(within, acceptor.accept(stream)).await;
+                    let why = match shaken {
+                        Ok(Ok(tls)) => {
+                            return read_tcp(tls, me, permits, max, idle, stop_rx, read).await;
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("not done within {within:?}"),
+                    };
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, why, "TLS handshake failed: connection closed");
+                    let _ = me.cast(SessionMsg::ReaderClosed(ReaderEnd::Failed(format!(
+                        "TLS handshake: {why}"
+                    ))));
+                })));
             }
             SessionInput::Udp(queue) => {
                 state.udp_queue = Some(queue);
@@ -685,8 +724,8 @@ const ASK_AGAIN: Duration = Duration::from_secs(5);
 /// session in batches, at most `permits` batches ahead. Memory per connection: one read buffer
 /// and at most one partial message. Closes after `idle` without a complete message, so a peer
 /// that trickles bytes is closed as an idle one.
-async fn read_tcp(
-    mut stream: TcpStream,
+async fn read_tcp<S: tokio::io::AsyncRead + Unpin>(
+    mut stream: S,
     session: ActorRef<SessionMsg>,
     permits: Arc<Semaphore>,
     max_message: usize,

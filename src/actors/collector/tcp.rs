@@ -1,5 +1,7 @@
 //! TcpListener: accepts exporter connections and starts one ExporterSession per connection,
-//! linked to the CollectorSupervisor, within the session limit.
+//! linked to the CollectorSupervisor, within the session limit. The TLS listener is the same
+//! actor with an acceptor: the handshake happens in the session's reader, within the idle
+//! timeout, so a slow or silent client holds up no other connection.
 //!
 //! Messages: `Accepted` (from its accept task). Lifecycle: binds in `pre_start` (a bind error
 //! fails the start, with the address in the error); the accept task ends with the actor.
@@ -12,6 +14,7 @@ use ractor_cluster::RactorMessage;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 #[derive(RactorMessage)]
 pub enum TcpListenerMsg {
@@ -24,6 +27,8 @@ pub struct TcpListenerArgs {
     pub env: SessionEnv,
     /// Sessions are linked here, not to the listener: a listener restart keeps them.
     pub supervisor: ActorCell,
+    /// IPFIX over TLS: the sessions' handshakes use it.
+    pub tls: Option<TlsAcceptor>,
 }
 
 pub struct TcpListenerState {
@@ -31,6 +36,7 @@ pub struct TcpListenerState {
     supervisor: ActorCell,
     accept: super::Watched,
     pub local: SocketAddr,
+    tls: Option<TlsAcceptor>,
 }
 
 pub struct TcpListenerActor;
@@ -45,11 +51,21 @@ impl Actor for TcpListenerActor {
         myself: ActorRef<TcpListenerMsg>,
         args: TcpListenerArgs,
     ) -> Result<TcpListenerState, ActorProcessingErr> {
+        let what = if args.tls.is_some() { "TLS" } else { "TCP" };
         let listener = bind(&args.listen, args.env.settings.tcp_backlog)
             .await
-            .map_err(|e| format!("cannot listen for IPFIX over TCP on {}: {e}", args.listen))?;
+            .map_err(|e| {
+                format!(
+                    "cannot listen for IPFIX over {what} on {}: {e}",
+                    args.listen
+                )
+            })?;
         let local = listener.local_addr()?;
-        tracing::info!(tcp = %local, "collector TCP listener ready");
+        if args.tls.is_some() {
+            tracing::info!(tls = %local, "collector TLS listener ready");
+        } else {
+            tracing::info!(tcp = %local, "collector TCP listener ready");
+        }
         let me = myself.clone();
         let accept = super::watched(myself.get_cell(), "TCP accept loop", async move {
             loop {
@@ -72,6 +88,7 @@ impl Actor for TcpListenerActor {
             supervisor: args.supervisor,
             accept,
             local,
+            tls: args.tls,
         })
     }
 
@@ -97,8 +114,19 @@ impl Actor for TcpListenerActor {
             return Ok(());
         };
         let _ = stream.set_nodelay(true);
-        let args = env.session_args(peer, SessionInput::Tcp(stream), slot, tenant);
-        let name = session_name("tcp", peer, None);
+        let (input, kind) = match &state.tls {
+            Some(acceptor) => (
+                SessionInput::Tls {
+                    stream,
+                    acceptor: acceptor.clone(),
+                    failures: env.tls_failures.clone(),
+                },
+                "tls",
+            ),
+            None => (SessionInput::Tcp(stream), "tcp"),
+        };
+        let args = env.session_args(peer, input, slot, tenant);
+        let name = session_name(kind, peer, None);
         // A failed start drops its arguments, and with them the slot.
         if let Err(e) =
             Actor::spawn_linked(Some(name), ExporterSession, args, state.supervisor.clone()).await

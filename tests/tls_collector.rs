@@ -1,0 +1,225 @@
+//! IPFIX over TLS (RFC 7011 section 11), against real peers: `ipfixsvc send --tls`, and
+//! `openssl s_client` as an independent TLS exporter; a CA the collector does not trust, a
+//! plain-TCP client on the TLS port and a client that never starts its handshake are each
+//! closed, counted and logged, and cost the other sessions nothing.
+
+mod common;
+
+use common::{BIN, Server, eventually};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// example_flows.ipfix: 3979 records.
+const EXAMPLE_RECORDS: usize = 3979;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/ipfix/example_flows.ipfix")
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ipfixsvc-tls-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+fn tls_server(name: &str, cert: &str, key: &str, ca: Option<&str>) -> Server {
+    let mut env = vec![
+        ("IPFIXSVC__COLLECTOR__TLS_LISTEN", "127.0.0.1:0"),
+        ("IPFIXSVC__COLLECTOR__TLS_CERT", cert),
+        ("IPFIXSVC__COLLECTOR__TLS_KEY", key),
+        ("IPFIXSVC__COLLECTOR__FIRST_MESSAGE_SECS", "2"),
+    ];
+    if let Some(ca) = ca {
+        env.push(("IPFIXSVC__COLLECTOR__TLS_CA", ca));
+    }
+    Server::start(name, &env)
+}
+
+fn send_tls(
+    to: std::net::SocketAddr,
+    ca: &str,
+    client: Option<(&str, &str)>,
+) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("send")
+        .arg(example())
+        .args(["--to", &to.to_string(), "--tls", "--ca", ca]);
+    if let Some((cert, key)) = client {
+        cmd.args(["--cert", cert, "--key", key]);
+    }
+    cmd.output().expect("run send")
+}
+
+fn records(server: &Server) -> usize {
+    server.output().len()
+}
+
+#[test]
+fn send_and_openssl_s_client_deliver_every_record_over_tls() {
+    common::need("openssl");
+    let d = dir("plain-auth");
+    let (cert, key, ca) = common::certificates(&d);
+    let server = tls_server("tls-server-auth", &cert, &key, None);
+    let at = server.logged_addr("tls=");
+
+    let out = send_tls(at, &ca, None);
+    assert!(
+        out.status.success(),
+        "send --tls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("every record over TLS", Duration::from_secs(20), || {
+        records(&server) == EXAMPLE_RECORDS
+    });
+
+    // openssl's own TLS stack as the exporter: the file's bytes on stdin, closed at its end.
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &at.to_string(),
+            "-CAfile",
+            &ca,
+            "-quiet",
+            "-no_ign_eof",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let bytes = std::fs::read(example()).expect("example");
+    s_client
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&bytes)
+        .expect("to s_client");
+    let status = s_client.wait().expect("s_client ends");
+    assert!(status.success(), "openssl s_client: {status}");
+    eventually(
+        "every record from openssl s_client too",
+        Duration::from_secs(20),
+        || records(&server) == 2 * EXAMPLE_RECORDS,
+    );
+    assert!(server.log_lines("TLS handshake failed").is_empty());
+}
+
+#[test]
+fn a_plain_client_and_a_silent_one_are_closed_and_counted_while_others_go_on() {
+    use std::io::Read;
+    let d = dir("hostile");
+    let (cert, key, ca) = common::certificates(&d);
+    let server = tls_server("tls-hostile", &cert, &key, None);
+    let at = server.logged_addr("tls=");
+
+    // Plain IPFIX on the TLS port: not a ClientHello, so the handshake fails and the
+    // connection is closed.
+    let mut plain = std::net::TcpStream::connect(at).expect("connect");
+    let _ = plain.write_all(&std::fs::read(example()).expect("example"));
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 256];
+    // An alert, then the close; or the close at once.
+    while matches!(plain.read(&mut buf), Ok(n) if n > 0) {}
+
+    // One that connects and says nothing is closed within first_message_secs (2 s here),
+    // while an exporter next to it is served.
+    let started = Instant::now();
+    let mut silent = std::net::TcpStream::connect(at).expect("connect");
+    let out = send_tls(at, &ca, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let end = silent.read(&mut buf);
+    assert!(
+        matches!(end, Ok(0)) || end.is_err(),
+        "the silent client is closed: {end:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+        "closed after {waited:?}"
+    );
+    eventually(
+        "the exporter beside them got everything",
+        Duration::from_secs(20),
+        || records(&server) == EXAMPLE_RECORDS,
+    );
+    eventually("both counted and logged", Duration::from_secs(5), || {
+        server.log_lines("TLS handshake failed").len() >= 2
+    });
+}
+
+#[test]
+fn with_tls_ca_only_exporters_signed_by_it_are_let_in() {
+    let d = dir("mutual");
+    let (cert, key, ca) = common::certificates(&d);
+    let other = dir("mutual-other");
+    let (other_cert, other_key, _) = common::certificates(&other);
+    let server = tls_server("tls-mutual", &cert, &key, Some(&ca));
+    let at = server.logged_addr("tls=");
+
+    // No certificate, and one from a CA the collector does not trust: refused, logged.
+    let _ = send_tls(at, &ca, None);
+    let _ = send_tls(at, &ca, Some((&other_cert, &other_key)));
+    eventually("both refused and logged", Duration::from_secs(10), || {
+        server.log_lines("TLS handshake failed").len() >= 2
+    });
+    assert_eq!(records(&server), 0, "nothing from the refused exporters");
+
+    let out = send_tls(at, &ca, Some((&cert, &key)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the trusted exporter's records",
+        Duration::from_secs(20),
+        || records(&server) == EXAMPLE_RECORDS,
+    );
+}
+
+#[test]
+fn tls_keys_are_checked_when_the_node_starts() {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("IPFIXSVC__COLLECTOR__TLS_LISTEN", "127.0.0.1:0")
+        .env("IPFIXSVC__COLLECTOR__TCP_LISTEN", "127.0.0.1:0")
+        .env("IPFIXSVC__COLLECTOR__UDP_LISTEN", "")
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("collector.tls_listen needs collector.tls_cert and collector.tls_key"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("IPFIXSVC__NODE__ROLES", "collector")
+        .env("IPFIXSVC__COLLECTOR__TLS_LISTEN", "127.0.0.1:0")
+        .env("IPFIXSVC__COLLECTOR__TLS_CERT", "/nonexistent/cert.pem")
+        .env("IPFIXSVC__COLLECTOR__TLS_KEY", "/nonexistent/key.pem")
+        .env("IPFIXSVC__COLLECTOR__TCP_LISTEN", "127.0.0.1:0")
+        .env("IPFIXSVC__COLLECTOR__UDP_LISTEN", "")
+        .stdout(Stdio::null())
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("collector.tls_cert /nonexistent/cert.pem"),
+        "{err}"
+    );
+}
