@@ -159,23 +159,9 @@ fn route_literals(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// Where `scripts/test` puts its Python tools.
-fn venv_tool(tool: &str) -> PathBuf {
-    let venv = std::env::var_os("IPFIXSVC_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
-    let bin = venv.join("bin").join(tool);
-    assert!(
-        bin.exists(),
-        "{} is missing: ./scripts/test makes the virtual environment (python3 -m venv, pip install {tool})",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
-    let schemathesis = venv_tool("schemathesis");
+    let schemathesis = common::venv_tool("schemathesis");
     let (server, api, token) = start("schemathesis");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi/schemathesis.toml");
     let out = tokio::process::Command::new(&schemathesis)

@@ -6,6 +6,7 @@ use crate::actors::mediator::Streams;
 use crate::actors::node::{NodeArgs, NodeMsg, NodeSupervisor};
 use crate::config::Settings;
 use crate::wire::Registry;
+use anyhow::Context;
 use ractor::Actor;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,10 +20,18 @@ pub struct ServeArgs {
     /// Extra Information Elements (TOML), as for `dump --elements`.
     #[arg(long, value_name = "FILE")]
     pub elements: Option<PathBuf>,
+    /// Check the configuration (file, environment, the TLS files it names, --elements), print
+    /// the effective configuration as TOML and exit, starting nothing: for a deployment's
+    /// pre-flight, and for tests that a manifest's keys are ones the binary has.
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
+    if args.check {
+        return check(&settings, args);
+    }
     crate::telemetry::init(&settings.log);
     let registry = match &args.elements {
         Some(p) => Arc::new(Registry::with_extra_file(p)?),
@@ -142,4 +151,30 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// `serve --check`: what `serve` would refuse at start, refused now, without binding anything.
+fn check(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
+    if !settings.collector.tls_listen.is_empty() {
+        crate::actors::collector::tls::acceptor(&settings.collector).map_err(anyhow::Error::msg)?;
+    }
+    let c = &settings.cluster;
+    if !c.tls_cert.is_empty() {
+        crate::actors::cluster_tls::ClusterTls::from_pem_files(&c.tls_cert, &c.tls_key, &c.tls_ca)
+            .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(p) = &args.elements {
+        Registry::with_extra_file(p)?;
+    }
+    // Secrets are said to be set, not printed.
+    let mut shown = settings.clone();
+    for secret in [&mut shown.api.admin_token, &mut shown.cluster.cookie] {
+        if !secret.is_empty() {
+            *secret = "(set)".into();
+        }
+    }
+    let text = toml::to_string(&shown).context("printing the configuration")?;
+    let mut out = crate::cli::stdout_lines();
+    out.line(text.trim_end())?;
+    out.flush()
 }

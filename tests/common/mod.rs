@@ -333,3 +333,17 @@ pub fn certificates(dir: &std::path::Path) -> (String, String, String) {
     let p = |f: &str| dir.join(f).to_string_lossy().to_string();
     (p("node.pem"), p("node.key"), p("ca.pem"))
 }
+
+/// Where `scripts/test` puts its Python tools.
+pub fn venv_tool(tool: &str) -> std::path::PathBuf {
+    let venv = std::env::var_os("IPFIXSVC_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
+    let bin = venv.join("bin").join(tool);
+    assert!(
+        bin.exists(),
+        "{} is missing: ./scripts/test makes the virtual environment (python3 -m venv, pip install {tool})",
+        bin.display()
+    );
+    bin
+}
