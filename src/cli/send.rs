@@ -36,6 +36,10 @@ pub struct SendArgs {
     /// Capture ports holding IPFIX besides 4739, 2055, 9995 and 9996 (repeatable).
     #[arg(long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
+    /// The local address to send from (an exporter's own address: `cluster/` fronts spread
+    /// exporters by it); the system picks one when absent.
+    #[arg(long, value_name = "ADDR")]
+    pub from: Option<std::net::IpAddr>,
     /// IPFIX over TLS (RFC 7011 section 11) to the collector's `collector.tls_listen`.
     #[arg(long, conflicts_with = "udp", requires = "ca")]
     pub tls: bool,
@@ -75,6 +79,21 @@ impl Out {
             Out::Udp(s, to) => s.send_to(m, *to).map(|_| ()),
         }
     }
+}
+
+/// A TCP connection to `to`, from `from` when given (bound before connecting).
+fn connect(to: SocketAddr, from: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = from else {
+        return TcpStream::connect_timeout(&to, Duration::from_secs(5));
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    Ok(socket.into())
 }
 
 /// The TLS client for --tls: trusts --ca, presents --cert when given; the collector's name is
@@ -253,10 +272,13 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
         } else {
             ([0u16; 8], 0).into()
         };
-        Out::Udp(UdpSocket::bind(local)?, to)
+        let local = args.from.map_or(local, |ip| SocketAddr::new(ip, 0));
+        Out::Udp(
+            UdpSocket::bind(local).with_context(|| format!("--from {local}"))?,
+            to,
+        )
     } else {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            .with_context(|| format!("connecting to {to}"))?;
+        let mut s = connect(to, args.from).with_context(|| format!("connecting to {to}"))?;
         s.set_nodelay(true)?;
         let tls = if args.tls {
             let conn = tls_client(args, &mut s)?;

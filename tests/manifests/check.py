@@ -10,7 +10,8 @@ Checks, each failure printed and counted (exit 1 when any):
     $(VAR) expansions) with the ConfigMap's config.toml passes `ipfixsvc serve --check`;
   * container ports are the ports the effective configuration listens on, by name;
   * every Service's targetPort names a port of the pods it selects;
-  * probe paths are paths of the API's OpenAPI document;
+  * probe paths are paths of the API's OpenAPI document, on pods that run the api role (whose
+    server answers them);
   * terminationGracePeriodSeconds covers shutdown.grace_secs plus the preStop pause;
   * the Dockerfile exposes those ports, runs as a numeric non-root user, and builds with the
     toolchain Cargo.toml asks for.
@@ -137,6 +138,8 @@ def main():
                     fail(f"{name}: port {pname} is {have[pname][0]}, the configuration listens on {port}")
             if "ipfix-udp" in have and have["ipfix-udp"][1] != "UDP":
                 fail(f"{name}: ipfix-udp is not UDP")
+            if "api" not in roles:
+                fail(f"{name}: roles {roles} lack api, whose server answers the probes")
             for probe in ("readinessProbe", "livenessProbe"):
                 p = c.get(probe, {}).get("httpGet")
                 if not p:
