@@ -23,23 +23,8 @@ impl std::fmt::Debug for ClusterTls {
 
 impl ClusterTls {
     pub fn from_pem_files(cert: &str, key: &str, ca: &str) -> Result<ClusterTls, String> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .and_then(|i| i.collect::<Result<_, _>>())
-            .map_err(|e| format!("cluster.tls_cert {cert}: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("cluster.tls_cert {cert}: no certificate"));
-        }
-        let key =
-            PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cluster.tls_key {key}: {e}"))?;
-        let mut roots = RootCertStore::empty();
-        for c in
-            CertificateDer::pem_file_iter(ca).map_err(|e| format!("cluster.tls_ca {ca}: {e}"))?
-        {
-            let c = c.map_err(|e| format!("cluster.tls_ca {ca}: {e}"))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("cluster.tls_ca {ca}: {e}"))?;
-        }
+        let (certs, key) = chain_and_key(("cluster.tls_cert", cert), ("cluster.tls_key", key))?;
+        let roots = roots("cluster.tls_ca", ca)?;
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -72,4 +57,32 @@ impl ClusterTls {
             .trim_end_matches(']');
         ServerName::try_from(host.to_string()).map_err(|e| format!("seed {seed}: {e}"))
     }
+}
+
+/// A PEM certificate chain and its private key; errors name the configuration key and file.
+pub fn chain_and_key(
+    (cert_key, cert): (&str, &str),
+    (key_key, key): (&str, &str),
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("{cert_key} {cert}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{cert_key} {cert}: no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{key_key} {key}: {e}"))?;
+    Ok((certs, key))
+}
+
+/// The CA certificates of a PEM file, as trust roots (at least one).
+pub fn roots(ca_key: &str, ca: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{ca_key} {ca}: {e}"))? {
+        let c = c.map_err(|e| format!("{ca_key} {ca}: {e}"))?;
+        roots.add(c).map_err(|e| format!("{ca_key} {ca}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{ca_key} {ca}: no certificate"));
+    }
+    Ok(roots)
 }

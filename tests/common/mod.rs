@@ -48,34 +48,16 @@ impl Server {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        let addr = |key: &str| {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let found = log.lock().expect("log lock").iter().find_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix(key))
-                        .and_then(|a| a.parse::<SocketAddr>().ok())
-                });
-                if let Some(a) = found {
-                    return a;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "server did not report its {key} address: {:?}",
-                    log.lock().map(|l| l.clone())
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        };
-        let tcp = addr("tcp=");
-        let udp = addr("udp=");
-        Server {
+        let mut server = Server {
             child,
-            tcp,
-            udp,
+            tcp: ([0, 0, 0, 0], 0).into(),
+            udp: ([0, 0, 0, 0], 0).into(),
             out,
             log,
-        }
+        };
+        server.tcp = server.logged_addr("tcp=");
+        server.udp = server.logged_addr("udp=");
+        server
     }
 
     /// An address the server logged as `key=ADDR` (e.g. `tls=`), waited for up to 20 s.

@@ -3,10 +3,9 @@
 //! (mutual TLS); without, the channel is encrypted and the exporter is known by its address, as
 //! over plain TCP.
 
+use crate::actors::cluster_tls::{chain_and_key, roots};
 use crate::config::CollectorSettings;
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -14,14 +13,7 @@ use tokio_rustls::TlsAcceptor;
 /// The acceptor for `collector.tls_*`; the error names the key and file at fault.
 pub fn acceptor(s: &CollectorSettings) -> Result<TlsAcceptor, String> {
     let (cert, key, ca) = (&s.tls_cert, &s.tls_key, &s.tls_ca);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("collector.tls_cert {cert}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("collector.tls_cert {cert}: no certificate"));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("collector.tls_key {key}: {e}"))?;
+    let (certs, key) = chain_and_key(("collector.tls_cert", cert), ("collector.tls_key", key))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -29,18 +21,7 @@ pub fn acceptor(s: &CollectorSettings) -> Result<TlsAcceptor, String> {
     let builder = if ca.is_empty() {
         builder.with_no_client_auth()
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in
-            CertificateDer::pem_file_iter(ca).map_err(|e| format!("collector.tls_ca {ca}: {e}"))?
-        {
-            let c = c.map_err(|e| format!("collector.tls_ca {ca}: {e}"))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("collector.tls_ca {ca}: {e}"))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("collector.tls_ca {ca}: no certificate"));
-        }
+        let roots = roots("collector.tls_ca", ca)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| format!("collector.tls_ca {ca}: {e}"))?;
