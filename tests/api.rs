@@ -177,6 +177,27 @@ async fn health_readiness_metrics_and_the_admin_routes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(records, 3979, "the live session and its records");
+    // What the listing names per session (issue 13): node, exporter, transport, domains,
+    // tenant, started, and the figures.
+    let list: serde_json::Value = get_json(&http, format!("{base}/api/v1/sessions"), &token).await;
+    let s = &list["sessions"][0];
+    let local = exporter.local_addr().expect("local addr").to_string();
+    assert_eq!(s["stats"]["exporter"], local.as_str(), "{s}");
+    assert_eq!(s["stats"]["transport"], "tcp", "{s}");
+    assert_eq!(s["stats"]["tenant"], "default", "{s}");
+    assert!(
+        s["stats"]["domains"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{s}"
+    );
+    assert!(
+        s["stats"]["started"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 24),
+        "{s}"
+    );
+    assert!(s["node"].as_str().is_some_and(|n| !n.is_empty()), "{s}");
     let cluster: serde_json::Value =
         get_json(&http, format!("{base}/api/v1/cluster"), &token).await;
     assert_eq!(

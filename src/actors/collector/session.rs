@@ -163,6 +163,10 @@ pub struct SessionState {
     cache: Option<CacheHandle>,
     tenant: String,
     transport: Transport,
+    /// `tcp`, `udp` or `tls`, as the session listing says.
+    transport_name: &'static str,
+    /// RFC 3339 UTC.
+    started: String,
     /// What this session last told the cache of each template (a fingerprint, and when):
     /// unchanged re-sends within `share_refresh` stay here instead of becoming messages.
     shared: HashMap<(u32, u16), (u64, Instant)>,
@@ -201,6 +205,11 @@ impl Actor for ExporterSession {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let s = &args.settings;
+        let transport_name = match args.input {
+            SessionInput::Tcp(_) => "tcp",
+            SessionInput::Tls { .. } => "tls",
+            SessionInput::Udp(_) => "udp",
+        };
         let transport = match args.input {
             SessionInput::Tcp(_) | SessionInput::Tls { .. } => Transport::Tcp,
             SessionInput::Udp(_) => Transport::Udp,
@@ -233,6 +242,8 @@ impl Actor for ExporterSession {
             cache: args.cache,
             tenant: args.tenant,
             transport,
+            transport_name,
+            started: rfc3339_now(),
             shared: HashMap::new(),
             // Often enough to keep a UDP template alive in the cache (its lifetime) and the
             // store's TTL fresh; rare enough to cost nothing.
@@ -418,6 +429,10 @@ impl Actor for ExporterSession {
             SessionMsg::GetStats(reply) => {
                 let mut stats = state.core.stats.clone();
                 stats.tenant = state.tenant.clone();
+                stats.exporter = state.peer.to_string();
+                stats.transport = state.transport_name.to_string();
+                stats.domains = state.core.domains();
+                stats.started = state.started.clone();
                 if let Some(q) = &state.udp_queue {
                     stats.dropped_datagrams = q.dropped.load(Ordering::Relaxed);
                 }
@@ -780,4 +795,14 @@ async fn read_tcp<S: tokio::io::AsyncRead + Unpin>(
         }
     };
     let _ = session.cast(SessionMsg::ReaderClosed(end));
+}
+
+/// Now, as RFC 3339 UTC with milliseconds (chrono here has no clock of its own).
+fn rfc3339_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    chrono::DateTime::from_timestamp(d.as_secs() as i64, d.subsec_nanos())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }

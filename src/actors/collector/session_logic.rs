@@ -32,6 +32,15 @@ pub struct SessionLimits {
 pub struct SessionStats {
     /// The tenant that owns the session's exporter (filled in when the stats are asked for).
     pub tenant: String,
+    /// The exporter, `address:port` (filled in when the stats are asked for, as are the next
+    /// three).
+    pub exporter: String,
+    /// `tcp`, `udp` or `tls`.
+    pub transport: String,
+    /// The Observation Domains the session has had messages for, in order.
+    pub domains: Vec<u32>,
+    /// When the session started, RFC 3339 UTC.
+    pub started: String,
     pub messages: u64,
     pub bytes: u64,
     pub data_records: u64,
@@ -86,6 +95,15 @@ struct Pending {
     sys_uptime_ms: Option<u32>,
     set: Bytes,
     since: Instant,
+}
+
+impl SessionCore {
+    /// The Observation Domains this session has had messages for, in order.
+    pub fn domains(&self) -> Vec<u32> {
+        let mut d: Vec<u32> = self.expected.keys().copied().collect();
+        d.sort_unstable();
+        d
+    }
 }
 
 pub struct SessionCore {
