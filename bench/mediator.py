@@ -37,6 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import collector  # noqa: E402  (the collector benchmark's helpers: Serve, dump_count, ...)
+import cluster  # noqa: E402  (its Redis on a free loopback port)
 
 BIN = collector.BIN
 SHM = "/dev/shm"
@@ -116,30 +117,6 @@ class HttpSink(http.server.ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
-class Redis:
-    def __init__(self):
-        if not shutil.which("redis-server"):
-            self.proc = None
-            return
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        sys.exit("redis-server did not start")
-
-    def stop(self):
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait()
-
-
 def cases(rd, http_url):
     """(name, config TOML, streams that must each write every record, peer needed)."""
     keep_all = "octetDeltaCount >= 0"
@@ -161,7 +138,7 @@ def cases(rd, http_url):
          toml_stream("h", f'{{ kind = "http", url = "{http_url}", batch_records = 5000 }}', extra='on_full = "block"'),
          ["h"], False),
     ]
-    if rd.proc:
+    if rd:
         url = f"redis://127.0.0.1:{rd.port}"
         one += [
             ("redis_stream, an entry per batch", toml_stream("rb", f'{{ kind = "redis_stream", url = "{url}", key = "b", maxlen = 1000, entry = "batch" }}', extra='on_full = "block"'), ["rb"], False),
@@ -257,7 +234,7 @@ def main():
     records = collector.dump_count(path)
     print(f"file: {path} ({records} records, {os.path.getsize(path)} bytes)")
     if not a.skip_tcp:
-        rd = Redis()
+        rd = cluster.Redis() if shutil.which("redis-server") else None
         hs = HttpSink()
         all_cases = cases(rd, "http://127.0.0.1:%d/flows" % hs.server_address[1])
         if a.only:
@@ -271,7 +248,8 @@ def main():
                 cpus[name].append(c)
                 print(f"  round {rnd + 1}: {name}: {records / w / 1e6:.2f}M rec/s", file=sys.stderr)
         hs.shutdown()
-        rd.stop()
+        if rd:
+            rd.stop()
         bare = statistics.median(walls[all_cases[0][0]])
         print()
         print("TCP, 1 session, first byte sent to the drain's end (medians of %d rounds)" % a.rounds)

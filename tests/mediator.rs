@@ -28,17 +28,6 @@ fn send(server: &Server, file: &[u8], n: usize) {
     server.wait_log("exporter session ended", n, Duration::from_secs(20));
 }
 
-/// A fresh folder for a test's configuration (not the Server's own, which it empties).
-fn config_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "ipfixsvc-test-{}-{name}-config",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
-}
-
 fn lines(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -49,7 +38,7 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn configured_streams_filter_truncate_and_keep_what_the_full_stream_says() {
-    let dir = config_dir("streams");
+    let dir = common::config_dir("streams");
     let (all, web) = (dir.join("all.ndjson"), dir.join("web.ndjson"));
     let config = dir.join("config.toml");
     std::fs::write(
@@ -175,7 +164,7 @@ fn a_stream_that_does_not_check_is_refused_at_start_naming_the_field() {
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_stream_is_restarted_with_its_configuration_and_counted() {
-    let dir = config_dir("streams-panic");
+    let dir = common::config_dir("streams-panic");
     let out = dir.join("flaky.ndjson");
     let config = dir.join("config.toml");
     std::fs::write(
@@ -553,7 +542,7 @@ async fn stream_figures(api: std::net::SocketAddr, token: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_is_down_opens_the_breaker_and_a_probe_closes_it() {
     let port = common::free_port();
-    let dir = config_dir("breaker");
+    let dir = common::config_dir("breaker");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -628,7 +617,7 @@ async fn a_peer_that_is_down_opens_the_breaker_and_a_probe_closes_it() {
 #[test]
 fn rotated_files_are_whole_and_each_ipfix_file_reads_alone() {
     common::need("tshark");
-    let dir = config_dir("rotate");
+    let dir = common::config_dir("rotate");
     let (store, ndjson) = (dir.join("store"), dir.join("ndjson"));
     let config = dir.join("config.toml");
     std::fs::write(
@@ -716,7 +705,7 @@ fn rotated_files_are_whole_and_each_ipfix_file_reads_alone() {
 #[test]
 fn a_stream_re_exports_over_udp_within_the_path_size() {
     let b = Server::start("udp-b", &[]);
-    let dir = config_dir("udp");
+    let dir = common::config_dir("udp");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -909,7 +898,7 @@ fn through_http_sink(
     sink: &str,
     got: &std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
 ) -> Vec<usize> {
-    let dir = config_dir(name);
+    let dir = common::config_dir(name);
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -951,7 +940,7 @@ fn an_http_sink_retries_until_the_server_takes_every_record() {
 fn an_https_sink_trusts_its_ca_file_and_delivers_every_record() {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let dir = config_dir("https-certs");
+    let dir = common::config_dir("https-certs");
     let (cert, key, ca) = common::certificates(&dir);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tls = rustls::ServerConfig::builder()
@@ -1009,7 +998,7 @@ fn a_peer_that_drops_the_connection_gets_a_new_session_with_its_templates_and_th
         let _ = std::io::Read::read_to_end(&mut s, &mut second);
         second
     });
-    let dir = config_dir("reconnect");
+    let dir = common::config_dir("reconnect");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,

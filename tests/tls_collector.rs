@@ -18,13 +18,6 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/ipfix/example_flows.ipfix")
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ipfixsvc-tls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("dir");
-    d
-}
-
 fn tls_server(name: &str, cert: &str, key: &str, ca: Option<&str>) -> Server {
     let mut env = vec![
         ("IPFIXSVC__COLLECTOR__TLS_LISTEN", "127.0.0.1:0"),
@@ -60,7 +53,7 @@ fn records(server: &Server) -> usize {
 #[test]
 fn send_and_openssl_s_client_deliver_every_record_over_tls() {
     common::need("openssl");
-    let d = dir("plain-auth");
+    let d = common::config_dir("plain-auth");
     let (cert, key, ca) = common::certificates(&d);
     let server = tls_server("tls-server-auth", &cert, &key, None);
     let at = server.logged_addr("tls=");
@@ -111,7 +104,7 @@ fn send_and_openssl_s_client_deliver_every_record_over_tls() {
 #[test]
 fn a_plain_client_and_a_silent_one_are_closed_and_counted_while_others_go_on() {
     use std::io::Read;
-    let d = dir("hostile");
+    let d = common::config_dir("hostile");
     let (cert, key, ca) = common::certificates(&d);
     let server = tls_server("tls-hostile", &cert, &key, None);
     let at = server.logged_addr("tls=");
@@ -162,9 +155,9 @@ fn a_plain_client_and_a_silent_one_are_closed_and_counted_while_others_go_on() {
 
 #[test]
 fn with_tls_ca_only_exporters_signed_by_it_are_let_in() {
-    let d = dir("mutual");
+    let d = common::config_dir("mutual");
     let (cert, key, ca) = common::certificates(&d);
-    let other = dir("mutual-other");
+    let other = common::config_dir("mutual-other");
     let (other_cert, other_key, _) = common::certificates(&other);
     let server = tls_server("tls-mutual", &cert, &key, Some(&ca));
     let at = server.logged_addr("tls=");

@@ -313,7 +313,7 @@ async fn connect(
         let attempt = async {
             match tls {
                 Some(tls) => {
-                    let name = ClusterTls::server_name(seed)?;
+                    let name = ClusterTls::server_name(seed).map_err(|e| format!("seed {e}"))?;
                     ractor_cluster::client_connect_enc(server, addr, tls.connector.clone(), name)
                         .await
                         .map_err(|e| format!("{e:?}"))

@@ -48,14 +48,15 @@ impl ClusterTls {
         })
     }
 
-    /// The name a seed's certificate must carry: its host (a DNS name or an IP address).
+    /// The name a peer's certificate must carry: the host of `seed` (`host:port`, `[v6]:port`;
+    /// a DNS name or an IP address).
     pub fn server_name(seed: &str) -> Result<ServerName<'static>, String> {
         let host = seed
             .rsplit_once(':')
             .map_or(seed, |(h, _)| h)
             .trim_start_matches('[')
             .trim_end_matches(']');
-        ServerName::try_from(host.to_string()).map_err(|e| format!("seed {seed}: {e}"))
+        ServerName::try_from(host.to_string()).map_err(|e| format!("{seed}: {e}"))
     }
 }
 

@@ -99,37 +99,23 @@ fn connect(to: SocketAddr, from: Option<std::net::IpAddr>) -> std::io::Result<Tc
 /// The TLS client for --tls: trusts --ca, presents --cert when given; the collector's name is
 /// --to's host (an address or a DNS name its certificate must carry).
 fn tls_client(args: &SendArgs, tcp: &mut TcpStream) -> anyhow::Result<rustls::ClientConnection> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use crate::actors::cluster_tls::{ClusterTls, chain_and_key, roots};
+    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
     let ca = args.ca.as_ref().context("--tls needs --ca")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("--ca {}", ca.display()))? {
-        roots
-            .add(c.with_context(|| format!("--ca {}", ca.display()))?)
-            .with_context(|| format!("--ca {}", ca.display()))?;
-    }
+    let roots = roots("--ca", &path(ca)).map_err(anyhow::Error::msg)?;
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
     let config = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("--cert {}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("--key {}", key.display()))?;
+            let (chain, key) = chain_and_key(("--cert", &path(cert)), ("--key", &path(key)))
+                .map_err(anyhow::Error::msg)?;
             builder.with_client_auth_cert(chain, key)?
         }
         _ => builder.with_no_client_auth(),
     };
-    let host = args
-        .to
-        .rsplit_once(':')
-        .map_or(args.to.as_str(), |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = ServerName::try_from(host.to_string()).with_context(|| format!("--to {host}"))?;
+    let name = ClusterTls::server_name(&args.to).map_err(|e| anyhow::anyhow!("--to {e}"))?;
     let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
     // The handshake now, so a refused certificate is an error here, not a write failure later.
     while conn.is_handshaking() {

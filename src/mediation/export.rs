@@ -150,6 +150,17 @@ impl Reexporter {
         skipped
     }
 
+    /// Adds every record of `recs` and appends the whole messages they make (all of them: the
+    /// messages being built are finished) to `out`; returns the records skipped.
+    pub fn encode_into(&mut self, recs: &[Records], now_secs: u32, out: &mut Vec<u8>) -> u64 {
+        let skipped = recs.iter().map(|r| self.add(r, now_secs).total()).sum();
+        self.flush();
+        for m in self.take_ready() {
+            out.extend_from_slice(&m);
+        }
+        skipped
+    }
+
     /// Finishes the messages being built.
     pub fn flush(&mut self) {
         for d in self.domains.values_mut() {

@@ -329,3 +329,14 @@ pub fn venv_tool(tool: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// A fresh folder for a test's configuration (not the Server's own, which it empties).
+pub fn config_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ipfixsvc-test-{}-{name}-config",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}

@@ -283,35 +283,27 @@ impl CollectorSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let s = &env.settings;
         match kind {
-            ListenerKind::Tcp if !s.tcp_listen.is_empty() => {
+            // TCP and TLS: the same listener actor, the second with an acceptor.
+            ListenerKind::Tcp | ListenerKind::Tls => {
+                let (listen, name) = match kind {
+                    ListenerKind::Tls => (&s.tls_listen, TLS_LISTENER),
+                    _ => (&s.tcp_listen, TCP_LISTENER),
+                };
+                if listen.is_empty() {
+                    return Ok(());
+                }
+                let tls = match kind {
+                    ListenerKind::Tls => Some(tls::acceptor(s)?),
+                    _ => None,
+                };
                 let args = TcpListenerArgs {
-                    listen: s.tcp_listen.clone(),
+                    listen: listen.clone(),
                     env: env.clone(),
                     supervisor: myself.get_cell(),
-                    tls: None,
+                    tls,
                 };
-                Actor::spawn_linked(
-                    Some(TCP_LISTENER.into()),
-                    TcpListenerActor,
-                    args,
-                    myself.get_cell(),
-                )
-                .await?;
-            }
-            ListenerKind::Tls if !s.tls_listen.is_empty() => {
-                let args = TcpListenerArgs {
-                    listen: s.tls_listen.clone(),
-                    env: env.clone(),
-                    supervisor: myself.get_cell(),
-                    tls: Some(tls::acceptor(s)?),
-                };
-                Actor::spawn_linked(
-                    Some(TLS_LISTENER.into()),
-                    TcpListenerActor,
-                    args,
-                    myself.get_cell(),
-                )
-                .await?;
+                Actor::spawn_linked(Some(name.into()), TcpListenerActor, args, myself.get_cell())
+                    .await?;
             }
             ListenerKind::Udp if !s.udp_listen.is_empty() => {
                 let args = UdpListenerArgs {

@@ -73,15 +73,8 @@ impl IpfixFileSink {
             self.reexporter.new_session();
         }
         let now = crate::store::unix_secs() as u32;
-        let (mut n, mut skipped) = (0, 0);
-        for r in recs {
-            n += r.count() as u64;
-            skipped += self.reexporter.add(r, now).total();
-        }
-        self.reexporter.flush();
-        for m in self.reexporter.take_ready() {
-            self.buf.extend_from_slice(&m);
-        }
+        let n: u64 = recs.iter().map(|r| r.count() as u64).sum();
+        let skipped = self.reexporter.encode_into(recs, now, &mut self.buf);
         self.stats.filtered.fetch_add(skipped, Ordering::Relaxed);
         self.buffered += n - skipped;
         if self.buf.len() >= self.chunk {

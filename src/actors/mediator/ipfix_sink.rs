@@ -213,14 +213,7 @@ impl IpfixSink {
             self.breaker.drop_records(n);
             return Ok(0);
         }
-        let mut skipped = 0;
-        for r in recs {
-            skipped += self.reexporter.add(r, now_secs()).total();
-        }
-        self.reexporter.flush();
-        for m in self.reexporter.take_ready() {
-            self.out.extend_from_slice(&m);
-        }
+        let skipped = self.reexporter.encode_into(recs, now_secs(), &mut self.out);
         self.stats.filtered.fetch_add(skipped, Ordering::Relaxed);
         self.held.extend(recs.iter().cloned());
         self.held_records += n - skipped;
@@ -249,13 +242,9 @@ impl IpfixSink {
             if fresh {
                 // The messages held were made for the broken session.
                 self.out.clear();
-                for r in &self.held {
-                    let _ = self.reexporter.add(r, now_secs());
-                }
-                self.reexporter.flush();
-                for m in self.reexporter.take_ready() {
-                    self.out.extend_from_slice(&m);
-                }
+                let _ = self
+                    .reexporter
+                    .encode_into(&self.held, now_secs(), &mut self.out);
             }
             let sent = match &mut self.socket {
                 Socket::Tcp(Some(s)) => s.write_all(&self.out).await,

@@ -15,13 +15,17 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// one's source and domain say) to `out`.
 pub fn render(out: &mut Vec<u8>, writer: &mut RecordWriter, recs: &Records, registry: &Registry) {
     let msg = &recs.msg;
-    let origin = Origin {
+    for (k, b) in msg.batches.iter().enumerate() {
+        writer.write_rows(out, origin(recs), msg, b, recs.rows(k), registry);
+    }
+}
+
+/// The metadata of `recs`'s lines: its source, and its domain when a transform changed it.
+fn origin(recs: &Records) -> Origin<'_> {
+    Origin {
         exporter: &recs.source.exporter,
         tenant: Some(&recs.source.tenant),
-        domain: (recs.domain != msg.header.observation_domain).then_some(recs.domain),
-    };
-    for (k, b) in msg.batches.iter().enumerate() {
-        writer.write_rows(out, origin, msg, b, recs.rows(k), registry);
+        domain: (recs.domain != recs.msg.header.observation_domain).then_some(recs.domain),
     }
 }
 
@@ -104,12 +108,7 @@ impl NdjsonSink {
     pub async fn write(&mut self, batch: &[Records]) -> std::io::Result<u64> {
         let mut written = 0;
         for recs in batch {
-            let msg = &recs.msg;
-            let origin = Origin {
-                exporter: &recs.source.exporter,
-                tenant: Some(&recs.source.tenant),
-                domain: (recs.domain != msg.header.observation_domain).then_some(recs.domain),
-            };
+            let (msg, origin) = (&recs.msg, origin(recs));
             for (k, b) in msg.batches.iter().enumerate() {
                 let rows = recs.selected[k].as_ref().map_or(b.len(), |m| m.count());
                 self.writer
