@@ -1,5 +1,5 @@
 //! SIGTERM as Kubernetes sends it: under load every record the collector read is written before
-//! it exits 0, and with an output that takes nothing (`ipfixsvc serve | sleep 60`) it still exits
+//! it exits 0; exporters that close when the collector does (the drain's hand-off) lose nothing; and with an output that takes nothing (`ipfixsvc serve | sleep 60`) it still exits
 //! within the grace period, non-zero, saying what was lost.
 
 mod common;
@@ -103,6 +103,99 @@ fn a_drain_under_load_writes_every_record_the_collector_read() {
             .any(|l| l.contains("every record read was written")),
         "{log:?}"
     );
+}
+
+/// An exporter that honours a hand-off, as `ipfixsvc send --reconnect` does: it sends `bytes`
+/// whole, over and over, until the collector's FIN, then stops and closes in turn. Returns how
+/// many times it sent `bytes`, and whether the connection broke (a reset) rather than ended.
+fn polite_exporter(to: std::net::SocketAddr, bytes: Arc<Vec<u8>>) -> (u64, bool) {
+    let mut s = std::net::TcpStream::connect(to).expect("connect");
+    let mut watch = s.try_clone().expect("clone");
+    let fin = Arc::new(AtomicBool::new(false));
+    let seen = fin.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        // An IPFIX collector writes nothing: a read returns at its FIN (or an error).
+        let end = std::io::Read::read(&mut watch, &mut b);
+        seen.store(true, Ordering::Relaxed);
+        matches!(end, Ok(0))
+    });
+    let mut sent = 0;
+    while !fin.load(Ordering::Relaxed) {
+        if s.write_all(&bytes).is_err() {
+            return (sent, true);
+        }
+        sent += 1;
+    }
+    let clean = watcher.join().expect("watcher");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    (sent, !clean)
+}
+
+#[test]
+fn a_drain_hands_off_exporters_that_close_in_turn_without_losing_a_record() {
+    let server = Server::start(
+        "drain-hand-off",
+        &[("IPFIXSVC__SHUTDOWN__GRACE_SECS", "10")],
+    );
+    let bytes = Arc::new(example());
+    let per_pass = {
+        let mut d = ipfixsvc::wire::Decoder::new(
+            ipfixsvc::wire::Registry::builtin(),
+            ipfixsvc::wire::DecoderOptions::default(),
+        );
+        ipfixsvc::wire::MessageReader::new(&bytes[..], 65535)
+            .map(|m| {
+                d.decode(m.expect("frames").1)
+                    .expect("decodes")
+                    .data_records() as u64
+            })
+            .sum::<u64>()
+    };
+    let exporters: Vec<_> = (0..4)
+        .map(|_| {
+            let (b, to) = (bytes.clone(), server.tcp);
+            std::thread::spawn(move || polite_exporter(to, b))
+        })
+        .collect();
+    eventually("records flowing", Duration::from_secs(20), || {
+        server.output().len() > 20_000
+    });
+    let out = server.out.clone();
+    let asked = Instant::now();
+    let (status, log) = server.terminate_with_log();
+    let took = asked.elapsed();
+    let mut sent = 0;
+    for e in exporters {
+        let (passes, broken) = e.join().expect("exporter");
+        assert!(
+            !broken,
+            "the collector reset a connection instead of handing it off"
+        );
+        sent += passes * per_pass;
+    }
+    assert!(
+        status.success(),
+        "{status:?}: {:?}",
+        &log[log.len().saturating_sub(6)..]
+    );
+    let written = std::fs::read_to_string(&out)
+        .expect("records")
+        .lines()
+        .count() as u64;
+    assert_eq!(
+        written, sent,
+        "every record the exporters sent was written, once"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("the exporter closed in turn"))
+            .count(),
+        4,
+        "{log:?}"
+    );
+    // The exporters closed at once: the drain did not wait out its read time (4 s here).
+    assert!(took < Duration::from_secs(4), "took {took:?}");
 }
 
 #[test]

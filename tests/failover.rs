@@ -1,7 +1,7 @@
 //! Templates shared through Redis between two real `ipfixsvc serve` nodes: an exporter that moves
 //! from node A to node B is decoded at once without re-sending templates; a withdrawal on A keeps
 //! B from decoding with the old template; a Redis outage costs no collection, and the store
-//! catches up when Redis is back.
+//! catches up when Redis is back; a Redis that restarts empty gets the templates again.
 
 mod common;
 
@@ -282,6 +282,18 @@ fn exporter_moves_between_nodes_sharing_redis() {
         "one line per outage, not a flood"
     );
     assert_eq!(a.log_lines("template store back").len(), 1);
+
+    // 5. Redis restarts empty while A is healthy and quiet (no persistence, or a failover to a
+    // replica without the last writes): A notices the new instance and writes again what its
+    // sessions defined, which its TCP exporters will not send again.
+    redis.restart();
+    eventually(
+        "A wrote its templates to the new Redis instance",
+        Duration::from_secs(20),
+        || redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:8:256"),
+    );
+    // One line per new instance: step 4's restart was one too.
+    assert_eq!(a.log_lines("template store restarted").len(), 2);
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }

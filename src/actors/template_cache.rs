@@ -21,7 +21,9 @@
 //!
 //! Redis down: one log line, `healthy` goes false, the store is left alone (no waits on the hot
 //! path) and what is learned or withdrawn meanwhile is remembered; when a probe succeeds the
-//! cache writes it all and says so.
+//! cache writes it all and says so. A probe every 2 s also reads Redis's `run_id`: a new
+//! instance (a restart without persistence, a failover) gets every template this node's
+//! sessions defined written again.
 
 use super::collector::session::SessionMsg;
 use crate::store::templates::stored_cost;
@@ -239,6 +241,8 @@ pub struct CacheState {
     waiters: HashMap<TemplateKey, (Instant, Vec<ActorRef<SessionMsg>>)>,
     conflicts: HashMap<TemplateKey, Conflict>,
     healthy: bool,
+    /// The store instance last seen (Redis's `run_id`): a new one is re-written.
+    instance: Option<String>,
     /// Changes the store has not seen, with when they happened (Unix ms): written at re-sync
     /// unless another node changed the key later.
     learned_while_down: HashMap<TemplateKey, u64>,
@@ -301,6 +305,7 @@ impl Actor for TemplateCache {
             waiters: HashMap::new(),
             conflicts: HashMap::new(),
             healthy: true,
+            instance: None,
             learned_while_down: HashMap::new(),
             withdrawn_while_down: HashMap::new(),
             unsynced_dropped: 0,
@@ -803,11 +808,44 @@ impl CacheState {
                 self.forget(&k);
             }
         }
-        if self.healthy {
+        // Also the health check while healthy: a store that stops answering is noticed
+        // without traffic.
+        let restarted = match self.store.instance().await {
+            Ok(Some(id)) => {
+                let new = self.instance.as_ref().is_some_and(|old| *old != id);
+                self.instance = Some(id);
+                new
+            }
+            Ok(None) => false,
+            Err(e) => {
+                self.down(&e);
+                return;
+            }
+        };
+        if self.healthy && !restarted {
             return;
         }
-        if self.store.ping().await.is_err() {
-            return;
+        if restarted {
+            // A Redis that restarted without its data (or a replica that took over without our
+            // last writes) no longer holds what this node's sessions defined, and a TCP
+            // exporter does not send its templates again: written again, as changes made now
+            // (a later change of another node still wins).
+            let now = unix_ms();
+            let ours: Vec<TemplateKey> = self
+                .local
+                .iter()
+                .filter(|(_, e)| e.from.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            tracing::warn!(
+                templates = ours.len(),
+                "template store restarted (a new Redis instance): writing again the templates this node's sessions defined"
+            );
+            for k in ours {
+                if !self.withdrawn_while_down.contains_key(&k) {
+                    self.unsynced(k, now, false);
+                }
+            }
         }
         self.healthy = true;
         // What other nodes published while we were cut off was lost with the subscription:

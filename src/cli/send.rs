@@ -10,6 +10,7 @@ use crate::wire::header::{
 use crate::wire::{Decoder, DecoderOptions, MessageReader, Registry};
 use anyhow::Context;
 use bytes::Bytes;
+use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -52,6 +53,19 @@ pub struct SendArgs {
     /// With --tls: the private key of --cert.
     #[arg(long, value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// TCP/TLS: when the collector hangs up (a node drained or lost), connect again and resume
+    /// with the first message its TCP had not acknowledged, without sending templates again
+    /// (the cluster's collectors share them). Each reconnection is reported on standard error.
+    #[arg(long, conflicts_with = "udp")]
+    pub reconnect: bool,
+    /// With --reconnect: how long to keep trying to connect again after a loss.
+    #[arg(
+        long,
+        default_value_t = 60,
+        value_name = "SECS",
+        requires = "reconnect"
+    )]
+    pub reconnect_for: u64,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -61,25 +75,42 @@ pub struct SendSummary {
     pub bytes: u64,
     pub seconds: f64,
     pub records_per_second: f64,
+    /// --reconnect: connections made again after the collector hung up.
+    pub reconnects: u64,
+    /// --reconnect: messages sent again because the lost connection had not acknowledged them
+    /// (counted once in `messages` and `records`).
+    pub resent_messages: u64,
+    pub resent_records: u64,
 }
 
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-enum Out {
-    /// TCP, or TLS over it; the watcher reads the raw socket (a collector sends nothing).
-    Tcp(TcpStream, Option<Box<Tls>>, Watcher),
-    Udp(UdpSocket, SocketAddr),
+/// The socket under TLS, counting the bytes written onto it: the TCP acknowledgements that
+/// --reconnect resumes after count those, handshake and record framing included.
+struct Counted {
+    tcp: TcpStream,
+    written: u64,
 }
 
-impl Out {
-    fn send(&mut self, m: &[u8]) -> std::io::Result<()> {
-        match self {
-            Out::Tcp(_, Some(t), _) => t.write_all(m),
-            Out::Tcp(s, None, _) => s.write_all(m),
-            Out::Udp(s, to) => s.send_to(m, *to).map(|_| ()),
-        }
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(buf)
     }
 }
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.tcp.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, Counted>;
+
+/// The TLS client's configuration and the name the collector's certificate must carry.
+type TlsClient = (std::sync::Arc<rustls::ClientConfig>, ServerName<'static>);
 
 /// A TCP connection to `to`, from `from` when given (bound before connecting).
 fn connect(to: SocketAddr, from: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
@@ -98,7 +129,7 @@ fn connect(to: SocketAddr, from: Option<std::net::IpAddr>) -> std::io::Result<Tc
 
 /// The TLS client for --tls: trusts --ca, presents --cert when given; the collector's name is
 /// --to's host (an address or a DNS name its certificate must carry).
-fn tls_client(args: &SendArgs, tcp: &mut TcpStream) -> anyhow::Result<rustls::ClientConnection> {
+fn tls_client(args: &SendArgs) -> anyhow::Result<TlsClient> {
     use crate::actors::cluster_tls::{ClusterTls, chain_and_key, roots};
     let path = |p: &PathBuf| p.to_string_lossy().into_owned();
     let ca = args.ca.as_ref().context("--tls needs --ca")?;
@@ -116,16 +147,15 @@ fn tls_client(args: &SendArgs, tcp: &mut TcpStream) -> anyhow::Result<rustls::Cl
         _ => builder.with_no_client_auth(),
     };
     let name = ClusterTls::server_name(&args.to).map_err(|e| anyhow::anyhow!("--to {e}"))?;
-    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
-    // The handshake now, so a refused certificate is an error here, not a write failure later.
-    while conn.is_handshaking() {
-        conn.complete_io(tcp).context("TLS handshake")?;
-    }
-    Ok(conn)
+    Ok((std::sync::Arc::new(config), name))
 }
 
 /// After our FIN, how long send waits for the collector to read the rest and close in turn.
 const LINGER: Duration = Duration::from_secs(5);
+
+/// After a hangup, how long --reconnect waits for the collector's TCP to acknowledge what is in
+/// flight (a collector handing us off reads on until we close) before it decides what to resend.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// How the collector's side of a TCP connection ended.
 #[derive(Debug)]
@@ -143,7 +173,7 @@ enum Hangup {
 /// the socket buffers.
 struct Watcher {
     hangup: std::sync::mpsc::Receiver<Hangup>,
-    thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watcher {
@@ -155,7 +185,8 @@ impl Watcher {
             let end = loop {
                 match reader.read(&mut buf) {
                     Ok(0) => break Hangup::Closed,
-                    // Bytes from a collector mean nothing in IPFIX: ignored.
+                    // Bytes from a collector mean nothing in IPFIX (TLS's own records aside):
+                    // ignored.
                     Ok(_) => continue,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => break Hangup::Broken(e),
@@ -164,7 +195,350 @@ impl Watcher {
             // No receiver any more is fine: send has finished or failed already.
             let _ = tx.send(end);
         });
-        Ok(Watcher { hangup, thread })
+        Ok(Watcher {
+            hangup,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// One TCP (or TLS) connection to the collector.
+struct Connection {
+    tcp: TcpStream,
+    tls: Option<Box<Tls>>,
+    watcher: Watcher,
+    /// Bytes written on plain TCP (TLS counts its own in `Counted`).
+    written: u64,
+}
+
+impl Connection {
+    fn open(
+        to: SocketAddr,
+        from: Option<std::net::IpAddr>,
+        tls: Option<&TlsClient>,
+    ) -> anyhow::Result<Connection> {
+        let tcp = connect(to, from).with_context(|| format!("connecting to {to}"))?;
+        tcp.set_nodelay(true)?;
+        let tls = match tls {
+            Some((config, name)) => {
+                let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())?;
+                let mut sock = Counted {
+                    tcp: tcp.try_clone()?,
+                    written: 0,
+                };
+                // The handshake now, so a refused certificate is an error here, not a write
+                // failure later.
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut sock).context("TLS handshake")?;
+                }
+                Some(Box::new(rustls::StreamOwned::new(conn, sock)))
+            }
+            None => None,
+        };
+        let watcher = Watcher::start(&tcp)?;
+        Ok(Connection {
+            tcp,
+            tls,
+            watcher,
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, m: &[u8]) -> std::io::Result<()> {
+        match &mut self.tls {
+            // Flushed: the message's TLS records are on the wire, where `wire` counts them.
+            Some(t) => t.write_all(m).and_then(|()| t.flush()),
+            None => {
+                self.tcp.write_all(m)?;
+                self.written += m.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes written onto the TCP connection.
+    fn wire(&self) -> u64 {
+        self.tls.as_ref().map_or(self.written, |t| t.sock.written)
+    }
+
+    /// A hangup the watcher saw, if any.
+    fn hangup(&self) -> Option<Hangup> {
+        self.watcher
+            .hangup
+            .try_recv()
+            .ok()
+            .map(|h| self.reset_or(h))
+    }
+
+    /// The hangup behind a failed write: the watcher has the first cause, or is about to.
+    /// (EPIPE or ECONNRESET on the socket is the collector hanging up, never the quiet
+    /// `| head` case, which is about standard output.)
+    fn hangup_after(&self, e: std::io::Error) -> Hangup {
+        self.watcher
+            .hangup
+            .recv_timeout(Duration::from_millis(200))
+            .map_or(Hangup::Broken(e), |h| self.reset_or(h))
+    }
+
+    /// A reset's error goes to whichever call sees it first: when a write took it, the
+    /// watcher's read returns 0 as for a FIN. A FIN leaves the connection half open, a reset
+    /// closed.
+    fn reset_or(&self, h: Hangup) -> Hangup {
+        match h {
+            Hangup::Closed if tcp_acked(&self.tcp).is_some_and(|(_, closed)| closed) => {
+                Hangup::Broken(std::io::ErrorKind::ConnectionReset.into())
+            }
+            h => h,
+        }
+    }
+
+    /// Our end of the stream: TLS's close_notify (so the collector knows the stream was not cut
+    /// short), then FIN.
+    fn shut_write(&mut self) -> std::io::Result<()> {
+        if let Some(t) = &mut self.tls {
+            t.conn.send_close_notify();
+            t.flush()?;
+        }
+        self.tcp.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// How many of the bytes written the collector's TCP acknowledged, once what was in flight
+    /// has settled: everything (a collector handing us off reads on until we close), or what
+    /// the connection had acknowledged when it broke. At most SETTLE.
+    fn settle(&self) -> u64 {
+        let until = Instant::now() + SETTLE;
+        loop {
+            let Some((acked, closed)) = tcp_acked(&self.tcp) else {
+                return 0;
+            };
+            if acked >= self.wire() || closed || Instant::now() >= until {
+                return acked;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Wakes the watcher's read if the collector is still there, so its thread ends.
+        let _ = self.tcp.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.watcher.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The bytes of this connection the peer's TCP acknowledged (TCP_INFO's `tcpi_bytes_acked`,
+/// RFC 4898's ThruOctetsAcked), and whether the connection is closed. It stays readable after a
+/// reset, as long as the socket is open.
+fn tcp_acked(tcp: &TcpStream) -> Option<(u64, bool)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain data, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the borrow's length, and the kernel writes at most
+    // `len` bytes into `info`, which has that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((info.tcpi_bytes_acked, info.tcpi_state == TCP_CLOSE))
+}
+
+/// Linux's TCP_CLOSE state (include/net/tcp_states.h), which libc does not name.
+const TCP_CLOSE: u8 = 7;
+
+/// A message sent on the current connection and not yet acknowledged by the collector's TCP.
+struct Unacked {
+    /// Where the message ends on the connection's wire (`u64::MAX`: not written yet).
+    end: u64,
+    bytes: Vec<u8>,
+    records: u64,
+}
+
+/// Checks acknowledgements every this many bytes written: a TCP_INFO per 64 KiB, not per
+/// message.
+const ACK_CHECK_BYTES: u64 = 64 * 1024;
+
+/// The TCP or TLS Exporting Process. With --reconnect, a collector that hangs up (a node
+/// drained or killed) is dialled again (a Kubernetes Service sends the new connection to a live
+/// pod), and the stream resumes with the first message its TCP had not acknowledged: bytes the
+/// peer acknowledged reached its socket, so sending them again would duplicate records. No
+/// template is sent again: the collectors share them (Redis), and the stream goes on as if the
+/// connection had not changed.
+struct TcpExporter<'a> {
+    args: &'a SendArgs,
+    to: SocketAddr,
+    tls: Option<TlsClient>,
+    conn: Connection,
+    /// --reconnect only: the messages the current connection has not acknowledged, oldest first.
+    unacked: std::collections::VecDeque<Unacked>,
+    checked_at: u64,
+}
+
+impl TcpExporter<'_> {
+    fn send(&mut self, m: Vec<u8>, records: u64, summary: &mut SendSummary) -> anyhow::Result<()> {
+        let written = self.conn.write(&m).map_err(|e| self.conn.hangup_after(e));
+        let why = match written {
+            Ok(()) => {
+                if self.args.reconnect {
+                    self.unacked.push_back(Unacked {
+                        end: self.conn.wire(),
+                        bytes: m,
+                        records,
+                    });
+                    if self.conn.wire() - self.checked_at >= ACK_CHECK_BYTES {
+                        self.checked_at = self.conn.wire();
+                        if let Some((acked, _)) = tcp_acked(&self.conn.tcp) {
+                            self.acknowledged(acked);
+                        }
+                    }
+                }
+                match self.conn.hangup() {
+                    None => return Ok(()),
+                    Some(why) => why,
+                }
+            }
+            Err(why) if self.args.reconnect => {
+                // Not written whole: sent again after the ones before it.
+                self.unacked.push_back(Unacked {
+                    end: u64::MAX,
+                    bytes: m,
+                    records,
+                });
+                why
+            }
+            Err(why) => return Err(hung_up(self.to, summary, &why)),
+        };
+        if !self.args.reconnect {
+            return Err(hung_up(self.to, summary, &why));
+        }
+        self.resume(why, summary)
+    }
+
+    /// Forgets the messages the collector's TCP acknowledged.
+    fn acknowledged(&mut self, acked: u64) {
+        while self.unacked.front().is_some_and(|u| u.end <= acked) {
+            self.unacked.pop_front();
+        }
+    }
+
+    /// --reconnect after `why`: settles what the old connection acknowledged, connects again
+    /// (with backoff, for at most --reconnect-for), and sends again what was not acknowledged.
+    fn resume(&mut self, mut why: Hangup, summary: &mut SendSummary) -> anyhow::Result<()> {
+        loop {
+            if matches!(why, Hangup::Closed) {
+                // A collector handing us off reads until we close too.
+                let _ = self.conn.shut_write();
+            }
+            let acked = self.conn.settle();
+            self.acknowledged(acked);
+            let lost_at = Instant::now();
+            let (conn, attempts) = self.connect_again(&why, summary)?;
+            self.conn = conn;
+            self.checked_at = 0;
+            summary.reconnects += 1;
+            let pending = std::mem::take(&mut self.unacked);
+            let (n, r) = (
+                pending.len(),
+                pending.iter().map(|u| u.records).sum::<u64>(),
+            );
+            eprintln!(
+                "ipfixsvc send: the collector at {} {}; connected again after {:.3} s ({attempts} attempts); sending again {n} messages ({r} records) it had not acknowledged",
+                self.to,
+                match &why {
+                    Hangup::Closed => "closed the connection (FIN)".to_string(),
+                    Hangup::Broken(e) => format!("broke the connection ({e})"),
+                },
+                lost_at.elapsed().as_secs_f64(),
+            );
+            summary.resent_messages += n as u64;
+            summary.resent_records += r;
+            let mut failed = None;
+            for mut u in pending {
+                if failed.is_none() {
+                    match self.conn.write(&u.bytes) {
+                        Ok(()) => u.end = self.conn.wire(),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                if failed.is_some() {
+                    u.end = u64::MAX;
+                }
+                self.unacked.push_back(u);
+            }
+            match failed {
+                None => return Ok(()),
+                Some(e) => why = self.conn.hangup_after(e),
+            }
+        }
+    }
+
+    /// A new connection within --reconnect-for: the first attempt at once, then backing off from
+    /// 50 ms to 1 s.
+    fn connect_again(
+        &self,
+        why: &Hangup,
+        summary: &SendSummary,
+    ) -> anyhow::Result<(Connection, u32)> {
+        let start = Instant::now();
+        let mut wait = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Connection::open(self.to, self.args.from, self.tls.as_ref()) {
+                Ok(c) => return Ok((c, attempts)),
+                Err(e) if start.elapsed() >= Duration::from_secs(self.args.reconnect_for) => {
+                    return Err(hung_up(self.to, summary, why).context(format!(
+                        "no new connection within --reconnect-for {} s ({attempts} attempts; the last: {e:#})",
+                        self.args.reconnect_for
+                    )));
+                }
+                Err(_) => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// The end of the file: our FIN, and the collector's close in turn. With --reconnect, a
+    /// collector lost before it acknowledged everything gets the rest on a new connection.
+    fn finish(&mut self, summary: &mut SendSummary) -> anyhow::Result<()> {
+        loop {
+            // A hangup before our FIN: the collector closed on its own, before the end.
+            let early = self.conn.hangup();
+            if let Some(why) = &early
+                && !self.args.reconnect
+            {
+                return Err(hung_up(self.to, summary, why));
+            }
+            let end = match self.conn.shut_write() {
+                Err(e) => Some(Hangup::Broken(e)),
+                // After our FIN a collector reads what is left and closes in turn: a FIN back
+                // is the clean end; a reset means it dropped data unread. One that keeps the
+                // connection open is not waited for past LINGER.
+                Ok(()) => early.or_else(|| self.conn.watcher.hangup.recv_timeout(LINGER).ok()),
+            };
+            let Some(why @ Hangup::Broken(_)) = end else {
+                return Ok(());
+            };
+            if !self.args.reconnect {
+                return Err(hung_up(self.to, summary, &why));
+            }
+            let acked = self.conn.settle();
+            self.acknowledged(acked);
+            if self.unacked.is_empty() {
+                return Ok(());
+            }
+            self.resume(why, summary)?;
+        }
     }
 }
 
@@ -252,30 +626,29 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
         .with_context(|| format!("--to {}", args.to))?
         .next()
         .with_context(|| format!("--to {}: no address", args.to))?;
-    let mut out = if args.udp {
+    let mut summary = SendSummary::default();
+    let mut udp = None;
+    let mut tcp = None;
+    if args.udp {
         let local: SocketAddr = if to.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
             ([0u16; 8], 0).into()
         };
         let local = args.from.map_or(local, |ip| SocketAddr::new(ip, 0));
-        Out::Udp(
-            UdpSocket::bind(local).with_context(|| format!("--from {local}"))?,
-            to,
-        )
+        udp = Some(UdpSocket::bind(local).with_context(|| format!("--from {local}"))?);
     } else {
-        let mut s = connect(to, args.from).with_context(|| format!("connecting to {to}"))?;
-        s.set_nodelay(true)?;
-        let tls = if args.tls {
-            let conn = tls_client(args, &mut s)?;
-            Some(Box::new(rustls::StreamOwned::new(conn, s.try_clone()?)))
-        } else {
-            None
-        };
-        let watcher = Watcher::start(&s)?;
-        Out::Tcp(s, tls, watcher)
-    };
-    let mut summary = SendSummary::default();
+        let tls = args.tls.then(|| tls_client(args)).transpose()?;
+        let conn = Connection::open(to, args.from, tls.as_ref())?;
+        tcp = Some(TcpExporter {
+            args,
+            to,
+            tls,
+            conn,
+            unacked: Default::default(),
+            checked_at: 0,
+        });
+    }
     let start = Instant::now();
     // Per-domain sequence numbers, rewritten only when repeating (a single pass is byte-exact).
     let mut seq: HashMap<(u16, u32), u32> = HashMap::new();
@@ -292,58 +665,27 @@ pub fn run(args: &SendArgs) -> anyhow::Result<SendSummary> {
                     std::thread::sleep(due - now);
                 }
             }
-            if let Err(e) = out.send(&m) {
-                if let Out::Tcp(_, _, w) = &out {
-                    // EPIPE or ECONNRESET on the socket is the collector hanging up (never the
-                    // quiet `| head` case, which is about standard output); the watcher has
-                    // the first cause, or is about to.
-                    let why = w
-                        .hangup
-                        .recv_timeout(Duration::from_millis(200))
-                        .unwrap_or(Hangup::Broken(e));
-                    return Err(hung_up(to, &summary, &why));
-                }
-                return Err(anyhow::Error::new(e).context(format!(
-                    "sending message {} (round {})",
-                    summary.messages + 1,
-                    round + 1
-                )));
+            let len = m.len() as u64;
+            if let Some(t) = &mut tcp {
+                t.send(m, *records, &mut summary)?;
+            } else if let Some(u) = &udp {
+                u.send_to(&m, to).map_err(|e| {
+                    anyhow::Error::new(e).context(format!(
+                        "sending message {} (round {})",
+                        summary.messages + 1,
+                        round + 1
+                    ))
+                })?;
             }
             summary.messages += 1;
             summary.records += records;
-            summary.bytes += m.len() as u64;
-            if let Out::Tcp(_, _, w) = &out
-                && let Ok(why) = w.hangup.try_recv()
-            {
-                return Err(hung_up(to, &summary, &why));
-            }
+            summary.bytes += len;
         }
     }
     // The sending time: the wait for the collector's close below is not part of it.
     summary.seconds = start.elapsed().as_secs_f64();
-    if let Out::Tcp(s, tls, w) = out {
-        // A hangup before our FIN: the collector closed on its own, before the end.
-        if let Ok(why) = w.hangup.try_recv() {
-            return Err(hung_up(to, &summary, &why));
-        }
-        if let Some(mut t) = tls {
-            // TLS's own end of data, so the collector knows the stream was not cut short.
-            t.conn.send_close_notify();
-            t.flush()
-                .map_err(|e| hung_up(to, &summary, &Hangup::Broken(e)))?;
-        }
-        s.shutdown(std::net::Shutdown::Write)
-            .map_err(|e| hung_up(to, &summary, &Hangup::Broken(e)))?;
-        // After our FIN a collector reads what is left and closes in turn: a FIN back is the
-        // clean end; a reset means it dropped data unread. One that keeps the connection open
-        // is not waited for past LINGER.
-        let end = w.hangup.recv_timeout(LINGER);
-        // Wakes the watcher's read if the collector is still there, so its thread ends.
-        let _ = s.shutdown(std::net::Shutdown::Both);
-        let _ = w.thread.join();
-        if let Ok(why @ Hangup::Broken(_)) = end {
-            return Err(hung_up(to, &summary, &why));
-        }
+    if let Some(t) = &mut tcp {
+        t.finish(&mut summary)?;
     }
     summary.records_per_second = summary.records as f64 / summary.seconds.max(1e-9);
     Ok(summary)

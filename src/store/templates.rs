@@ -299,6 +299,24 @@ impl TemplateStore {
         }
     }
 
+    /// Which store instance answers: Redis's `run_id`, new at each start of the server (and
+    /// on a failover to a replica); `None` in memory. A new instance may have lost what was
+    /// written to the one before (no persistence, or writes the replica had not received).
+    pub async fn instance(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            TemplateStore::Memory(_) => Ok(None),
+            TemplateStore::Redis(r) => {
+                let mut cmd = redis::cmd("INFO");
+                cmd.arg("server");
+                let info: String = r.query("info server", &cmd).await?;
+                Ok(info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("run_id:"))
+                    .map(|id| id.trim().to_string()))
+            }
+        }
+    }
+
     /// Answers when the store is reachable.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {

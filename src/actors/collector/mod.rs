@@ -403,8 +403,13 @@ impl Actor for CollectorSupervisor {
                 // A message, not `stop`: ractor handles a stop before queued messages, and those
                 // are batches already read from TCP (acknowledged) or datagrams received.
                 let sessions = Self::sessions(&myself);
+                // TCP exporters are handed off (FIN, then read until they close) within half of
+                // what is left; the other half decodes and delivers what they sent.
+                let read_until = tokio::time::Instant::now()
+                    + deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
                 for s in &sessions {
-                    let _ = ActorRef::<SessionMsg>::from(s.clone()).cast(SessionMsg::Drain);
+                    let _ =
+                        ActorRef::<SessionMsg>::from(s.clone()).cast(SessionMsg::Drain(read_until));
                 }
                 let all = futures_util::future::join_all(sessions.iter().map(|s| s.wait(None)));
                 let _ = tokio::time::timeout_at(deadline, all).await;

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -43,8 +43,10 @@ pub enum SessionMsg {
     /// The TCP reader stopped.
     ReaderClosed(ReaderEnd),
     /// The node is shutting down: finish what was read (everything queued before this), then
-    /// stop. TCP sessions first stop their reader, which hands over what it framed and closes.
-    Drain,
+    /// stop. A TCP session's reader first hands the exporter off: it closes its own sending side
+    /// (FIN, or TLS close_notify), reads on until the exporter closes in turn or until the
+    /// instant given, then hands over what it framed.
+    Drain(tokio::time::Instant),
     Tick,
     /// `first_message_secs` after the start: a session with no valid message yet is closed, so
     /// a silent or garbage-sending peer does not keep its place for the whole idle timeout.
@@ -75,8 +77,11 @@ pub enum ReaderEnd {
     Idle,
     /// Framing lost (an impossible header, a message cut short) or a read error.
     Failed(String),
-    /// Told to stop reading (shutdown); `partial` bytes of a message begun were not framed.
-    Drained { partial: usize },
+    /// Told to stop reading (shutdown). `closed`: the exporter closed in turn after the
+    /// node's FIN, so everything it sent was read; otherwise the drain's read time ran out and
+    /// `partial` bytes of a message begun were not framed (and what the socket held after is
+    /// lost with the connection).
+    Drained { partial: usize, closed: bool },
 }
 
 /// How the session gets its bytes.
@@ -181,8 +186,8 @@ pub struct SessionState {
     me: ActorRef<SessionMsg>,
     /// The exporter closed; the session waits for outstanding template lookups.
     closing: bool,
-    /// Tells the TCP reader to stop reading (drain).
-    stop_reading: Option<tokio::sync::watch::Sender<bool>>,
+    /// Tells the TCP reader to hand the exporter off, reading until the instant given (drain).
+    stop_reading: Option<tokio::sync::watch::Sender<Option<tokio::time::Instant>>>,
     /// Why the session ends, for its last log line.
     end_reason: Option<String>,
     /// Dropped Data Sets were logged once already.
@@ -263,7 +268,7 @@ impl Actor for ExporterSession {
         match args.input {
             SessionInput::Tcp(stream) => {
                 let permits = Arc::new(Semaphore::new(s.tcp_inflight_batches));
-                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
                 state.stop_reading = Some(stop_tx);
                 state.reader = Some(AbortOnDrop(tokio::spawn(read_tcp(
                     stream,
@@ -281,7 +286,7 @@ impl Actor for ExporterSession {
                 failures,
             } => {
                 let permits = Arc::new(Semaphore::new(s.tcp_inflight_batches));
-                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
                 state.stop_reading = Some(stop_tx);
                 let (me, idle, max) = (myself.clone(), s.idle_timeout(), s.max_message_size);
                 let (read, peer) = (state.read_messages.clone(), state.peer);
@@ -370,9 +375,11 @@ impl Actor for ExporterSession {
                 }
                 ReaderEnd::Eof => state.end(&myself, "the exporter closed".into()),
                 ReaderEnd::Idle => state.end(&myself, "idle timeout".into()),
-                ReaderEnd::Drained { partial } => {
-                    if partial > 0 {
-                        tracing::warn!(peer = %state.peer, bytes = partial, "shutting down: a message the exporter had begun to send is lost");
+                ReaderEnd::Drained { partial, closed } => {
+                    if closed {
+                        tracing::info!(peer = %state.peer, "shutting down: the exporter closed in turn; everything it sent was read");
+                    } else {
+                        tracing::warn!(peer = %state.peer, partial_bytes = partial, "shutting down: the exporter did not close within the drain's read time; what it sent after is lost");
                     }
                     state.end(&myself, "node shutting down".into());
                 }
@@ -391,10 +398,10 @@ impl Actor for ExporterSession {
                     state.end(&myself, "idle timeout".into());
                 }
             }
-            SessionMsg::Drain => match &state.stop_reading {
+            SessionMsg::Drain(read_until) => match &state.stop_reading {
                 // The reader's last message, after everything it framed, ends the session.
                 Some(tx) => {
-                    let _ = tx.send(true);
+                    let _ = tx.send(Some(read_until));
                 }
                 // UDP: every datagram handed over before this has been decoded.
                 None => state.end(&myself, "node shutting down".into()),
@@ -739,32 +746,77 @@ const ASK_AGAIN: Duration = Duration::from_secs(5);
 /// session in batches, at most `permits` batches ahead. Memory per connection: one read buffer
 /// and at most one partial message. Closes after `idle` without a complete message, so a peer
 /// that trickles bytes is closed as an idle one.
-async fn read_tcp<S: tokio::io::AsyncRead + Unpin>(
+///
+/// A drain (`stop` becomes `Some(until)`) hands the exporter off instead of dropping the
+/// connection: closing a socket with unread bytes resets it, and the bytes the kernel had
+/// acknowledged would be lost without the exporter knowing. So the reader closes its sending
+/// side (the exporter sees the end of the stream, stops, and closes in turn, as
+/// `ipfixsvc send --reconnect` does before it goes to another collector) and reads on until the
+/// exporter's FIN or `until`.
+async fn read_tcp<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     session: ActorRef<SessionMsg>,
     permits: Arc<Semaphore>,
     max_message: usize,
     idle: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     read_messages: Arc<AtomicU64>,
 ) {
     let mut framer = Framer::new(max_message);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut deadline = tokio::time::Instant::now() + idle;
+    let mut draining = false;
     let end = loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        let read = tokio::select! {
-            biased;
-            _ = stop.changed() => break ReaderEnd::Drained { partial: buf.len() },
-            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+        let read = if draining {
+            // tokio's timeout polls the read first: an exporter that floods would never time
+            // out.
+            if tokio::time::Instant::now() >= deadline {
+                break ReaderEnd::Drained {
+                    partial: buf.len(),
+                    closed: false,
+                };
+            }
+            tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await
+        } else {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    let until = (*stop.borrow()).unwrap_or_else(tokio::time::Instant::now);
+                    draining = true;
+                    // Our FIN (a TLS close_notify first): bounded, though the collector never
+                    // sends, so there is nothing queued for it to wait behind.
+                    let _ = tokio::time::timeout_at(until, stream.shutdown()).await;
+                    deadline = deadline.min(until);
+                    continue;
+                }
+                r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+            }
         };
         match read {
+            Err(_) if draining => {
+                break ReaderEnd::Drained {
+                    partial: buf.len(),
+                    closed: false,
+                };
+            }
             Err(_) => break ReaderEnd::Idle,
+            Ok(Err(e)) if draining => {
+                tracing::debug!(error = %e, "read error after the drain's FIN");
+                break ReaderEnd::Drained {
+                    partial: buf.len(),
+                    closed: false,
+                };
+            }
             Ok(Err(e)) => break ReaderEnd::Failed(format!("read error: {e}")),
             Ok(Ok(0)) => {
                 break match framer.finish(&buf) {
+                    Ok(()) if draining => ReaderEnd::Drained {
+                        partial: 0,
+                        closed: true,
+                    },
                     Ok(()) => ReaderEnd::Eof,
                     Err(e) => ReaderEnd::Failed(e.to_string()),
                 };
@@ -780,7 +832,9 @@ async fn read_tcp<S: tokio::io::AsyncRead + Unpin>(
             }
         };
         if !msgs.is_empty() {
-            deadline = tokio::time::Instant::now() + idle;
+            if !draining {
+                deadline = tokio::time::Instant::now() + idle;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break ReaderEnd::Eof;
             };
