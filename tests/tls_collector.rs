@@ -19,6 +19,16 @@ fn example() -> PathBuf {
 }
 
 fn tls_server(name: &str, cert: &str, key: &str, ca: Option<&str>) -> Server {
+    tls_server_with(name, cert, key, ca, &[])
+}
+
+fn tls_server_with(
+    name: &str,
+    cert: &str,
+    key: &str,
+    ca: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Server {
     let mut env = vec![
         ("IPFIXSVC__COLLECTOR__TLS_LISTEN", "127.0.0.1:0"),
         ("IPFIXSVC__COLLECTOR__TLS_CERT", cert),
@@ -28,6 +38,7 @@ fn tls_server(name: &str, cert: &str, key: &str, ca: Option<&str>) -> Server {
     if let Some(ca) = ca {
         env.push(("IPFIXSVC__COLLECTOR__TLS_CA", ca));
     }
+    env.extend_from_slice(extra);
     Server::start(name, &env)
 }
 
@@ -215,4 +226,80 @@ fn tls_keys_are_checked_when_the_node_starts() {
         err.contains("collector.tls_cert /nonexistent/cert.pem"),
         "{err}"
     );
+}
+
+#[test]
+fn a_tls_session_is_listed_with_transport_tls() {
+    common::need("openssl");
+    common::need("curl");
+    let d = common::config_dir("tls-listed");
+    let (cert, key, ca) = common::certificates(&d);
+    let token = "tls-listing-admin-token-0123456789";
+    let server = tls_server_with(
+        "tls-listed",
+        &cert,
+        &key,
+        None,
+        &[
+            ("IPFIXSVC__NODE__ROLES", "collector,api"),
+            ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+            ("IPFIXSVC__API__ADMIN_TOKEN", token),
+            ("IPFIXSVC__STORAGE__DIR", d.to_str().expect("dir")),
+        ],
+    );
+    let at = server.logged_addr("tls=");
+    let api = common::api_addr(&server);
+    // openssl s_client holds the session open until its standard input closes.
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &at.to_string(),
+            "-CAfile",
+            &ca,
+            "-quiet",
+            "-no_ign_eof",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut stdin = s_client.stdin.take().expect("stdin");
+    stdin
+        .write_all(&std::fs::read(example()).expect("example"))
+        .expect("to s_client");
+    let session = || -> Option<serde_json::Value> {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "-m",
+                "5",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+            ])
+            .arg(format!("http://{api}/api/v1/sessions"))
+            .output()
+            .ok()?;
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list["sessions"]
+            .as_array()?
+            .iter()
+            .find(|s| s["stats"]["data_records"] == EXAMPLE_RECORDS as u64)
+            .cloned()
+    };
+    eventually("the TLS session listed", Duration::from_secs(20), || {
+        session().is_some()
+    });
+    let s = session().expect("listed");
+    assert_eq!(s["stats"]["transport"], "tls", "{s}");
+    assert!(
+        s["session"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("session/tls/")),
+        "{s}"
+    );
+    drop(stdin);
+    let _ = s_client.kill();
+    let _ = s_client.wait();
 }

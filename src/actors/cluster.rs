@@ -29,7 +29,8 @@ use super::directory::{DIRECTORY_GROUP, DirectoryMsg, Json};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{
-    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, RactorMessage,
+    IncomingEncryptionMode, NetworkStream, NodeEventSubscription, NodeServer, NodeServerMessage,
+    RactorMessage,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +44,14 @@ pub const CLI_NODE_PREFIX: &str = "ipfixsvc-cli-";
 /// Every peer is asked for its peers this often: a peer that joined while another was joining
 /// (each asked before the other was ready) is met within this.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
+
+/// Heartbeats: each ready peer is asked every HEARTBEAT_EVERY, within HEARTBEAT_TIMEOUT; after
+/// UNREACHABLE_AFTER unanswered in a row its connection is closed and dialed again with the
+/// seeds' backoff. A partition drops packets without closing anything, and TCP alone would
+/// notice only after its retransmissions give up (about 15 minutes).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const HEARTBEAT_TIMEOUT_MS: u64 = 2_000;
+const UNREACHABLE_AFTER: u32 = 3;
 /// How long the member waits for its NodeServer's port and name to be free again, when it ends
 /// and when it starts again.
 const REBIND_WITHIN: Duration = Duration::from_secs(5);
@@ -68,6 +77,7 @@ pub enum PeerEvent {
         node_id: u64,
         addr: String,
         outgoing: bool,
+        session: ActorRef<ractor_cluster::NodeSessionMessage>,
     },
     Authenticated {
         node_id: u64,
@@ -116,6 +126,13 @@ pub enum ClusterMsg {
     },
     /// Ask every peer for its peers again.
     Refresh,
+    /// Ask every ready peer whether it answers (own timer).
+    Heartbeat,
+    /// A peer's answer to a heartbeat, or its absence.
+    Beat {
+        node_id: u64,
+        answered: bool,
+    },
     View(RpcReplyPort<ClusterView>),
 }
 
@@ -145,6 +162,8 @@ pub struct SeedView {
     pub via: Option<String>,
     /// The node's name (`node@host`), once known.
     pub peer: Option<String>,
+    /// The seed is this node itself: not dialed.
+    pub this_node: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -188,6 +207,12 @@ pub struct ClusterState {
     /// Resolved address of an outgoing connection -> the seed it came from.
     dialed: HashMap<String, String>,
     tls: Option<ClusterTls>,
+    /// Each peer's NodeSession, closed when the peer stops answering heartbeats.
+    sessions: HashMap<u64, ActorRef<ractor_cluster::NodeSessionMessage>>,
+    /// Heartbeats unanswered in a row, per peer.
+    missed: HashMap<u64, u32>,
+    /// Peers whose connection was closed for not answering: their disconnection says so.
+    unreachable: HashSet<u64>,
 }
 
 /// Forwards the NodeServer's session events to the ClusterMember.
@@ -218,6 +243,7 @@ impl NodeEventSubscription for Forward {
             node_id: ses.node_id,
             addr: ses.peer_addr.clone(),
             outgoing: !ses.is_server,
+            session: ses.actor.clone(),
         });
     }
 
@@ -301,27 +327,51 @@ async fn wait_until_free(addr: SocketAddr, within: Duration) {
 }
 
 /// Connects to the first of `addrs` that answers, with TLS when the cluster uses it. Ok once the
-/// connection is up: the handshake's outcome comes as an event.
+/// connection is up: the handshake's outcome comes as an event. From `local` (the listen
+/// address) when the node listens on one address: its peers and the network policies see the
+/// node's own address, and a partition of that address cuts both directions.
 async fn connect(
     server: &ActorRef<NodeServerMessage>,
     tls: Option<&ClusterTls>,
     seed: &str,
     addrs: &[SocketAddr],
+    local: IpAddr,
 ) -> Result<(), String> {
     let mut last = "does not resolve".to_string();
     for &addr in addrs {
         let attempt = async {
-            match tls {
+            let stream = open_from(local, addr).await.map_err(|e| e.to_string())?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let (peer_addr, local_addr) = (
+                stream.peer_addr().map_err(|e| e.to_string())?,
+                stream.local_addr().map_err(|e| e.to_string())?,
+            );
+            let stream = match tls {
                 Some(tls) => {
                     let name = ClusterTls::server_name(seed).map_err(|e| format!("seed {e}"))?;
-                    ractor_cluster::client_connect_enc(server, addr, tls.connector.clone(), name)
+                    let stream = tls
+                        .connector
+                        .connect(name, stream)
                         .await
-                        .map_err(|e| format!("{e:?}"))
+                        .map_err(|e| format!("TLS: {e}"))?;
+                    NetworkStream::TlsClient {
+                        peer_addr,
+                        local_addr,
+                        stream,
+                    }
                 }
-                None => ractor_cluster::client_connect(server, addr)
-                    .await
-                    .map_err(|e| format!("{e:?}")),
-            }
+                None => NetworkStream::Raw {
+                    peer_addr,
+                    local_addr,
+                    stream,
+                },
+            };
+            server
+                .cast(NodeServerMessage::ConnectionOpened {
+                    stream: Box::new(stream),
+                    is_server: false,
+                })
+                .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(Duration::from_secs(3), attempt).await {
             Ok(Ok(())) => return Ok(()),
@@ -330,6 +380,23 @@ async fn connect(
         }
     }
     Err(last)
+}
+
+/// A TCP connection to `to`, bound to `local` when it is one address of the same family and
+/// scope (loopback or not) as `to`.
+async fn open_from(local: IpAddr, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let bind = !local.is_unspecified()
+        && local.is_ipv4() == to.is_ipv4()
+        && local.is_loopback() == to.ip().is_loopback();
+    let socket = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if bind {
+        socket.bind(SocketAddr::new(local, 0))?;
+    }
+    socket.connect(to).await
 }
 
 /// Asks the peers' directories (all, or the one on node `only`) for their cluster views, and
@@ -468,6 +535,7 @@ impl Actor for ClusterMember {
             })?;
         }
         myself.send_after(REFRESH_EVERY, || ClusterMsg::Refresh);
+        myself.send_after(HEARTBEAT_EVERY, || ClusterMsg::Heartbeat);
         let advertise = format!("{host}:{port}");
         tracing::info!(cluster = %listen, %advertise, seeds = ?args.seeds, tls = args.tls.is_some(), "cluster member started");
         Ok(ClusterState {
@@ -489,6 +557,9 @@ impl Actor for ClusterMember {
                 .collect(),
             dialed: HashMap::new(),
             tls: args.tls,
+            sessions: HashMap::new(),
+            missed: HashMap::new(),
+            unreachable: HashSet::new(),
         })
     }
 
@@ -513,6 +584,11 @@ impl Actor for ClusterMember {
                 ask_peers(&myself, None);
                 myself.send_after(REFRESH_EVERY, || ClusterMsg::Refresh);
             }
+            ClusterMsg::Heartbeat => {
+                state.heartbeat(&myself);
+                myself.send_after(HEARTBEAT_EVERY, || ClusterMsg::Heartbeat);
+            }
+            ClusterMsg::Beat { node_id, answered } => state.beat(node_id, answered),
             ClusterMsg::View(reply) => {
                 let mut peers: Vec<_> = state.peers.values().cloned().collect();
                 peers.sort_by(|a, b| a.addr.cmp(&b.addr));
@@ -564,6 +640,56 @@ impl ClusterState {
             .any(|p| p.state != "opened" && p.name.as_deref() == Some(name))
     }
 
+    /// Asks each ready peer's SessionDirectory for its view (a round trip through both
+    /// nodes' actors), from tasks: the answers come back as `Beat`s.
+    fn heartbeat(&self, myself: &ActorRef<ClusterMsg>) {
+        let ready: HashSet<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.state == "ready"
+                    && !p
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(CLI_NODE_PREFIX))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for d in ractor::pg::get_members(&DIRECTORY_GROUP.to_string()) {
+            let node_id = d.get_id().node();
+            if d.get_id().is_local() || !ready.contains(&node_id) {
+                continue;
+            }
+            let (d, me): (ActorRef<DirectoryMsg>, _) = (d.into(), myself.clone());
+            tokio::spawn(async move {
+                let answered =
+                    ractor::call_t!(d, DirectoryMsg::ClusterView, HEARTBEAT_TIMEOUT_MS).is_ok();
+                let _ = me.cast(ClusterMsg::Beat { node_id, answered });
+            });
+        }
+    }
+
+    fn beat(&mut self, node_id: u64, answered: bool) {
+        if answered {
+            self.missed.remove(&node_id);
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&node_id) else {
+            return;
+        };
+        let missed = self.missed.entry(node_id).or_default();
+        *missed += 1;
+        if *missed < UNREACHABLE_AFTER || self.unreachable.contains(&node_id) {
+            return;
+        }
+        tracing::warn!(peer = ?peer.name, addr = %peer.addr, missed = *missed, "cluster peer unreachable: closing the connection to dial it again");
+        peer.state = "unreachable".into();
+        self.unreachable.insert(node_id);
+        if let Some(session) = self.sessions.get(&node_id) {
+            session.stop(Some("unreachable: no answer to heartbeats".into()));
+        }
+    }
+
     /// 1 s doubling to 30 s.
     fn backoff(attempts: u32) -> Duration {
         Duration::from_secs(1u64 << attempts.min(5)).min(Duration::from_secs(30))
@@ -603,6 +729,26 @@ impl ClusterState {
             .await
             .map(|a| a.collect())
             .unwrap_or_default();
+        // The seeds usually name every node, this one too (a StatefulSet's headless names):
+        // dialing itself would only be refused as a duplicate name, again and again.
+        let mut own: Vec<SocketAddr> = tokio::net::lookup_host(self.advertise.as_str())
+            .await
+            .map(|a| a.collect())
+            .unwrap_or_default();
+        if !self.listen.ip().is_unspecified() {
+            own.push(self.listen);
+        }
+        if addrs.iter().any(|a| own.contains(a)) {
+            let me = self.me.clone();
+            if let Some(t) = self.target_mut(seed) {
+                t.view.this_node = true;
+                t.view.connected = true;
+                t.view.attempts = 0;
+                t.view.last_error = None;
+                t.view.peer = Some(me);
+            }
+            return;
+        }
         for a in &addrs {
             self.dialed.insert(a.to_string(), seed.to_string());
         }
@@ -610,9 +756,9 @@ impl ClusterState {
             t.view.attempts += 1;
         }
         let (server, tls, member) = (self.server.clone(), self.tls.clone(), myself.clone());
-        let seed = seed.to_string();
+        let (seed, local) = (seed.to_string(), self.listen.ip());
         tokio::spawn(async move {
-            let result = connect(&server, tls.as_ref(), &seed, &addrs).await;
+            let result = connect(&server, tls.as_ref(), &seed, &addrs, local).await;
             let _ = member.cast(ClusterMsg::Dialed {
                 seed,
                 round,
@@ -692,7 +838,10 @@ impl ClusterState {
                 node_id,
                 addr,
                 outgoing,
+                session,
             } => {
+                self.sessions.insert(node_id, session);
+                self.missed.remove(&node_id);
                 self.peers.insert(
                     node_id,
                     PeerView {
@@ -755,6 +904,9 @@ impl ClusterState {
                 name,
             } => {
                 let was = self.peers.remove(&node_id);
+                self.sessions.remove(&node_id);
+                self.missed.remove(&node_id);
+                let unreachable = self.unreachable.remove(&node_id);
                 let by_addr = if outgoing {
                     self.dialed.get(&addr).cloned()
                 } else {
@@ -778,7 +930,11 @@ impl ClusterState {
                     return;
                 }
                 let authenticated = was.as_ref().is_some_and(|p| p.state != "opened");
-                let error = if authenticated {
+                let error = if unreachable {
+                    format!(
+                        "unreachable: no answer to {UNREACHABLE_AFTER} heartbeats in a row; connection closed"
+                    )
+                } else if authenticated {
                     "connection lost".to_string()
                 } else {
                     "closed before authentication: wrong cluster.cookie, a TLS mismatch, or a node name already in the cluster".to_string()
