@@ -266,6 +266,9 @@ pub struct CollectorSettings {
     /// PEM CA certificates: when set, exporters must present a certificate signed by one of
     /// them (mutual TLS); when empty, any exporter may connect, as over plain TCP.
     pub tls_ca: String,
+    /// With `tls_ca`: the exporter's certificate names its tenant (the subject's common name,
+    /// which must be a tenant's id), instead of its address.
+    pub tls_tenant_from_cert: bool,
     /// Concurrent TCP sessions (connections); beyond this new connections are closed.
     pub max_tcp_sessions: usize,
     /// Concurrent UDP sessions (exporter address:port and Observation Domain); when full, the
@@ -336,6 +339,7 @@ impl Default for CollectorSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_ca: String::new(),
+            tls_tenant_from_cert: false,
             max_tcp_sessions: 10_000,
             max_udp_sessions: 10_000,
             max_sessions_per_exporter: 256,
@@ -600,6 +604,11 @@ impl Settings {
         {
             return bad(
                 "collector.tls_cert, tls_key and tls_ca are for collector.tls_listen, which is empty",
+            );
+        }
+        if c.tls_tenant_from_cert && c.tls_ca.is_empty() {
+            return bad(
+                "collector.tls_tenant_from_cert needs collector.tls_ca: only a certificate signed by a CA the collector trusts may name a tenant",
             );
         }
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_empty() {

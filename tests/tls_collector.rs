@@ -303,3 +303,156 @@ fn a_tls_session_is_listed_with_transport_tls() {
     let _ = s_client.kill();
     let _ = s_client.wait();
 }
+
+/// A client certificate whose subject is `CN=<cn>`, signed by the CA `common::certificates`
+/// made in `dir`; returns its certificate and key files.
+fn client_certificate(dir: &Path, cn: &str) -> (String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (key, csr, pem) = (
+        format!("{cn}.key"),
+        format!("{cn}.csr"),
+        format!("{cn}.pem"),
+    );
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/O=exporters/CN={cn}"),
+    ]);
+    std::fs::write(
+        dir.join("client.cnf"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        &pem,
+        "-days",
+        "1",
+        "-extfile",
+        "client.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+    (p(&pem), p(&key))
+}
+
+#[test]
+fn with_tls_tenant_from_cert_the_certificate_names_the_tenant() {
+    common::need("openssl");
+    common::need("curl");
+    let d = common::config_dir("tls-tenant");
+    let (cert, key, ca) = common::certificates(&d);
+    let (acme_cert, acme_key) = client_certificate(&d, "acme");
+    let (ghost_cert, ghost_key) = client_certificate(&d, "ghost");
+    let token = "tls-tenant-admin-token-0123456789";
+    let storage = d.join("storage");
+    let server = tls_server_with(
+        "tls-tenant",
+        &cert,
+        &key,
+        Some(&ca),
+        &[
+            ("IPFIXSVC__COLLECTOR__TLS_TENANT_FROM_CERT", "true"),
+            // Addresses decide nothing here: no tenant owns 127.0.0.1, and such exporters
+            // would be refused.
+            ("IPFIXSVC__COLLECTOR__UNKNOWN_EXPORTERS", "refuse"),
+            ("IPFIXSVC__NODE__ROLES", "collector,api"),
+            ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+            ("IPFIXSVC__API__ADMIN_TOKEN", token),
+            ("IPFIXSVC__STORAGE__DIR", storage.to_str().expect("dir")),
+        ],
+    );
+    let at = server.logged_addr("tls=");
+    let api = common::api_addr(&server);
+    let made = Command::new("curl")
+        .args([
+            "-sf",
+            "-m",
+            "5",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"id":"acme"}"#,
+        ])
+        .arg(format!("http://{api}/api/v1/tenants"))
+        .output()
+        .expect("curl");
+    assert!(made.status.success(), "tenant acme: {made:?}");
+
+    // A certificate naming a tenant that does not exist: refused, and said why.
+    let _ = send_tls(at, &ca, Some((&ghost_cert, &ghost_key)));
+    eventually("the ghost refused", Duration::from_secs(10), || {
+        server
+            .log_lines("TLS exporter refused")
+            .iter()
+            .any(|l| l.contains("ghost"))
+    });
+    assert_eq!(records(&server), 0);
+
+    // acme's certificate: its records are acme's, though no tenant owns the address.
+    let out = send_tls(at, &ca, Some((&acme_cert, &acme_key)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("acme's records", Duration::from_secs(20), || {
+        records(&server) == EXAMPLE_RECORDS
+    });
+    assert!(
+        server
+            .output()
+            .iter()
+            .all(|l| l.contains(r#""@tenant":"acme""#)),
+        "{:?}",
+        server.output().first()
+    );
+}
+
+#[test]
+fn tls_tenant_from_cert_without_tls_ca_is_refused_at_start() {
+    let out = Command::new(BIN)
+        .args(["serve", "--check"])
+        .env("IPFIXSVC__COLLECTOR__TLS_LISTEN", "127.0.0.1:0")
+        .env("IPFIXSVC__COLLECTOR__TLS_CERT", "/nonexistent.pem")
+        .env("IPFIXSVC__COLLECTOR__TLS_KEY", "/nonexistent.key")
+        .env("IPFIXSVC__COLLECTOR__TLS_TENANT_FROM_CERT", "true")
+        .output()
+        .expect("serve --check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("collector.tls_tenant_from_cert needs collector.tls_ca"),
+        "{err}"
+    );
+}

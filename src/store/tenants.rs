@@ -91,6 +91,9 @@ pub fn normalise_prefixes(prefixes: &[String]) -> Result<Vec<String>, String> {
 pub struct PrefixTable {
     /// Longest first, so the first match is the longest.
     prefixes: Vec<(ipnet::IpNet, String)>,
+    /// Every tenant, also those without exporter prefixes (a TLS exporter's certificate may
+    /// name one).
+    ids: std::collections::HashSet<String>,
 }
 
 impl PrefixTable {
@@ -105,7 +108,8 @@ impl PrefixTable {
             })
             .collect();
         prefixes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.1.cmp(&b.1)));
-        PrefixTable { prefixes }
+        let ids = tenants.iter().map(|t| t.id.clone()).collect();
+        PrefixTable { prefixes, ids }
     }
 
     pub fn owner(&self, ip: std::net::IpAddr) -> Option<&str> {
@@ -134,6 +138,15 @@ impl ExporterTenants {
     pub fn owner(&self, ip: std::net::IpAddr) -> Option<String> {
         let t = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
         t.owner(ip).map(str::to_string)
+    }
+
+    /// Whether a tenant with this id exists.
+    pub fn exists(&self, id: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .contains(id)
     }
 }
 

@@ -25,6 +25,7 @@ impl Server {
     pub fn start(name: &str, env: &[(&str, &str)]) -> Server {
         let dir = std::env::temp_dir().join(format!("ipfixsvc-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        remove_stale(name);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let out = dir.join("records.ndjson");
         let mut cmd = Command::new(BIN);
@@ -137,6 +138,30 @@ impl Server {
                 "server did not stop after SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Removes what earlier runs of the test `name` left in the temp dir (tests read a server's
+/// files after it stops, so none is removed on drop): a run's folder goes once its process is
+/// gone. Some hold hundreds of megabytes of records.
+fn remove_stale(name: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let suffix = format!("-{name}");
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix("ipfixsvc-test-"))
+            .and_then(|f| f.strip_suffix(suffix.as_str()))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

@@ -57,6 +57,9 @@ pub enum SessionMsg {
     /// The cache lost this session's definition (a conflict with another session ended): tell
     /// it again.
     ShareAgain(u32, u16),
+    /// The tenant the exporter's TLS certificate names (`tls_tenant_from_cert`), from the
+    /// reader before any message.
+    Tenant(String),
 }
 
 /// A task that ends with the session, however the session ends.
@@ -93,6 +96,8 @@ pub enum SessionInput {
         stream: TcpStream,
         acceptor: tokio_rustls::TlsAcceptor,
         failures: Arc<AtomicU64>,
+        /// `tls_tenant_from_cert`: the certificate names the tenant.
+        cert_tenants: Option<super::tls::CertTenants>,
     },
     /// UDP: datagrams arrive as messages from the listener.
     Udp(Arc<UdpQueue>),
@@ -284,6 +289,7 @@ impl Actor for ExporterSession {
                 stream,
                 acceptor,
                 failures,
+                cert_tenants,
             } => {
                 let permits = Arc::new(Semaphore::new(s.tcp_inflight_batches));
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
@@ -300,6 +306,21 @@ impl Actor for ExporterSession {
                     let shaken = tokio::time::timeout(within, acceptor.accept(stream)).await;
                     let why = match shaken {
                         Ok(Ok(tls)) => {
+                            if let Some(ct) = cert_tenants {
+                                match ct.of(tls.get_ref().1.peer_certificates()) {
+                                    Ok(tenant) => {
+                                        let _ = me.cast(SessionMsg::Tenant(tenant));
+                                    }
+                                    Err(why) => {
+                                        tracing::warn!(%peer, why, "TLS exporter refused: no tenant");
+                                        let _ =
+                                            me.cast(SessionMsg::ReaderClosed(ReaderEnd::Failed(
+                                                format!("TLS exporter refused: {why}"),
+                                            )));
+                                        return;
+                                    }
+                                }
+                            }
                             return read_tcp(tls, me, permits, max, idle, stop_rx, read).await;
                         }
                         Ok(Err(e)) => e.to_string(),
@@ -432,6 +453,15 @@ impl Actor for ExporterSession {
                         ));
                     }
                 }
+            }
+            SessionMsg::Tenant(tenant) => {
+                tracing::debug!(peer = %state.peer, %tenant, "tenant named by the exporter's certificate");
+                state.source = Arc::new(Source {
+                    exporter: state.source.exporter.clone(),
+                    addr: state.source.addr,
+                    tenant: tenant.clone(),
+                });
+                state.tenant = tenant;
             }
             SessionMsg::GetStats(reply) => {
                 let mut stats = state.core.stats.clone();

@@ -106,9 +106,16 @@ impl Actor for TcpListenerActor {
             }
         };
         let env = &state.env;
-        // Dropping the stream closes the connection.
-        let Some(tenant) = env.tenant_of(peer) else {
-            return Ok(());
+        let from_cert = state.tls.is_some() && env.settings.tls_tenant_from_cert;
+        // Dropping the stream closes the connection. An exporter whose certificate names its
+        // tenant is not judged by its address (the certificate decides, after the handshake).
+        let tenant = if from_cert {
+            env.tenant.clone()
+        } else {
+            match env.tenant_of(peer) {
+                Some(t) => t,
+                None => return Ok(()),
+            }
         };
         let Ok(slot) = env.admit(peer, Transport::Tcp) else {
             return Ok(());
@@ -120,6 +127,10 @@ impl Actor for TcpListenerActor {
                     stream,
                     acceptor: acceptor.clone(),
                     failures: env.tls_failures.clone(),
+                    cert_tenants: from_cert.then(|| super::tls::CertTenants {
+                        tenants: env.owners.clone(),
+                        default: env.tenant.clone(),
+                    }),
                 },
                 "tls",
             ),
