@@ -57,6 +57,19 @@ fn send_tls(
     cmd.output().expect("run send")
 }
 
+/// `openssl s_client` as an exporter over TLS: what its standard input gets, it sends, and it
+/// closes the connection when its standard input closes.
+fn s_client(at: std::net::SocketAddr, ca: &str) -> std::process::Child {
+    Command::new("openssl")
+        .args(["s_client", "-connect", &at.to_string(), "-CAfile", ca])
+        .args(["-quiet", "-no_ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client")
+}
+
 fn records(server: &Server) -> usize {
     server.output().len()
 }
@@ -80,21 +93,7 @@ fn send_and_openssl_s_client_deliver_every_record_over_tls() {
     });
 
     // openssl's own TLS stack as the exporter: the file's bytes on stdin, closed at its end.
-    let mut s_client = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &at.to_string(),
-            "-CAfile",
-            &ca,
-            "-quiet",
-            "-no_ign_eof",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client");
+    let mut s_client = s_client(at, &ca);
     let bytes = std::fs::read(example()).expect("example");
     s_client
         .stdin
@@ -250,21 +249,7 @@ fn a_tls_session_is_listed_with_transport_tls() {
     let at = server.logged_addr("tls=");
     let api = common::api_addr(&server);
     // openssl s_client holds the session open until its standard input closes.
-    let mut s_client = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &at.to_string(),
-            "-CAfile",
-            &ca,
-            "-quiet",
-            "-no_ign_eof",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl s_client");
+    let mut s_client = s_client(at, &ca);
     let mut stdin = s_client.stdin.take().expect("stdin");
     stdin
         .write_all(&std::fs::read(example()).expect("example"))
@@ -307,18 +292,7 @@ fn a_tls_session_is_listed_with_transport_tls() {
 /// A client certificate whose subject is `CN=<cn>`, signed by the CA `common::certificates`
 /// made in `dir`; returns its certificate and key files.
 fn client_certificate(dir: &Path, cn: &str) -> (String, String) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| common::openssl(dir, args);
     let (key, csr, pem) = (
         format!("{cn}.key"),
         format!("{cn}.csr"),

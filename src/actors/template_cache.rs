@@ -54,6 +54,9 @@ const MAX_MISSES: usize = 100_000;
 /// logged once): the exporters send them again.
 const MAX_UNSYNCED: usize = 100_000;
 
+/// While the store is away, a lookup probes it first, at most this often.
+const LOOKUP_PROBE: Duration = Duration::from_millis(250);
+
 /// Lookups that missed are answered when the template is defined within this time...
 const WAITER_TTL: Duration = Duration::from_secs(30);
 /// ...for at most this many keys and sessions per key.
@@ -243,6 +246,7 @@ pub struct CacheState {
     healthy: bool,
     /// The store instance last seen (Redis's `run_id`): a new one is re-written.
     instance: Option<String>,
+    last_probe: Instant,
     /// Changes the store has not seen, with when they happened (Unix ms): written at re-sync
     /// unless another node changed the key later.
     learned_while_down: HashMap<TemplateKey, u64>,
@@ -306,6 +310,7 @@ impl Actor for TemplateCache {
             conflicts: HashMap::new(),
             healthy: true,
             instance: None,
+            last_probe: Instant::now(),
             learned_while_down: HashMap::new(),
             withdrawn_while_down: HashMap::new(),
             unsynced_dropped: 0,
@@ -744,6 +749,12 @@ impl CacheState {
             self.misses_remembered += 1;
             return None;
         }
+        // A store that came back is found by the next probe (every 2 s); a lookup meanwhile
+        // probes first (at most every LOOKUP_PROBE), so an exporter that moved to this node as
+        // Redis came back is decoded at once, not 2 s later.
+        if !self.healthy && now.duration_since(self.last_probe) >= LOOKUP_PROBE {
+            self.probe().await;
+        }
         if !self.healthy {
             return None;
         }
@@ -781,6 +792,7 @@ impl CacheState {
     /// and ended conflicts.
     async fn probe(&mut self) {
         let now = Instant::now();
+        self.last_probe = now;
         if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.last_sweep = now;
             self.store.sweep();

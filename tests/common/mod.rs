@@ -284,18 +284,7 @@ pub fn tcpdump(capture: &std::path::Path, filter: &str) -> Child {
 /// with the openssl command line.
 #[allow(dead_code)]
 pub fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-x509",
@@ -339,6 +328,20 @@ pub fn certificates(dir: &std::path::Path) -> (String, String, String) {
     ]);
     let p = |f: &str| dir.join(f).to_string_lossy().to_string();
     (p("node.pem"), p("node.key"), p("ca.pem"))
+}
+
+/// Runs `openssl ARGS` in `dir`; it must succeed.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Where `scripts/test` puts its Python tools.
