@@ -36,6 +36,31 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub jobs: JobsSettings,
     pub storage: StorageSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// OpenTelemetry: traces and metrics over OTLP/HTTP (off by default); metrics are at `/metrics`
+/// whatever this says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The OTLP/HTTP receiver's base URL (`http://collector:4318`); traces go to
+    /// `<endpoint>/v1/traces`, metrics to `<endpoint>/v1/metrics`. Empty: no OTLP export.
+    pub otlp_endpoint: String,
+    /// The share of traces kept (0.0 to 1.0), decided where a trace starts.
+    pub sampling_ratio: f64,
+    /// How often metrics are pushed over OTLP.
+    pub metrics_interval_secs: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: String::new(),
+            sampling_ratio: 1.0,
+            metrics_interval_secs: 10,
+        }
+    }
 }
 
 /// The `api` role: the REST API, health, readiness and metrics over HTTP.
@@ -606,6 +631,17 @@ impl Settings {
                 "collector.tls_cert, tls_key and tls_ca are for collector.tls_listen, which is empty",
             );
         }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sampling_ratio) {
+            return bad("telemetry.sampling_ratio must be between 0.0 and 1.0");
+        }
+        if t.metrics_interval_secs == 0 {
+            return bad("telemetry.metrics_interval_secs must be at least 1");
+        }
+        let url = &t.otlp_endpoint;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return bad("telemetry.otlp_endpoint must be an http:// or https:// URL");
+        }
         if c.tls_tenant_from_cert && c.tls_ca.is_empty() {
             return bad(
                 "collector.tls_tenant_from_cert needs collector.tls_ca: only a certificate signed by a CA the collector trusts may name a tenant",
@@ -953,5 +989,38 @@ mod tests {
         let e = Settings::load_from(Some(&yaml), env(&[])).expect_err("YAML reads a number");
         assert!(e.to_string().contains("quote it"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod telemetry_tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_keys_are_checked() {
+        let with = |f: fn(&mut TelemetrySettings)| {
+            let mut s = Settings::default();
+            f(&mut s.telemetry);
+            s.validate().map_err(|e| e.to_string())
+        };
+        assert!(with(|_| {}).is_ok());
+        assert!(with(|t| t.otlp_endpoint = "https://otel:4318".into()).is_ok());
+        for (bad, key) in [
+            (
+                with(|t| t.otlp_endpoint = "otel:4318".into()),
+                "telemetry.otlp_endpoint",
+            ),
+            (with(|t| t.sampling_ratio = 1.5), "telemetry.sampling_ratio"),
+            (
+                with(|t| t.sampling_ratio = -0.1),
+                "telemetry.sampling_ratio",
+            ),
+            (
+                with(|t| t.metrics_interval_secs = 0),
+                "telemetry.metrics_interval_secs",
+            ),
+        ] {
+            assert!(bad.as_ref().is_err_and(|e| e.contains(key)), "{bad:?}");
+        }
     }
 }

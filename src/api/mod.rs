@@ -18,6 +18,7 @@ pub mod streams;
 pub mod templates;
 pub mod tenants;
 
+use opentelemetry::KeyValue;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use routes::Ctx;
@@ -65,6 +66,55 @@ fn request_id() -> impl Filter<Extract = (String,), Error = warp::Rejection> + C
     })
 }
 
+/// A request as it starts: its span (ended when the answer is made) and its route template.
+struct Request {
+    id: String,
+    method: warp::http::Method,
+    path: warp::path::FullPath,
+    route: &'static str,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl Request {
+    fn start(id: String, method: warp::http::Method, path: warp::path::FullPath) -> Request {
+        // A path the document does not have is one route, not one series per path.
+        let route = openapi::route(path.as_str()).unwrap_or("other");
+        let span = tracing::info_span!(
+            "http request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            http.route = route,
+            url.path = path.as_str(),
+            request_id = %id,
+            http.response.status_code = tracing::field::Empty,
+        );
+        Request {
+            id,
+            method,
+            path,
+            route,
+            started: Instant::now(),
+            span,
+        }
+    }
+}
+
+/// `http.server.request.duration` (OpenTelemetry's HTTP semantic conventions): seconds, by
+/// method, route and status.
+fn request_duration() -> opentelemetry::metrics::Histogram<f64> {
+    opentelemetry::global::meter("ipfixsvc")
+        .f64_histogram("http.server.request.duration")
+        .with_unit("s")
+        .with_description("Duration of HTTP server requests")
+        .with_boundaries(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .build()
+}
+
 impl Actor for ApiServer {
     type Msg = ApiMsg;
     type State = ApiState;
@@ -81,37 +131,54 @@ impl Actor for ApiServer {
         let local = listener.local_addr()?;
         let ctx = args.ctx.clone();
         let counts = ctx.requests.clone();
+        let duration = request_duration();
         let routes = request_id()
             .and(warp::method())
             .and(warp::path::full())
-            .and(warp::any().map(Instant::now))
+            .map(Request::start)
             .and(routes::all(ctx).recover(problem::never))
-            .map(
-                move |id: String,
-                      method: warp::http::Method,
-                      path: warp::path::FullPath,
-                      started: Instant,
-                      reply| {
-                    let mut r = warp::Reply::into_response(reply);
-                    if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
-                        r.headers_mut().insert("x-request-id", v);
-                    }
-                    if r.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
-                        && let Some(v) = openapi::allowed(path.as_str())
-                            .and_then(|m| warp::http::HeaderValue::from_str(&m).ok())
-                    {
-                        r.headers_mut().insert(warp::http::header::ALLOW, v);
-                    }
-                    counts.count(r.status());
-                    tracing::info!(
-                        request_id = %id, %method, path = path.as_str(),
-                        status = r.status().as_u16(),
-                        took_us = started.elapsed().as_micros() as u64,
-                        "http request"
-                    );
-                    r
-                },
-            );
+            .map(move |req: Request, reply| {
+                let Request {
+                    id,
+                    method,
+                    path,
+                    route,
+                    started,
+                    span,
+                } = req;
+                let mut r = warp::Reply::into_response(reply);
+                if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                    r.headers_mut().insert("x-request-id", v);
+                }
+                if r.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
+                    && let Some(v) = openapi::allowed(path.as_str())
+                        .and_then(|m| warp::http::HeaderValue::from_str(&m).ok())
+                {
+                    r.headers_mut().insert(warp::http::header::ALLOW, v);
+                }
+                counts.count(r.status());
+                let status = r.status().as_u16();
+                span.record("http.response.status_code", i64::from(status));
+                if r.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+                duration.record(
+                    started.elapsed().as_secs_f64(),
+                    &[
+                        KeyValue::new("http.request.method", method.to_string()),
+                        KeyValue::new("http.route", route),
+                        KeyValue::new("http.response.status_code", i64::from(status)),
+                    ],
+                );
+                tracing::info!(
+                    parent: &span,
+                    request_id = %id, %method, path = path.as_str(),
+                    status,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "http request"
+                );
+                r
+            });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let me = myself.get_cell();
         let limits = args.limits;

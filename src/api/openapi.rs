@@ -105,7 +105,19 @@ pub fn document() -> &'static str {
 /// segment), for the `Allow` header of a 405 (RFC 9110 section 15.5.6); none for a path it
 /// does not have.
 pub fn allowed(path: &str) -> Option<String> {
-    static METHODS: OnceLock<Vec<(Vec<String>, String)>> = OnceLock::new();
+    find(path).map(|(_, _, methods)| methods.clone())
+}
+
+/// The document's path template a request path matches (`/api/v1/tenants/{tenant}`), for
+/// telemetry: a route names a few dozen series, where paths would name one per tenant and job.
+pub fn route(path: &str) -> Option<&'static str> {
+    find(path).map(|(template, _, _)| template.as_str())
+}
+
+type PathEntry = (String, Vec<String>, String);
+
+fn find(path: &str) -> Option<&'static PathEntry> {
+    static METHODS: OnceLock<Vec<PathEntry>> = OnceLock::new();
     let table = METHODS.get_or_init(|| {
         let doc: serde_json::Value = serde_json::from_str(document()).unwrap_or_default();
         doc["paths"]
@@ -120,22 +132,23 @@ pub fn allowed(path: &str) -> Option<String> {
                             .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
                             .unwrap_or_default();
                         methods.sort();
-                        (segments, methods.join(", "))
+                        (template.clone(), segments, methods.join(", "))
                     })
                     .collect()
             })
             .unwrap_or_default()
     });
     let asked: Vec<&str> = path.split('/').collect();
+    // A literal segment beats a parameter (`/jobs/pcap` before `/jobs/{job}`).
     table
         .iter()
-        .find(|(segments, _)| {
+        .filter(|(_, segments, _)| {
             segments.len() == asked.len()
                 && segments.iter().zip(&asked).all(|(t, a)| {
                     t == a || (t.starts_with('{') && t.ends_with('}') && !a.is_empty())
                 })
         })
-        .map(|(_, methods)| methods.clone())
+        .min_by_key(|(_, segments, _)| segments.iter().filter(|t| t.starts_with('{')).count())
 }
 
 /// The operations, one declaration each. The functions exist for their attribute only: the

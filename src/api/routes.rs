@@ -359,6 +359,9 @@ async fn metrics(ctx: Ctx) -> warp::reply::Response {
         ctx.node,
         ctx.refused.get()
     ));
+    out.push_str(
+        "# HELP ipfixsvc_http_requests_total HTTP requests answered, by status class\n# TYPE ipfixsvc_http_requests_total counter\n",
+    );
     for (class, n) in ctx.requests.by_class.iter().enumerate().skip(1) {
         out.push_str(&format!(
             "ipfixsvc_http_requests_total{{node=\"{}\",class=\"{class}xx\"}} {}\n",
@@ -366,6 +369,8 @@ async fn metrics(ctx: Ctx) -> warp::reply::Response {
             n.load(Ordering::Relaxed)
         ));
     }
+    // The OpenTelemetry instruments (HTTP requests, ...), as the Prometheus exporter renders them.
+    out.push_str(&crate::telemetry::prometheus_text());
     let mut r = warp::reply::Response::new(out.into());
     r.headers_mut().insert(
         warp::http::header::CONTENT_TYPE,

@@ -32,7 +32,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if args.check {
         return check(&settings, args);
     }
-    crate::telemetry::init(&settings.log);
+    crate::telemetry::init_node(&settings.log, &settings.telemetry, &settings.node.name)
+        .map_err(anyhow::Error::msg)?;
     let registry = match &args.elements {
         Some(p) => Arc::new(Registry::with_extra_file(p)?),
         None => Registry::builtin(),
@@ -42,8 +43,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     let result = runtime.block_on(serve(settings, registry));
     // A write to a blocked output sits in a blocking thread that no deadline can cancel: do not
-    // wait for it, or the process would outlive its grace period (and need SIGKILL).
-    runtime.shutdown_timeout(EXIT_MARGIN);
+    // wait for it, or the process would outlive its grace period (and need SIGKILL). The last
+    // spans and metrics get the other half of the margin.
+    runtime.shutdown_timeout(EXIT_MARGIN / 2);
+    crate::telemetry::shutdown(EXIT_MARGIN / 2);
     result
 }
 
