@@ -297,3 +297,49 @@ fn exporter_moves_between_nodes_sharing_redis() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// An exporter that moves to a node with a burst of data (a reconnecting exporter catches up on
+/// what it held back) gets every record decoded: the session stops reading while its template
+/// comes from Redis (TCP backpressure), instead of dropping what overflows the parking space.
+#[test]
+fn a_burst_waiting_for_its_template_from_redis_is_decoded_not_dropped() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = Server::start(
+        "burst-a",
+        &[
+            ("IPFIXSVC__REDIS__URL", &url),
+            ("IPFIXSVC__NODE__NAME", "burst-a"),
+        ],
+    );
+    let b = Server::start(
+        "burst-b",
+        &[
+            ("IPFIXSVC__REDIS__URL", &url),
+            ("IPFIXSVC__NODE__NAME", "burst-b"),
+        ],
+    );
+    let dir = a.out.parent().expect("dir").to_path_buf();
+    let first = messages(5, true, 5, 0);
+    send(&write(&dir, "burst-first.ipfix", &first), &a);
+    eventually("templates in Redis", Duration::from_secs(10), || {
+        redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:5:256")
+            && redis_has(&redis, "ipfix:tpl:default:tcp:127.0.0.1:0:5:257")
+    });
+    // About 1.2 MB of data only: several times collector.pending_bytes (256 KiB).
+    let burst = messages(5, false, 6000, 5);
+    let want = records_in(&burst, &first);
+    send(&write(&dir, "burst.ipfix", &burst), &b);
+    let ended = b.wait_log("exporter session ended", 1, Duration::from_secs(30));
+    assert!(
+        ended
+            .iter()
+            .all(|l| l.contains("dropped_sets_buffer_full=0")),
+        "{ended:?}"
+    );
+    eventually("every record of the burst", Duration::from_secs(20), || {
+        b.output().len() == want
+    });
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}

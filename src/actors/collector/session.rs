@@ -60,6 +60,9 @@ pub enum SessionMsg {
     /// The tenant the exporter's TLS certificate names (`tls_tenant_from_cert`), from the
     /// reader before any message.
     Tenant(String),
+    /// Own timer: batches held while a template lookup was out are decoded now, template or
+    /// not (the number tells which hold it ends).
+    ReleaseHeld(u64),
 }
 
 /// A task that ends with the session, however the session ends.
@@ -200,6 +203,13 @@ pub struct SessionState {
     /// Messages the TCP reader took off the socket and handed over: at the end, equal to the
     /// messages decoded (plus errors) unless something read was lost.
     read_messages: Arc<AtomicU64>,
+    /// TCP: batches not decoded yet because a template lookup is out and the Data Sets parked
+    /// for it fill half of `pending_bytes`. Their permits are held, so the reader stops at
+    /// `tcp_inflight_batches` and TCP slows the exporter: a reconnecting exporter's catch-up
+    /// burst waits for its template instead of overflowing the parking space.
+    held: std::collections::VecDeque<(Vec<Bytes>, OwnedSemaphorePermit)>,
+    hold_at: usize,
+    holds: u64,
 }
 
 pub struct ExporterSession;
@@ -269,6 +279,9 @@ impl Actor for ExporterSession {
             end_reason: None,
             drops_noted: false,
             read_messages: Arc::new(AtomicU64::new(0)),
+            held: std::collections::VecDeque::new(),
+            hold_at: s.pending_bytes / 2,
+            holds: 0,
         };
         match args.input {
             SessionInput::Tcp(stream) => {
@@ -364,15 +377,21 @@ impl Actor for ExporterSession {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Messages(msgs, permit) => {
-                for m in msgs {
-                    if let Err(reason) = state.decode(m).await {
-                        // RFC 7011 section 10.3: a malformed message ends the TCP connection.
-                        drop(permit);
-                        state.end(&myself, reason);
-                        return Ok(());
+                if !state.held.is_empty() || state.should_hold() {
+                    if state.held.is_empty() {
+                        state.holds += 1;
+                        let n = state.holds;
+                        myself.send_after(HOLD_MAX, move || SessionMsg::ReleaseHeld(n));
                     }
+                    state.held.push_back((msgs, permit));
+                    return Ok(());
                 }
-                drop(permit);
+                state.decode_batch(&myself, msgs, permit).await;
+            }
+            SessionMsg::ReleaseHeld(n) => {
+                if n == state.holds {
+                    state.release_held(&myself, true).await;
+                }
             }
             SessionMsg::Datagrams(ds) => {
                 if let Some(q) = &state.udp_queue {
@@ -383,34 +402,39 @@ impl Actor for ExporterSession {
                     let _ = state.decode(d).await;
                 }
             }
-            SessionMsg::ReaderClosed(end) => match end {
-                // Data Sets waiting for a template the cache is fetching: give it the store's
-                // time before ending, so what can be decoded is.
-                ReaderEnd::Eof
-                    if state.core.pending_sets() > 0
-                        && !state.asked.is_empty()
-                        && !state.closing =>
-                {
-                    state.closing = true;
-                    myself.send_after(LOOKUP_GRACE, || SessionMsg::ReaderClosed(ReaderEnd::Eof));
-                }
-                ReaderEnd::Eof => state.end(&myself, "the exporter closed".into()),
-                ReaderEnd::Idle => state.end(&myself, "idle timeout".into()),
-                ReaderEnd::Drained { partial, closed } => {
-                    if closed {
-                        tracing::info!(peer = %state.peer, "shutting down: the exporter closed in turn; everything it sent was read");
-                    } else {
-                        tracing::warn!(peer = %state.peer, partial_bytes = partial, "shutting down: the exporter did not close within the drain's read time; what it sent after is lost");
+            SessionMsg::ReaderClosed(end) => {
+                // Everything read is decoded before the end is handled.
+                state.release_held(&myself, true).await;
+                match end {
+                    // Data Sets waiting for a template the cache is fetching: give it the store's
+                    // time before ending, so what can be decoded is.
+                    ReaderEnd::Eof
+                        if state.core.pending_sets() > 0
+                            && !state.asked.is_empty()
+                            && !state.closing =>
+                    {
+                        state.closing = true;
+                        myself
+                            .send_after(LOOKUP_GRACE, || SessionMsg::ReaderClosed(ReaderEnd::Eof));
                     }
-                    state.end(&myself, "node shutting down".into());
+                    ReaderEnd::Eof => state.end(&myself, "the exporter closed".into()),
+                    ReaderEnd::Idle => state.end(&myself, "idle timeout".into()),
+                    ReaderEnd::Drained { partial, closed } => {
+                        if closed {
+                            tracing::info!(peer = %state.peer, "shutting down: the exporter closed in turn; everything it sent was read");
+                        } else {
+                            tracing::warn!(peer = %state.peer, partial_bytes = partial, "shutting down: the exporter did not close within the drain's read time; what it sent after is lost");
+                        }
+                        state.end(&myself, "node shutting down".into());
+                    }
+                    ReaderEnd::Failed(reason) => {
+                        state.core.stats.errors += 1;
+                        state.core.stats.last_error = Some(reason.clone());
+                        tracing::warn!(peer = %state.peer, error = %reason, "malformed stream: connection closed");
+                        state.end(&myself, reason);
+                    }
                 }
-                ReaderEnd::Failed(reason) => {
-                    state.core.stats.errors += 1;
-                    state.core.stats.last_error = Some(reason.clone());
-                    tracing::warn!(peer = %state.peer, error = %reason, "malformed stream: connection closed");
-                    state.end(&myself, reason);
-                }
-            },
+            }
             SessionMsg::Tick => {
                 let now = Instant::now();
                 state.core.expire(now);
@@ -434,6 +458,7 @@ impl Actor for ExporterSession {
             }
             SessionMsg::SharedTemplate(domain, template) => {
                 self_learn(state, domain, template).await;
+                state.release_held(&myself, false).await;
                 if state.closing && state.core.pending_sets() == 0 {
                     state.end(&myself, "the exporter closed".into());
                 }
@@ -518,6 +543,42 @@ impl Actor for ExporterSession {
 
 impl SessionState {
     /// Stops the session, remembering why for its last log line.
+    /// A lookup is out and the Data Sets parked for it fill half their space.
+    fn should_hold(&self) -> bool {
+        !self.asked.is_empty() && self.core.pending_bytes() >= self.hold_at
+    }
+
+    /// Decodes one batch of the TCP reader; a malformed message ends the session.
+    async fn decode_batch(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        msgs: Vec<Bytes>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        for m in msgs {
+            if let Err(reason) = self.decode(m).await {
+                // RFC 7011 section 10.3: a malformed message ends the TCP connection.
+                drop(permit);
+                self.held.clear();
+                self.end(myself, reason);
+                return;
+            }
+        }
+        drop(permit);
+    }
+
+    /// Decodes held batches: all of them when `force`, else until a lookup makes the session
+    /// hold again.
+    async fn release_held(&mut self, myself: &ActorRef<SessionMsg>, force: bool) {
+        while let Some((msgs, permit)) = self.held.pop_front() {
+            if !force && self.should_hold() {
+                self.held.push_front((msgs, permit));
+                return;
+            }
+            self.decode_batch(myself, msgs, permit).await;
+        }
+    }
+
     fn end(&mut self, myself: &ActorRef<SessionMsg>, reason: String) {
         myself.stop(Some(reason.clone()));
         self.end_reason.get_or_insert(reason);
@@ -764,6 +825,10 @@ async fn self_learn(state: &mut SessionState, domain: u32, template: Template) {
 
 /// How long a closed TCP session waits for template lookups before it ends.
 const LOOKUP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a TCP session holds batches back for a template lookup (the store's time, as for
+/// LOOKUP_GRACE); then they are decoded, and what still has no template is parked or dropped.
+const HOLD_MAX: Duration = Duration::from_secs(2);
 
 /// Lookups one message may start, and lookups one session may have open.
 const MAX_LOOKUPS_PER_MESSAGE: usize = 16;
