@@ -27,6 +27,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// The SDK's own log lines (failed exports), at most one per this many seconds.
 const SDK_LOG_EVERY_SECS: u64 = 60;
+/// The filter's calls for one event come within this many milliseconds of each other.
+const ONE_EVENT_MS: u64 = 10;
 
 /// How long an OTLP export may take before it is given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,14 +144,15 @@ fn subscriber(
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        // The filter is asked more than once for one event: whatever is asked within the
-        // second that opened a window passes.
+            .map_or(1, |d| d.as_millis() as u64);
+        // The filter is asked more than once for one event, within microseconds: what is asked
+        // within ONE_EVENT of the line let through belongs to it. Exports are a second or more
+        // apart, so a second failure never falls in it.
         let last = last_sdk_line.load(std::sync::atomic::Ordering::Relaxed);
-        if now == last {
+        if last != 0 && now.saturating_sub(last) < ONE_EVENT_MS {
             return true;
         }
-        (last == 0 || now >= last + SDK_LOG_EVERY_SECS)
+        (last == 0 || now >= last + SDK_LOG_EVERY_SECS * 1000)
             && last_sdk_line
                 .compare_exchange(
                     last,
