@@ -292,48 +292,12 @@ fn a_tls_session_is_listed_with_transport_tls() {
 /// A client certificate whose subject is `CN=<cn>`, signed by the CA `common::certificates`
 /// made in `dir`; returns its certificate and key files.
 fn client_certificate(dir: &Path, cn: &str) -> (String, String) {
-    let run = |args: &[&str]| common::openssl(dir, args);
-    let (key, csr, pem) = (
-        format!("{cn}.key"),
-        format!("{cn}.csr"),
-        format!("{cn}.pem"),
-    );
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
+    common::issue(
+        dir,
+        cn,
         &format!("/O=exporters/CN={cn}"),
-    ]);
-    std::fs::write(
-        dir.join("client.cnf"),
         "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
     )
-    .expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        &pem,
-        "-days",
-        "1",
-        "-extfile",
-        "client.cnf",
-    ]);
-    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
-    (p(&pem), p(&key))
 }
 
 #[test]

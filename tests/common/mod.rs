@@ -300,34 +300,49 @@ pub fn certificates(dir: &std::path::Path) -> (String, String, String) {
         "-subj",
         "/CN=ipfixsvc-test-ca",
     ]);
-    run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj",
+    issue(
+        dir,
+        "node",
         "/CN=node",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext");
+    );
+    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+    (p("node.pem"), p("node.key"), p("ca.pem"))
+}
+
+/// A key and certificate `<name>.key` and `<name>.pem` in `dir` for `subject`, with the
+/// extensions `ext` (openssl's extfile lines), signed by the test CA `certificates` made there.
+pub fn issue(dir: &std::path::Path, name: &str, subject: &str, ext: &str) -> (String, String) {
+    let run = |args: &[&str]| openssl(dir, args);
+    let (key, csr, pem, cnf) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.cnf"),
+    );
+    run(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+    ]);
+    std::fs::write(dir.join(&cnf), ext).expect("ext");
     run(&[
         "x509",
         "-req",
         "-in",
-        "node.csr",
+        &csr,
         "-CA",
         "ca.pem",
         "-CAkey",
         "ca.key",
         "-CAcreateserial",
         "-out",
-        "node.pem",
+        &pem,
         "-days",
         "1",
         "-extfile",
-        "ext.cnf",
+        &cnf,
     ]);
     let p = |f: &str| dir.join(f).to_string_lossy().to_string();
-    (p("node.pem"), p("node.key"), p("ca.pem"))
+    (p(&pem), p(&key))
 }
 
 /// Runs `openssl ARGS` in `dir`; it must succeed.

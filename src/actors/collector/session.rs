@@ -542,7 +542,6 @@ impl Actor for ExporterSession {
 }
 
 impl SessionState {
-    /// Stops the session, remembering why for its last log line.
     /// A lookup is out and the Data Sets parked for it fill half their space.
     fn should_hold(&self) -> bool {
         !self.asked.is_empty() && self.core.pending_bytes() >= self.hold_at
@@ -579,6 +578,7 @@ impl SessionState {
         }
     }
 
+    /// Stops the session, remembering why for its last log line.
     fn end(&mut self, myself: &ActorRef<SessionMsg>, reason: String) {
         myself.stop(Some(reason.clone()));
         self.end_reason.get_or_insert(reason);
@@ -869,10 +869,7 @@ async fn read_tcp<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             // tokio's timeout polls the read first: an exporter that floods would never time
             // out.
             if tokio::time::Instant::now() >= deadline {
-                break ReaderEnd::Drained {
-                    partial: buf.len(),
-                    closed: false,
-                };
+                break cut_short(&buf);
             }
             tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await
         } else {
@@ -891,19 +888,11 @@ async fn read_tcp<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }
         };
         match read {
-            Err(_) if draining => {
-                break ReaderEnd::Drained {
-                    partial: buf.len(),
-                    closed: false,
-                };
-            }
+            Err(_) if draining => break cut_short(&buf),
             Err(_) => break ReaderEnd::Idle,
             Ok(Err(e)) if draining => {
                 tracing::debug!(error = %e, "read error after the drain's FIN");
-                break ReaderEnd::Drained {
-                    partial: buf.len(),
-                    closed: false,
-                };
+                break cut_short(&buf);
             }
             Ok(Err(e)) => break ReaderEnd::Failed(format!("read error: {e}")),
             Ok(Ok(0)) => {
@@ -944,6 +933,15 @@ async fn read_tcp<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
     };
     let _ = session.cast(SessionMsg::ReaderClosed(end));
+}
+
+/// A drain whose read time ran out (or whose connection broke) before the exporter closed:
+/// `buf` holds the unframed start of a message, lost.
+fn cut_short(buf: &BytesMut) -> ReaderEnd {
+    ReaderEnd::Drained {
+        partial: buf.len(),
+        closed: false,
+    }
 }
 
 /// Now, as RFC 3339 UTC with milliseconds (chrono here has no clock of its own).
