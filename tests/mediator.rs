@@ -28,9 +28,12 @@ fn send(server: &Server, file: &[u8], n: usize) {
     server.wait_log("exporter session ended", n, Duration::from_secs(20));
 }
 
+/// The complete lines of an NDJSON file a stream may be writing: a last line without its
+/// newline is still being written, and is not read yet.
 fn lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()

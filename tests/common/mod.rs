@@ -103,12 +103,12 @@ impl Server {
         }
     }
 
+    /// The complete lines of the node's record output: a last line without its newline is
+    /// still being written, and is not read yet.
     pub fn output(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete.lines().map(str::to_string).collect()
     }
 
     /// SIGTERM; the exit status and every log line.
