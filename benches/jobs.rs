@@ -33,6 +33,7 @@ async fn run() {
         queue: 64,
         retention,
         node: "bench".into(),
+        config_version: "bench".into(),
     };
     let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
         .await
@@ -47,7 +48,7 @@ async fn run() {
     let mut outside = Vec::with_capacity(JOBS);
     for _ in 0..JOBS {
         let sent = Instant::now();
-        let id = ractor::call!(sup, JobMsg::Submit, spec.clone())
+        let id = ractor::call!(sup, JobMsg::Submit, spec.clone(), String::new())
             .expect("answers")
             .expect("a worker is free");
         let mut seen_running = None;

@@ -51,6 +51,12 @@ pub struct TelemetrySettings {
     pub sampling_ratio: f64,
     /// How often metrics are pushed over OTLP.
     pub metrics_interval_secs: u64,
+    /// How often the TelemetrySampler reads the process (CPU, memory, threads, open files),
+    /// the actors' figures and the tenants' CPU shares. `/metrics` also samples when scraped.
+    pub sample_secs: u64,
+    /// Distinct values a per-tenant or per-exporter label may take (each dimension on its own);
+    /// values past it are folded into `other`, and the folds counted.
+    pub max_label_values: usize,
 }
 
 impl Default for TelemetrySettings {
@@ -59,6 +65,8 @@ impl Default for TelemetrySettings {
             otlp_endpoint: String::new(),
             sampling_ratio: 1.0,
             metrics_interval_secs: 10,
+            sample_secs: 5,
+            max_label_values: 200,
         }
     }
 }
@@ -638,6 +646,12 @@ impl Settings {
         if t.metrics_interval_secs == 0 {
             return bad("telemetry.metrics_interval_secs must be at least 1");
         }
+        if t.sample_secs == 0 {
+            return bad("telemetry.sample_secs must be at least 1");
+        }
+        if t.max_label_values == 0 {
+            return bad("telemetry.max_label_values must be at least 1");
+        }
         let url = &t.otlp_endpoint;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return bad("telemetry.otlp_endpoint must be an http:// or https:// URL");
@@ -1018,6 +1032,11 @@ mod telemetry_tests {
             (
                 with(|t| t.metrics_interval_secs = 0),
                 "telemetry.metrics_interval_secs",
+            ),
+            (with(|t| t.sample_secs = 0), "telemetry.sample_secs"),
+            (
+                with(|t| t.max_label_values = 0),
+                "telemetry.max_label_values",
             ),
         ] {
             assert!(bad.as_ref().is_err_and(|e| e.contains(key)), "{bad:?}");

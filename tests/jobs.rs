@@ -58,6 +58,7 @@ async fn supervisor(
         queue,
         retention: RETENTION,
         node: node.into(),
+        config_version: "test".into(),
     };
     // Unnamed: names are process-wide, and a test may run several "nodes".
     let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
@@ -67,7 +68,7 @@ async fn supervisor(
 }
 
 async fn submit(sup: &ActorRef<JobMsg>, spec: JobSpec) -> Result<JobId, SubmitError> {
-    ractor::call!(sup, JobMsg::Submit, spec).expect("supervisor answers")
+    ractor::call!(sup, JobMsg::Submit, spec, String::new()).expect("supervisor answers")
 }
 
 async fn get(sup: &ActorRef<JobMsg>, id: JobId) -> Option<JobRecord> {

@@ -414,11 +414,10 @@ fn ask_peers(myself: &ActorRef<ClusterMsg>, only: Option<u64>) {
             .collect();
     let member = myself.clone();
     tokio::spawn(async move {
-        let answers = futures_util::future::join_all(
-            directories
-                .into_iter()
-                .map(|d| async move { ractor::call_t!(d, DirectoryMsg::ClusterView, 3_000) }),
-        )
+        let answers = futures_util::future::join_all(directories.into_iter().map(|d| async move {
+            crate::actors::directory::call(&d, "ClusterView", 3_000, DirectoryMsg::ClusterView)
+                .await
+        }))
         .await;
         // Only an answer from every peer may make the member forget a peer nobody lists.
         let mut complete = only.is_none();
@@ -569,6 +568,7 @@ impl Actor for ClusterMember {
         msg: ClusterMsg,
         state: &mut ClusterState,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::ClusterMember.busy();
         match msg {
             ClusterMsg::Dial { seed, round } => state.dial(&myself, &seed, round).await,
             ClusterMsg::Dialed {
@@ -662,8 +662,14 @@ impl ClusterState {
             }
             let (d, me): (ActorRef<DirectoryMsg>, _) = (d.into(), myself.clone());
             tokio::spawn(async move {
-                let answered =
-                    ractor::call_t!(d, DirectoryMsg::ClusterView, HEARTBEAT_TIMEOUT_MS).is_ok();
+                let answered = crate::actors::directory::call(
+                    &d,
+                    "ClusterView",
+                    HEARTBEAT_TIMEOUT_MS,
+                    DirectoryMsg::ClusterView,
+                )
+                .await
+                .is_ok();
                 let _ = me.cast(ClusterMsg::Beat { node_id, answered });
             });
         }

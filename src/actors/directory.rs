@@ -14,6 +14,7 @@ use super::mediator::{MEDIATOR_NAME, MediatorMsg, StreamState};
 use crate::store::codec;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{BytesConvertable, RactorClusterMessage};
+use tracing::Instrument;
 
 pub const DIRECTORY_GROUP: &str = "session-directories";
 pub const DIRECTORY_NAME: &str = "session-directory";
@@ -85,27 +86,122 @@ impl BytesConvertable for Json {
     }
 }
 
+/// The W3C `traceparent` of the span that asks (empty: not traced), so that the answering
+/// node's work joins the asker's trace: one trace for a request that crosses nodes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceParent(pub String);
+
+impl BytesConvertable for TraceParent {
+    fn into_bytes(self) -> Vec<u8> {
+        self.0.into_bytes()
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        // A traceparent is 55 characters; anything else long is not one.
+        TraceParent(
+            String::from_utf8(bytes)
+                .ok()
+                .filter(|s| s.len() <= 128)
+                .unwrap_or_default(),
+        )
+    }
+}
+
 #[derive(RactorClusterMessage)]
 pub enum DirectoryMsg {
     #[rpc]
-    List(RpcReplyPort<SessionList>),
+    List(TraceParent, RpcReplyPort<SessionList>),
     #[rpc]
-    ListCluster(RpcReplyPort<SessionList>),
+    ListCluster(TraceParent, RpcReplyPort<SessionList>),
     /// This node's cluster view (peers, seeds, errors) as JSON.
     #[rpc]
-    ClusterView(RpcReplyPort<Json>),
+    ClusterView(TraceParent, RpcReplyPort<Json>),
     /// Answers at once: the cluster round trip, measured by `ipfixsvc cluster ping`.
     #[rpc]
     Ping(RpcReplyPort<Json>),
     /// This node's supervision tree (names, ids, states, children) as JSON.
     #[rpc]
-    ActorTree(RpcReplyPort<Json>),
+    ActorTree(TraceParent, RpcReplyPort<Json>),
     /// This node's export streams.
     #[rpc]
-    Streams(RpcReplyPort<StreamStateList>),
+    Streams(TraceParent, RpcReplyPort<StreamStateList>),
     /// Every node's export streams.
     #[rpc]
-    StreamsCluster(RpcReplyPort<StreamStateList>),
+    StreamsCluster(TraceParent, RpcReplyPort<StreamStateList>),
+}
+
+/// `rpc.client.call.duration` (OpenTelemetry's RPC semantic conventions), made on first use.
+static RPC_DURATION: std::sync::LazyLock<opentelemetry::metrics::Histogram<f64>> =
+    std::sync::LazyLock::new(|| {
+        crate::telemetry::metrics::meter()
+            .f64_histogram("rpc.client.call.duration")
+            .with_unit("s")
+            .with_description(
+                "calls to a node's SessionDirectory (heartbeats, listings), by rpc.method and \
+                 error.type on failure",
+            )
+            .with_boundaries(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                2.0, 5.0,
+            ])
+            .build()
+    });
+
+/// Calls a directory (this node's or another's). Inside a traced span (an API request), the
+/// call is a CLIENT span and its context travels in the message; outside one (heartbeats), no
+/// span is made. Either way its duration is recorded.
+pub async fn call<T: Send + 'static>(
+    directory: &ActorRef<DirectoryMsg>,
+    method: &'static str,
+    timeout_ms: u64,
+    ask: fn(TraceParent, RpcReplyPort<T>) -> DirectoryMsg,
+) -> Result<T, ractor::RactorErr<DirectoryMsg>> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let span = if crate::telemetry::current_traceparent().is_empty() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "rpc call",
+            otel.name = %format_args!("SessionDirectory/{method}"),
+            otel.kind = "client",
+            rpc.system.name = "ractor_cluster",
+            rpc.method = method,
+            server.address = %directory.get_id(),
+        )
+    };
+    let result = async {
+        let parent = TraceParent(crate::telemetry::current_traceparent());
+        ractor::call_t!(directory, ask, timeout_ms, parent)
+    }
+    .instrument(span)
+    .await;
+    let mut attrs = vec![
+        opentelemetry::KeyValue::new("rpc.system.name", "ractor_cluster"),
+        opentelemetry::KeyValue::new("rpc.method", method),
+    ];
+    if result.is_err() {
+        attrs.push(opentelemetry::KeyValue::new("error.type", "no_answer"));
+    }
+    RPC_DURATION.record(started.elapsed().as_secs_f64(), &attrs);
+    result
+}
+
+/// The SERVER span of a call that came with a trace (none for one that did not).
+fn served(method: &'static str, parent: &TraceParent, node: &str) -> tracing::Span {
+    if parent.0.is_empty() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "rpc served",
+        otel.name = %format_args!("SessionDirectory/{method}"),
+        otel.kind = "server",
+        rpc.system.name = "ractor_cluster",
+        rpc.method = method,
+        node = node,
+    );
+    crate::telemetry::follow(&span, &parent.0);
+    span
 }
 
 pub struct DirectoryArgs {
@@ -134,69 +230,94 @@ impl Actor for SessionDirectory {
         msg: DirectoryMsg,
         state: &mut DirectoryArgs,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::SessionDirectory.busy();
         match msg {
-            DirectoryMsg::List(reply) => {
-                let _ = reply.send(local_sessions(&state.node).await);
+            DirectoryMsg::List(parent, reply) => {
+                let span = served("List", &parent, &state.node);
+                let _ = reply.send(local_sessions(&state.node).instrument(span).await);
             }
-            DirectoryMsg::Streams(reply) => {
+            DirectoryMsg::Streams(parent, reply) => {
+                let span = served("Streams", &parent, &state.node);
                 let node = state.node.clone();
-                tokio::spawn(async move {
-                    let _ = reply.send(local_streams(&node).await);
-                });
+                tokio::spawn(
+                    async move {
+                        let _ = reply.send(local_streams(&node).await);
+                    }
+                    .instrument(span),
+                );
             }
-            DirectoryMsg::StreamsCluster(reply) => {
+            DirectoryMsg::StreamsCluster(parent, reply) => {
+                let span = served("StreamsCluster", &parent, &state.node);
                 let peers = other_directories(&myself);
                 let node = state.node.clone();
-                tokio::spawn(async move {
-                    let mine = local_streams(&node).await;
-                    let all = with_peers(mine, peers, |peer| async move {
-                        ractor::call_t!(peer, DirectoryMsg::Streams, 5_000)
-                    })
-                    .await;
-                    let _ = reply.send(all);
-                });
+                tokio::spawn(
+                    async move {
+                        let mine = local_streams(&node).await;
+                        let all = with_peers(mine, peers, |peer| async move {
+                            call(&peer, "Streams", 5_000, DirectoryMsg::Streams).await
+                        })
+                        .await;
+                        let _ = reply.send(all);
+                    }
+                    .instrument(span),
+                );
             }
             DirectoryMsg::Ping(reply) => {
                 let _ = reply.send(Json(String::new()));
             }
-            DirectoryMsg::ActorTree(reply) => {
+            DirectoryMsg::ActorTree(parent, reply) => {
                 // From a task: the figures are asked of many actors, and this directory keeps
                 // answering meanwhile.
+                let span = served("ActorTree", &parent, &state.node);
                 let node = state.node.clone();
-                tokio::spawn(async move {
-                    let v = super::actor_tree::tree(&node).await;
-                    let _ = reply.send(Json(v.to_string()));
-                });
+                tokio::spawn(
+                    async move {
+                        let v = super::actor_tree::tree(&node).await;
+                        let _ = reply.send(Json(v.to_string()));
+                    }
+                    .instrument(span),
+                );
             }
-            DirectoryMsg::ClusterView(reply) => {
-                let view = match ractor::registry::where_is(CLUSTER_MEMBER) {
-                    Some(c) => {
-                        let c: ActorRef<ClusterMsg> = c.into();
-                        match ractor::call_t!(c, ClusterMsg::View, 2_000) {
-                            Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
-                            Err(e) => {
-                                serde_json::json!({"node": state.node, "error": e.to_string()})
-                                    .to_string()
+            DirectoryMsg::ClusterView(parent, reply) => {
+                let span = served("ClusterView", &parent, &state.node);
+                let view = async {
+                    match ractor::registry::where_is(CLUSTER_MEMBER) {
+                        Some(c) => {
+                            let c: ActorRef<ClusterMsg> = c.into();
+                            match ractor::call_t!(c, ClusterMsg::View, 2_000) {
+                                Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
+                                Err(e) => {
+                                    serde_json::json!({"node": state.node, "error": e.to_string()})
+                                        .to_string()
+                                }
                             }
                         }
+                        None => {
+                            serde_json::json!({"node": state.node, "cluster": "off"}).to_string()
+                        }
                     }
-                    None => serde_json::json!({"node": state.node, "cluster": "off"}).to_string(),
-                };
+                }
+                .instrument(span)
+                .await;
                 let _ = reply.send(Json(view));
             }
-            DirectoryMsg::ListCluster(reply) => {
+            DirectoryMsg::ListCluster(parent, reply) => {
                 // Asked from a task: this directory keeps answering `List` meanwhile, so two
                 // nodes listing the cluster at once do not wait on each other.
+                let span = served("ListCluster", &parent, &state.node);
                 let peers = other_directories(&myself);
                 let node = state.node.clone();
-                tokio::spawn(async move {
-                    let mine = local_sessions(&node).await;
-                    let all = with_peers(mine, peers, |peer| async move {
-                        ractor::call_t!(peer, DirectoryMsg::List, 5_000)
-                    })
-                    .await;
-                    let _ = reply.send(all);
-                });
+                tokio::spawn(
+                    async move {
+                        let mine = local_sessions(&node).await;
+                        let all = with_peers(mine, peers, |peer| async move {
+                            call(&peer, "List", 5_000, DirectoryMsg::List).await
+                        })
+                        .await;
+                        let _ = reply.send(all);
+                    }
+                    .instrument(span),
+                );
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod jobs;
 pub mod mediator;
 pub mod node;
+pub mod telemetry_sampler;
 pub mod template_cache;
 pub mod tenants;
 

@@ -22,6 +22,7 @@ use crate::actors::jobs::{JOB_SUPERVISOR, JobArgs, JobMsg, JobSupervisor};
 use crate::actors::mediator::{
     MEDIATOR_NAME, MediatorArgs, MediatorMsg, MediatorSupervisor, Streams, configured_streams,
 };
+use crate::actors::telemetry_sampler::{SamplerArgs, TELEMETRY_SAMPLER, TelemetrySampler};
 use crate::actors::template_cache::{CacheArgs, CacheHandle, TEMPLATE_CACHE, TemplateCache};
 use crate::actors::tenants::{TENANT_DIRECTORY, TenantArgs, TenantDirectory};
 use crate::api::auth::AdminToken;
@@ -64,6 +65,7 @@ enum Restartable {
     Cluster(ClusterArgs),
     Api(ApiArgs),
     Tenants(TenantArgs),
+    Sampler(SamplerArgs),
 }
 
 impl Restartable {
@@ -74,6 +76,7 @@ impl Restartable {
             Restartable::Cluster(_) => CLUSTER_MEMBER,
             Restartable::Api(_) => API_SERVER,
             Restartable::Tenants(_) => TENANT_DIRECTORY,
+            Restartable::Sampler(_) => TELEMETRY_SAMPLER,
         }
     }
 
@@ -95,6 +98,9 @@ impl Restartable {
             }
             Restartable::Tenants(a) => {
                 Actor::spawn_linked(name, TenantDirectory, a.clone(), supervisor).await?;
+            }
+            Restartable::Sampler(a) => {
+                Actor::spawn_linked(name, TelemetrySampler, a.clone(), supervisor).await?;
             }
         }
         Ok(())
@@ -159,6 +165,7 @@ impl Actor for NodeSupervisor {
     ) -> Result<NodeState, ActorProcessingErr> {
         let roles = &args.settings.node.roles;
         let st = &args.settings.store;
+        let config_version = crate::telemetry::config_version(&args.settings);
         let ttl = Duration::from_secs(st.template_ttl_secs);
         let store = if args.settings.redis.url.is_empty() {
             tracing::info!("templates kept in memory (single node): set redis.url to share them");
@@ -275,6 +282,7 @@ impl Actor for NodeSupervisor {
                 queue: js.queue,
                 retention,
                 node: args.settings.node.name.clone(),
+                config_version: config_version.clone(),
             };
             let (j, _) = Actor::spawn_linked(
                 Some(JOB_SUPERVISOR.into()),
@@ -286,6 +294,12 @@ impl Actor for NodeSupervisor {
             jobs = Some(j);
         }
         restartable[1].spawn(myself.get_cell()).await?;
+        let sampler = Restartable::Sampler(SamplerArgs {
+            every: Duration::from_secs(args.settings.telemetry.sample_secs),
+            config_version: config_version.clone(),
+        });
+        sampler.spawn(myself.get_cell()).await?;
+        restartable.push(sampler);
         let cl = &args.settings.cluster;
         if cl.enabled() {
             let tls = if cl.tls_cert.is_empty() {
@@ -325,7 +339,6 @@ impl Actor for NodeSupervisor {
                 draining: flag.clone(),
                 collector: roles.contains(&Role::Collector),
                 cluster: cl.enabled(),
-                requests: Default::default(),
                 refused: Default::default(),
                 sessions: Default::default(),
                 uploading: Default::default(),

@@ -335,6 +335,7 @@ impl Actor for TemplateCache {
         msg: CacheMsg,
         state: &mut CacheState,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::TemplateCache.busy();
         match msg {
             CacheMsg::Learned(key, template, from) => {
                 state.handle.taken();

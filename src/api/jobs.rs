@@ -370,7 +370,13 @@ async fn submit(
         inputs: vec![capture.display().to_string()],
         options,
     };
-    let id = match ractor::call_t!(j, JobMsg::Submit, ms, spec) {
+    let id = match ractor::call_t!(
+        j,
+        JobMsg::Submit,
+        ms,
+        spec,
+        crate::telemetry::current_traceparent()
+    ) {
         Ok(Ok(id)) => id,
         Ok(Err(SubmitError::QueueFull { retry_after })) => {
             let secs = retry_after.as_secs().max(1);

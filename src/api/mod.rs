@@ -53,33 +53,40 @@ pub struct ApiState {
 pub struct ApiServer;
 
 /// A request id: the client's when it is short and plain, else a new one.
-fn request_id() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("x-request-id").map(|given: Option<String>| {
-        given
-            .filter(|g| {
-                !g.is_empty()
-                    && g.len() <= 128
-                    && g.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-            })
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
-    })
+fn request_id<B>(req: &warp::http::Request<B>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|g| {
+            !g.is_empty()
+                && g.len() <= 128
+                && g.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// A request as it starts: its span (ended when the answer is made) and its route template.
-struct Request {
+/// Made before warp sees the request (`server::serve`), so that everything the routes do runs
+/// in the span: the calls to other nodes it makes carry its trace.
+#[derive(Clone)]
+pub struct Request {
     id: String,
     method: warp::http::Method,
-    path: warp::path::FullPath,
+    path: String,
     route: &'static str,
     started: Instant,
     span: tracing::Span,
 }
 
 impl Request {
-    fn start(id: String, method: warp::http::Method, path: warp::path::FullPath) -> Request {
+    pub fn start<B>(req: &warp::http::Request<B>) -> Request {
+        let id = request_id(req);
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
         // A path the document does not have is one route, not one series per path.
-        let route = openapi::route(path.as_str()).unwrap_or("other");
+        let route = openapi::route(&path).unwrap_or("other");
         let span = tracing::info_span!(
             "http request",
             otel.name = %format_args!("{method} {route}"),
@@ -91,6 +98,14 @@ impl Request {
             request_id = %id,
             http.response.status_code = tracing::field::Empty,
         );
+        // A client that traces (W3C Trace Context) gets this request inside its trace.
+        if let Some(parent) = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            crate::telemetry::follow(&span, parent);
+        }
         Request {
             id,
             method,
@@ -99,6 +114,10 @@ impl Request {
             started: Instant::now(),
             span,
         }
+    }
+
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 }
 
@@ -130,12 +149,8 @@ impl Actor for ApiServer {
             .map_err(|e| format!("cannot listen for the API on {}: {e}", args.listen))?;
         let local = listener.local_addr()?;
         let ctx = args.ctx.clone();
-        let counts = ctx.requests.clone();
         let duration = request_duration();
-        let routes = request_id()
-            .and(warp::method())
-            .and(warp::path::full())
-            .map(Request::start)
+        let routes = warp::ext::get::<Request>()
             .and(routes::all(ctx).recover(problem::never))
             .map(move |req: Request, reply| {
                 let Request {
@@ -151,12 +166,11 @@ impl Actor for ApiServer {
                     r.headers_mut().insert("x-request-id", v);
                 }
                 if r.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
-                    && let Some(v) = openapi::allowed(path.as_str())
+                    && let Some(v) = openapi::allowed(&path)
                         .and_then(|m| warp::http::HeaderValue::from_str(&m).ok())
                 {
                     r.headers_mut().insert(warp::http::header::ALLOW, v);
                 }
-                counts.count(r.status());
                 let status = r.status().as_u16();
                 span.record("http.response.status_code", i64::from(status));
                 if r.status().is_server_error() {

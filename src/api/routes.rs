@@ -5,12 +5,13 @@
 use super::auth::AdminToken;
 use super::problem::{self, Problem};
 use crate::actors::cluster::{CLUSTER_MEMBER, ClusterMsg};
-use crate::actors::collector::{COLLECTOR_NAME, CollectorCounters, CollectorMsg};
-use crate::actors::directory::{DIRECTORY_GROUP, DirectoryMsg};
-use crate::actors::template_cache::{CacheMsg, CacheStatus, TEMPLATE_CACHE};
+use crate::actors::collector::{COLLECTOR_NAME, CollectorMsg};
+use crate::actors::directory::{self, DIRECTORY_GROUP, DirectoryMsg, TraceParent};
+use crate::actors::telemetry_sampler::{SamplerMsg, TELEMETRY_SAMPLER};
+use crate::actors::template_cache::{CacheMsg, TEMPLATE_CACHE};
 use ractor::ActorRef;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -26,7 +27,6 @@ pub struct Ctx {
     /// Whether this node runs a collector and a cluster member (what readiness waits for).
     pub collector: bool,
     pub cluster: bool,
-    pub requests: Arc<RequestCounts>,
     /// The last listing of the cluster's sessions, shared by requests close together.
     pub sessions: Arc<super::sessions::Snapshots>,
     /// Uploads in progress per tenant on this node (counted by the job quota).
@@ -70,21 +70,6 @@ pub struct NodeViews {
     pub node: Option<String>,
     #[schema(value_type = Vec<Object>)]
     pub nodes: Vec<serde_json::Value>,
-}
-
-/// HTTP requests answered, by status class (for `/metrics`).
-#[derive(Debug, Default)]
-pub struct RequestCounts {
-    by_class: [AtomicU64; 6],
-}
-
-impl RequestCounts {
-    pub fn count(&self, status: StatusCode) {
-        let class = (status.as_u16() / 100) as usize;
-        if let Some(c) = self.by_class.get(class) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 fn with(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = std::convert::Infallible> + Clone {
@@ -250,128 +235,14 @@ async fn ready(ctx: Ctx) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-/// Prometheus text exposition of what the node counts (the telemetry work will move this to
-/// OpenTelemetry instruments).
+/// The node's metrics in the Prometheus text format: the TelemetrySampler is asked to sample
+/// first (so the actors' figures are those of now), then every instrument is rendered. A
+/// sampler that does not answer in time leaves its figures as last sampled.
 async fn metrics(ctx: Ctx) -> warp::reply::Response {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        out.push_str(&format!(
-            "# HELP ipfixsvc_{name} {help}\n# TYPE ipfixsvc_{name} {kind}\nipfixsvc_{name}{{node=\"{}\"}} {value}\n",
-            ctx.node
-        ));
-    };
-    if let Some(c) = local::<CollectorMsg>(COLLECTOR_NAME)
-        && let Ok(k) = ractor::call_t!(c, CollectorMsg::Counters, timeout_ms(&ctx))
-    {
-        let k: CollectorCounters = k;
-        metric(
-            "collector_tcp_sessions",
-            "gauge",
-            "live TCP sessions",
-            k.tcp_sessions as f64,
-        );
-        metric(
-            "collector_udp_sessions",
-            "gauge",
-            "live UDP sessions",
-            k.udp_sessions as f64,
-        );
-        metric(
-            "collector_refused_sessions_total",
-            "counter",
-            "sessions refused at a limit",
-            k.refused_sessions as f64,
-        );
-        metric(
-            "collector_evicted_udp_sessions_total",
-            "counter",
-            "idle UDP sessions retired for a newcomer",
-            k.evicted_udp_sessions as f64,
-        );
-        metric(
-            "collector_failed_sessions_total",
-            "counter",
-            "sessions that failed",
-            k.failed_sessions as f64,
-        );
-        metric(
-            "collector_lost_datagrams_total",
-            "counter",
-            "datagrams queued for a session that ended",
-            k.lost_datagrams as f64,
-        );
-        metric(
-            "collector_template_bytes",
-            "gauge",
-            "bytes of compiled templates held by sessions",
-            k.template_bytes as f64,
-        );
-        metric(
-            "collector_udp_queued_bytes",
-            "gauge",
-            "bytes of datagrams queued for UDP sessions",
-            k.udp_queued_bytes as f64,
-        );
-        metric(
-            "collector_pending_bytes",
-            "gauge",
-            "bytes of data sets held for a missing template",
-            k.pending_bytes as f64,
-        );
+    if let Some(s) = local::<SamplerMsg>(TELEMETRY_SAMPLER) {
+        let _ = ractor::call_t!(s, SamplerMsg::Sample, timeout_ms(&ctx));
     }
-    if let Some(c) = local::<CacheMsg>(TEMPLATE_CACHE)
-        && let Ok(s) = ractor::call_t!(c, CacheMsg::Status, timeout_ms(&ctx))
-    {
-        let s: CacheStatus = s;
-        metric(
-            "template_cache_templates",
-            "gauge",
-            "templates in the node's cache",
-            s.templates as f64,
-        );
-        metric(
-            "template_cache_bytes",
-            "gauge",
-            "bytes of templates in the node's cache",
-            s.bytes as f64,
-        );
-        metric(
-            "template_store_healthy",
-            "gauge",
-            "1 when the template store answers",
-            if s.store_healthy { 1.0 } else { 0.0 },
-        );
-        metric(
-            "template_conflicts_total",
-            "counter",
-            "keys defined differently by two live sessions",
-            s.conflicts as f64,
-        );
-        metric(
-            "template_cache_dropped_messages_total",
-            "counter",
-            "session messages the cache had no room for",
-            s.dropped_messages as f64,
-        );
-    }
-    out.push_str(&format!(
-        "# HELP ipfixsvc_http_refused_connections_total connections closed at api.max_connections\n# TYPE ipfixsvc_http_refused_connections_total counter\nipfixsvc_http_refused_connections_total{{node=\"{}\"}} {}\n",
-        ctx.node,
-        ctx.refused.get()
-    ));
-    out.push_str(
-        "# HELP ipfixsvc_http_requests_total HTTP requests answered, by status class\n# TYPE ipfixsvc_http_requests_total counter\n",
-    );
-    for (class, n) in ctx.requests.by_class.iter().enumerate().skip(1) {
-        out.push_str(&format!(
-            "ipfixsvc_http_requests_total{{node=\"{}\",class=\"{class}xx\"}} {}\n",
-            ctx.node,
-            n.load(Ordering::Relaxed)
-        ));
-    }
-    // The OpenTelemetry instruments (HTTP requests, ...), as the Prometheus exporter renders them.
-    out.push_str(&crate::telemetry::prometheus_text());
-    let mut r = warp::reply::Response::new(out.into());
+    let mut r = warp::reply::Response::new(crate::telemetry::prometheus_text().into());
     r.headers_mut().insert(
         warp::http::header::CONTENT_TYPE,
         warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -382,7 +253,7 @@ async fn metrics(ctx: Ctx) -> warp::reply::Response {
 /// Every node's view of the cluster (its peers, seeds and last errors), asked through the
 /// directories' process group; a node that does not answer in time is named as such.
 async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
-    let views = every_node(&ctx, DirectoryMsg::ClusterView).await;
+    let views = every_node(&ctx, "ClusterView", DirectoryMsg::ClusterView).await;
     Ok(warp::reply::json(&NodeViews {
         node: Some(ctx.node),
         nodes: views,
@@ -394,13 +265,14 @@ async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
 /// that does not answer in time is named as such instead of holding up the others.
 async fn every_node(
     ctx: &Ctx,
-    ask: fn(ractor::RpcReplyPort<crate::actors::directory::Json>) -> DirectoryMsg,
+    method: &'static str,
+    ask: fn(TraceParent, ractor::RpcReplyPort<crate::actors::directory::Json>) -> DirectoryMsg,
 ) -> Vec<serde_json::Value> {
     let members = ractor::pg::get_members(&DIRECTORY_GROUP.to_string());
     let ms = timeout_ms(ctx);
     futures_util::future::join_all(members.into_iter().map(|m| async move {
         let d: ActorRef<DirectoryMsg> = m.clone().into();
-        match ractor::call_t!(d, ask, ms) {
+        match directory::call(&d, method, ms, ask).await {
             Ok(json) => serde_json::from_str::<serde_json::Value>(&json.0)
                 .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
             Err(e) => serde_json::json!({
@@ -416,7 +288,7 @@ async fn every_node(
 /// does not answer in time is named as such. JSON, or with `Accept: text/html` a page whose
 /// subtrees fold and which refreshes itself.
 async fn actors(ctx: Ctx, accept: Option<String>) -> Result<warp::reply::Response, Rejection> {
-    let mut nodes = every_node(&ctx, DirectoryMsg::ActorTree).await;
+    let mut nodes = every_node(&ctx, "ActorTree", DirectoryMsg::ActorTree).await;
     nodes.sort_by_key(|n| n["node"].as_str().unwrap_or_default().to_string());
     if accept.is_some_and(|a| a.contains("text/html")) {
         let mut page = String::from(

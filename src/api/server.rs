@@ -96,6 +96,45 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Starts each request's span (and its `Request`, which the routes find in the request's
+/// extensions) before warp sees it, and runs warp's work for it inside the span.
+#[derive(Clone)]
+struct Traced<S>(S);
+
+impl<S, B> tower_service::Service<warp::http::Request<B>> for Traced<S>
+where
+    S: tower_service::Service<warp::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: warp::http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
+        let start = super::Request::start(&req);
+        let span = start.span().clone();
+        req.extensions_mut().insert(start);
+        self.0.call(req).instrument(span)
+    }
+}
+
+/// `ipfixsvc.http.refused_connections`: made on first use, after the meter provider is set.
+static REFUSED_CONNECTIONS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> =
+    std::sync::LazyLock::new(|| {
+        crate::telemetry::metrics::meter()
+            .u64_counter("ipfixsvc.http.refused_connections")
+            .with_unit("{connection}")
+            .with_description("connections closed at once at api.max_connections")
+            .build()
+    });
+
 /// Serves `filter` on `listener` until `shutdown` resolves; then stops accepting and lets the
 /// connections finish their requests (the caller bounds how long).
 pub async fn serve<F>(
@@ -108,7 +147,7 @@ pub async fn serve<F>(
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let service = warp::service(filter);
+    let service = Traced(warp::service(filter));
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // Tells every connection to finish its request and close.
     let (stop_tx, stop_rx) = watch::channel(());
@@ -139,6 +178,7 @@ pub async fn serve<F>(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             let n = refused.0.fetch_add(1, Ordering::Relaxed) + 1;
+            REFUSED_CONNECTIONS.add(1, &[]);
             if n.is_power_of_two() {
                 tracing::warn!(
                     %peer, refused = n, max = limits.max_connections,

@@ -11,7 +11,7 @@
 
 use super::problem::{self, Problem};
 use super::routes::{Ctx, admin};
-use crate::actors::directory::{DIRECTORY_NAME, DirectoryMsg, SessionInfo, SessionList};
+use crate::actors::directory::{self, DIRECTORY_NAME, DirectoryMsg, SessionInfo, SessionList};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -203,14 +203,18 @@ async fn list(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
             "the session directory is restarting".into(),
         )));
     };
-    let list: SessionList =
-        ractor::call_t!(d, DirectoryMsg::ListCluster, ctx.timeout.as_millis() as u64).map_err(
-            |e| {
-                problem::reject(Problem::unavailable(format!(
-                    "listing the cluster's sessions: {e}"
-                )))
-            },
-        )?;
+    let list: SessionList = directory::call(
+        &d,
+        "ListCluster",
+        ctx.timeout.as_millis() as u64,
+        DirectoryMsg::ListCluster,
+    )
+    .await
+    .map_err(|e| {
+        problem::reject(Problem::unavailable(format!(
+            "listing the cluster's sessions: {e}"
+        )))
+    })?;
     let mut sessions: Vec<(String, SessionInfo)> = list
         .sessions
         .into_iter()

@@ -9,7 +9,7 @@
 use super::problem::{self, Problem};
 use super::routes::Ctx;
 use super::tenants::{ask, json_body, reply};
-use crate::actors::directory::{DIRECTORY_NAME, DirectoryMsg, StreamStateList};
+use crate::actors::directory::{self, DIRECTORY_NAME, DirectoryMsg, StreamStateList};
 use crate::actors::mediator::StreamState;
 use crate::actors::tenants::TenantMsg;
 use crate::mediation::spec::{Pipeline, StreamSpec, check_name, for_tenant};
@@ -94,9 +94,9 @@ async fn states(ctx: &Ctx) -> StreamStateList {
     };
     let ms = ctx.timeout.as_millis() as u64;
     let msg = if ctx.cluster {
-        ractor::call_t!(d, DirectoryMsg::StreamsCluster, ms)
+        directory::call(&d, "StreamsCluster", ms, DirectoryMsg::StreamsCluster).await
     } else {
-        ractor::call_t!(d, DirectoryMsg::Streams, ms)
+        directory::call(&d, "Streams", ms, DirectoryMsg::Streams).await
     };
     msg.unwrap_or_else(|e| StreamStateList {
         errors: vec![format!("asking the session directory: {e}")],

@@ -195,6 +195,18 @@ pub enum SinkTransport {
 }
 
 impl SinkSpec {
+    /// The sink's `kind`, as the configuration names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkSpec::Ndjson { .. } => "ndjson",
+            SinkSpec::IpfixFile { .. } => "ipfix_file",
+            SinkSpec::Discard {} => "discard",
+            SinkSpec::Ipfix { .. } => "ipfix",
+            SinkSpec::RedisStream { .. } => "redis_stream",
+            SinkSpec::Http { .. } => "http",
+        }
+    }
+
     /// The policy a sink gets when the stream names none: block where losing records is never
     /// wanted (files, standard output).
     pub fn default_on_full(&self) -> OnFull {

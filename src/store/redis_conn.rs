@@ -11,6 +11,21 @@ pub struct RedisConn {
     timeout: Duration,
     /// For subscriptions, which need a connection of their own.
     client: redis::Client,
+    /// `db.client.operation.duration` (OpenTelemetry's database semantic conventions).
+    duration: opentelemetry::metrics::Histogram<f64>,
+}
+
+fn operation_duration() -> opentelemetry::metrics::Histogram<f64> {
+    opentelemetry::global::meter("ipfixsvc")
+        .f64_histogram("db.client.operation.duration")
+        .with_unit("s")
+        .with_description(
+            "Redis operations, by db.operation.name (what the store did) and error.type on failure",
+        )
+        .with_boundaries(vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+        ])
+        .build()
 }
 
 impl RedisConn {
@@ -29,6 +44,7 @@ impl RedisConn {
             conn,
             timeout,
             client,
+            duration: operation_duration(),
         })
     }
 
@@ -36,7 +52,26 @@ impl RedisConn {
         &self.client
     }
 
-    async fn attempt<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
+    async fn attempt<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let started = std::time::Instant::now();
+        let result = self.try_twice(what, op).await;
+        let mut attrs = vec![
+            opentelemetry::KeyValue::new("db.system.name", "redis"),
+            opentelemetry::KeyValue::new("db.operation.name", what.to_string()),
+        ];
+        if result.is_err() {
+            attrs.push(opentelemetry::KeyValue::new("error.type", "unavailable"));
+        }
+        self.duration
+            .record(started.elapsed().as_secs_f64(), &attrs);
+        result
+    }
+
+    async fn try_twice<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,

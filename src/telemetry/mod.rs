@@ -10,7 +10,10 @@
 //! threads with a timeout. The SDK's own export errors are logged at most as errors, through
 //! the same subscriber.
 
-use crate::config::{LogFormat, LogSettings, TelemetrySettings};
+pub mod metrics;
+pub mod process;
+
+use crate::config::{LogFormat, LogSettings, Settings, TelemetrySettings};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -70,9 +73,18 @@ pub fn init_node(
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|e| format!("telemetry.otlp_endpoint (traces): {e}"))?;
+        let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(CountedExporter {
+            inner: exporter,
+            in_flight: in_flight.clone(),
+        })
+        .build();
         Some(
             SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
+                .with_span_processor(BoundedQueue {
+                    inner: batch,
+                    in_flight,
+                })
                 .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                     telemetry.sampling_ratio,
                 ))))
@@ -104,6 +116,8 @@ pub fn init_node(
     }
     let meter = meter.build();
     opentelemetry::global::set_meter_provider(meter.clone());
+    metrics::set_max_label_values(telemetry.max_label_values);
+    metrics::register();
     let _ = subscriber(log, tracer.as_ref()).try_init();
     let _ = TELEMETRY.set(Telemetry {
         tracer,
@@ -133,7 +147,12 @@ fn subscriber(
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let fmt = match settings.format {
-        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Json => fmt
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonWithTrace(
+                tracing_subscriber::fmt::format().json().with_target(false),
+            ))
+            .boxed(),
         LogFormat::Text => fmt.boxed(),
     };
     // A receiver that is down makes the SDK report every failed export: one line a minute.
@@ -202,4 +221,194 @@ pub fn shutdown(within: Duration) {
         let _ = tx.send(());
     });
     let _ = rx.recv_timeout(within);
+}
+
+/// The node's configuration version: a hash of its effective configuration, without what
+/// differs between the pods of one deployment by design (`node.name`, `cluster.advertise`).
+/// Nodes with equal versions run the same configuration.
+pub fn config_version(settings: &Settings) -> String {
+    let mut s = settings.clone();
+    s.node.name.clear();
+    s.cluster.advertise.clear();
+    // serde_json's maps are ordered: the text, and so the hash, is stable.
+    let text = serde_json::to_value(&s)
+        .and_then(|v| serde_json::to_vec(&v))
+        .unwrap_or_default();
+    // FNV-1a (64 bits): stable across builds and platforms, unlike std's hashers.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// W3C Trace Context (`traceparent`) of the current span, to send with a request to another
+/// node; empty when no span is being exported (telemetry off, or the trace not sampled).
+pub fn current_traceparent() -> String {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes `span` a child of the remote span a `traceparent` names (from another node or an
+/// HTTP client); a missing or malformed one leaves the span a root.
+pub fn follow(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if traceparent.is_empty() {
+        return;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The JSON log line, with the `trace_id` and `span_id` of the span it was logged in (or of its
+/// nearest traced ancestor) when traces are on: a line leads to its trace and back.
+struct JsonWithTrace(
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonWithTrace
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        // Asked before formatting: the context lookup locks the span's extensions.
+        let ids = trace_ids(ctx, event);
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match (ids, line.trim_end().strip_suffix('}')) {
+            (Some((trace, span)), Some(body)) => {
+                writeln!(
+                    writer,
+                    "{body},\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}"
+                )
+            }
+            _ => writer.write_str(&line),
+        }
+    }
+}
+
+fn trace_ids<S, N>(
+    ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+    event: &tracing::Event<'_>,
+) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    use opentelemetry::trace::TraceContextExt;
+    TELEMETRY.get()?.tracer.as_ref()?;
+    let span = match event.parent() {
+        Some(id) => ctx.span(id),
+        None if event.is_contextual() => ctx.lookup_current(),
+        None => None,
+    }?;
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+    span.scope().find_map(|s| {
+        let cx = tracing_opentelemetry::get_otel_context(&s.id(), &dispatch)?;
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+    })
+}
+
+/// Spans waiting for export at most: the batch processor's own queue size, so that this
+/// bound, which counts what it drops, is the one that drops.
+const SPAN_QUEUE: usize = 2048;
+
+/// The batch span processor behind a bound that counts: a span past `SPAN_QUEUE` waiting is
+/// dropped here and counted in `ipfixsvc.telemetry.spans{outcome="dropped"}` (the SDK's own
+/// queue drops silently).
+#[derive(Debug)]
+struct BoundedQueue {
+    inner: opentelemetry_sdk::trace::BatchSpanProcessor,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl opentelemetry_sdk::trace::SpanProcessor for BoundedQueue {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        use std::sync::atomic::Ordering::AcqRel;
+        if self.in_flight.fetch_add(1, AcqRel) >= SPAN_QUEUE {
+            self.in_flight.fetch_sub(1, AcqRel);
+            metrics::span_outcome(metrics::SpanOutcome::Dropped, 1);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP span exporter, counting what it exported and what failed, and giving the bound its
+/// room back.
+#[derive(Debug)]
+struct CountedExporter<E> {
+    inner: E,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for CountedExporter<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        self.in_flight
+            .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        let outcome = if result.is_ok() {
+            metrics::SpanOutcome::Exported
+        } else {
+            metrics::SpanOutcome::Failed
+        };
+        metrics::span_outcome(outcome, n as u64);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }

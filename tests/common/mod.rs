@@ -65,11 +65,12 @@ impl Server {
     pub fn logged_addr(&self, key: &str) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let found = self.log.lock().expect("log lock").iter().find_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key))
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            });
+            let found = self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find_map(|l| logged(l, key));
             if let Some(a) = found {
                 return a;
             }
@@ -194,16 +195,26 @@ pub fn traffic_captures() -> Vec<PathBuf> {
     files
 }
 
+/// The address a log line gives as `key=ADDR` (text) or `"key":"ADDR"` (JSON).
+fn logged(line: &str, key: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|a| a.parse().ok())
+        .or_else(|| {
+            let json: serde_json::Value = serde_json::from_str(line).ok()?;
+            json["fields"][key.trim_end_matches('=')]
+                .as_str()?
+                .parse()
+                .ok()
+        })
+}
+
 /// The API address a `serve` logs (`API listening api=ADDR`).
 pub fn api_addr(server: &Server) -> SocketAddr {
     let lines = server.wait_log("API listening", 1, Duration::from_secs(20));
     lines
         .iter()
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("api="))
-                .and_then(|a| a.parse().ok())
-        })
+        .find_map(|l| logged(l, "api="))
         .unwrap_or_else(|| panic!("no API address in the log: {:?}", server.log_lines("")))
 }
 

@@ -23,6 +23,17 @@ def attributes(kvs):
     return {kv.key: value(kv.value) for kv in kvs}
 
 
+def point(p):
+    """A data point's attributes, with its value under "@value" (a histogram's: its count)."""
+    out = attributes(p.attributes)
+    if hasattr(p, "bucket_counts"):
+        out["@value"] = p.count
+    else:
+        kind = p.WhichOneof("value")
+        out["@value"] = getattr(p, kind) if kind else None
+    return out
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -51,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
                         points = getattr(m, data).data_points if data else []
                         OUT.write(json.dumps({
                             "kind": "metric", "name": m.name, "unit": m.unit, "type": data,
-                            "points": [attributes(p.attributes) for p in points],
+                            "points": [point(p) for p in points],
                             "resource": resource,
                         }) + "\n")
             reply = metrics_service_pb2.ExportMetricsServiceResponse()

@@ -19,6 +19,7 @@ use crate::actors::template_cache::{CacheHandle, CacheMsg};
 use crate::config::CollectorSettings;
 use crate::mediation::Source;
 use crate::store::TemplateKey;
+use crate::telemetry::metrics::{self, ActorKind, Work};
 use crate::wire::{ByteBudget, Framer, Registry};
 use crate::wire::{DecodedMessage, Template, TemplateEvent, TemplateKind};
 use bytes::{Bytes, BytesMut};
@@ -210,6 +211,11 @@ pub struct SessionState {
     held: std::collections::VecDeque<(Vec<Bytes>, OwnedSemaphorePermit)>,
     hold_at: usize,
     holds: u64,
+    /// This session in the node's telemetry: its exporter's series (counted live), what it
+    /// last added there, and its tenant's busy time (decoding).
+    telemetry: metrics::LiveSession,
+    published: metrics::SessionCounts,
+    busy: Arc<metrics::Busy>,
 }
 
 pub struct ExporterSession;
@@ -242,6 +248,8 @@ impl Actor for ExporterSession {
             template_lifetime: (transport == Transport::Udp)
                 .then(|| Duration::from_secs(s.udp_template_lifetime_secs)),
         };
+        let telemetry = metrics::exporter_session(&args.tenant, args.peer.ip(), transport_name);
+        let busy = metrics::busy(&args.tenant, Work::Session);
         let mut state = SessionState {
             peer: args.peer,
             core: SessionCore::new(args.registry, transport, limits)
@@ -282,6 +290,9 @@ impl Actor for ExporterSession {
             held: std::collections::VecDeque::new(),
             hold_at: s.pending_bytes / 2,
             holds: 0,
+            telemetry,
+            published: Default::default(),
+            busy,
         };
         match args.input {
             SessionInput::Tcp(stream) => {
@@ -375,6 +386,27 @@ impl Actor for ExporterSession {
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        let started = Instant::now();
+        state.handle(&myself, msg).await;
+        state.publish();
+        ActorKind::ExporterSession.handled(started);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.publish();
+        state.log_end();
+        Ok(())
+    }
+}
+
+impl SessionState {
+    async fn handle(&mut self, myself: &ActorRef<SessionMsg>, msg: SessionMsg) {
+        let state = self;
         match msg {
             SessionMsg::Messages(msgs, permit) => {
                 if !state.held.is_empty() || state.should_hold() {
@@ -384,13 +416,13 @@ impl Actor for ExporterSession {
                         myself.send_after(HOLD_MAX, move || SessionMsg::ReleaseHeld(n));
                     }
                     state.held.push_back((msgs, permit));
-                    return Ok(());
+                    return;
                 }
-                state.decode_batch(&myself, msgs, permit).await;
+                state.decode_batch(myself, msgs, permit).await;
             }
             SessionMsg::ReleaseHeld(n) => {
                 if n == state.holds {
-                    state.release_held(&myself, true).await;
+                    state.release_held(myself, true).await;
                 }
             }
             SessionMsg::Datagrams(ds) => {
@@ -404,7 +436,7 @@ impl Actor for ExporterSession {
             }
             SessionMsg::ReaderClosed(end) => {
                 // Everything read is decoded before the end is handled.
-                state.release_held(&myself, true).await;
+                state.release_held(myself, true).await;
                 match end {
                     // Data Sets waiting for a template the cache is fetching: give it the store's
                     // time before ending, so what can be decoded is.
@@ -417,21 +449,21 @@ impl Actor for ExporterSession {
                         myself
                             .send_after(LOOKUP_GRACE, || SessionMsg::ReaderClosed(ReaderEnd::Eof));
                     }
-                    ReaderEnd::Eof => state.end(&myself, "the exporter closed".into()),
-                    ReaderEnd::Idle => state.end(&myself, "idle timeout".into()),
+                    ReaderEnd::Eof => state.end(myself, "the exporter closed".into()),
+                    ReaderEnd::Idle => state.end(myself, "idle timeout".into()),
                     ReaderEnd::Drained { partial, closed } => {
                         if closed {
                             tracing::info!(peer = %state.peer, "shutting down: the exporter closed in turn; everything it sent was read");
                         } else {
                             tracing::warn!(peer = %state.peer, partial_bytes = partial, "shutting down: the exporter did not close within the drain's read time; what it sent after is lost");
                         }
-                        state.end(&myself, "node shutting down".into());
+                        state.end(myself, "node shutting down".into());
                     }
                     ReaderEnd::Failed(reason) => {
                         state.core.stats.errors += 1;
                         state.core.stats.last_error = Some(reason.clone());
                         tracing::warn!(peer = %state.peer, error = %reason, "malformed stream: connection closed");
-                        state.end(&myself, reason);
+                        state.end(myself, reason);
                     }
                 }
             }
@@ -440,7 +472,7 @@ impl Actor for ExporterSession {
                 state.core.expire(now);
                 state.note_drops();
                 if now.duration_since(state.last_message) >= state.idle {
-                    state.end(&myself, "idle timeout".into());
+                    state.end(myself, "idle timeout".into());
                 }
             }
             SessionMsg::Drain(read_until) => match &state.stop_reading {
@@ -449,18 +481,18 @@ impl Actor for ExporterSession {
                     let _ = tx.send(Some(read_until));
                 }
                 // UDP: every datagram handed over before this has been decoded.
-                None => state.end(&myself, "node shutting down".into()),
+                None => state.end(myself, "node shutting down".into()),
             },
             SessionMsg::FirstDeadline => {
                 if state.core.stats.messages == 0 {
-                    state.end(&myself, "no valid message in time".into());
+                    state.end(myself, "no valid message in time".into());
                 }
             }
             SessionMsg::SharedTemplate(domain, template) => {
                 self_learn(state, domain, template).await;
-                state.release_held(&myself, false).await;
+                state.release_held(myself, false).await;
                 if state.closing && state.core.pending_sets() == 0 {
-                    state.end(&myself, "the exporter closed".into());
+                    state.end(myself, "the exporter closed".into());
                 }
             }
             SessionMsg::ShareAgain(domain, id) => {
@@ -486,6 +518,12 @@ impl Actor for ExporterSession {
                     addr: state.source.addr,
                     tenant: tenant.clone(),
                 });
+                // What came before was counted for the address's tenant; what comes after is
+                // the certificate's.
+                state.publish();
+                state.telemetry =
+                    metrics::exporter_session(&tenant, state.peer.ip(), state.transport_name);
+                state.busy = metrics::busy(&tenant, Work::Session);
                 state.tenant = tenant;
             }
             SessionMsg::GetStats(reply) => {
@@ -501,14 +539,11 @@ impl Actor for ExporterSession {
                 let _ = reply.send(stats);
             }
         }
-        Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<SessionMsg>,
-        state: &mut SessionState,
-    ) -> Result<(), ActorProcessingErr> {
+    /// The session's last log line.
+    fn log_end(&mut self) {
+        let state = self;
         // Stop reading now rather than when the state is dropped.
         state.reader.take();
         state.ticker.take();
@@ -524,7 +559,7 @@ impl Actor for ExporterSession {
             if n.is_power_of_two() {
                 tracing::info!(peer = %state.peer, reason, ended_without_records = n, "UDP sessions ended without a data record (this one among them)");
             }
-            return Ok(());
+            return;
         }
         let read = match state.udp_queue {
             Some(_) => s.messages + s.errors,
@@ -537,7 +572,32 @@ impl Actor for ExporterSession {
             dropped_sets_buffer_full = s.dropped_sets_buffer_full,
             templates_refused = s.templates_refused, "exporter session ended"
         );
-        Ok(())
+    }
+
+    /// Adds what the session counted since the last time to its exporter's series.
+    fn publish(&mut self) {
+        let st = &self.core.stats;
+        let dropped_datagrams = self
+            .udp_queue
+            .as_ref()
+            .map_or(0, |q| q.dropped.load(Ordering::Relaxed));
+        let now: metrics::SessionCounts = [
+            st.messages,
+            st.bytes,
+            st.data_records,
+            st.options_records,
+            st.errors,
+            st.lost,
+            st.dropped_sets_no_template,
+            st.dropped_sets_buffer_full,
+            dropped_datagrams,
+            st.templates + st.options_templates,
+        ];
+        if now != self.published {
+            self.telemetry.series().publish(&mut self.published, &now);
+        }
+        let queued = self.udp_queue.as_ref().map_or(0, |q| q.bytes.used());
+        self.telemetry.set_held(self.core.pending_bytes() + queued);
     }
 }
 
@@ -611,6 +671,8 @@ impl SessionState {
         }
         self.note_drops();
         self.share(&decoded);
+        // Decoding is this session's tenant's work; handing the records on is the streams'.
+        self.busy.add_since(self.last_message);
         self.emit(decoded).await
     }
 

@@ -98,6 +98,7 @@ impl Actor for TcpListenerActor {
         msg: TcpListenerMsg,
         state: &mut TcpListenerState,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::TcpListener.busy();
         let (stream, peer) = match msg {
             TcpListenerMsg::Accepted(stream, peer) => (stream, peer),
             TcpListenerMsg::LocalAddr(reply) => {

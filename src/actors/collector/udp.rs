@@ -70,6 +70,7 @@ impl Actor for UdpListenerActor {
         msg: UdpListenerMsg,
         state: &mut UdpListenerState,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::UdpListener.busy();
         let UdpListenerMsg::LocalAddr(reply) = msg;
         let _ = reply.send(state.local);
         Ok(())
@@ -196,6 +197,8 @@ async fn receive(socket: UdpSocket, env: SessionEnv, supervisor: ActorCell) {
             tracing::warn!(error = %e, "UDP socket failed");
             continue;
         }
+        // A burst read and routed is the listener's work (it takes no actor message for it).
+        let _busy = crate::telemetry::metrics::ActorKind::UdpListener.busy();
         for _ in 0..BURST {
             let (n, peer) = match socket.try_recv_from(&mut buf) {
                 Ok(x) => x,

@@ -55,7 +55,11 @@ pub enum ConversionMsg {
 }
 
 pub struct ConversionArgs {
+    /// The run's span (`job run`): the metering runs in it, one child span per input.
+    pub span: tracing::Span,
     pub id: JobId,
+    /// Whose job it is: the thread's CPU time is this tenant's.
+    pub tenant: String,
     pub inputs: Vec<String>,
     pub options: JobOptions,
     /// This job's folder: `<storage.dir>/jobs/<id>`.
@@ -107,16 +111,23 @@ impl Actor for PcapConversionJob {
         };
         let me = myself.clone();
         let run = tokio::task::spawn_blocking(move || {
-            run(
+            let _span = args.span.enter();
+            let mut thread = crate::telemetry::process::JobThread::enter(&args.tenant);
+            let outcome = run(
                 &args.inputs,
                 &args.options,
                 &args.dir,
                 &args.cancel,
                 &mut |p| {
+                    thread.account();
                     // The actor may be gone (panicked): the run stops on the cancel flag.
                     let _ = me.cast(ConversionMsg::Progress(p));
                 },
-            )
+            );
+            if let Outcome::Failed(_) = &outcome {
+                args.span.record("otel.status_code", "ERROR");
+            }
+            outcome
         });
         tokio::spawn(async move {
             let outcome = match run.await {
@@ -134,6 +145,7 @@ impl Actor for PcapConversionJob {
         msg: ConversionMsg,
         state: &mut ConversionState,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::ConversionJob.busy();
         match msg {
             ConversionMsg::Progress(p) => {
                 state.maybe_fail(p.packets);
@@ -240,6 +252,12 @@ fn meter_into(
     let mut done_bytes = 0;
     let mut last_report: Option<Instant> = None;
     for (input, size) in inputs.iter().zip(&sizes) {
+        let _span = tracing::info_span!(
+            "job input",
+            file = %Path::new(input).file_name().unwrap_or_default().to_string_lossy(),
+            bytes = size,
+        )
+        .entered();
         // Read, not mapped: a file cut short under a mapped reader raises SIGBUS, which would
         // take the whole node down (collector sessions, other jobs) for one tenant's upload.
         let mut capture =

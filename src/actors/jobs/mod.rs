@@ -65,7 +65,9 @@ pub enum Cancelled {
 
 #[derive(RactorMessage)]
 pub enum JobMsg {
-    Submit(JobSpec, RpcReplyPort<Result<JobId, SubmitError>>),
+    /// A job, with the W3C `traceparent` of the request that submits it (empty: not traced):
+    /// its queued and running spans join that request's trace.
+    Submit(JobSpec, String, RpcReplyPort<Result<JobId, SubmitError>>),
     /// A tenant's job, from this node's memory or the store (any node's job).
     Get(
         String,
@@ -120,6 +122,71 @@ pub struct JobArgs {
     /// Finished records stay in this actor's memory this long (the store keeps its own copy).
     pub retention: Duration,
     pub node: String,
+    /// The node's configuration version: its job figures are labelled with it.
+    pub config_version: String,
+}
+
+/// The job figures: wait and run time histograms and outcomes, labelled with the job kind and
+/// the node's configuration version (a pool that got slower after a change shows by version).
+struct JobMetrics {
+    wait: opentelemetry::metrics::Histogram<f64>,
+    run: opentelemetry::metrics::Histogram<f64>,
+    outcomes: opentelemetry::metrics::Counter<u64>,
+    attrs: Vec<opentelemetry::KeyValue>,
+}
+
+impl JobMetrics {
+    fn new(config_version: &str) -> JobMetrics {
+        let m = crate::telemetry::metrics::meter();
+        // From milliseconds (a small capture) to hours (a day of traffic).
+        let bounds = vec![
+            0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        ];
+        JobMetrics {
+            wait: m
+                .f64_histogram("ipfixsvc.job.wait.duration")
+                .with_unit("s")
+                .with_description("time jobs waited in the queue for a worker")
+                .with_boundaries(bounds.clone())
+                .build(),
+            run: m
+                .f64_histogram("ipfixsvc.job.run.duration")
+                .with_unit("s")
+                .with_description("time jobs ran, by outcome")
+                .with_boundaries(bounds)
+                .build(),
+            outcomes: m
+                .u64_counter("ipfixsvc.job.outcomes")
+                .with_unit("{job}")
+                .with_description("jobs ended, by outcome (succeeded, failed, cancelled)")
+                .build(),
+            attrs: vec![
+                opentelemetry::KeyValue::new("job.kind", crate::store::jobs::KIND_PCAP_CONVERSION),
+                opentelemetry::KeyValue::new("config.version", config_version.to_string()),
+            ],
+        }
+    }
+
+    fn with_outcome(&self, outcome: &'static str) -> Vec<opentelemetry::KeyValue> {
+        let mut a = self.attrs.clone();
+        a.push(opentelemetry::KeyValue::new("outcome", outcome));
+        a
+    }
+}
+
+/// A span of a job's life (`job queued`, `job run`), in the trace of the request that
+/// submitted it.
+fn job_span(name: &'static str, parent: &str, record: &JobRecord) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        otel.name = name,
+        job.id = %record.id,
+        job.kind = %record.kind,
+        tenant = %record.tenant,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::follow(&span, parent);
+    span
 }
 
 /// A job this node knows: its record, and the monotonic times behind its telemetry.
@@ -127,6 +194,10 @@ struct Tracked {
     record: JobRecord,
     submitted: Instant,
     started: Option<Instant>,
+    /// The submitting request's trace, and the span of the wait in the queue (ended when the
+    /// job starts).
+    parent: String,
+    queued: tracing::Span,
 }
 
 struct Running {
@@ -154,6 +225,7 @@ pub struct JobSupervisorState {
     directory: Option<ActorRef<directory::JobDirectoryMsg>>,
     /// A sweep is running (one at a time).
     sweeping: Arc<AtomicBool>,
+    metrics: JobMetrics,
 }
 
 pub struct JobSupervisor;
@@ -195,6 +267,7 @@ impl Actor for JobSupervisor {
             "job supervisor started"
         );
         Ok(JobSupervisorState {
+            metrics: JobMetrics::new(&args.config_version),
             args,
             jobs: HashMap::new(),
             queue: VecDeque::new(),
@@ -213,8 +286,9 @@ impl Actor for JobSupervisor {
         msg: JobMsg,
         state: &mut JobSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::JobSupervisor.busy();
         match msg {
-            JobMsg::Submit(spec, reply) => {
+            JobMsg::Submit(spec, parent, reply) => {
                 let submitted = Instant::now();
                 let admission = state.admit(&spec);
                 let id = admission.map(|a| (JobId::new(), a));
@@ -222,12 +296,15 @@ impl Actor for JobSupervisor {
                 if let Ok((id, admission)) = id {
                     let record = JobRecord::queued(id, &spec, &state.args.node);
                     state.save(&record);
+                    let queued = job_span("job queued", &parent, &record);
                     state.jobs.insert(
                         id,
                         Tracked {
                             record,
                             submitted,
                             started: None,
+                            parent,
+                            queued,
                         },
                     );
                     state.queue.push_back(id);
@@ -417,7 +494,9 @@ impl JobSupervisorState {
             };
             let cancel = Arc::new(AtomicBool::new(false));
             let args = ConversionArgs {
+                span: job_span("job run", &t.parent, &t.record),
                 id,
+                tenant: t.record.tenant.clone(),
                 inputs: t.record.inputs.clone(),
                 options: t.record.options.clone(),
                 dir: self.job_dir(id),
@@ -439,7 +518,11 @@ impl JobSupervisorState {
                     {
                         let now = Instant::now();
                         t.started = Some(now);
+                        t.queued = tracing::Span::none();
                         t.record.telemetry.queue_wait_ms = Some(ms(now - t.submitted));
+                        self.metrics
+                            .wait
+                            .record((now - t.submitted).as_secs_f64(), &self.metrics.attrs);
                         let record = t.record.clone();
                         self.save(&record);
                     }
@@ -486,6 +569,13 @@ impl JobSupervisorState {
             return;
         }
         let r = &mut t.record;
+        let name = match to {
+            JobState::Succeeded => "succeeded",
+            JobState::Cancelled => "cancelled",
+            _ => "failed",
+        };
+        let attrs = self.metrics.with_outcome(name);
+        self.metrics.outcomes.add(1, &attrs);
         match outcome {
             Outcome::Succeeded {
                 summary,
@@ -503,6 +593,7 @@ impl JobSupervisorState {
         if let Some(started) = t.started {
             let exec = started.elapsed();
             r.telemetry.exec_ms = Some(ms(exec));
+            self.metrics.run.record(exec.as_secs_f64(), &attrs);
             self.mean_exec = Some(update_mean(self.mean_exec, exec));
         }
         tracing::info!(job = %id, state = ?r.state, error = r.error.as_deref().unwrap_or(""), "job ended");

@@ -10,6 +10,7 @@ use super::redis_sink::RedisSink;
 use super::{Item, StreamStats};
 use crate::mediation::Records;
 use crate::mediation::spec::{Pipeline, PipelineStats, SinkSpec, StreamSpec};
+use crate::telemetry::metrics::{self, Work};
 use crate::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -194,6 +195,13 @@ pub struct StreamState {
     flushed: Instant,
     /// A `Flush` is on its way.
     flush_due: bool,
+    /// The tenant whose records were handled last, and where its busy time goes.
+    busy: Option<(String, Arc<metrics::Busy>)>,
+    /// `ipfixsvc.stream.sink.duration`, with this stream's name and sink kind.
+    sink_duration: opentelemetry::metrics::Histogram<f64>,
+    sink_attrs: Vec<opentelemetry::KeyValue>,
+    name: String,
+    sink_kind: &'static str,
     #[cfg(feature = "fault-injection")]
     panic_at: Option<u64>,
 }
@@ -230,7 +238,27 @@ impl StreamState {
 
     async fn flush(&mut self) -> Result<(), SinkFailed> {
         if self.dirty {
-            match self.sink.flush().await {
+            use tracing::Instrument;
+            let started = Instant::now();
+            // One span per delivery to the sink (a flush), a trace of its own: at most one per
+            // EAGER_FLUSH per stream, sampled as traces are.
+            let span = tracing::info_span!(
+                "stream delivery",
+                otel.name = %format_args!("deliver {}", self.name),
+                otel.kind = "producer",
+                stream = %self.name,
+                sink.kind = self.sink_kind,
+                records = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let flushed = self.sink.flush().instrument(span.clone()).await;
+            match &flushed {
+                Ok(n) => span.record("records", n),
+                Err(_) => span.record("otel.status_code", "ERROR"),
+            };
+            self.sink_duration
+                .record(started.elapsed().as_secs_f64(), &self.sink_attrs);
+            match flushed {
                 Ok(n) => self.stats.records_out.fetch_add(n, Ordering::Relaxed),
                 Err(e) => {
                     self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
@@ -241,6 +269,41 @@ impl StreamState {
             self.flushed = Instant::now();
         }
         Ok(())
+    }
+}
+
+fn sink_attrs(spec: &StreamSpec) -> Vec<opentelemetry::KeyValue> {
+    vec![
+        opentelemetry::KeyValue::new("stream", spec.name.clone()),
+        opentelemetry::KeyValue::new("sink.kind", spec.sink.kind()),
+    ]
+}
+
+/// How long a sink takes to write out what it buffered (a file's write, a network send).
+fn sink_duration() -> opentelemetry::metrics::Histogram<f64> {
+    metrics::meter()
+        .f64_histogram("ipfixsvc.stream.sink.duration")
+        .with_unit("s")
+        .with_description(
+            "time a stream's sink took to write out what it held, by stream and sink.kind",
+        )
+        .with_boundaries(vec![
+            0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+        ])
+        .build()
+}
+
+impl StreamState {
+    /// Where the busy time for `tenant`'s records goes (one lookup per change of tenant).
+    fn busy_for(&mut self, tenant: &str) -> Arc<metrics::Busy> {
+        match &self.busy {
+            Some((t, b)) if t == tenant => b.clone(),
+            _ => {
+                let b = metrics::busy(tenant, Work::Stream);
+                self.busy = Some((tenant.to_string(), b.clone()));
+                b
+            }
+        }
     }
 }
 
@@ -280,7 +343,13 @@ impl Actor for ExportStream {
             .await
             .map_err(|e| format!("stream {:?}: sink: {e}", args.spec.name))?;
         myself.send_interval(TICK, || StreamMsg::Tick);
+        let sink_attrs = sink_attrs(&args.spec);
         Ok(StreamState {
+            name: args.spec.name.clone(),
+            sink_kind: args.spec.sink.kind(),
+            busy: None,
+            sink_duration: sink_duration(),
+            sink_attrs,
             pipeline: args.pipeline,
             sink,
             stats: args.stats,
@@ -301,6 +370,7 @@ impl Actor for ExportStream {
         msg: StreamMsg,
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
+        let _busy = crate::telemetry::metrics::ActorKind::ExportStream.busy();
         match msg {
             StreamMsg::Records(item) => {
                 let Some(recs) = item.records() else {
@@ -313,9 +383,12 @@ impl Actor for ExportStream {
                         panic!("fault injection: the stream's records crossed {n}");
                     }
                 }
+                let started = Instant::now();
+                let busy = state.busy_for(&recs.source.tenant);
                 let out = state.pipeline.push(recs, now_ms());
                 item.done();
                 state.write(out).await?;
+                busy.add_since(started);
                 // The queue is empty when all its room is back: flush then, so an idle
                 // stream's records go out at once and a busy one's in large writes. Not more
                 // often than EAGER_FLUSH: a stream that keeps up with its sessions finds its
@@ -356,6 +429,8 @@ impl Actor for ExportStream {
                 match Sink::open(&args.spec, args.registry, &args.stats).await {
                     Ok(sink) => {
                         state.sink = sink;
+                        state.sink_kind = args.spec.sink.kind();
+                        state.sink_attrs = sink_attrs(&args.spec);
                         state.pipeline = args.pipeline;
                         state.seen = PipelineStats::default();
                         state.room = args.room;
