@@ -250,10 +250,10 @@ fn spans_and_metrics_reach_an_otlp_receiver_and_metrics_are_as_documented() {
     // Spans: one per request, named by method and route, with the HTTP attributes; the
     // resource names the service and the node.
     eventually("the request spans", Duration::from_secs(20), || {
-        receiver
-            .spans()
+        let spans = receiver.spans();
+        ["GET /api/v1/tenants/{tenant}", "GET /api/v1/sessions"]
             .iter()
-            .any(|l| l["name"] == "GET /api/v1/tenants/{tenant}")
+            .all(|n| spans.iter().any(|s| s["name"] == *n))
     });
     let spans = receiver.spans();
     let span = spans
@@ -427,11 +427,17 @@ fn a_request_across_two_nodes_is_one_trace_whose_ids_are_in_the_json_logs() {
 
     // A's request span; B's SERVER span of the listing, in the same trace, the child of A's
     // CLIENT span.
-    eventually("node B's span", Duration::from_secs(20), || {
-        receiver
-            .spans()
-            .iter()
-            .any(|s| s["resource"]["service.instance.id"] == "trace-b")
+    // Each node exports on its own timer: wait for both nodes' spans.
+    eventually("both nodes' spans", Duration::from_secs(20), || {
+        let spans = receiver.spans();
+        let on = |node: &str, name: &str| {
+            spans
+                .iter()
+                .any(|s| s["resource"]["service.instance.id"] == node && s["name"] == name)
+        };
+        on("trace-b", "SessionDirectory/List")
+            && on("trace-a", "SessionDirectory/List")
+            && on("trace-a", "GET /api/v1/sessions")
     });
     let spans = receiver.spans();
     let request = spans

@@ -415,8 +415,7 @@ fn ask_peers(myself: &ActorRef<ClusterMsg>, only: Option<u64>) {
     let member = myself.clone();
     tokio::spawn(async move {
         let answers = futures_util::future::join_all(directories.into_iter().map(|d| async move {
-            crate::actors::directory::call(&d, "ClusterView", 3_000, DirectoryMsg::ClusterView)
-                .await
+            crate::actors::directory::call(&d, &crate::actors::directory::CLUSTER_VIEW, 3_000).await
         }))
         .await;
         // Only an answer from every peer may make the member forget a peer nobody lists.
@@ -568,40 +567,43 @@ impl Actor for ClusterMember {
         msg: ClusterMsg,
         state: &mut ClusterState,
     ) -> Result<(), ActorProcessingErr> {
-        let _busy = crate::telemetry::metrics::ActorKind::ClusterMember.busy();
-        match msg {
-            ClusterMsg::Dial { seed, round } => state.dial(&myself, &seed, round).await,
-            ClusterMsg::Dialed {
-                seed,
-                round,
-                result,
-            } => {
-                state.dialed(&myself, &seed, round, result);
-            }
-            ClusterMsg::Event(e) => state.event(&myself, e),
-            ClusterMsg::Heard { heard, complete } => state.heard(&myself, heard, complete),
-            ClusterMsg::Refresh => {
-                ask_peers(&myself, None);
-                myself.send_after(REFRESH_EVERY, || ClusterMsg::Refresh);
-            }
-            ClusterMsg::Heartbeat => {
-                state.heartbeat(&myself);
-                myself.send_after(HEARTBEAT_EVERY, || ClusterMsg::Heartbeat);
-            }
-            ClusterMsg::Beat { node_id, answered } => state.beat(node_id, answered),
-            ClusterMsg::View(reply) => {
-                let mut peers: Vec<_> = state.peers.values().cloned().collect();
-                peers.sort_by(|a, b| a.addr.cmp(&b.addr));
-                let _ = reply.send(ClusterView {
-                    node: state.node.clone(),
-                    listen: state.listen.to_string(),
-                    advertise: state.advertise.clone(),
-                    peers,
-                    seeds: state.targets.iter().map(|t| t.view.clone()).collect(),
-                });
-            }
-        }
-        Ok(())
+        crate::telemetry::metrics::ActorKind::ClusterMember
+            .timed(async move {
+                match msg {
+                    ClusterMsg::Dial { seed, round } => state.dial(&myself, &seed, round).await,
+                    ClusterMsg::Dialed {
+                        seed,
+                        round,
+                        result,
+                    } => {
+                        state.dialed(&myself, &seed, round, result);
+                    }
+                    ClusterMsg::Event(e) => state.event(&myself, e),
+                    ClusterMsg::Heard { heard, complete } => state.heard(&myself, heard, complete),
+                    ClusterMsg::Refresh => {
+                        ask_peers(&myself, None);
+                        myself.send_after(REFRESH_EVERY, || ClusterMsg::Refresh);
+                    }
+                    ClusterMsg::Heartbeat => {
+                        state.heartbeat(&myself);
+                        myself.send_after(HEARTBEAT_EVERY, || ClusterMsg::Heartbeat);
+                    }
+                    ClusterMsg::Beat { node_id, answered } => state.beat(node_id, answered),
+                    ClusterMsg::View(reply) => {
+                        let mut peers: Vec<_> = state.peers.values().cloned().collect();
+                        peers.sort_by(|a, b| a.addr.cmp(&b.addr));
+                        let _ = reply.send(ClusterView {
+                            node: state.node.clone(),
+                            listen: state.listen.to_string(),
+                            advertise: state.advertise.clone(),
+                            peers,
+                            seeds: state.targets.iter().map(|t| t.view.clone()).collect(),
+                        });
+                    }
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// ractor's default stops the member quietly when its NodeServer ends, and its supervisor
@@ -664,9 +666,8 @@ impl ClusterState {
             tokio::spawn(async move {
                 let answered = crate::actors::directory::call(
                     &d,
-                    "ClusterView",
+                    &crate::actors::directory::CLUSTER_VIEW,
                     HEARTBEAT_TIMEOUT_MS,
-                    DirectoryMsg::ClusterView,
                 )
                 .await
                 .is_ok();

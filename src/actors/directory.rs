@@ -110,25 +110,94 @@ impl BytesConvertable for TraceParent {
 #[derive(RactorClusterMessage)]
 pub enum DirectoryMsg {
     #[rpc]
-    List(TraceParent, RpcReplyPort<SessionList>),
+    List(RpcReplyPort<SessionList>),
     #[rpc]
-    ListCluster(TraceParent, RpcReplyPort<SessionList>),
+    ListCluster(RpcReplyPort<SessionList>),
     /// This node's cluster view (peers, seeds, errors) as JSON.
     #[rpc]
-    ClusterView(TraceParent, RpcReplyPort<Json>),
+    ClusterView(RpcReplyPort<Json>),
     /// Answers at once: the cluster round trip, measured by `ipfixsvc cluster ping`.
     #[rpc]
     Ping(RpcReplyPort<Json>),
     /// This node's supervision tree (names, ids, states, children) as JSON.
     #[rpc]
-    ActorTree(TraceParent, RpcReplyPort<Json>),
+    ActorTree(RpcReplyPort<Json>),
     /// This node's export streams.
     #[rpc]
-    Streams(TraceParent, RpcReplyPort<StreamStateList>),
+    Streams(RpcReplyPort<StreamStateList>),
     /// Every node's export streams.
     #[rpc]
-    StreamsCluster(TraceParent, RpcReplyPort<StreamStateList>),
+    StreamsCluster(RpcReplyPort<StreamStateList>),
+    // The same asks with the asker's trace. New variants, not a field added to the old ones:
+    // variants travel by name, so a node of the version before keeps answering the old ones
+    // during a rolling upgrade (it does not know these: a traced ask of it goes unanswered).
+    #[rpc]
+    ListTraced(TraceParent, RpcReplyPort<SessionList>),
+    #[rpc]
+    ListClusterTraced(TraceParent, RpcReplyPort<SessionList>),
+    #[rpc]
+    ClusterViewTraced(TraceParent, RpcReplyPort<Json>),
+    #[rpc]
+    ActorTreeTraced(TraceParent, RpcReplyPort<Json>),
+    #[rpc]
+    StreamsTraced(TraceParent, RpcReplyPort<StreamStateList>),
+    #[rpc]
+    StreamsClusterTraced(TraceParent, RpcReplyPort<StreamStateList>),
 }
+
+impl DirectoryMsg {
+    /// The ask without its trace, and the trace (empty for an untraced ask).
+    fn untraced(self) -> (TraceParent, DirectoryMsg) {
+        use DirectoryMsg::*;
+        match self {
+            ListTraced(p, r) => (p, List(r)),
+            ListClusterTraced(p, r) => (p, ListCluster(r)),
+            ClusterViewTraced(p, r) => (p, ClusterView(r)),
+            ActorTreeTraced(p, r) => (p, ActorTree(r)),
+            StreamsTraced(p, r) => (p, Streams(r)),
+            StreamsClusterTraced(p, r) => (p, StreamsCluster(r)),
+            other => (TraceParent::default(), other),
+        }
+    }
+}
+
+/// One kind of ask of a directory, plain and traced.
+pub struct Ask<T: 'static> {
+    pub method: &'static str,
+    plain: fn(RpcReplyPort<T>) -> DirectoryMsg,
+    traced: fn(TraceParent, RpcReplyPort<T>) -> DirectoryMsg,
+}
+
+pub const LIST: Ask<SessionList> = Ask {
+    method: "List",
+    plain: DirectoryMsg::List,
+    traced: DirectoryMsg::ListTraced,
+};
+pub const LIST_CLUSTER: Ask<SessionList> = Ask {
+    method: "ListCluster",
+    plain: DirectoryMsg::ListCluster,
+    traced: DirectoryMsg::ListClusterTraced,
+};
+pub const CLUSTER_VIEW: Ask<Json> = Ask {
+    method: "ClusterView",
+    plain: DirectoryMsg::ClusterView,
+    traced: DirectoryMsg::ClusterViewTraced,
+};
+pub const ACTOR_TREE: Ask<Json> = Ask {
+    method: "ActorTree",
+    plain: DirectoryMsg::ActorTree,
+    traced: DirectoryMsg::ActorTreeTraced,
+};
+pub const STREAMS: Ask<StreamStateList> = Ask {
+    method: "Streams",
+    plain: DirectoryMsg::Streams,
+    traced: DirectoryMsg::StreamsTraced,
+};
+pub const STREAMS_CLUSTER: Ask<StreamStateList> = Ask {
+    method: "StreamsCluster",
+    plain: DirectoryMsg::StreamsCluster,
+    traced: DirectoryMsg::StreamsClusterTraced,
+};
 
 /// `rpc.client.call.duration` (OpenTelemetry's RPC semantic conventions), made on first use.
 static RPC_DURATION: std::sync::LazyLock<opentelemetry::metrics::Histogram<f64>> =
@@ -152,30 +221,30 @@ static RPC_DURATION: std::sync::LazyLock<opentelemetry::metrics::Histogram<f64>>
 /// span is made. Either way its duration is recorded.
 pub async fn call<T: Send + 'static>(
     directory: &ActorRef<DirectoryMsg>,
-    method: &'static str,
+    ask: &Ask<T>,
     timeout_ms: u64,
-    ask: fn(TraceParent, RpcReplyPort<T>) -> DirectoryMsg,
 ) -> Result<T, ractor::RactorErr<DirectoryMsg>> {
     use tracing::Instrument;
     let started = std::time::Instant::now();
-    let span = if crate::telemetry::current_traceparent().is_empty() {
-        tracing::Span::none()
+    let method = ask.method;
+    let result = if crate::telemetry::current_traceparent().is_empty() {
+        ractor::call_t!(directory, ask.plain, timeout_ms)
     } else {
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "rpc call",
             otel.name = %format_args!("SessionDirectory/{method}"),
             otel.kind = "client",
             rpc.system.name = "ractor_cluster",
             rpc.method = method,
             server.address = %directory.get_id(),
-        )
+        );
+        async {
+            let parent = TraceParent(crate::telemetry::current_traceparent());
+            ractor::call_t!(directory, ask.traced, timeout_ms, parent)
+        }
+        .instrument(span)
+        .await
     };
-    let result = async {
-        let parent = TraceParent(crate::telemetry::current_traceparent());
-        ractor::call_t!(directory, ask, timeout_ms, parent)
-    }
-    .instrument(span)
-    .await;
     let mut attrs = vec![
         opentelemetry::KeyValue::new("rpc.system.name", "ractor_cluster"),
         opentelemetry::KeyValue::new("rpc.method", method),
@@ -230,97 +299,107 @@ impl Actor for SessionDirectory {
         msg: DirectoryMsg,
         state: &mut DirectoryArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let _busy = crate::telemetry::metrics::ActorKind::SessionDirectory.busy();
-        match msg {
-            DirectoryMsg::List(parent, reply) => {
-                let span = served("List", &parent, &state.node);
-                let _ = reply.send(local_sessions(&state.node).instrument(span).await);
-            }
-            DirectoryMsg::Streams(parent, reply) => {
-                let span = served("Streams", &parent, &state.node);
-                let node = state.node.clone();
-                tokio::spawn(
-                    async move {
-                        let _ = reply.send(local_streams(&node).await);
+        crate::telemetry::metrics::ActorKind::SessionDirectory
+            .timed(async move {
+                let (parent, msg) = msg.untraced();
+                match msg {
+                    DirectoryMsg::List(reply) => {
+                        let span = served("List", &parent, &state.node);
+                        let _ = reply.send(local_sessions(&state.node).instrument(span).await);
                     }
-                    .instrument(span),
-                );
-            }
-            DirectoryMsg::StreamsCluster(parent, reply) => {
-                let span = served("StreamsCluster", &parent, &state.node);
-                let peers = other_directories(&myself);
-                let node = state.node.clone();
-                tokio::spawn(
-                    async move {
-                        let mine = local_streams(&node).await;
-                        let all = with_peers(mine, peers, |peer| async move {
-                            call(&peer, "Streams", 5_000, DirectoryMsg::Streams).await
-                        })
-                        .await;
-                        let _ = reply.send(all);
+                    DirectoryMsg::Streams(reply) => {
+                        let span = served("Streams", &parent, &state.node);
+                        let node = state.node.clone();
+                        tokio::spawn(
+                            async move {
+                                let _ = reply.send(local_streams(&node).await);
+                            }
+                            .instrument(span),
+                        );
                     }
-                    .instrument(span),
-                );
-            }
-            DirectoryMsg::Ping(reply) => {
-                let _ = reply.send(Json(String::new()));
-            }
-            DirectoryMsg::ActorTree(parent, reply) => {
-                // From a task: the figures are asked of many actors, and this directory keeps
-                // answering meanwhile.
-                let span = served("ActorTree", &parent, &state.node);
-                let node = state.node.clone();
-                tokio::spawn(
-                    async move {
-                        let v = super::actor_tree::tree(&node).await;
-                        let _ = reply.send(Json(v.to_string()));
+                    DirectoryMsg::StreamsCluster(reply) => {
+                        let span = served("StreamsCluster", &parent, &state.node);
+                        let peers = other_directories(&myself);
+                        let node = state.node.clone();
+                        tokio::spawn(
+                            async move {
+                                let mine = local_streams(&node).await;
+                                let all = with_peers(mine, peers, |peer| async move {
+                                    call(&peer, &STREAMS, 5_000).await
+                                })
+                                .await;
+                                let _ = reply.send(all);
+                            }
+                            .instrument(span),
+                        );
                     }
-                    .instrument(span),
-                );
-            }
-            DirectoryMsg::ClusterView(parent, reply) => {
-                let span = served("ClusterView", &parent, &state.node);
-                let view = async {
-                    match ractor::registry::where_is(CLUSTER_MEMBER) {
-                        Some(c) => {
-                            let c: ActorRef<ClusterMsg> = c.into();
-                            match ractor::call_t!(c, ClusterMsg::View, 2_000) {
+                    // `untraced` made them plain.
+                    DirectoryMsg::ListTraced(..)
+                    | DirectoryMsg::ListClusterTraced(..)
+                    | DirectoryMsg::ClusterViewTraced(..)
+                    | DirectoryMsg::ActorTreeTraced(..)
+                    | DirectoryMsg::StreamsTraced(..)
+                    | DirectoryMsg::StreamsClusterTraced(..) => {}
+                    DirectoryMsg::Ping(reply) => {
+                        let _ = reply.send(Json(String::new()));
+                    }
+                    DirectoryMsg::ActorTree(reply) => {
+                        // From a task: the figures are asked of many actors, and this directory keeps
+                        // answering meanwhile.
+                        let span = served("ActorTree", &parent, &state.node);
+                        let node = state.node.clone();
+                        tokio::spawn(
+                            async move {
+                                let v = super::actor_tree::tree(&node).await;
+                                let _ = reply.send(Json(v.to_string()));
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    DirectoryMsg::ClusterView(reply) => {
+                        let span = served("ClusterView", &parent, &state.node);
+                        let view = async {
+                            match ractor::registry::where_is(CLUSTER_MEMBER) {
+                                Some(c) => {
+                                    let c: ActorRef<ClusterMsg> = c.into();
+                                    match ractor::call_t!(c, ClusterMsg::View, 2_000) {
                                 Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
                                 Err(e) => {
                                     serde_json::json!({"node": state.node, "error": e.to_string()})
                                         .to_string()
                                 }
                             }
+                                }
+                                None => serde_json::json!({"node": state.node, "cluster": "off"})
+                                    .to_string(),
+                            }
                         }
-                        None => {
-                            serde_json::json!({"node": state.node, "cluster": "off"}).to_string()
-                        }
+                        .instrument(span)
+                        .await;
+                        let _ = reply.send(Json(view));
+                    }
+                    DirectoryMsg::ListCluster(reply) => {
+                        // Asked from a task: this directory keeps answering `List` meanwhile, so two
+                        // nodes listing the cluster at once do not wait on each other.
+                        let span = served("ListCluster", &parent, &state.node);
+                        let peers = other_directories(&myself);
+                        let node = state.node.clone();
+                        tokio::spawn(
+                            async move {
+                                let mine = local_sessions(&node).await;
+                                let all = with_peers(mine, peers, |peer| async move {
+                                    call(&peer, &LIST, 5_000).await
+                                })
+                                .await;
+                                let _ = reply.send(all);
+                            }
+                            .instrument(span),
+                        );
                     }
                 }
-                .instrument(span)
-                .await;
-                let _ = reply.send(Json(view));
-            }
-            DirectoryMsg::ListCluster(parent, reply) => {
-                // Asked from a task: this directory keeps answering `List` meanwhile, so two
-                // nodes listing the cluster at once do not wait on each other.
-                let span = served("ListCluster", &parent, &state.node);
-                let peers = other_directories(&myself);
-                let node = state.node.clone();
-                tokio::spawn(
-                    async move {
-                        let mine = local_sessions(&node).await;
-                        let all = with_peers(mine, peers, |peer| async move {
-                            call(&peer, "List", 5_000, DirectoryMsg::List).await
-                        })
-                        .await;
-                        let _ = reply.send(all);
-                    }
-                    .instrument(span),
-                );
-            }
-        }
-        Ok(())
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -20,6 +20,7 @@ use opentelemetry::KeyValue;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 pub const TELEMETRY_SAMPLER: &str = "telemetry-sampler";
@@ -46,14 +47,33 @@ pub struct SamplerState {
     args: SamplerArgs,
     system: Option<sysinfo::System>,
     pid: Option<sysinfo::Pid>,
+    last_sample: Option<Instant>,
+}
+
+/// The sampler's running totals. They are the process's, not the actor's: a sampler restarted
+/// after a panic goes on from them, so its counters never go back.
+#[derive(Default)]
+struct Accounts {
     threads: ThreadTotals,
-    /// Process CPU seconds and tenants' busy seconds at the last sample.
+    /// Process CPU seconds and tenants' busy seconds at the last sample (`None`: no baseline
+    /// yet).
     last_cpu: Option<f64>,
     last_busy: HashMap<(String, Work), f64>,
     /// CPU seconds attributed so far, per tenant and work, and not attributed.
     attributed: HashMap<(String, Work), f64>,
     unattributed: f64,
-    last_sample: Option<Instant>,
+}
+
+static ACCOUNTS: std::sync::Mutex<Option<Accounts>> = std::sync::Mutex::new(None);
+
+/// When the first sampler of the process started: the clock series are marked with.
+static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// A series of an exporter gone this long is removed (its label value freed).
+const EXPORTER_IDLE: Duration = Duration::from_secs(3600);
+
+fn accounts() -> std::sync::MutexGuard<'static, Option<Accounts>> {
+    ACCOUNTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub struct TelemetrySampler;
@@ -73,15 +93,21 @@ impl Actor for TelemetrySampler {
         let system = sysinfo::System::new()
             .inspect_err(|e| tracing::warn!(error = %e, "sysinfo unavailable: no memory or open-file figures"))
             .ok();
+        // The baseline: CPU and busy time before it are not shared out (a first sample taken
+        // later would give a tenant all its busy time so far, unchecked against CPU).
+        {
+            let mut a = accounts();
+            let a = a.get_or_insert_with(Accounts::default);
+            if a.last_cpu.is_none() {
+                a.last_cpu = process::process_times().map(|(u, s)| u + s);
+                a.last_busy = metrics::busy_totals().into_iter().collect();
+            }
+        }
+        LazyLock::force(&STARTED);
         Ok(SamplerState {
             args,
             system,
             pid: sysinfo::get_current_pid().ok(),
-            threads: ThreadTotals::default(),
-            last_cpu: None,
-            last_busy: HashMap::new(),
-            attributed: HashMap::new(),
-            unattributed: 0.0,
             last_sample: None,
         })
     }
@@ -132,6 +158,7 @@ async fn ask<T: Send + 'static, M: ractor::Message>(
 impl SamplerState {
     async fn sample(&mut self) {
         self.last_sample = Some(Instant::now());
+        metrics::sweep(STARTED.elapsed().as_secs(), EXPORTER_IDLE);
         let mut s = Sample::new();
         self.process(&mut s);
         if let Some(c) = ask(COLLECTOR_NAME, CollectorMsg::Counters).await {
@@ -189,10 +216,12 @@ impl SamplerState {
             "process.thread.count",
             vec![point(threads.len() as f64, &[])],
         );
-        self.threads.update(&threads, metrics::thread_label);
+        let mut guard = accounts();
+        let a = guard.get_or_insert_with(Accounts::default);
+        a.threads.update(&threads, metrics::thread_label);
         s.insert(
             "ipfixsvc.thread.cpu.time",
-            self.threads
+            a.threads
                 .by_name()
                 .map(|(name, cpu)| point(cpu.as_secs_f64(), &[("thread.name", name.clone())]))
                 .collect(),
@@ -207,10 +236,10 @@ impl SamplerState {
                 point(system, &[("cpu.mode", "system".into())]),
             ],
         );
-        self.attribute(user + system);
+        a.attribute(user + system);
         s.insert(
             "ipfixsvc.tenant.cpu.time",
-            self.attributed
+            a.attributed
                 .iter()
                 .map(|((tenant, work), secs)| {
                     point(
@@ -222,36 +251,7 @@ impl SamplerState {
         );
         s.insert(
             "ipfixsvc.cpu.unattributed.time",
-            vec![point(self.unattributed, &[])],
-        );
-    }
-
-    /// Shares the CPU time since the last sample among the tenants by their busy time in it.
-    fn attribute(&mut self, cpu: f64) {
-        let busy = metrics::busy_totals();
-        let Some(last_cpu) = self.last_cpu.replace(cpu) else {
-            // The first sample: what came before it is attributed as it was busy.
-            for (k, secs) in busy {
-                *self.attributed.entry(k.clone()).or_default() += secs;
-                self.last_busy.insert(k, secs);
-            }
-            return;
-        };
-        let spent = (cpu - last_cpu).max(0.0);
-        let grew: Vec<((String, Work), f64)> = busy
-            .into_iter()
-            .map(|(k, secs)| {
-                let before = self.last_busy.insert(k.clone(), secs).unwrap_or_default();
-                (k, (secs - before).max(0.0))
-            })
-            .collect();
-        let total: f64 = grew.iter().map(|g| g.1).sum();
-        attribute_share(
-            spent,
-            total,
-            grew,
-            &mut self.attributed,
-            &mut self.unattributed,
+            vec![point(a.unattributed, &[])],
         );
     }
 
@@ -307,6 +307,33 @@ impl SamplerState {
                 .into_iter()
                 .map(|(t, b)| point(b, &[("tenant", t)]))
                 .collect(),
+        );
+    }
+}
+
+impl Accounts {
+    /// Shares the CPU time since the last sample among the tenants by their busy time in it.
+    fn attribute(&mut self, cpu: f64) {
+        let busy = metrics::busy_totals();
+        let Some(last_cpu) = self.last_cpu.replace(cpu) else {
+            self.last_busy = busy.into_iter().collect();
+            return;
+        };
+        let spent = (cpu - last_cpu).max(0.0);
+        let grew: Vec<((String, Work), f64)> = busy
+            .into_iter()
+            .map(|(k, secs)| {
+                let before = self.last_busy.insert(k.clone(), secs).unwrap_or_default();
+                (k, (secs - before).max(0.0))
+            })
+            .collect();
+        let total: f64 = grew.iter().map(|g| g.1).sum();
+        attribute_share(
+            spent,
+            total,
+            grew,
+            &mut self.attributed,
+            &mut self.unattributed,
         );
     }
 }

@@ -335,7 +335,8 @@ impl Actor for TemplateCache {
         msg: CacheMsg,
         state: &mut CacheState,
     ) -> Result<(), ActorProcessingErr> {
-        let _busy = crate::telemetry::metrics::ActorKind::TemplateCache.busy();
+        crate::telemetry::metrics::ActorKind::TemplateCache
+            .timed(async move {
         match msg {
             CacheMsg::Learned(key, template, from) => {
                 state.handle.taken();
@@ -420,6 +421,8 @@ impl Actor for TemplateCache {
             }
         }
         Ok(())
+                })
+            .await
     }
 
     async fn post_stop(

@@ -103,8 +103,9 @@ impl Request {
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
+            .and_then(crate::telemetry::client_traceparent)
         {
-            crate::telemetry::follow(&span, parent);
+            crate::telemetry::follow(&span, &parent);
         }
         Request {
             id,

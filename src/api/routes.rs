@@ -6,7 +6,7 @@ use super::auth::AdminToken;
 use super::problem::{self, Problem};
 use crate::actors::cluster::{CLUSTER_MEMBER, ClusterMsg};
 use crate::actors::collector::{COLLECTOR_NAME, CollectorMsg};
-use crate::actors::directory::{self, DIRECTORY_GROUP, DirectoryMsg, TraceParent};
+use crate::actors::directory::{self, DIRECTORY_GROUP, DirectoryMsg};
 use crate::actors::telemetry_sampler::{SamplerMsg, TELEMETRY_SAMPLER};
 use crate::actors::template_cache::{CacheMsg, TEMPLATE_CACHE};
 use ractor::ActorRef;
@@ -253,7 +253,7 @@ async fn metrics(ctx: Ctx) -> warp::reply::Response {
 /// Every node's view of the cluster (its peers, seeds and last errors), asked through the
 /// directories' process group; a node that does not answer in time is named as such.
 async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
-    let views = every_node(&ctx, "ClusterView", DirectoryMsg::ClusterView).await;
+    let views = every_node(&ctx, &directory::CLUSTER_VIEW).await;
     Ok(warp::reply::json(&NodeViews {
         node: Some(ctx.node),
         nodes: views,
@@ -265,14 +265,13 @@ async fn cluster(ctx: Ctx) -> Result<warp::reply::Response, Rejection> {
 /// that does not answer in time is named as such instead of holding up the others.
 async fn every_node(
     ctx: &Ctx,
-    method: &'static str,
-    ask: fn(TraceParent, ractor::RpcReplyPort<crate::actors::directory::Json>) -> DirectoryMsg,
+    ask: &'static directory::Ask<directory::Json>,
 ) -> Vec<serde_json::Value> {
     let members = ractor::pg::get_members(&DIRECTORY_GROUP.to_string());
     let ms = timeout_ms(ctx);
     futures_util::future::join_all(members.into_iter().map(|m| async move {
         let d: ActorRef<DirectoryMsg> = m.clone().into();
-        match directory::call(&d, method, ms, ask).await {
+        match directory::call(&d, ask, ms).await {
             Ok(json) => serde_json::from_str::<serde_json::Value>(&json.0)
                 .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
             Err(e) => serde_json::json!({
@@ -288,7 +287,7 @@ async fn every_node(
 /// does not answer in time is named as such. JSON, or with `Accept: text/html` a page whose
 /// subtrees fold and which refreshes itself.
 async fn actors(ctx: Ctx, accept: Option<String>) -> Result<warp::reply::Response, Rejection> {
-    let mut nodes = every_node(&ctx, "ActorTree", DirectoryMsg::ActorTree).await;
+    let mut nodes = every_node(&ctx, &directory::ACTOR_TREE).await;
     nodes.sort_by_key(|n| n["node"].as_str().unwrap_or_default().to_string());
     if accept.is_some_and(|a| a.contains("text/html")) {
         let mut page = String::from(

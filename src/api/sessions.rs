@@ -203,18 +203,14 @@ async fn list(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
             "the session directory is restarting".into(),
         )));
     };
-    let list: SessionList = directory::call(
-        &d,
-        "ListCluster",
-        ctx.timeout.as_millis() as u64,
-        DirectoryMsg::ListCluster,
-    )
-    .await
-    .map_err(|e| {
-        problem::reject(Problem::unavailable(format!(
-            "listing the cluster's sessions: {e}"
-        )))
-    })?;
+    let list: SessionList =
+        directory::call(&d, &directory::LIST_CLUSTER, ctx.timeout.as_millis() as u64)
+            .await
+            .map_err(|e| {
+                problem::reject(Problem::unavailable(format!(
+                    "listing the cluster's sessions: {e}"
+                )))
+            })?;
     let mut sessions: Vec<(String, SessionInfo)> = list
         .sessions
         .into_iter()

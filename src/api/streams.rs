@@ -94,9 +94,9 @@ async fn states(ctx: &Ctx) -> StreamStateList {
     };
     let ms = ctx.timeout.as_millis() as u64;
     let msg = if ctx.cluster {
-        directory::call(&d, "StreamsCluster", ms, DirectoryMsg::StreamsCluster).await
+        directory::call(&d, &directory::STREAMS_CLUSTER, ms).await
     } else {
-        directory::call(&d, "Streams", ms, DirectoryMsg::Streams).await
+        directory::call(&d, &directory::STREAMS, ms).await
     };
     msg.unwrap_or_else(|e| StreamStateList {
         errors: vec![format!("asking the session directory: {e}")],

@@ -3,7 +3,7 @@
 //! ractor cluster, for every exporter session in the cluster, or for its view of the cluster.
 //! The command joins as a short-lived node of its own (isolated: it talks to the seed only).
 
-use crate::actors::directory::{DIRECTORY_GROUP, DirectoryMsg, TraceParent};
+use crate::actors::directory::{DIRECTORY_GROUP, DirectoryMsg};
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServer;
@@ -165,13 +165,8 @@ async fn answer(what: &ClusterQuery, directory: ActorRef<DirectoryMsg>) -> anyho
     let mut out = super::stdout_lines();
     match what {
         ClusterQuery::Sessions => {
-            let list = ractor::call_t!(
-                directory,
-                DirectoryMsg::ListCluster,
-                10_000,
-                TraceParent::default()
-            )
-            .map_err(|e| anyhow::anyhow!("listing sessions: {e}"))?;
+            let list = ractor::call_t!(directory, DirectoryMsg::ListCluster, 10_000)
+                .map_err(|e| anyhow::anyhow!("listing sessions: {e}"))?;
             // Errors first: a reader that leaves after a few lines must not hide them.
             for e in &list.errors {
                 eprintln!("ipfixsvc cluster: {e}");
@@ -193,13 +188,8 @@ async fn answer(what: &ClusterQuery, directory: ActorRef<DirectoryMsg>) -> anyho
             out.line(serde_json::json!({"count": rtts.len(), "median_us": pick(0.5), "p99_us": pick(0.99), "max_us": pick(1.0)}))?;
         }
         ClusterQuery::View => {
-            let view = ractor::call_t!(
-                directory,
-                DirectoryMsg::ClusterView,
-                5_000,
-                TraceParent::default()
-            )
-            .map_err(|e| anyhow::anyhow!("cluster view: {e}"))?;
+            let view = ractor::call_t!(directory, DirectoryMsg::ClusterView, 5_000)
+                .map_err(|e| anyhow::anyhow!("cluster view: {e}"))?;
             out.line(&view.0)?;
         }
     }

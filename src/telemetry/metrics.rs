@@ -18,9 +18,12 @@
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// What a capped label's folded values are called.
 pub const OTHER: &str = "other";
@@ -185,8 +188,18 @@ const EXPORTER_INSTRUMENTS: [(&str, &str, &str); 8] = [
 pub struct ExporterSeries {
     counts: [AtomicU64; N_COUNTS],
     live: AtomicI64,
-    /// Bytes its live sessions hold (queued datagrams, Data Sets waiting for a template).
+    /// Bytes its live sessions hold (Data Sets waiting for a template), as they last said.
     held: AtomicI64,
+    /// What its live sessions' queues hold, read when asked (a session that is stuck does not
+    /// say).
+    queues: Mutex<Vec<Weak<dyn Held>>>,
+    /// `STATE.clock` when a session last published to it.
+    active: AtomicU64,
+}
+
+/// Memory a session's queue holds, read when the tenant's memory is sampled.
+pub trait Held: Send + Sync {
+    fn held(&self) -> usize;
 }
 
 /// A session's own totals, as last added to its series.
@@ -195,6 +208,7 @@ pub type SessionCounts = [u64; N_COUNTS];
 impl ExporterSeries {
     /// Adds what a session counted since it last published (`last`, updated).
     pub fn publish(&self, last: &mut SessionCounts, now: &SessionCounts) {
+        self.active.store(STATE.clock.load(Relaxed), Relaxed);
         for i in 0..N_COUNTS {
             let d = now[i].saturating_sub(last[i]);
             if d > 0 {
@@ -221,6 +235,11 @@ impl LiveSession {
         &self.series
     }
 
+    /// Counts what `queue` holds in the tenant's memory while it lives.
+    pub fn watch(&self, queue: Weak<dyn Held>) {
+        lock(&self.series.queues).push(queue);
+    }
+
     /// The bytes the session holds now.
     pub fn set_held(&mut self, bytes: usize) {
         let bytes = bytes as i64;
@@ -242,9 +261,34 @@ impl Drop for LiveSession {
 pub fn held_by_tenant() -> HashMap<String, u64> {
     let mut out: HashMap<String, u64> = HashMap::new();
     for ((tenant, _, _), s) in lock(&STATE.exporters_series).iter() {
-        *out.entry(tenant.clone()).or_default() += s.held.load(Relaxed).max(0) as u64;
+        let mut queued = 0;
+        lock(&s.queues).retain(|q| match q.upgrade() {
+            Some(q) => {
+                queued += q.held() as u64;
+                true
+            }
+            None => false,
+        });
+        *out.entry(tenant.clone()).or_default() += s.held.load(Relaxed).max(0) as u64 + queued;
     }
     out
+}
+
+/// Advances the coarse clock series are marked with (seconds since the sampler began), and
+/// removes the series no session has used for `idle`, freeing their exporter label values: a
+/// cap filled by exporters that came and went (or by forged sources) frees itself. Their
+/// counters start again from zero if the exporter comes back (a counter reset).
+pub fn sweep(now_secs: u64, idle: Duration) {
+    STATE.clock.store(now_secs, Relaxed);
+    let mut series = lock(&STATE.exporters_series);
+    let before = series.len();
+    series.retain(|_, s| {
+        s.live.load(Relaxed) > 0 || now_secs.saturating_sub(s.active.load(Relaxed)) < idle.as_secs()
+    });
+    if series.len() < before {
+        let used: HashSet<&str> = series.keys().map(|k| k.1.as_str()).collect();
+        lock(&STATE.exporters.seen).retain(|e| used.contains(e.as_str()));
+    }
 }
 
 /// Whose work a tenant's busy time was.
@@ -325,17 +369,60 @@ impl Drop for ActorBusy {
 }
 
 impl ActorKind {
-    /// Held while a message is handled: `let _busy = ActorKind::X.busy();`.
+    /// Held while synchronous work is done: `let _busy = ActorKind::X.busy();`.
     pub fn busy(self) -> ActorBusy {
         ActorBusy(self, Instant::now())
     }
 
     /// One message handled, which took since `started`.
     pub fn handled(self, started: Instant) {
+        self.handled_in(started.elapsed());
+    }
+
+    /// One message handled, which kept the actor busy for `busy`.
+    pub fn handled_in(self, busy: Duration) {
         let s = &STATE.actors[self as usize];
         s.messages.fetch_add(1, Relaxed);
-        s.busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        s.busy_ns.fetch_add(busy.as_nanos() as u64, Relaxed);
+    }
+
+    /// Handles one message (`work`), counting the time spent running it: its polls, not its
+    /// waits (a handler that waits for another actor or for I/O is not busy meanwhile).
+    pub async fn timed<T>(self, work: impl Future<Output = T>) -> T {
+        let (out, busy) = Polled::new(work).await;
+        self.handled_in(busy);
+        out
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future, and the time spent in its polls: the time it kept a thread busy, without the
+    /// time it waited (for a lock, a queue, the network).
+    pub struct Polled<F> {
+        #[pin]
+        inner: F,
+        spent: Duration,
+    }
+}
+
+impl<F> Polled<F> {
+    pub fn new(inner: F) -> Polled<F> {
+        Polled {
+            inner,
+            spent: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future> Future for Polled<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let started = Instant::now();
+        let r = this.inner.poll(cx);
+        *this.spent += started.elapsed();
+        r.map(|out| (out, *this.spent))
     }
 }
 
@@ -573,6 +660,8 @@ struct State {
     actors: [ActorSeries; N_ACTOR_KINDS],
     sample: Mutex<Arc<Sample>>,
     spans: [AtomicU64; 3],
+    /// Seconds since the sampler began (see `sweep`).
+    clock: AtomicU64,
     /// Nodes of one process (tests) share the instruments: registered once.
     registered: std::sync::Once,
 }
@@ -586,6 +675,7 @@ static STATE: LazyLock<State> = LazyLock::new(|| State {
     actors: Default::default(),
     sample: Mutex::new(Arc::new(Sample::new())),
     spans: Default::default(),
+    clock: AtomicU64::new(0),
     registered: std::sync::Once::new(),
 });
 
@@ -622,6 +712,7 @@ pub fn exporter_session(
         .or_default()
         .clone();
     series.live.fetch_add(1, Relaxed);
+    series.active.store(STATE.clock.load(Relaxed), Relaxed);
     LiveSession { series, held: 0 }
 }
 

@@ -38,6 +38,7 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Telemetry {
     tracer: Option<SdkTracerProvider>,
+    sampling_ratio: f64,
     meter: SdkMeterProvider,
     registry: prometheus::Registry,
 }
@@ -78,6 +79,13 @@ pub fn init_node(
             inner: exporter,
             in_flight: in_flight.clone(),
         })
+        // Set, not left to OTEL_BSP_MAX_QUEUE_SIZE: a smaller queue than the bound in front of
+        // it would drop spans without counting them, and their room would never come back.
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_max_queue_size(SPAN_QUEUE)
+                .build(),
+        )
         .build();
         Some(
             SdkTracerProvider::builder()
@@ -121,6 +129,7 @@ pub fn init_node(
     let _ = subscriber(log, tracer.as_ref()).try_init();
     let _ = TELEMETRY.set(Telemetry {
         tracer,
+        sampling_ratio: telemetry.sampling_ratio,
         meter,
         registry,
     });
@@ -244,7 +253,8 @@ pub fn config_version(settings: &Settings) -> String {
 }
 
 /// W3C Trace Context (`traceparent`) of the current span, to send with a request to another
-/// node; empty when no span is being exported (telemetry off, or the trace not sampled).
+/// node; empty when there is no trace (telemetry off, or no span of ours is current). A trace
+/// that is not sampled has one too: its flag tells the other node not to sample either.
 pub fn current_traceparent() -> String {
     use opentelemetry::propagation::TextMapPropagator;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -327,7 +337,8 @@ where
     span.scope().find_map(|s| {
         let cx = tracing_opentelemetry::get_otel_context(&s.id(), &dispatch)?;
         let sc = cx.span().span_context().clone();
-        sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+        // Only ids of what is exported: a line must not lead to a trace that is nowhere.
+        (sc.is_valid() && sc.is_sampled()).then(|| (sc.trace_id(), sc.span_id()))
     })
 }
 
@@ -410,5 +421,72 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// An HTTP client's `traceparent`, with the sampling decision made here: the client's trace is
+/// joined, but its sampled flag does not override `telemetry.sampling_ratio` (any client could
+/// otherwise have every request of its exported). The decision is the ratio sampler's, from the
+/// trace id, so every node decides alike. `None` for a header that is not a traceparent.
+pub fn client_traceparent(header: &str) -> Option<String> {
+    traceparent_at(header, TELEMETRY.get().map_or(0.0, |t| t.sampling_ratio))
+}
+
+fn traceparent_at(header: &str, ratio: f64) -> Option<String> {
+    let parts: Vec<&str> = header.trim().split('-').collect();
+    let [version, trace, span, _flags] = parts[..] else {
+        return None;
+    };
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if version != "00" || !hex(trace, 32) || !hex(span, 16) {
+        return None;
+    }
+    // The ratio sampler's test: the trace id's low 64 bits, shifted, against ratio x 2^63.
+    let low = u64::from_str_radix(&trace[16..], 16).ok()?;
+    let keep = (low >> 1) < (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64;
+    Some(format!(
+        "00-{trace}-{span}-{}",
+        if keep { "01" } else { "00" }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clients_traceparent_is_joined_with_our_own_sampling_decision() {
+        let t = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(traceparent_at(t, 1.0).as_deref(), Some(t));
+        assert_eq!(
+            traceparent_at(t, 0.0).as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+            "the client's sampled flag does not force sampling"
+        );
+        // The low 64 bits 0x8448eb211c80319c >> 1 is about 0.52 of 2^63: kept at 0.6, not 0.5.
+        assert!(traceparent_at(t, 0.6).is_some_and(|p| p.ends_with("-01")));
+        assert!(traceparent_at(t, 0.5).is_some_and(|p| p.ends_with("-00")));
+        for bad in [
+            "",
+            "garbage",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        ] {
+            assert_eq!(traceparent_at(bad, 1.0), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_config_version_ignores_what_differs_between_pods_by_design() {
+        let a = Settings::default();
+        let mut b = a.clone();
+        b.node.name = "other-pod".into();
+        b.cluster.advertise = "10.0.0.9:4800".into();
+        assert_eq!(config_version(&a), config_version(&b));
+        b.jobs.workers += 1;
+        assert_ne!(config_version(&a), config_version(&b));
+        assert_eq!(config_version(&a).len(), 16);
     }
 }

@@ -140,6 +140,12 @@ impl UdpQueue {
     }
 }
 
+impl metrics::Held for UdpQueue {
+    fn held(&self) -> usize {
+        self.bytes.used()
+    }
+}
+
 impl Drop for UdpQueue {
     /// Whatever was never read goes back to the node's total when the queue goes.
     fn drop(&mut self) {
@@ -211,9 +217,10 @@ pub struct SessionState {
     held: std::collections::VecDeque<(Vec<Bytes>, OwnedSemaphorePermit)>,
     hold_at: usize,
     holds: u64,
-    /// This session in the node's telemetry: its exporter's series (counted live), what it
-    /// last added there, and its tenant's busy time (decoding).
-    telemetry: metrics::LiveSession,
+    /// This session in the node's telemetry: its exporter's series (counted live; joined at
+    /// the first valid message, so that connections that never send one, a port scan, take no
+    /// label value), what it last added there, and its tenant's busy time (decoding).
+    telemetry: Option<metrics::LiveSession>,
     published: metrics::SessionCounts,
     busy: Arc<metrics::Busy>,
 }
@@ -248,7 +255,6 @@ impl Actor for ExporterSession {
             template_lifetime: (transport == Transport::Udp)
                 .then(|| Duration::from_secs(s.udp_template_lifetime_secs)),
         };
-        let telemetry = metrics::exporter_session(&args.tenant, args.peer.ip(), transport_name);
         let busy = metrics::busy(&args.tenant, Work::Session);
         let mut state = SessionState {
             peer: args.peer,
@@ -290,7 +296,7 @@ impl Actor for ExporterSession {
             held: std::collections::VecDeque::new(),
             hold_at: s.pending_bytes / 2,
             holds: 0,
-            telemetry,
+            telemetry: None,
             published: Default::default(),
             busy,
         };
@@ -386,10 +392,12 @@ impl Actor for ExporterSession {
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        let started = Instant::now();
-        state.handle(&myself, msg).await;
+        // The time spent running the handler (decoding, handing records on), not the time it
+        // waited for a stream's room: the tenant's busy time.
+        let (_, busy) = metrics::Polled::new(state.handle(&myself, msg)).await;
+        state.busy.add(busy);
         state.publish();
-        ActorKind::ExporterSession.handled(started);
+        ActorKind::ExporterSession.handled_in(busy);
         Ok(())
     }
 
@@ -519,10 +527,9 @@ impl SessionState {
                     tenant: tenant.clone(),
                 });
                 // What came before was counted for the address's tenant; what comes after is
-                // the certificate's.
+                // the certificate's (it comes before the first message: nothing was counted).
                 state.publish();
-                state.telemetry =
-                    metrics::exporter_session(&tenant, state.peer.ip(), state.transport_name);
+                state.telemetry = None;
                 state.busy = metrics::busy(&tenant, Work::Session);
                 state.tenant = tenant;
             }
@@ -593,11 +600,23 @@ impl SessionState {
             dropped_datagrams,
             st.templates + st.options_templates,
         ];
-        if now != self.published {
-            self.telemetry.series().publish(&mut self.published, &now);
+        // No valid message yet: nothing to show (a scan or garbage takes no label value; its
+        // errors are in the session's last log line).
+        if self.telemetry.is_none() && st.messages == 0 {
+            return;
         }
-        let queued = self.udp_queue.as_ref().map_or(0, |q| q.bytes.used());
-        self.telemetry.set_held(self.core.pending_bytes() + queued);
+        let telemetry = self.telemetry.get_or_insert_with(|| {
+            let t = metrics::exporter_session(&self.tenant, self.peer.ip(), self.transport_name);
+            if let Some(q) = &self.udp_queue {
+                let q: Arc<dyn metrics::Held> = q.clone();
+                t.watch(Arc::downgrade(&q));
+            }
+            t
+        });
+        if now != self.published {
+            telemetry.series().publish(&mut self.published, &now);
+        }
+        telemetry.set_held(self.core.pending_bytes());
     }
 }
 
@@ -671,8 +690,6 @@ impl SessionState {
         }
         self.note_drops();
         self.share(&decoded);
-        // Decoding is this session's tenant's work; handing the records on is the streams'.
-        self.busy.add_since(self.last_message);
         self.emit(decoded).await
     }
 

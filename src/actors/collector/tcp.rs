@@ -98,54 +98,58 @@ impl Actor for TcpListenerActor {
         msg: TcpListenerMsg,
         state: &mut TcpListenerState,
     ) -> Result<(), ActorProcessingErr> {
-        let _busy = crate::telemetry::metrics::ActorKind::TcpListener.busy();
-        let (stream, peer) = match msg {
-            TcpListenerMsg::Accepted(stream, peer) => (stream, peer),
-            TcpListenerMsg::LocalAddr(reply) => {
-                let _ = reply.send(state.local);
-                return Ok(());
-            }
-        };
-        let env = &state.env;
-        let from_cert = state.tls.is_some() && env.settings.tls_tenant_from_cert;
-        // Dropping the stream closes the connection. An exporter whose certificate names its
-        // tenant is not judged by its address (the certificate decides, after the handshake).
-        let tenant = if from_cert {
-            env.tenant.clone()
-        } else {
-            match env.tenant_of(peer) {
-                Some(t) => t,
-                None => return Ok(()),
-            }
-        };
-        let Ok(slot) = env.admit(peer, Transport::Tcp) else {
-            return Ok(());
-        };
-        let _ = stream.set_nodelay(true);
-        let (input, kind) = match &state.tls {
-            Some(acceptor) => (
-                SessionInput::Tls {
-                    stream,
-                    acceptor: acceptor.clone(),
-                    failures: env.tls_failures.clone(),
-                    cert_tenants: from_cert.then(|| super::tls::CertTenants {
-                        tenants: env.owners.clone(),
-                        default: env.tenant.clone(),
-                    }),
-                },
-                "tls",
-            ),
-            None => (SessionInput::Tcp(stream), "tcp"),
-        };
-        let args = env.session_args(peer, input, slot, tenant);
-        let name = session_name(kind, peer, None);
-        // A failed start drops its arguments, and with them the slot.
-        if let Err(e) =
-            Actor::spawn_linked(Some(name), ExporterSession, args, state.supervisor.clone()).await
-        {
-            tracing::error!(%peer, error = %e, "could not start a session");
-        }
-        Ok(())
+        crate::telemetry::metrics::ActorKind::TcpListener
+            .timed(async move {
+                let (stream, peer) = match msg {
+                    TcpListenerMsg::Accepted(stream, peer) => (stream, peer),
+                    TcpListenerMsg::LocalAddr(reply) => {
+                        let _ = reply.send(state.local);
+                        return Ok(());
+                    }
+                };
+                let env = &state.env;
+                let from_cert = state.tls.is_some() && env.settings.tls_tenant_from_cert;
+                // Dropping the stream closes the connection. An exporter whose certificate names its
+                // tenant is not judged by its address (the certificate decides, after the handshake).
+                let tenant = if from_cert {
+                    env.tenant.clone()
+                } else {
+                    match env.tenant_of(peer) {
+                        Some(t) => t,
+                        None => return Ok(()),
+                    }
+                };
+                let Ok(slot) = env.admit(peer, Transport::Tcp) else {
+                    return Ok(());
+                };
+                let _ = stream.set_nodelay(true);
+                let (input, kind) = match &state.tls {
+                    Some(acceptor) => (
+                        SessionInput::Tls {
+                            stream,
+                            acceptor: acceptor.clone(),
+                            failures: env.tls_failures.clone(),
+                            cert_tenants: from_cert.then(|| super::tls::CertTenants {
+                                tenants: env.owners.clone(),
+                                default: env.tenant.clone(),
+                            }),
+                        },
+                        "tls",
+                    ),
+                    None => (SessionInput::Tcp(stream), "tcp"),
+                };
+                let args = env.session_args(peer, input, slot, tenant);
+                let name = session_name(kind, peer, None);
+                // A failed start drops its arguments, and with them the slot.
+                if let Err(e) =
+                    Actor::spawn_linked(Some(name), ExporterSession, args, state.supervisor.clone())
+                        .await
+                {
+                    tracing::error!(%peer, error = %e, "could not start a session");
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn post_stop(

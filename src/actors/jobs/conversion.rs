@@ -145,21 +145,24 @@ impl Actor for PcapConversionJob {
         msg: ConversionMsg,
         state: &mut ConversionState,
     ) -> Result<(), ActorProcessingErr> {
-        let _busy = crate::telemetry::metrics::ActorKind::ConversionJob.busy();
-        match msg {
-            ConversionMsg::Progress(p) => {
-                state.maybe_fail(p.packets);
-                let _ = state.supervisor.cast(JobMsg::Progress(state.id, p));
-            }
-            ConversionMsg::Done(outcome) => {
-                if let Outcome::Succeeded { summary, .. } = &outcome {
-                    state.maybe_fail(summary.packets);
+        crate::telemetry::metrics::ActorKind::ConversionJob
+            .timed(async move {
+                match msg {
+                    ConversionMsg::Progress(p) => {
+                        state.maybe_fail(p.packets);
+                        let _ = state.supervisor.cast(JobMsg::Progress(state.id, p));
+                    }
+                    ConversionMsg::Done(outcome) => {
+                        if let Outcome::Succeeded { summary, .. } = &outcome {
+                            state.maybe_fail(summary.packets);
+                        }
+                        let _ = state.supervisor.cast(JobMsg::Finished(state.id, outcome));
+                    }
+                    ConversionMsg::Cancel => state.cancel.store(true, Ordering::Relaxed),
                 }
-                let _ = state.supervisor.cast(JobMsg::Finished(state.id, outcome));
-            }
-            ConversionMsg::Cancel => state.cancel.store(true, Ordering::Relaxed),
-        }
-        Ok(())
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -286,130 +286,134 @@ impl Actor for JobSupervisor {
         msg: JobMsg,
         state: &mut JobSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let _busy = crate::telemetry::metrics::ActorKind::JobSupervisor.busy();
-        match msg {
-            JobMsg::Submit(spec, parent, reply) => {
-                let submitted = Instant::now();
-                let admission = state.admit(&spec);
-                let id = admission.map(|a| (JobId::new(), a));
-                let _ = reply.send(id.as_ref().map(|(id, _)| *id).map_err(Clone::clone));
-                if let Ok((id, admission)) = id {
-                    let record = JobRecord::queued(id, &spec, &state.args.node);
-                    state.save(&record);
-                    let queued = job_span("job queued", &parent, &record);
-                    state.jobs.insert(
-                        id,
-                        Tracked {
-                            record,
-                            submitted,
-                            started: None,
-                            parent,
-                            queued,
-                        },
-                    );
-                    state.queue.push_back(id);
-                    if admission == Admission::Start {
-                        state.start_next(&myself).await;
+        crate::telemetry::metrics::ActorKind::JobSupervisor
+            .timed(async move {
+                match msg {
+                    JobMsg::Submit(spec, parent, reply) => {
+                        let submitted = Instant::now();
+                        let admission = state.admit(&spec);
+                        let id = admission.map(|a| (JobId::new(), a));
+                        let _ = reply.send(id.as_ref().map(|(id, _)| *id).map_err(Clone::clone));
+                        if let Ok((id, admission)) = id {
+                            let record = JobRecord::queued(id, &spec, &state.args.node);
+                            state.save(&record);
+                            let queued = job_span("job queued", &parent, &record);
+                            state.jobs.insert(
+                                id,
+                                Tracked {
+                                    record,
+                                    submitted,
+                                    started: None,
+                                    parent,
+                                    queued,
+                                },
+                            );
+                            state.queue.push_back(id);
+                            if admission == Admission::Start {
+                                state.start_next(&myself).await;
+                            }
+                        }
                     }
-                }
-            }
-            JobMsg::Get(tenant, id, reply) => match state.jobs.get(&id) {
-                Some(t) if t.record.tenant == tenant => {
-                    let _ = reply.send(Ok(Some(t.record.clone())));
-                }
-                Some(_) => {
-                    let _ = reply.send(Ok(None));
-                }
-                None => {
-                    // Another node's job: the store answers, without holding up this actor.
-                    let store = state.args.store.clone();
-                    tokio::spawn(async move {
-                        let _ = reply.send(store.get(&tenant, id).await);
-                    });
-                }
-            },
-            JobMsg::List(tenant, reply) => {
-                let local: Vec<JobRecord> = state
-                    .jobs
-                    .values()
-                    .filter(|t| t.record.tenant == tenant)
-                    .map(|t| t.record.clone())
-                    .collect();
-                let store = state.args.store.clone();
-                tokio::spawn(async move {
-                    let _ = reply.send(store.list(&tenant).await.map(|s| merge(s, local)));
-                });
-            }
-            JobMsg::Cancel(tenant, id, reply) => match state.cancel(&tenant, id) {
-                Err(CancelError::NotFound) => {
-                    // Not here: maybe another node's (the record is shared, the job is not).
-                    let own = state.directory.as_ref().map(|d| d.get_id());
-                    tokio::spawn(async move {
-                        let _ = reply.send(directory::cancel_elsewhere(own, tenant, id).await);
-                    });
-                }
-                answer => {
-                    let _ = reply.send(answer);
-                }
-            },
-            JobMsg::CancelHere(tenant, id, reply) => {
-                let _ = reply.send(state.cancel(&tenant, id));
-            }
-            JobMsg::Drain(reply) => {
-                state.draining.get_or_insert_with(Vec::new).push(reply);
-                let waiting: Vec<JobId> = state.queue.iter().copied().collect();
-                let running: Vec<JobId> = state.running.keys().copied().collect();
-                for id in waiting.into_iter().chain(running) {
-                    let tenant = state.jobs.get(&id).map(|t| t.record.tenant.clone());
-                    if let Some(tenant) = tenant {
-                        let _ = state.cancel(&tenant, id);
-                    }
-                }
-                state.answer_drain().await;
-            }
-            JobMsg::Progress(id, p) => {
-                if let Some(t) = state.jobs.get_mut(&id)
-                    && t.record.state == JobState::Running
-                {
-                    t.record.progress = p;
-                    let record = t.record.clone();
-                    state.save(&record);
-                }
-            }
-            JobMsg::Status(reply) => {
-                let running = state
-                    .running
-                    .iter()
-                    .map(|(id, r)| {
-                        let progress = state
+                    JobMsg::Get(tenant, id, reply) => match state.jobs.get(&id) {
+                        Some(t) if t.record.tenant == tenant => {
+                            let _ = reply.send(Ok(Some(t.record.clone())));
+                        }
+                        Some(_) => {
+                            let _ = reply.send(Ok(None));
+                        }
+                        None => {
+                            // Another node's job: the store answers, without holding up this actor.
+                            let store = state.args.store.clone();
+                            tokio::spawn(async move {
+                                let _ = reply.send(store.get(&tenant, id).await);
+                            });
+                        }
+                    },
+                    JobMsg::List(tenant, reply) => {
+                        let local: Vec<JobRecord> = state
                             .jobs
-                            .get(id)
-                            .map(|t| t.record.progress)
-                            .unwrap_or_default();
-                        (r.actor.get_id().to_string(), *id, progress)
-                    })
-                    .collect();
-                let _ = reply.send(JobSupervisorStatus {
-                    queued: state.queue.len(),
-                    workers: state.args.workers,
-                    queue: state.args.queue,
-                    running,
-                });
-            }
-            JobMsg::Sweep => {
-                myself.send_after(sweep_every(state.args.retention), || JobMsg::Sweep);
-                state.sweep();
-            }
-            JobMsg::Finished(id, outcome) => {
-                if let Some(r) = state.running.remove(&id) {
-                    r.actor.stop(None);
+                            .values()
+                            .filter(|t| t.record.tenant == tenant)
+                            .map(|t| t.record.clone())
+                            .collect();
+                        let store = state.args.store.clone();
+                        tokio::spawn(async move {
+                            let _ = reply.send(store.list(&tenant).await.map(|s| merge(s, local)));
+                        });
+                    }
+                    JobMsg::Cancel(tenant, id, reply) => match state.cancel(&tenant, id) {
+                        Err(CancelError::NotFound) => {
+                            // Not here: maybe another node's (the record is shared, the job is not).
+                            let own = state.directory.as_ref().map(|d| d.get_id());
+                            tokio::spawn(async move {
+                                let _ =
+                                    reply.send(directory::cancel_elsewhere(own, tenant, id).await);
+                            });
+                        }
+                        answer => {
+                            let _ = reply.send(answer);
+                        }
+                    },
+                    JobMsg::CancelHere(tenant, id, reply) => {
+                        let _ = reply.send(state.cancel(&tenant, id));
+                    }
+                    JobMsg::Drain(reply) => {
+                        state.draining.get_or_insert_with(Vec::new).push(reply);
+                        let waiting: Vec<JobId> = state.queue.iter().copied().collect();
+                        let running: Vec<JobId> = state.running.keys().copied().collect();
+                        for id in waiting.into_iter().chain(running) {
+                            let tenant = state.jobs.get(&id).map(|t| t.record.tenant.clone());
+                            if let Some(tenant) = tenant {
+                                let _ = state.cancel(&tenant, id);
+                            }
+                        }
+                        state.answer_drain().await;
+                    }
+                    JobMsg::Progress(id, p) => {
+                        if let Some(t) = state.jobs.get_mut(&id)
+                            && t.record.state == JobState::Running
+                        {
+                            t.record.progress = p;
+                            let record = t.record.clone();
+                            state.save(&record);
+                        }
+                    }
+                    JobMsg::Status(reply) => {
+                        let running = state
+                            .running
+                            .iter()
+                            .map(|(id, r)| {
+                                let progress = state
+                                    .jobs
+                                    .get(id)
+                                    .map(|t| t.record.progress)
+                                    .unwrap_or_default();
+                                (r.actor.get_id().to_string(), *id, progress)
+                            })
+                            .collect();
+                        let _ = reply.send(JobSupervisorStatus {
+                            queued: state.queue.len(),
+                            workers: state.args.workers,
+                            queue: state.args.queue,
+                            running,
+                        });
+                    }
+                    JobMsg::Sweep => {
+                        myself.send_after(sweep_every(state.args.retention), || JobMsg::Sweep);
+                        state.sweep();
+                    }
+                    JobMsg::Finished(id, outcome) => {
+                        if let Some(r) = state.running.remove(&id) {
+                            r.actor.stop(None);
+                        }
+                        state.finish(id, outcome);
+                        state.start_next(&myself).await;
+                        state.answer_drain().await;
+                    }
                 }
-                state.finish(id, outcome);
-                state.start_next(&myself).await;
-                state.answer_drain().await;
-            }
-        }
-        Ok(())
+                Ok(())
+            })
+            .await
     }
 
     async fn handle_supervisor_evt(
@@ -568,6 +572,9 @@ impl JobSupervisorState {
             tracing::debug!(error = %e, "late job outcome ignored");
             return;
         }
+        // A job cancelled while queued (or whose actor did not start) ends its queued span
+        // here, not when its record is forgotten.
+        t.queued = tracing::Span::none();
         let r = &mut t.record;
         let name = match to {
             JobState::Succeeded => "succeeded",

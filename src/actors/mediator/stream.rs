@@ -195,8 +195,8 @@ pub struct StreamState {
     flushed: Instant,
     /// A `Flush` is on its way.
     flush_due: bool,
-    /// The tenant whose records were handled last, and where its busy time goes.
-    busy: Option<(String, Arc<metrics::Busy>)>,
+    /// Where each tenant's busy time goes (the records of several tenants may share a stream).
+    busy: std::collections::HashMap<String, Arc<metrics::Busy>>,
     /// `ipfixsvc.stream.sink.duration`, with this stream's name and sink kind.
     sink_duration: opentelemetry::metrics::Histogram<f64>,
     sink_attrs: Vec<opentelemetry::KeyValue>,
@@ -294,16 +294,15 @@ fn sink_duration() -> opentelemetry::metrics::Histogram<f64> {
 }
 
 impl StreamState {
-    /// Where the busy time for `tenant`'s records goes (one lookup per change of tenant).
+    /// Where the busy time for `tenant`'s records goes: the node's map is asked once per
+    /// tenant, then this stream's own (tenants are few: their ids are capped for telemetry).
     fn busy_for(&mut self, tenant: &str) -> Arc<metrics::Busy> {
-        match &self.busy {
-            Some((t, b)) if t == tenant => b.clone(),
-            _ => {
-                let b = metrics::busy(tenant, Work::Stream);
-                self.busy = Some((tenant.to_string(), b.clone()));
-                b
-            }
+        if let Some(b) = self.busy.get(tenant) {
+            return b.clone();
         }
+        let b = metrics::busy(tenant, Work::Stream);
+        self.busy.insert(tenant.to_string(), b.clone());
+        b
     }
 }
 
@@ -347,7 +346,7 @@ impl Actor for ExportStream {
         Ok(StreamState {
             name: args.spec.name.clone(),
             sink_kind: args.spec.sink.kind(),
-            busy: None,
+            busy: Default::default(),
             sink_duration: sink_duration(),
             sink_attrs,
             pipeline: args.pipeline,
@@ -370,89 +369,97 @@ impl Actor for ExportStream {
         msg: StreamMsg,
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
-        let _busy = crate::telemetry::metrics::ActorKind::ExportStream.busy();
-        match msg {
-            StreamMsg::Records(item) => {
-                let Some(recs) = item.records() else {
-                    return Ok(());
-                };
-                #[cfg(feature = "fault-injection")]
-                if let Some(n) = state.panic_at {
-                    let before = state.stats.records_in.load(Ordering::Relaxed);
-                    if before < n && before + recs.count() as u64 >= n {
-                        panic!("fault injection: the stream's records crossed {n}");
-                    }
-                }
-                let started = Instant::now();
-                let busy = state.busy_for(&recs.source.tenant);
-                let out = state.pipeline.push(recs, now_ms());
-                item.done();
-                state.write(out).await?;
-                busy.add_since(started);
-                // The queue is empty when all its room is back: flush then, so an idle
-                // stream's records go out at once and a busy one's in large writes. Not more
-                // often than EAGER_FLUSH: a stream that keeps up with its sessions finds its
-                // queue empty after every message, and a flush each time (a file's is a trip
-                // to tokio's blocking pool) cost it half its rate; sooner, a timer does it.
-                if state.room.available_permits() >= state.capacity as usize {
-                    let since = state.flushed.elapsed();
-                    if since >= EAGER_FLUSH {
-                        state.flush().await?;
-                    } else if !state.flush_due {
-                        // One timer at a time: records reach the sink within EAGER_FLUSH.
-                        state.flush_due = true;
-                        myself.send_after(EAGER_FLUSH - since, || StreamMsg::Flush);
-                    }
-                }
-            }
-            StreamMsg::Flush => {
-                state.flush_due = false;
-                state.flush().await?;
-            }
-            StreamMsg::Tick => {
-                let out = state.pipeline.tick(now_ms());
-                state.write(out).await?;
-                state.flush().await?;
-                match state.sink.tick().await {
-                    Ok(n) => state.stats.records_out.fetch_add(n, Ordering::Relaxed),
-                    Err(e) => {
-                        state.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                        return Err(SinkFailed(e).into());
-                    }
-                };
-            }
-            StreamMsg::Replace(args, reply) => {
-                if let Err(e) = state.wind_up().await {
-                    let _ = reply.send(Err(e.to_string()));
-                    return Err(e.into());
-                }
-                match Sink::open(&args.spec, args.registry, &args.stats).await {
-                    Ok(sink) => {
-                        state.sink = sink;
-                        state.sink_kind = args.spec.sink.kind();
-                        state.sink_attrs = sink_attrs(&args.spec);
-                        state.pipeline = args.pipeline;
-                        state.seen = PipelineStats::default();
-                        state.room = args.room;
-                        state.capacity = args.capacity;
+        crate::telemetry::metrics::ActorKind::ExportStream
+            .timed(async move {
+                match msg {
+                    StreamMsg::Records(item) => {
+                        let Some(recs) = item.records() else {
+                            return Ok(());
+                        };
                         #[cfg(feature = "fault-injection")]
-                        {
-                            state.panic_at = args.spec.fault_panic_at_records;
+                        if let Some(n) = state.panic_at {
+                            let before = state.stats.records_in.load(Ordering::Relaxed);
+                            if before < n && before + recs.count() as u64 >= n {
+                                panic!("fault injection: the stream's records crossed {n}");
+                            }
                         }
-                        let _ = reply.send(Ok(()));
+                        // The tenant's busy time: the pipeline and the sink's work on its
+                        // records, not the sink's waits for the network or the disk.
+                        let busy = state.busy_for(&recs.source.tenant);
+                        let (written, spent) = metrics::Polled::new(async {
+                            let out = state.pipeline.push(recs, now_ms());
+                            item.done();
+                            state.write(out).await
+                        })
+                        .await;
+                        busy.add(spent);
+                        written?;
+                        // The queue is empty when all its room is back: flush then, so an idle
+                        // stream's records go out at once and a busy one's in large writes. Not more
+                        // often than EAGER_FLUSH: a stream that keeps up with its sessions finds its
+                        // queue empty after every message, and a flush each time (a file's is a trip
+                        // to tokio's blocking pool) cost it half its rate; sooner, a timer does it.
+                        if state.room.available_permits() >= state.capacity as usize {
+                            let since = state.flushed.elapsed();
+                            if since >= EAGER_FLUSH {
+                                state.flush().await?;
+                            } else if !state.flush_due {
+                                // One timer at a time: records reach the sink within EAGER_FLUSH.
+                                state.flush_due = true;
+                                myself.send_after(EAGER_FLUSH - since, || StreamMsg::Flush);
+                            }
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(format!("sink: {e}")));
-                        return Err(SinkFailed(e).into());
+                    StreamMsg::Flush => {
+                        state.flush_due = false;
+                        state.flush().await?;
+                    }
+                    StreamMsg::Tick => {
+                        let out = state.pipeline.tick(now_ms());
+                        state.write(out).await?;
+                        state.flush().await?;
+                        match state.sink.tick().await {
+                            Ok(n) => state.stats.records_out.fetch_add(n, Ordering::Relaxed),
+                            Err(e) => {
+                                state.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                                return Err(SinkFailed(e).into());
+                            }
+                        };
+                    }
+                    StreamMsg::Replace(args, reply) => {
+                        if let Err(e) = state.wind_up().await {
+                            let _ = reply.send(Err(e.to_string()));
+                            return Err(e.into());
+                        }
+                        match Sink::open(&args.spec, args.registry, &args.stats).await {
+                            Ok(sink) => {
+                                state.sink = sink;
+                                state.sink_kind = args.spec.sink.kind();
+                                state.sink_attrs = sink_attrs(&args.spec);
+                                state.pipeline = args.pipeline;
+                                state.seen = PipelineStats::default();
+                                state.room = args.room;
+                                state.capacity = args.capacity;
+                                #[cfg(feature = "fault-injection")]
+                                {
+                                    state.panic_at = args.spec.fault_panic_at_records;
+                                }
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(format!("sink: {e}")));
+                                return Err(SinkFailed(e).into());
+                            }
+                        }
+                    }
+                    StreamMsg::Finish(reply) => {
+                        let done = state.wind_up().await;
+                        let _ = reply.send(done.map_err(|e| e.to_string()));
+                        myself.stop(Some("drained".into()));
                     }
                 }
-            }
-            StreamMsg::Finish(reply) => {
-                let done = state.wind_up().await;
-                let _ = reply.send(done.map_err(|e| e.to_string()));
-                myself.stop(Some("drained".into()));
-            }
-        }
-        Ok(())
+                Ok(())
+            })
+            .await
     }
 }
