@@ -2,6 +2,7 @@
 //! See `ARCHITECTURE.md` (in the team's shared docs) for the layout; each folder is one idea.
 
 pub mod actors;
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use ipfixsvc::cli::{Cli, Command, cluster, convert, dump, send, serve};
+use ipfixsvc::cli::{Cli, Command, cluster, convert, dump, send, serve, timeseries};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -10,6 +10,15 @@ fn main() -> std::process::ExitCode {
         Command::Convert(args) => convert::run(args).map(|s| {
             for w in &s.warnings {
                 eprintln!("ipfixsvc convert: warning: {w}");
+            }
+            eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
+        }),
+        Command::Timeseries(args) => timeseries::run(args).map(|s| {
+            if s.untimed > 0 {
+                eprintln!(
+                    "ipfixsvc timeseries: {} records had no time and are in no interval (totals.untimed)",
+                    s.untimed
+                );
             }
             eprintln!("{}", serde_json::to_string(&s).unwrap_or_default());
         }),

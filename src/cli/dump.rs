@@ -65,18 +65,20 @@ pub struct Counts {
 }
 
 /// What dump does with each decoded message.
-enum Mode {
+enum Mode<'a> {
     Records,
     Templates,
     Count,
+    /// Hands it to another reader (`timeseries`), with its exporter.
+    Visit(&'a mut dyn FnMut(&str, &DecodedMessage)),
 }
 
 /// Decodes inputs and prints what the mode asks for; keeps the counts.
-pub struct Dumper<W: Write> {
+pub struct Dumper<'a, W: Write> {
     out: W,
     line: Vec<u8>,
     writer: crate::wire::ndjson_writer::RecordWriter,
-    mode: Mode,
+    mode: Mode<'a>,
     registry: Arc<Registry>,
     pub counts: Counts,
     max_message: usize,
@@ -149,6 +151,48 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
     Ok(d.counts)
 }
 
+/// Reads `files` as `dump` does (IPFIX files, and IPFIX, NetFlow v9 and v5 in captures on
+/// `ports` besides the default ones) and hands each decoded message to `visit` with its exporter
+/// (a file's name, or a capture's `address:port`). Problems are said on standard error, as
+/// `dump` says them; inputs of which nothing could be read are counted in the answer.
+pub fn each_message(
+    files: &[PathBuf],
+    registry: Arc<Registry>,
+    ports: &[u16],
+    visit: &mut dyn FnMut(&str, &DecodedMessage),
+) -> (Counts, usize) {
+    let mut all_ports = DEFAULT_PORTS.to_vec();
+    all_ports.extend(ports);
+    let mut d = Dumper {
+        out: std::io::sink(),
+        line: Vec::new(),
+        writer: Default::default(),
+        mode: Mode::Visit(visit),
+        registry,
+        counts: Counts::default(),
+        max_message: 65535,
+        no_mmap: false,
+        decoders: HashMap::new(),
+        finder: MessageFinder::new(all_ports, 65535),
+    };
+    let mut unusable = 0;
+    for f in files {
+        match d.file(f) {
+            Ok(()) | Err(FileError::Output(_)) => {}
+            Err(FileError::Stopped(why)) => {
+                d.counts.errors += 1;
+                eprintln!("{}: {why}", f.display());
+            }
+            Err(FileError::Unusable(why)) => {
+                d.counts.errors += 1;
+                unusable += 1;
+                eprintln!("{}: {why}", f.display());
+            }
+        }
+    }
+    (d.counts, unusable)
+}
+
 /// Why one input stopped.
 enum FileError {
     /// Nothing of it could be read as IPFIX or a capture (missing, unreadable, empty, another
@@ -162,7 +206,7 @@ enum FileError {
     Output(std::io::Error),
 }
 
-impl<W: Write> Dumper<W> {
+impl<W: Write> Dumper<'_, W> {
     fn file(&mut self, path: &Path) -> Result<(), FileError> {
         let file =
             File::open(path).map_err(|e| FileError::Unusable(format!("cannot open: {e}")))?;
@@ -297,10 +341,14 @@ impl<W: Write> Dumper<W> {
             }
         };
         self.tally(&decoded);
-        match self.mode {
+        match &mut self.mode {
             Mode::Count => Ok(()),
             Mode::Records => self.records(exporter, &decoded),
             Mode::Templates => self.templates(exporter, &decoded),
+            Mode::Visit(visit) => {
+                visit(exporter, &decoded);
+                Ok(())
+            }
         }
     }
 

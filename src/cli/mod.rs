@@ -5,6 +5,7 @@ pub mod convert;
 pub mod dump;
 pub mod send;
 pub mod serve;
+pub mod timeseries;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,9 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
     /// Meter packet captures into flows and write them as an IPFIX file.
     Convert(convert::ConvertArgs),
+    /// Turn flows (IPFIX files, captures carrying IPFIX) into time series per interval and
+    /// key: octets, packets and flows, the top keys and `other`.
+    Timeseries(timeseries::TimeseriesArgs),
 }
 
 /// The reader of standard output went away (`ipfixsvc dump ... | head`): the command stops and

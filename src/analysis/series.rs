@@ -1,0 +1,706 @@
+//! Time series of flows. Per interval (aligned to multiples of the interval since the Unix
+//! epoch, UTC, as rrdtool and nfdump align them, so series from different runs and nodes line
+//! up): the octets, packets and flows in total and per key of one element.
+//!
+//! A flow's octets and packets are spread over `[start, end]` in proportion to its overlap with
+//! each interval, in whole units by the largest-remainder method, so that each flow's parts add
+//! up to its counters exactly; a flow whose start equals its end falls wholly in its interval.
+//! It counts as one flow (or its `deltaFlowCount`) in the interval where it starts. Biflows
+//! (RFC 5103) count both directions unless `forward_only`. Records with no time at all are
+//! counted in `untimed`, not in any interval.
+//!
+//! Memory is bounded: the cells (key x interval) held at once are capped (`max_cells`), and the
+//! span of intervals too (`max_intervals`); past either the build fails with an error that says
+//! which, never a runaway allocation from a record's bogus timestamp.
+
+use super::key::{Key, KeySpec};
+use super::time::{FlowTimes, TimeFields};
+use crate::wire::batch::{Batch, Column};
+use crate::wire::decoder::DecodedMessage;
+use crate::wire::template::TemplateKind;
+use rustc_hash::FxHashMap;
+
+/// RFC 5103's reverse-direction Private Enterprise Number.
+const REVERSE_PEN: u32 = 29305;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub interval_secs: u64,
+    pub by: Option<KeySpec>,
+    /// Keys with their own series (the most octets over the whole range); the rest are `other`.
+    pub top: usize,
+    pub forward_only: bool,
+    /// Cells (key x interval) held at most.
+    pub max_cells: usize,
+    /// Intervals from the first to the last at most.
+    pub max_intervals: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            interval_secs: 60,
+            by: None,
+            top: 10,
+            forward_only: false,
+            max_cells: 8_000_000,
+            max_intervals: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeriesError {
+    #[error("the interval must be between 1 second and 1 day, not {0} s")]
+    Interval(u64),
+    #[error(
+        "more than {0} intervals from the first flow to the last (a record with a far-off time?): use a larger --interval"
+    )]
+    TooManyIntervals(u64),
+    #[error(
+        "more than {0} key x interval cells: use a larger --interval or a key with fewer values"
+    )]
+    TooManyCells(usize),
+}
+
+/// Octets, packets and flows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub octets: u64,
+    pub packets: u64,
+    pub flows: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: u64, p: u64, f: u64) {
+        self.octets = self.octets.saturating_add(o);
+        self.packets = self.packets.saturating_add(p);
+        self.flows = self.flows.saturating_add(f);
+    }
+}
+
+/// The input's totals: what every series adds up to, and what had no time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub octets: u64,
+    pub packets: u64,
+    pub flows: u64,
+    /// Records with no time, counted nowhere else (their octets and packets are not in the
+    /// series either).
+    pub untimed: u64,
+}
+
+/// What was placed by approximation (see `FlowTimes::approximate`), for the summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    pub by_export_time: u64,
+}
+
+/// What each field of a template is to the series: found once per template.
+#[derive(Debug, Clone, Default)]
+struct Roles {
+    octets: Vec<usize>,
+    packets: Vec<usize>,
+    flows: Option<usize>,
+    key: Option<usize>,
+    times: TimeFields,
+}
+
+/// Builds the series from decoded messages.
+pub struct Builder {
+    opts: Options,
+    interval_ms: u64,
+    keys: FxHashMap<Key, u32>,
+    names: Vec<Key>,
+    /// Octets of each key over the whole range (the top keys are chosen by them).
+    key_octets: Vec<u64>,
+    cells: FxHashMap<(u32, i64), Counts>,
+    first: Option<i64>,
+    last: Option<i64>,
+    totals: Totals,
+    placement: Placement,
+    /// Each template's roles, by its plan's address; the plan is held so that the address
+    /// cannot be reused by another template's plan.
+    roles: FxHashMap<
+        usize,
+        (
+            std::sync::Arc<crate::wire::plan::Plan>,
+            std::sync::Arc<Roles>,
+        ),
+    >,
+    /// systemInitTimeMilliseconds an options record gave, per exporter and domain.
+    init_times: std::collections::HashMap<String, FxHashMap<u32, u64>>,
+    error: Option<SeriesError>,
+    parts: Vec<(i64, u64)>,
+}
+
+impl Builder {
+    pub fn new(opts: Options) -> Result<Builder, SeriesError> {
+        if !(1..=86_400).contains(&opts.interval_secs) {
+            return Err(SeriesError::Interval(opts.interval_secs));
+        }
+        Ok(Builder {
+            interval_ms: opts.interval_secs * 1000,
+            opts,
+            keys: FxHashMap::default(),
+            names: Vec::new(),
+            key_octets: Vec::new(),
+            cells: FxHashMap::default(),
+            first: None,
+            last: None,
+            totals: Totals::default(),
+            placement: Placement::default(),
+            roles: FxHashMap::default(),
+            init_times: Default::default(),
+            error: None,
+            parts: Vec::new(),
+        })
+    }
+
+    /// Adds one decoded message of `exporter`.
+    pub fn message(&mut self, exporter: &str, msg: &DecodedMessage) {
+        if self.error.is_some() {
+            return;
+        }
+        let domain = msg.header.observation_domain;
+        for b in &msg.batches {
+            if b.plan.template.kind == TemplateKind::Options {
+                self.learn_init_time(exporter, domain, b);
+                continue;
+            }
+            // Plans are shared (Arc) per template: their address names the template.
+            let id = std::sync::Arc::as_ptr(&b.plan) as usize;
+            let roles = match self.roles.get(&id) {
+                Some((_, r)) => r.clone(),
+                None => {
+                    let r = std::sync::Arc::new(self.roles_of(b));
+                    self.roles.insert(id, (b.plan.clone(), r.clone()));
+                    r
+                }
+            };
+            let init = self
+                .init_times
+                .get(exporter)
+                .and_then(|d| d.get(&domain))
+                .copied();
+            for r in 0..b.len() {
+                self.record(exporter, msg, b, &roles, r, init);
+                if self.error.is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An options record's systemInitTimeMilliseconds: what the exporter's flowStartSysUpTime
+    /// and flowEndSysUpTime count from (RFC 7011 has no header uptime, unlike NetFlow v9).
+    fn learn_init_time(&mut self, exporter: &str, domain: u32, b: &Batch) {
+        if let Some(f) = b
+            .plan
+            .fields
+            .iter()
+            .position(|f| (f.spec.pen, f.spec.id) == (0, 160))
+            && let Some(r) = b.len().checked_sub(1)
+            && let Column::DateTimeMilliseconds(c) = b.column(f)
+        {
+            self.init_times
+                .entry(exporter.to_string())
+                .or_default()
+                .insert(domain, c[r]);
+        }
+    }
+
+    fn roles_of(&self, b: &Batch) -> Roles {
+        let mut roles = Roles::default();
+        let key_id = match &self.opts.by {
+            Some(KeySpec::Element { id, .. }) => Some(*id),
+            _ => None,
+        };
+        for (f, pf) in b.plan.fields.iter().enumerate() {
+            let id = (pf.spec.pen, pf.spec.id);
+            if Some(id) == key_id && roles.key.is_none() {
+                roles.key = Some(f);
+            }
+            match id {
+                (0, 1) => roles.octets.push(f),
+                (0, 2) => roles.packets.push(f),
+                (REVERSE_PEN, 1) if !self.opts.forward_only => roles.octets.push(f),
+                (REVERSE_PEN, 2) if !self.opts.forward_only => roles.packets.push(f),
+                (0, 3) => roles.flows = Some(f),
+                _ => roles.times.note(id, f),
+            }
+        }
+        roles
+    }
+
+    fn record(
+        &mut self,
+        exporter: &str,
+        msg: &DecodedMessage,
+        b: &Batch,
+        roles: &Roles,
+        r: usize,
+        init: Option<u64>,
+    ) {
+        let octets = sum(b, r, &roles.octets);
+        let packets = sum(b, r, &roles.packets);
+        let flows = roles.flows.map_or(1, |f| unsigned(b, r, f));
+        let Some(FlowTimes {
+            start,
+            end,
+            approximate,
+        }) = roles.times.read(b, r, &msg.header, init)
+        else {
+            self.totals.untimed += 1;
+            return;
+        };
+        self.placement.by_export_time += u64::from(approximate);
+        let key = match &self.opts.by {
+            None => Key::All,
+            Some(KeySpec::Exporter) => Key::exporter(exporter),
+            Some(spec) => match roles.key {
+                Some(f) => Key::of(spec, b, &msg.buf, r, f),
+                None => Key::Absent,
+            },
+        };
+        let k = match self.keys.get(&key) {
+            Some(k) => *k,
+            None => {
+                let k = self.names.len() as u32;
+                self.keys.insert(key.clone(), k);
+                self.names.push(key);
+                self.key_octets.push(0);
+                k
+            }
+        };
+        self.totals.octets = self.totals.octets.saturating_add(octets);
+        self.totals.packets = self.totals.packets.saturating_add(packets);
+        self.totals.flows = self.totals.flows.saturating_add(flows);
+        self.key_octets[k as usize] = self.key_octets[k as usize].saturating_add(octets);
+        let end = end.max(start);
+        let (i0, i1) = (self.index(start), self.index(end));
+        if !self.widen(i0, i1) {
+            return;
+        }
+        if i0 == i1 {
+            self.add(k, i0, octets, packets, flows);
+            return;
+        }
+        // The flow's overlap with each interval, in milliseconds; the octets and packets
+        // apportioned by it. Intervals are few (widen bounds them), the parts reused.
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.clear();
+        for i in i0..=i1 {
+            let lo = (i as i128 * self.interval_ms as i128).max(start as i128);
+            let hi = ((i as i128 + 1) * self.interval_ms as i128).min(end as i128);
+            parts.push((i, (hi - lo).max(0) as u64));
+        }
+        let duration = (end - start) as u64;
+        let octet_parts = apportion(octets, &parts, duration);
+        let packet_parts = apportion(packets, &parts, duration);
+        for (n, (i, _)) in parts.iter().enumerate() {
+            let f = if n == 0 { flows } else { 0 };
+            self.add(k, *i, octet_parts[n], packet_parts[n], f);
+        }
+        self.parts = parts;
+    }
+
+    fn index(&self, t_ms: i64) -> i64 {
+        t_ms.div_euclid(self.interval_ms as i64)
+    }
+
+    /// Takes `[i0, i1]` into the range; false (and the build failed) past `max_intervals`.
+    fn widen(&mut self, i0: i64, i1: i64) -> bool {
+        let first = self.first.map_or(i0, |f| f.min(i0));
+        let last = self.last.map_or(i1, |l| l.max(i1));
+        if (last - first) as u64 >= self.opts.max_intervals {
+            self.error = Some(SeriesError::TooManyIntervals(self.opts.max_intervals));
+            return false;
+        }
+        self.first = Some(first);
+        self.last = Some(last);
+        true
+    }
+
+    fn add(&mut self, k: u32, i: i64, o: u64, p: u64, f: u64) {
+        if let Some(c) = self.cells.get_mut(&(k, i)) {
+            c.add(o, p, f);
+            return;
+        }
+        if self.cells.len() >= self.opts.max_cells {
+            self.error = Some(SeriesError::TooManyCells(self.opts.max_cells));
+            return;
+        }
+        let mut c = Counts::default();
+        c.add(o, p, f);
+        self.cells.insert((k, i), c);
+    }
+
+    /// The series: the top keys by octets (ties by key), then `other` when there are more.
+    pub fn finish(self) -> Result<SeriesSet, SeriesError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let (first, last) = match (self.first, self.last) {
+            (Some(f), Some(l)) => (f, l),
+            _ => (0, -1),
+        };
+        let n = (last - first + 1).max(0) as usize;
+        let mut order: Vec<u32> = (0..self.names.len() as u32).collect();
+        order.sort_by(|a, b| {
+            self.key_octets[*b as usize]
+                .cmp(&self.key_octets[*a as usize])
+                .then_with(|| self.names[*a as usize].cmp(&self.names[*b as usize]))
+        });
+        let top = if self.opts.by.is_none() {
+            order.len()
+        } else {
+            self.opts.top.min(order.len())
+        };
+        let mut slot = vec![top; self.names.len()];
+        for (s, k) in order.iter().take(top).enumerate() {
+            slot[*k as usize] = s;
+        }
+        let others = order.len() > top;
+        let mut series: Vec<Series> = order
+            .iter()
+            .take(top)
+            .map(|k| Series::new(self.names[*k as usize].to_string(), n))
+            .collect();
+        if others {
+            series.push(Series::new("other".into(), n));
+        }
+        for ((k, i), c) in self.cells {
+            let s = &mut series[slot[k as usize]];
+            let at = (i - first) as usize;
+            s.octets[at] += c.octets;
+            s.packets[at] += c.packets;
+            s.flows[at] += c.flows;
+        }
+        Ok(SeriesSet {
+            interval_secs: self.opts.interval_secs,
+            by: self.opts.by.as_ref().map(KeySpec::label),
+            first_interval: first,
+            intervals: n,
+            series,
+            totals: self.totals,
+            placement: self.placement,
+        })
+    }
+}
+
+fn sum(b: &Batch, r: usize, fields: &[usize]) -> u64 {
+    fields
+        .iter()
+        .fold(0u64, |s, f| s.saturating_add(unsigned(b, r, *f)))
+}
+
+fn unsigned(b: &Batch, r: usize, f: usize) -> u64 {
+    match b.column(f) {
+        Column::U8(c) => c[r] as u64,
+        Column::U16(c) => c[r] as u64,
+        Column::U32(c) => c[r] as u64,
+        Column::U64(c) => c[r],
+        _ => 0,
+    }
+}
+
+/// `value` split over `parts` (each with its weight; the weights add up to `total`) in whole
+/// units, the parts adding up to `value` exactly: each gets the floor of its share, and the
+/// units left over go to the largest remainders (the earliest part on a tie).
+pub fn apportion(value: u64, parts: &[(i64, u64)], total: u64) -> Vec<u64> {
+    if total == 0 {
+        // No duration: everything in the first part.
+        let mut out = vec![0; parts.len()];
+        if let Some(first) = out.first_mut() {
+            *first = value;
+        }
+        return out;
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    let mut rems = Vec::with_capacity(parts.len());
+    let mut given = 0u64;
+    for (n, (_, w)) in parts.iter().enumerate() {
+        let x = value as u128 * *w as u128;
+        let q = (x / total as u128) as u64;
+        out.push(q);
+        given += q;
+        rems.push(((x % total as u128) as u64, n));
+    }
+    let left = value - given;
+    if left > 0 {
+        rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, n) in rems.iter().take(left as usize) {
+            out[*n] += 1;
+        }
+    }
+    out
+}
+
+/// One key's series.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Series {
+    pub key: String,
+    pub octets: Vec<u64>,
+    pub packets: Vec<u64>,
+    pub flows: Vec<u64>,
+}
+
+impl Series {
+    fn new(key: String, n: usize) -> Series {
+        Series {
+            key,
+            octets: vec![0; n],
+            packets: vec![0; n],
+            flows: vec![0; n],
+        }
+    }
+}
+
+/// The finished series, all over the same intervals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSet {
+    pub interval_secs: u64,
+    pub by: Option<String>,
+    /// The first interval's index (its start is `index x interval` since the epoch).
+    pub first_interval: i64,
+    pub intervals: usize,
+    pub series: Vec<Series>,
+    pub totals: Totals,
+    pub placement: Placement,
+}
+
+impl SeriesSet {
+    /// Each interval's start, in Unix seconds.
+    pub fn starts(&self) -> impl Iterator<Item = i64> + '_ {
+        (0..self.intervals as i64)
+            .map(move |n| (self.first_interval + n) * self.interval_secs as i64)
+    }
+
+    /// The sum of every series: equal to the totals (less what was untimed).
+    pub fn sums(&self) -> Counts {
+        let mut c = Counts::default();
+        for s in &self.series {
+            c.add(
+                s.octets.iter().sum(),
+                s.packets.iter().sum(),
+                s.flows.iter().sum(),
+            );
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Registry;
+    use crate::wire::decoder::{Decoder, DecoderOptions};
+    use crate::wire::encode::{FieldValue, MessageBuilder};
+    use crate::wire::plan::Plan;
+    use crate::wire::template::{FieldSpec, Template};
+
+    /// (destination port, octets, packets, reverse octets, reverse packets, start, end ms);
+    /// a start of `None` is a record with no time.
+    type Flow = (u16, u64, u64, u64, u64, Option<(u64, u64)>);
+
+    fn messages(flows: &[Flow]) -> Vec<DecodedMessage> {
+        let reg = Registry::builtin();
+        let timed = Template::data(
+            256,
+            vec![
+                FieldSpec::new(11, 0, 2),
+                FieldSpec::new(1, 0, 8),
+                FieldSpec::new(2, 0, 4),
+                FieldSpec::new(1, REVERSE_PEN, 8),
+                FieldSpec::new(2, REVERSE_PEN, 8),
+                FieldSpec::new(152, 0, 8),
+                FieldSpec::new(153, 0, 8),
+            ],
+        );
+        let untimed = Template::data(257, vec![FieldSpec::new(11, 0, 2), FieldSpec::new(1, 0, 8)]);
+        let (pt, pu) = (
+            Plan::compile(timed.clone(), &reg),
+            Plan::compile(untimed.clone(), &reg),
+        );
+        let mut mb = MessageBuilder::new(1, 65535);
+        mb.add_template(&timed).expect("template");
+        mb.add_template(&untimed).expect("template");
+        for &(port, o, p, ro, rp, times) in flows {
+            let u = |v: u64| FieldValue::Unsigned(v);
+            match times {
+                Some((s, e)) => mb.add_record(
+                    &pt,
+                    &[
+                        u(port.into()),
+                        u(o),
+                        u(p),
+                        u(ro),
+                        u(rp),
+                        FieldValue::DateTimeMilliseconds(s),
+                        FieldValue::DateTimeMilliseconds(e),
+                    ],
+                ),
+                None => mb.add_record(&pu, &[u(port.into()), u(o)]),
+            }
+            .expect("record");
+        }
+        mb.flush();
+        let mut d = Decoder::new(reg, DecoderOptions::default());
+        mb.take_ready()
+            .into_iter()
+            .map(|m| d.decode(bytes::Bytes::from(m)).expect("decodes"))
+            .collect()
+    }
+
+    fn build(flows: &[Flow], opts: Options) -> SeriesSet {
+        let mut b = Builder::new(opts).expect("options");
+        for m in messages(flows) {
+            b.message("192.0.2.1:4739", &m);
+        }
+        b.finish().expect("series")
+    }
+
+    const CRAFTED: [Flow; 5] = [
+        // 30 s to 150 s: 30, 60 and 30 s in intervals 0, 1, 2 of 60 s.
+        (80, 1000, 10, 0, 0, Some((30_000, 150_000))),
+        // An instant flow: wholly in interval 1.
+        (443, 7, 1, 0, 0, Some((65_000, 65_000))),
+        // A biflow: both directions count.
+        (53, 100, 1, 50, 1, Some((125_000, 125_000))),
+        // No time at all.
+        (22, 10, 1, 0, 0, None),
+        // Ends exactly on a boundary: nothing of it in the next interval.
+        (8080, 3, 1, 0, 0, Some((0, 60_000))),
+    ];
+
+    fn port_key(reg: &Registry) -> Option<KeySpec> {
+        Some(KeySpec::parse("destinationTransportPort", reg).expect("key"))
+    }
+
+    #[test]
+    fn flows_are_spread_over_intervals_with_parts_that_add_up() {
+        let reg = Registry::builtin();
+        let set = build(
+            &CRAFTED,
+            Options {
+                by: port_key(&reg),
+                top: 2,
+                ..Options::default()
+            },
+        );
+        assert_eq!(set.first_interval, 0);
+        assert_eq!(set.intervals, 3);
+        assert_eq!(set.starts().collect::<Vec<_>>(), vec![0, 60, 120]);
+        type Row<'a> = (&'a str, &'a [u64], &'a [u64], &'a [u64]);
+        let by_key: Vec<Row> = set
+            .series
+            .iter()
+            .map(|s| (s.key.as_str(), &s.octets[..], &s.packets[..], &s.flows[..]))
+            .collect();
+        assert_eq!(
+            by_key,
+            vec![
+                // 1000 x 30/120, 60/120, 30/120; 10 packets: 2.5, 5, 2.5, the unit left to
+                // the earliest of the tied remainders.
+                ("80", &[250, 500, 250][..], &[3, 5, 2][..], &[1, 0, 0][..]),
+                ("53", &[0, 0, 150][..], &[0, 0, 2][..], &[0, 0, 1][..]),
+                // 443 and 8080, past the top 2.
+                ("other", &[3, 7, 0][..], &[1, 1, 0][..], &[1, 1, 0][..]),
+            ]
+        );
+        assert_eq!(
+            set.totals,
+            Totals {
+                octets: 1160,
+                packets: 14,
+                flows: 4,
+                untimed: 1
+            }
+        );
+        let sums = set.sums();
+        assert_eq!(
+            (sums.octets, sums.packets, sums.flows),
+            (1160, 14, 4),
+            "the series add up to the totals"
+        );
+    }
+
+    #[test]
+    fn forward_only_leaves_the_reverse_direction_out() {
+        let set = build(
+            &CRAFTED,
+            Options {
+                forward_only: true,
+                ..Options::default()
+            },
+        );
+        assert_eq!(set.series.len(), 1);
+        assert_eq!(set.series[0].key, "total");
+        assert_eq!(set.series[0].octets, vec![253, 507, 350]);
+        assert_eq!(set.totals.octets, 1110);
+        assert_eq!(set.totals.packets, 13);
+    }
+
+    #[test]
+    fn intervals_align_to_the_epoch_and_far_off_times_are_refused() {
+        // 90 s to 100 s with 60 s intervals: the interval starting at 60 s, whatever the first
+        // record's time.
+        let set = build(
+            &[(1, 5, 1, 0, 0, Some((90_000, 100_000)))],
+            Options::default(),
+        );
+        assert_eq!(set.starts().collect::<Vec<_>>(), vec![60]);
+        let mut b = Builder::new(Options {
+            max_intervals: 1000,
+            ..Options::default()
+        })
+        .expect("options");
+        // 1970 to 2026 at 60 s: 29 million intervals.
+        for m in messages(&[(1, 5, 1, 0, 0, Some((0, 1_764_500_000_000)))]) {
+            b.message("x", &m);
+        }
+        assert_eq!(b.finish(), Err(SeriesError::TooManyIntervals(1000)));
+        assert_eq!(
+            Builder::new(Options {
+                interval_secs: 0,
+                ..Options::default()
+            })
+            .err(),
+            Some(SeriesError::Interval(0))
+        );
+    }
+
+    #[test]
+    fn cells_past_the_bound_fail_the_build() {
+        let flows: Vec<Flow> = (0..50u16).map(|p| (p, 1, 1, 0, 0, Some((0, 0)))).collect();
+        let reg = Registry::builtin();
+        let mut b = Builder::new(Options {
+            by: port_key(&reg),
+            max_cells: 10,
+            ..Options::default()
+        })
+        .expect("options");
+        for m in messages(&flows) {
+            b.message("x", &m);
+        }
+        assert_eq!(b.finish(), Err(SeriesError::TooManyCells(10)));
+    }
+
+    #[test]
+    fn apportioned_parts_add_up_and_follow_the_largest_remainders() {
+        // 10 over thirds: 3.33 each; the one unit left goes to the first.
+        let thirds = [(0, 1), (1, 1), (2, 1)];
+        assert_eq!(apportion(10, &thirds, 3), vec![4, 3, 3]);
+        // 7 over 1:2:4 of 7 ms: exact.
+        assert_eq!(apportion(7, &[(0, 1), (1, 2), (2, 4)], 7), vec![1, 2, 4]);
+        // 5 over 3 and 7 of 10: 1.5 and 3.5; one unit left, a tie: the earliest.
+        assert_eq!(apportion(5, &[(0, 3), (1, 7)], 10), vec![2, 3]);
+        // Zero duration: all in the first.
+        assert_eq!(apportion(9, &[(0, 0)], 0), vec![9]);
+        // Large values do not overflow.
+        let v = u64::MAX / 2;
+        let p = apportion(v, &[(0, 1), (1, 2)], 3);
+        assert_eq!(p.iter().sum::<u64>(), v);
+    }
+}

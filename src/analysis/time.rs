@@ -1,0 +1,181 @@
+//! A flow record's start and end, in Unix milliseconds, from whichever time elements its
+//! template has: absolute times (flowStart/EndSeconds, -Milliseconds, -Microseconds,
+//! -Nanoseconds), system-uptime times (flowStart/EndSysUpTime, placed with the record's
+//! systemInitTimeMilliseconds, an options record's, or NetFlow v9's header uptime and export
+//! time), or times before the export (flowStart/EndDeltaMicroseconds).
+
+use crate::wire::batch::{Batch, Column};
+use crate::wire::header::MessageHeader;
+use crate::wire::ndjson::ntp_to_unix;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTimes {
+    pub start: i64,
+    pub end: i64,
+    /// Placed by the export time: system-uptime times with no system init time anywhere (an
+    /// IPFIX exporter that sends no systemInitTimeMilliseconds). The flow is taken to end at
+    /// the export, with its duration as its uptimes say.
+    pub approximate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Absolute,
+    SysUpTime,
+    DeltaMicros,
+}
+
+impl Kind {
+    /// Which to prefer when a template has several: absolute times say the most.
+    fn rank(self) -> u8 {
+        match self {
+            Kind::Absolute => 0,
+            Kind::SysUpTime => 1,
+            Kind::DeltaMicros => 2,
+        }
+    }
+}
+
+/// A template's time fields (field indexes).
+#[derive(Debug, Clone, Default)]
+pub struct TimeFields {
+    start: Option<(usize, Kind)>,
+    end: Option<(usize, Kind)>,
+    init: Option<usize>,
+    duration_ms: Option<usize>,
+}
+
+impl TimeFields {
+    /// Notes field `f` with element `id` if it is a time.
+    pub fn note(&mut self, id: (u32, u16), f: usize) {
+        let (slot, kind) = match id {
+            (0, 150 | 152 | 154 | 156) => (&mut self.start, Kind::Absolute),
+            (0, 151 | 153 | 155 | 157) => (&mut self.end, Kind::Absolute),
+            (0, 22) => (&mut self.start, Kind::SysUpTime),
+            (0, 21) => (&mut self.end, Kind::SysUpTime),
+            (0, 158) => (&mut self.start, Kind::DeltaMicros),
+            (0, 159) => (&mut self.end, Kind::DeltaMicros),
+            (0, 160) => {
+                self.init.get_or_insert(f);
+                return;
+            }
+            (0, 161) => {
+                self.duration_ms.get_or_insert(f);
+                return;
+            }
+            _ => return,
+        };
+        if slot.is_none_or(|(_, k)| kind.rank() < k.rank()) {
+            *slot = Some((f, kind));
+        }
+    }
+
+    /// Record `r`'s start and end; `None` when it has no time that can be placed. `init` is a
+    /// systemInitTimeMilliseconds learnt from an options record.
+    pub fn read(
+        &self,
+        b: &Batch,
+        r: usize,
+        h: &MessageHeader,
+        init: Option<u64>,
+    ) -> Option<FlowTimes> {
+        let init = self
+            .init
+            .and_then(|f| match b.column(f) {
+                Column::DateTimeMilliseconds(c) => Some(c[r]),
+                _ => None,
+            })
+            .or(init);
+        let at = |slot: Option<(usize, Kind)>| -> Option<i64> {
+            let (f, kind) = slot?;
+            time_ms(b, r, f, kind, h, init)
+        };
+        let duration = self.duration_ms.and_then(|f| match b.column(f) {
+            Column::U32(c) => Some(c[r] as i64),
+            Column::U64(c) => i64::try_from(c[r]).ok(),
+            _ => None,
+        });
+        let times = |start, end| FlowTimes {
+            start,
+            end,
+            approximate: false,
+        };
+        match (at(self.start), at(self.end)) {
+            (Some(s), Some(e)) => Some(times(s, e)),
+            (Some(s), None) => Some(times(s, s.saturating_add(duration.unwrap_or(0)))),
+            (None, Some(e)) => Some(times(e.saturating_sub(duration.unwrap_or(0)), e)),
+            (None, None) => self.by_export_time(b, r, h, init),
+        }
+    }
+
+    /// Uptime-based times that nothing places: the flow ends at the export time.
+    fn by_export_time(
+        &self,
+        b: &Batch,
+        r: usize,
+        h: &MessageHeader,
+        init: Option<u64>,
+    ) -> Option<FlowTimes> {
+        if init.is_some() || h.sys_uptime_ms.is_some() {
+            return None;
+        }
+        let uptime = |slot: Option<(usize, Kind)>| match slot {
+            Some((f, Kind::SysUpTime)) => match b.column(f) {
+                Column::U32(c) => Some(c[r] as i64),
+                Column::U64(c) => i64::try_from(c[r]).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (start, end) = (uptime(self.start), uptime(self.end));
+        if start.is_none() && end.is_none() {
+            return None;
+        }
+        let export = h.export_time as i64 * 1000;
+        let duration = match (start, end) {
+            (Some(s), Some(e)) => (e - s).max(0),
+            _ => 0,
+        };
+        Some(FlowTimes {
+            start: export - duration,
+            end: export,
+            approximate: true,
+        })
+    }
+}
+
+fn time_ms(
+    b: &Batch,
+    r: usize,
+    f: usize,
+    kind: Kind,
+    h: &MessageHeader,
+    init: Option<u64>,
+) -> Option<i64> {
+    let uint = || match b.column(f) {
+        Column::U32(c) => Some(c[r] as i64),
+        Column::U64(c) => i64::try_from(c[r]).ok(),
+        _ => None,
+    };
+    match kind {
+        Kind::Absolute => match b.column(f) {
+            Column::DateTimeSeconds(c) => Some(c[r] as i64 * 1000),
+            Column::DateTimeMilliseconds(c) => i64::try_from(c[r]).ok(),
+            Column::DateTimeMicroseconds(c) | Column::DateTimeNanoseconds(c) => {
+                let (s, n) = ntp_to_unix(c[r]);
+                Some(s.saturating_mul(1000) + n as i64 / 1_000_000)
+            }
+            _ => None,
+        },
+        Kind::SysUpTime => {
+            let v = uint()?;
+            match (init, h.sys_uptime_ms) {
+                (Some(init), _) => Some(i64::try_from(init).ok()?.saturating_add(v)),
+                // NetFlow v9 (RFC 3954): the header's uptime was at the export time.
+                (None, Some(up)) => Some(h.export_time as i64 * 1000 - (up as i64 - v)),
+                (None, None) => None,
+            }
+        }
+        Kind::DeltaMicros => Some(h.export_time as i64 * 1000 - uint()? / 1000),
+    }
+}

@@ -1,0 +1,153 @@
+//! `ipfixsvc timeseries`: IPFIX files (and captures carrying IPFIX or NetFlow) -> time series
+//! per interval and key, as JSON, CSV, SVG or PNG (by the output's extension).
+
+use crate::analysis::key::KeySpec;
+use crate::analysis::output;
+use crate::analysis::series::{Builder, Options, SeriesSet};
+use crate::wire::Registry;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, clap::Args)]
+pub struct TimeseriesArgs {
+    /// IPFIX files (a conversion result, an upload, any RFC 5655 file) or captures carrying
+    /// IPFIX, NetFlow v9 or v5.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Interval length in seconds (1 to 86400). Intervals start at multiples of it since the
+    /// Unix epoch (UTC), so series of different runs line up.
+    #[arg(long, default_value_t = 60)]
+    pub interval: u64,
+    /// Key: an Information Element (`destinationTransportPort`, `protocolIdentifier`), an
+    /// address element cut to a prefix (`sourceIPv4Address/24`), or `@exporter`. Without it,
+    /// one series of everything.
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Keys with a series of their own (the most octets over the whole range); the rest are
+    /// added up in `other`.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Biflows: count the forward direction only (by default the reverse counters are added).
+    #[arg(long)]
+    pub forward_only: bool,
+    /// Where to write, by extension: `.json`, `.csv` (repeatable). None: JSON on standard
+    /// output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub outputs: Vec<PathBuf>,
+    /// Also decode this UDP/TCP port in captures (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Extra Information Elements (TOML, as `dump --elements`).
+    #[arg(long, value_name = "FILE")]
+    pub elements: Option<PathBuf>,
+    /// Key x interval cells held at most (memory: about 64 bytes each).
+    #[arg(long, default_value_t = 8_000_000)]
+    pub max_cells: usize,
+}
+
+/// What a run did (standard error, one JSON line).
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub records: u64,
+    /// Records with no time: not in any interval.
+    pub untimed: u64,
+    /// Records with uptime-based times and no system init time: placed to end at their
+    /// message's export time.
+    pub placed_by_export_time: u64,
+    pub series: usize,
+    pub intervals: usize,
+    pub errors: u64,
+    pub seconds: f64,
+    pub records_per_second: f64,
+}
+
+/// The output formats, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+}
+
+pub fn format_of(path: &std::path::Path) -> Result<Format, String> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv),
+        _ => Err(format!(
+            "{}: the extension says the format: .json or .csv",
+            path.display()
+        )),
+    }
+}
+
+pub fn run(args: &TimeseriesArgs) -> anyhow::Result<Summary> {
+    let started = std::time::Instant::now();
+    let registry = match &args.elements {
+        Some(p) => Arc::new(Registry::with_extra_file(p)?),
+        None => Registry::builtin(),
+    };
+    let formats = args
+        .outputs
+        .iter()
+        .map(|p| format_of(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let by = args
+        .by
+        .as_deref()
+        .map(|b| KeySpec::parse(b, &registry))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--by {e}"))?;
+    let mut builder = Builder::new(Options {
+        interval_secs: args.interval,
+        by,
+        top: args.top,
+        forward_only: args.forward_only,
+        max_cells: args.max_cells,
+        ..Options::default()
+    })?;
+    let (counts, unusable) =
+        crate::cli::dump::each_message(&args.files, registry, &args.ports, &mut |exporter, msg| {
+            builder.message(exporter, msg)
+        });
+    if unusable == args.files.len() {
+        return Err(super::Reported(format!("none of the {unusable} inputs could be read")).into());
+    }
+    let set = builder.finish()?;
+    if args.outputs.is_empty() {
+        let mut out = std::io::stdout().lock();
+        output::write_json(&set, &mut out).map_err(super::stdout_error)?;
+        out.flush().map_err(super::stdout_error)?;
+    }
+    for (path, format) in args.outputs.iter().zip(formats) {
+        write_file(&set, path, format).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Summary {
+        records: counts.data_records,
+        untimed: set.totals.untimed,
+        placed_by_export_time: set.placement.by_export_time,
+        series: set.series.len(),
+        intervals: set.intervals,
+        errors: counts.errors,
+        seconds,
+        records_per_second: counts.data_records as f64 / seconds.max(1e-9),
+    })
+}
+
+/// Written beside the target and renamed: a reader never sees half a file.
+fn write_file(set: &SeriesSet, path: &std::path::Path, format: Format) -> std::io::Result<()> {
+    let part = path.with_extension(format!(
+        "{}.part",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&part)?);
+        match format {
+            Format::Json => output::write_json(set, &mut out)?,
+            Format::Csv => output::write_csv(set, &mut out)?,
+        }
+        out.flush()?;
+    }
+    std::fs::rename(&part, path)
+}
