@@ -131,7 +131,24 @@ pub struct Builder {
     /// systemInitTimeMilliseconds an options record gave, per exporter and domain.
     init_times: std::collections::HashMap<String, FxHashMap<u32, u64>>,
     error: Option<SeriesError>,
+    scratch: Scratch,
+}
+
+/// Buffers a flow over several intervals is apportioned in, reused.
+#[derive(Default)]
+struct Scratch {
     parts: Vec<(i64, u64)>,
+    octets: Vec<u64>,
+    packets: Vec<u64>,
+}
+
+/// One batch's columns of the roles (found once per batch).
+struct Cols<'b> {
+    octets: Vec<Column<'b>>,
+    packets: Vec<Column<'b>>,
+    flows: Option<Column<'b>>,
+    key: Option<(usize, Column<'b>)>,
+    times: super::time::TimeCols<'b>,
 }
 
 impl Builder {
@@ -153,7 +170,7 @@ impl Builder {
             roles: FxHashMap::default(),
             init_times: Default::default(),
             error: None,
-            parts: Vec::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -183,8 +200,15 @@ impl Builder {
                 .get(exporter)
                 .and_then(|d| d.get(&domain))
                 .copied();
+            let cols = Cols {
+                octets: roles.octets.iter().map(|f| b.column(*f)).collect(),
+                packets: roles.packets.iter().map(|f| b.column(*f)).collect(),
+                flows: roles.flows.map(|f| b.column(f)),
+                key: roles.key.map(|f| (f, b.column(f))),
+                times: roles.times.columns(b),
+            };
             for r in 0..b.len() {
-                self.record(exporter, msg, b, &roles, r, init);
+                self.record(exporter, msg, b, &cols, r, init);
                 if self.error.is_some() {
                     return;
                 }
@@ -238,18 +262,18 @@ impl Builder {
         exporter: &str,
         msg: &DecodedMessage,
         b: &Batch,
-        roles: &Roles,
+        cols: &Cols<'_>,
         r: usize,
         init: Option<u64>,
     ) {
-        let octets = sum(b, r, &roles.octets);
-        let packets = sum(b, r, &roles.packets);
-        let flows = roles.flows.map_or(1, |f| unsigned(b, r, f));
+        let octets = sum(&cols.octets, r);
+        let packets = sum(&cols.packets, r);
+        let flows = cols.flows.map_or(1, |c| unsigned(c, r));
         let Some(FlowTimes {
             start,
             end,
             approximate,
-        }) = roles.times.read(b, r, &msg.header, init)
+        }) = cols.times.read(r, &msg.header, init)
         else {
             self.totals.untimed += 1;
             return;
@@ -258,8 +282,13 @@ impl Builder {
         let key = match &self.opts.by {
             None => Key::All,
             Some(KeySpec::Exporter) => Key::exporter(exporter),
-            Some(spec) => match roles.key {
-                Some(f) => Key::of(spec, b, &msg.buf, r, f),
+            Some(spec) => match cols.key {
+                // Integers, the common keys (ports, protocols), straight from their column.
+                Some((_, Column::U8(c))) => Key::Unsigned(c[r].into()),
+                Some((_, Column::U16(c))) => Key::Unsigned(c[r].into()),
+                Some((_, Column::U32(c))) => Key::Unsigned(c[r].into()),
+                Some((_, Column::U64(c))) => Key::Unsigned(c[r]),
+                Some((f, _)) => Key::of(spec, b, &msg.buf, r, f),
                 None => Key::Absent,
             },
         };
@@ -287,22 +316,23 @@ impl Builder {
             return;
         }
         // The flow's overlap with each interval, in milliseconds; the octets and packets
-        // apportioned by it. Intervals are few (widen bounds them), the parts reused.
-        let mut parts = std::mem::take(&mut self.parts);
-        parts.clear();
+        // apportioned by it. Intervals are few (widen bounds them), the buffers reused.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.parts.clear();
+        let step = self.interval_ms as i128;
         for i in i0..=i1 {
-            let lo = (i as i128 * self.interval_ms as i128).max(start as i128);
-            let hi = ((i as i128 + 1) * self.interval_ms as i128).min(end as i128);
-            parts.push((i, (hi - lo).max(0) as u64));
+            let lo = (i as i128 * step).max(start as i128);
+            let hi = ((i as i128 + 1) * step).min(end as i128);
+            scratch.parts.push((i, (hi - lo).max(0) as u64));
         }
         let duration = (end - start) as u64;
-        let octet_parts = apportion(octets, &parts, duration);
-        let packet_parts = apportion(packets, &parts, duration);
-        for (n, (i, _)) in parts.iter().enumerate() {
+        apportion_into(octets, &scratch.parts, duration, &mut scratch.octets);
+        apportion_into(packets, &scratch.parts, duration, &mut scratch.packets);
+        for (n, (i, _)) in scratch.parts.iter().enumerate() {
             let f = if n == 0 { flows } else { 0 };
-            self.add(k, *i, octet_parts[n], packet_parts[n], f);
+            self.add(k, *i, scratch.octets[n], scratch.packets[n], f);
         }
-        self.parts = parts;
+        self.scratch = scratch;
     }
 
     fn index(&self, t_ms: i64) -> i64 {
@@ -389,14 +419,13 @@ impl Builder {
     }
 }
 
-fn sum(b: &Batch, r: usize, fields: &[usize]) -> u64 {
-    fields
-        .iter()
-        .fold(0u64, |s, f| s.saturating_add(unsigned(b, r, *f)))
+fn sum(cols: &[Column<'_>], r: usize) -> u64 {
+    cols.iter()
+        .fold(0u64, |s, c| s.saturating_add(unsigned(*c, r)))
 }
 
-fn unsigned(b: &Batch, r: usize, f: usize) -> u64 {
-    match b.column(f) {
+fn unsigned(c: Column<'_>, r: usize) -> u64 {
+    match c {
         Column::U8(c) => c[r] as u64,
         Column::U16(c) => c[r] as u64,
         Column::U32(c) => c[r] as u64,
@@ -409,32 +438,79 @@ fn unsigned(b: &Batch, r: usize, f: usize) -> u64 {
 /// units, the parts adding up to `value` exactly: each gets the floor of its share, and the
 /// units left over go to the largest remainders (the earliest part on a tie).
 pub fn apportion(value: u64, parts: &[(i64, u64)], total: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    apportion_into(value, parts, total, &mut out);
+    out
+}
+
+/// [`apportion`] into `out` (cleared first): no allocation once `out` has grown, 64-bit
+/// arithmetic when the products fit, and no sort for the few parts a flow usually has.
+pub fn apportion_into(value: u64, parts: &[(i64, u64)], total: u64, out: &mut Vec<u64>) {
+    out.clear();
     if total == 0 {
         // No duration: everything in the first part.
-        let mut out = vec![0; parts.len()];
+        out.resize(parts.len(), 0);
         if let Some(first) = out.first_mut() {
             *first = value;
         }
-        return out;
+        return;
     }
-    let mut out = Vec::with_capacity(parts.len());
-    let mut rems = Vec::with_capacity(parts.len());
     let mut given = 0u64;
+    // Remainders are needed again only for the units left over; kept in a small array when
+    // the parts are few.
+    let mut rems_small = [0u64; 8];
+    let mut rems_large = Vec::new();
+    let small = parts.len() <= rems_small.len();
+    if !small {
+        rems_large.reserve(parts.len());
+    }
     for (n, (_, w)) in parts.iter().enumerate() {
-        let x = value as u128 * *w as u128;
-        let q = (x / total as u128) as u64;
+        let (q, rem) = match value.checked_mul(*w) {
+            Some(x) => (x / total, x % total),
+            None => {
+                let x = value as u128 * *w as u128;
+                ((x / total as u128) as u64, (x % total as u128) as u64)
+            }
+        };
         out.push(q);
         given += q;
-        rems.push(((x % total as u128) as u64, n));
-    }
-    let left = value - given;
-    if left > 0 {
-        rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (_, n) in rems.iter().take(left as usize) {
-            out[*n] += 1;
+        if small {
+            rems_small[n] = rem;
+        } else {
+            rems_large.push(rem);
         }
     }
-    out
+    let rems: &mut [u64] = if small {
+        &mut rems_small[..parts.len()]
+    } else {
+        &mut rems_large
+    };
+    let mut left = value - given;
+    if left == 0 {
+        return;
+    }
+    if rems.len() <= 16 {
+        // A unit to the largest remainder, then the next largest (the earliest on a tie). The
+        // remainders add up to `left` x `total`, each below `total`: more than `left` of them
+        // are positive, so a served part (its remainder zeroed) is never picked again.
+        while left > 0 {
+            let mut best = 0;
+            for n in 1..rems.len() {
+                if rems[n] > rems[best] {
+                    best = n;
+                }
+            }
+            out[best] += 1;
+            rems[best] = 0;
+            left -= 1;
+        }
+        return;
+    }
+    let mut order: Vec<usize> = (0..rems.len()).collect();
+    order.sort_by(|a, b| rems[*b].cmp(&rems[*a]).then(a.cmp(b)));
+    for n in order.into_iter().take(left as usize) {
+        out[n] += 1;
+    }
 }
 
 /// One key's series.
@@ -685,6 +761,43 @@ mod tests {
             b.message("x", &m);
         }
         assert_eq!(b.finish(), Err(SeriesError::TooManyCells(10)));
+    }
+
+    /// The reference: exact division, a full sort of the remainders.
+    fn apportion_exact(value: u64, parts: &[(i64, u64)], total: u64) -> Vec<u64> {
+        if total == 0 {
+            let mut out = vec![0; parts.len()];
+            out[0] = value;
+            return out;
+        }
+        let mut out = Vec::new();
+        let mut rems = Vec::new();
+        for (n, (_, w)) in parts.iter().enumerate() {
+            let x = value as u128 * *w as u128;
+            out.push((x / total as u128) as u64);
+            rems.push(((x % total as u128) as u64, n));
+        }
+        let left = value - out.iter().sum::<u64>();
+        rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, n) in rems.into_iter().take(left as usize) {
+            out[n] += 1;
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn apportion_is_exact_largest_remainder(
+            value in proptest::prop_oneof![0u64..1_000_000, 0u64..=u64::MAX],
+            weights in proptest::collection::vec(0u64..200_000, 1..30),
+        ) {
+            let parts: Vec<(i64, u64)> = weights.iter().enumerate().map(|(i, w)| (i as i64, *w)).collect();
+            let total: u64 = weights.iter().sum();
+            let mut out = Vec::new();
+            apportion_into(value, &parts, total, &mut out);
+            proptest::prop_assert_eq!(&out, &apportion_exact(value, &parts, total));
+            proptest::prop_assert_eq!(out.iter().sum::<u64>(), value);
+        }
     }
 
     #[test]

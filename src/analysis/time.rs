@@ -70,31 +70,51 @@ impl TimeFields {
         }
     }
 
+    /// The batch's time columns (found once per batch, read per record).
+    pub fn columns<'b>(&self, b: &'b Batch) -> TimeCols<'b> {
+        let col = |slot: Option<(usize, Kind)>| slot.map(|(f, k)| (b.column(f), k));
+        TimeCols {
+            start: col(self.start),
+            end: col(self.end),
+            init: self.init.map(|f| b.column(f)),
+            duration: self.duration_ms.map(|f| b.column(f)),
+        }
+    }
+}
+
+/// A batch's time columns.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeCols<'b> {
+    start: Option<(Column<'b>, Kind)>,
+    end: Option<(Column<'b>, Kind)>,
+    init: Option<Column<'b>>,
+    duration: Option<Column<'b>>,
+}
+
+fn uint(c: Column<'_>, r: usize) -> Option<i64> {
+    match c {
+        Column::U32(c) => Some(c[r] as i64),
+        Column::U64(c) => i64::try_from(c[r]).ok(),
+        _ => None,
+    }
+}
+
+impl TimeCols<'_> {
     /// Record `r`'s start and end; `None` when it has no time that can be placed. `init` is a
     /// systemInitTimeMilliseconds learnt from an options record.
-    pub fn read(
-        &self,
-        b: &Batch,
-        r: usize,
-        h: &MessageHeader,
-        init: Option<u64>,
-    ) -> Option<FlowTimes> {
+    pub fn read(&self, r: usize, h: &MessageHeader, init: Option<u64>) -> Option<FlowTimes> {
         let init = self
             .init
-            .and_then(|f| match b.column(f) {
+            .and_then(|c| match c {
                 Column::DateTimeMilliseconds(c) => Some(c[r]),
                 _ => None,
             })
             .or(init);
-        let at = |slot: Option<(usize, Kind)>| -> Option<i64> {
-            let (f, kind) = slot?;
-            time_ms(b, r, f, kind, h, init)
+        let at = |slot: Option<(Column<'_>, Kind)>| -> Option<i64> {
+            let (c, kind) = slot?;
+            time_ms(c, r, kind, h, init)
         };
-        let duration = self.duration_ms.and_then(|f| match b.column(f) {
-            Column::U32(c) => Some(c[r] as i64),
-            Column::U64(c) => i64::try_from(c[r]).ok(),
-            _ => None,
-        });
+        let duration = self.duration.and_then(|c| uint(c, r));
         let times = |start, end| FlowTimes {
             start,
             end,
@@ -104,27 +124,17 @@ impl TimeFields {
             (Some(s), Some(e)) => Some(times(s, e)),
             (Some(s), None) => Some(times(s, s.saturating_add(duration.unwrap_or(0)))),
             (None, Some(e)) => Some(times(e.saturating_sub(duration.unwrap_or(0)), e)),
-            (None, None) => self.by_export_time(b, r, h, init),
+            (None, None) => self.by_export_time(r, h, init),
         }
     }
 
     /// Uptime-based times that nothing places: the flow ends at the export time.
-    fn by_export_time(
-        &self,
-        b: &Batch,
-        r: usize,
-        h: &MessageHeader,
-        init: Option<u64>,
-    ) -> Option<FlowTimes> {
+    fn by_export_time(&self, r: usize, h: &MessageHeader, init: Option<u64>) -> Option<FlowTimes> {
         if init.is_some() || h.sys_uptime_ms.is_some() {
             return None;
         }
-        let uptime = |slot: Option<(usize, Kind)>| match slot {
-            Some((f, Kind::SysUpTime)) => match b.column(f) {
-                Column::U32(c) => Some(c[r] as i64),
-                Column::U64(c) => i64::try_from(c[r]).ok(),
-                _ => None,
-            },
+        let uptime = |slot: Option<(Column<'_>, Kind)>| match slot {
+            Some((c, Kind::SysUpTime)) => uint(c, r),
             _ => None,
         };
         let (start, end) = (uptime(self.start), uptime(self.end));
@@ -145,20 +155,14 @@ impl TimeFields {
 }
 
 fn time_ms(
-    b: &Batch,
+    c: Column<'_>,
     r: usize,
-    f: usize,
     kind: Kind,
     h: &MessageHeader,
     init: Option<u64>,
 ) -> Option<i64> {
-    let uint = || match b.column(f) {
-        Column::U32(c) => Some(c[r] as i64),
-        Column::U64(c) => i64::try_from(c[r]).ok(),
-        _ => None,
-    };
     match kind {
-        Kind::Absolute => match b.column(f) {
+        Kind::Absolute => match c {
             Column::DateTimeSeconds(c) => Some(c[r] as i64 * 1000),
             Column::DateTimeMilliseconds(c) => i64::try_from(c[r]).ok(),
             Column::DateTimeMicroseconds(c) | Column::DateTimeNanoseconds(c) => {
@@ -168,7 +172,7 @@ fn time_ms(
             _ => None,
         },
         Kind::SysUpTime => {
-            let v = uint()?;
+            let v = uint(c, r)?;
             match (init, h.sys_uptime_ms) {
                 (Some(init), _) => Some(i64::try_from(init).ok()?.saturating_add(v)),
                 // NetFlow v9 (RFC 3954): the header's uptime was at the export time.
@@ -176,6 +180,6 @@ fn time_ms(
                 (None, None) => None,
             }
         }
-        Kind::DeltaMicros => Some(h.export_time as i64 * 1000 - uint()? / 1000),
+        Kind::DeltaMicros => Some(h.export_time as i64 * 1000 - uint(c, r)? / 1000),
     }
 }
