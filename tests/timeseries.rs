@@ -284,7 +284,8 @@ fn bad_arguments_are_refused_with_a_reason() {
         (vec![file, "--interval", "86401"], "interval"),
         (vec![file, "--by", "noSuchElement"], "noSuchElement"),
         (vec![file, "--by", "protocolIdentifier/8"], "prefix"),
-        (vec![file, "-o", "/tmp/x.txt"], ".json or .csv"),
+        (vec![file, "-o", "/tmp/x.txt"], ".svg or .png"),
+        (vec![file, "--size", "10x10"], "100 to 8000"),
         (vec!["/nonexistent.ipfix"], "cannot open"),
     ] {
         let out = Command::new(BIN)
@@ -297,4 +298,103 @@ fn bad_arguments_are_refused_with_a_reason() {
         assert!(err.contains(says), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// Checks a PNG as a decoder would: the signature, the header's size, every chunk's CRC, and
+/// the image data inflating to exactly one filter byte plus a row of pixels per row (Python's
+/// zlib and binascii, independent of the encoder that wrote it). Prints "WIDTH HEIGHT".
+const PNG_CHECK: &str = r#"
+import sys, zlib, struct, binascii
+data = open(sys.argv[1], 'rb').read()
+assert data[:8] == b'\x89PNG\r\n\x1a\n', 'signature'
+pos, idat, ihdr = 8, b'', None
+while pos < len(data):
+    n, kind = struct.unpack('>I4s', data[pos:pos + 8])
+    body = data[pos + 8:pos + 8 + n]
+    crc = struct.unpack('>I', data[pos + 8 + n:pos + 12 + n])[0]
+    assert binascii.crc32(kind + body) & 0xffffffff == crc, kind
+    if kind == b'IHDR': ihdr = struct.unpack('>IIBBBBB', body)
+    if kind == b'IDAT': idat += body
+    pos += 12 + n
+w, h, depth, color = ihdr[:4]
+channels = {2: 3, 6: 4}[color]
+assert depth == 8
+assert len(zlib.decompress(idat)) == h * (1 + w * channels), 'pixel data'
+print(w, h)
+"#;
+
+#[test]
+fn charts_are_valid_svg_and_png_with_the_series_names() {
+    common::need("python3");
+    let dir = common::config_dir("timeseries-charts");
+    let (svg, png) = (dir.join("ports.svg"), dir.join("ports.png"));
+    let file = testdata().join("ipfix/example_flows.ipfix");
+    let _ = run(&[
+        file.to_str().expect("path"),
+        "--interval",
+        "10",
+        "--by",
+        "destinationTransportPort",
+        "--top",
+        "4",
+        "-o",
+        svg.to_str().expect("path"),
+        "-o",
+        png.to_str().expect("path"),
+    ]);
+    let doc = run(&[
+        file.to_str().expect("path"),
+        "--interval",
+        "10",
+        "--by",
+        "destinationTransportPort",
+        "--top",
+        "4",
+    ]);
+    let keys: Vec<String> = doc["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| s["key"].as_str().expect("key").to_string())
+        .collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    // The SVG parses as XML, and its text has the title, the axes' units and every series.
+    let texts = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E\n\
+             root = E.parse(sys.argv[1]).getroot()\n\
+             print(root.get('width'), root.get('height'))\n\
+             for t in root.iter('{http://www.w3.org/2000/svg}text'): print(''.join(t.itertext()))",
+            svg.to_str().expect("path"),
+        ])
+        .output()
+        .expect("python3");
+    assert!(texts.status.success(), "{texts:?}");
+    let texts = String::from_utf8_lossy(&texts.stdout);
+    let mut lines = texts.lines();
+    assert_eq!(lines.next(), Some("1200 600"));
+    let texts: Vec<&str> = lines.collect();
+    for k in &keys {
+        assert!(
+            texts.contains(&k.as_str()),
+            "{k} not in the legend: {texts:?}"
+        );
+    }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("bits/s by destinationTransportPort"))
+    );
+    assert!(texts.contains(&"time (UTC)"), "{texts:?}");
+    // The PNG decodes, at 1200 x 600.
+    let png_check = Command::new("python3")
+        .args(["-c", PNG_CHECK, png.to_str().expect("path")])
+        .output()
+        .expect("python3");
+    assert!(png_check.status.success(), "{png_check:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&png_check.stdout).trim(),
+        "1200 600"
+    );
 }

@@ -116,23 +116,7 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
         decoders: HashMap::new(),
         finder: MessageFinder::new(ports, args.max_message),
     };
-    // Every input is tried, as cat does; one that gives nothing fails the run at the end.
-    let mut unusable = 0;
-    for f in &args.files {
-        match d.file(f) {
-            Ok(()) => {}
-            Err(FileError::Output(e)) => return Err(super::stdout_error(e)),
-            Err(FileError::Stopped(why)) => {
-                d.counts.errors += 1;
-                eprintln!("{}: {why}", f.display());
-            }
-            Err(FileError::Unusable(why)) => {
-                d.counts.errors += 1;
-                unusable += 1;
-                eprintln!("{}: {why}", f.display());
-            }
-        }
-    }
+    let unusable = d.files(&args.files).map_err(super::stdout_error)?;
     if args.count {
         // Serialized first: serde_json's error would hide an EPIPE from stdout_error.
         let mut line = serde_json::to_vec(&d.counts)?;
@@ -175,21 +159,8 @@ pub fn each_message(
         decoders: HashMap::new(),
         finder: MessageFinder::new(all_ports, 65535),
     };
-    let mut unusable = 0;
-    for f in files {
-        match d.file(f) {
-            Ok(()) | Err(FileError::Output(_)) => {}
-            Err(FileError::Stopped(why)) => {
-                d.counts.errors += 1;
-                eprintln!("{}: {why}", f.display());
-            }
-            Err(FileError::Unusable(why)) => {
-                d.counts.errors += 1;
-                unusable += 1;
-                eprintln!("{}: {why}", f.display());
-            }
-        }
-    }
+    // Nothing is written in this mode: no output error can come.
+    let unusable = d.files(files).unwrap_or(0);
     (d.counts, unusable)
 }
 
@@ -207,6 +178,28 @@ enum FileError {
 }
 
 impl<W: Write> Dumper<'_, W> {
+    /// Every input, tried as cat does: a problem with one is said and counted, and the next is
+    /// read. The inputs of which nothing could be read; an error only when the output failed.
+    fn files(&mut self, files: &[PathBuf]) -> std::io::Result<usize> {
+        let mut unusable = 0;
+        for f in files {
+            match self.file(f) {
+                Ok(()) => {}
+                Err(FileError::Output(e)) => return Err(e),
+                Err(FileError::Stopped(why)) => {
+                    self.counts.errors += 1;
+                    eprintln!("{}: {why}", f.display());
+                }
+                Err(FileError::Unusable(why)) => {
+                    self.counts.errors += 1;
+                    unusable += 1;
+                    eprintln!("{}: {why}", f.display());
+                }
+            }
+        }
+        Ok(unusable)
+    }
+
     fn file(&mut self, path: &Path) -> Result<(), FileError> {
         let file =
             File::open(path).map_err(|e| FileError::Unusable(format!("cannot open: {e}")))?;

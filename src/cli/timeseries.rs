@@ -1,6 +1,7 @@
 //! `ipfixsvc timeseries`: IPFIX files (and captures carrying IPFIX or NetFlow) -> time series
 //! per interval and key, as JSON, CSV, SVG or PNG (by the output's extension).
 
+use crate::analysis::chart::{self, Measure};
 use crate::analysis::key::KeySpec;
 use crate::analysis::output;
 use crate::analysis::series::{Builder, Options, SeriesSet};
@@ -31,8 +32,8 @@ pub struct TimeseriesArgs {
     /// Biflows: count the forward direction only (by default the reverse counters are added).
     #[arg(long)]
     pub forward_only: bool,
-    /// Where to write, by extension: `.json`, `.csv` (repeatable). None: JSON on standard
-    /// output.
+    /// Where to write, by extension: `.json`, `.csv`, `.svg`, `.png` (repeatable). None: JSON
+    /// on standard output.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub outputs: Vec<PathBuf>,
     /// Also decode this UDP/TCP port in captures (repeatable).
@@ -41,6 +42,12 @@ pub struct TimeseriesArgs {
     /// Extra Information Elements (TOML, as `dump --elements`).
     #[arg(long, value_name = "FILE")]
     pub elements: Option<PathBuf>,
+    /// What charts show: `bits` (bits/s) or `packets` (packets/s).
+    #[arg(long, default_value = "bits", value_parser = ["bits", "packets"])]
+    pub chart: String,
+    /// Chart size in pixels, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1200x600", value_parser = parse_size)]
+    pub size: (u32, u32),
     /// Key x interval cells held at most (memory: about 64 bytes each).
     #[arg(long, default_value_t = 8_000_000)]
     pub max_cells: usize,
@@ -67,17 +74,35 @@ pub struct Summary {
 pub enum Format {
     Json,
     Csv,
+    Svg,
+    Png,
 }
 
 pub fn format_of(path: &std::path::Path) -> Result<Format, String> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("json") => Ok(Format::Json),
         Some("csv") => Ok(Format::Csv),
+        Some("svg") => Ok(Format::Svg),
+        Some("png") => Ok(Format::Png),
         _ => Err(format!(
-            "{}: the extension says the format: .json or .csv",
+            "{}: the extension says the format: .json, .csv, .svg or .png",
             path.display()
         )),
     }
+}
+
+/// `1200x600` -> (1200, 600), each side 100 to 8000 pixels.
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("{s}: WIDTHxHEIGHT, e.g. 1200x600"))?;
+    let side = |v: &str| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|v| (100..=8000).contains(v))
+            .ok_or_else(|| format!("{s}: each side 100 to 8000 pixels"))
+    };
+    Ok((side(w)?, side(h)?))
 }
 
 pub fn run(args: &TimeseriesArgs) -> anyhow::Result<Summary> {
@@ -119,8 +144,14 @@ pub fn run(args: &TimeseriesArgs) -> anyhow::Result<Summary> {
         output::write_json(&set, &mut out).map_err(super::stdout_error)?;
         out.flush().map_err(super::stdout_error)?;
     }
+    let measure = if args.chart == "packets" {
+        Measure::Packets
+    } else {
+        Measure::Bits
+    };
     for (path, format) in args.outputs.iter().zip(formats) {
-        write_file(&set, path, format).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        write_file(&set, path, format, measure, args.size)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Summary {
@@ -136,18 +167,33 @@ pub fn run(args: &TimeseriesArgs) -> anyhow::Result<Summary> {
 }
 
 /// Written beside the target and renamed: a reader never sees half a file.
-fn write_file(set: &SeriesSet, path: &std::path::Path, format: Format) -> std::io::Result<()> {
-    let part = path.with_extension(format!(
-        "{}.part",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&part)?);
-        match format {
-            Format::Json => output::write_json(set, &mut out)?,
-            Format::Csv => output::write_csv(set, &mut out)?,
+fn write_file(
+    set: &SeriesSet,
+    path: &std::path::Path,
+    format: Format,
+    measure: Measure,
+    size: (u32, u32),
+) -> std::io::Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    // The PNG encoder picks its format by the file's extension: `.part.png`.
+    let part = path.with_extension(format!("part.{ext}"));
+    let chart_error = |e: chart::ChartError| std::io::Error::other(e.to_string());
+    match format {
+        Format::Png => chart::png(set, measure, size, &part).map_err(chart_error)?,
+        _ => {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&part)?);
+            match format {
+                Format::Json => output::write_json(set, &mut out)?,
+                Format::Csv => output::write_csv(set, &mut out)?,
+                Format::Svg => out.write_all(
+                    chart::svg(set, measure, size)
+                        .map_err(chart_error)?
+                        .as_bytes(),
+                )?,
+                Format::Png => {}
+            }
+            out.flush()?;
         }
-        out.flush()?;
     }
     std::fs::rename(&part, path)
 }
