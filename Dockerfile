@@ -9,6 +9,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# The chart font, embedded at compile time (src/analysis/chart.rs).
+COPY assets ./assets
 RUN cargo build --release --locked --bin ipfixsvc \
  && strip target/release/ipfixsvc
 
