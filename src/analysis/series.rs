@@ -132,6 +132,8 @@ pub struct Builder {
     init_times: std::collections::HashMap<String, FxHashMap<u32, u64>>,
     error: Option<SeriesError>,
     scratch: Scratch,
+    /// Key numbers of 16-bit keys by value (`u32::MAX`: not seen yet).
+    small: Vec<u32>,
 }
 
 /// Buffers a flow over several intervals is apportioned in, reused.
@@ -171,6 +173,7 @@ impl Builder {
             init_times: Default::default(),
             error: None,
             scratch: Scratch::default(),
+            small: Vec::new(),
         })
     }
 
@@ -279,28 +282,19 @@ impl Builder {
             return;
         };
         self.placement.by_export_time += u64::from(approximate);
-        let key = match &self.opts.by {
-            None => Key::All,
-            Some(KeySpec::Exporter) => Key::exporter(exporter),
+        let k = match &self.opts.by {
+            None => self.intern(Key::All),
+            Some(KeySpec::Exporter) => self.intern(Key::exporter(exporter)),
             Some(spec) => match cols.key {
-                // Integers, the common keys (ports, protocols), straight from their column.
-                Some((_, Column::U8(c))) => Key::Unsigned(c[r].into()),
-                Some((_, Column::U16(c))) => Key::Unsigned(c[r].into()),
-                Some((_, Column::U32(c))) => Key::Unsigned(c[r].into()),
-                Some((_, Column::U64(c))) => Key::Unsigned(c[r]),
-                Some((f, _)) => Key::of(spec, b, &msg.buf, r, f),
-                None => Key::Absent,
+                // Integers, the common keys (ports, protocols), straight from their column,
+                // and the small ones through a table instead of the map.
+                Some((_, Column::U8(c))) => self.small_key(c[r].into()),
+                Some((_, Column::U16(c))) => self.small_key(c[r]),
+                Some((_, Column::U32(c))) => self.intern(Key::Unsigned(c[r].into())),
+                Some((_, Column::U64(c))) => self.intern(Key::Unsigned(c[r])),
+                Some((f, _)) => self.intern(Key::of(spec, b, &msg.buf, r, f)),
+                None => self.intern(Key::Absent),
             },
-        };
-        let k = match self.keys.get(&key) {
-            Some(k) => *k,
-            None => {
-                let k = self.names.len() as u32;
-                self.keys.insert(key.clone(), k);
-                self.names.push(key);
-                self.key_octets.push(0);
-                k
-            }
         };
         self.totals.octets = self.totals.octets.saturating_add(octets);
         self.totals.packets = self.totals.packets.saturating_add(packets);
@@ -333,6 +327,33 @@ impl Builder {
             self.add(k, *i, scratch.octets[n], scratch.packets[n], f);
         }
         self.scratch = scratch;
+    }
+
+    /// The key's number (a new one for a key not seen before).
+    fn intern(&mut self, key: Key) -> u32 {
+        if let Some(k) = self.keys.get(&key) {
+            return *k;
+        }
+        let k = self.names.len() as u32;
+        self.keys.insert(key.clone(), k);
+        self.names.push(key);
+        self.key_octets.push(0);
+        k
+    }
+
+    /// A 16-bit key's number, through a table (256 KiB, made on first use).
+    fn small_key(&mut self, v: u16) -> u32 {
+        if self.small.is_empty() {
+            self.small = vec![u32::MAX; 1 << 16];
+        }
+        match self.small[v as usize] {
+            u32::MAX => {
+                let k = self.intern(Key::Unsigned(v.into()));
+                self.small[v as usize] = k;
+                k
+            }
+            k => k,
+        }
     }
 
     fn index(&self, t_ms: i64) -> i64 {
@@ -455,6 +476,28 @@ pub fn apportion_into(value: u64, parts: &[(i64, u64)], total: u64, out: &mut Ve
         }
         return;
     }
+    // Two parts, the usual flow over one boundary: one division. The second part's product is
+    // value x total less the first's, so its quotient and remainder follow from the first's.
+    if let [(_, w0), _] = parts
+        && let Some(x0) = value.checked_mul(*w0)
+    {
+        let (mut q0, r0) = (x0 / total, x0 % total);
+        let (mut q1, r1) = if r0 == 0 {
+            (value - q0, 0)
+        } else {
+            (value - q0 - 1, total - r0)
+        };
+        // One unit is left when r0 > 0: to the larger remainder, the first on a tie.
+        if r0 > 0 {
+            if r0 >= r1 {
+                q0 += 1;
+            } else {
+                q1 += 1;
+            }
+        }
+        out.extend([q0, q1]);
+        return;
+    }
     let mut given = 0u64;
     // Remainders are needed again only for the units left over; kept in a small array when
     // the parts are few.
@@ -464,14 +507,21 @@ pub fn apportion_into(value: u64, parts: &[(i64, u64)], total: u64, out: &mut Ve
     if !small {
         rems_large.reserve(parts.len());
     }
+    // The parts between the first and the last are whole intervals, of one weight: their
+    // quotient and remainder are the same, worked out once.
+    let mut last: Option<(u64, u64, u64)> = None;
     for (n, (_, w)) in parts.iter().enumerate() {
-        let (q, rem) = match value.checked_mul(*w) {
-            Some(x) => (x / total, x % total),
-            None => {
-                let x = value as u128 * *w as u128;
-                ((x / total as u128) as u64, (x % total as u128) as u64)
-            }
+        let (q, rem) = match last {
+            Some((lw, q, rem)) if lw == *w => (q, rem),
+            _ => match value.checked_mul(*w) {
+                Some(x) => (x / total, x % total),
+                None => {
+                    let x = value as u128 * *w as u128;
+                    ((x / total as u128) as u64, (x % total as u128) as u64)
+                }
+            },
         };
+        last = Some((*w, q, rem));
         out.push(q);
         given += q;
         if small {
