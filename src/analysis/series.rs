@@ -61,7 +61,17 @@ pub enum SeriesError {
         "more than {0} key x interval cells: use a larger --interval or a key with fewer values"
     )]
     TooManyCells(usize),
+    #[error(
+        "a flow spans more than {0} intervals (a record with a far-off end?): use a larger --interval"
+    )]
+    FlowTooLong(u64),
 }
+
+/// Templates whose roles are remembered at once.
+const MAX_ROLES: usize = 4096;
+
+/// Intervals one flow may span: its parts are worked out one by one.
+pub const MAX_FLOW_INTERVALS: u64 = 100_000;
 
 /// Octets, packets and flows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -193,6 +203,11 @@ impl Builder {
             let roles = match self.roles.get(&id) {
                 Some((_, r)) => r.clone(),
                 None => {
+                    // An input that redefines its templates all the time must not keep every
+                    // plan alive: past a bound, the roles are worked out again.
+                    if self.roles.len() >= MAX_ROLES {
+                        self.roles.clear();
+                    }
                     let r = std::sync::Arc::new(self.roles_of(b));
                     self.roles.insert(id, (b.plan.clone(), r.clone()));
                     r
@@ -281,6 +296,13 @@ impl Builder {
             self.totals.untimed += 1;
             return;
         };
+        // Times chrono cannot show (beyond year 262,000 or so) cannot be an interval's start.
+        if chrono::DateTime::from_timestamp_millis(start).is_none()
+            || chrono::DateTime::from_timestamp_millis(end).is_none()
+        {
+            self.totals.untimed += 1;
+            return;
+        }
         self.placement.by_export_time += u64::from(approximate);
         let k = match &self.opts.by {
             None => self.intern(Key::All),
@@ -301,7 +323,14 @@ impl Builder {
         self.totals.flows = self.totals.flows.saturating_add(flows);
         self.key_octets[k as usize] = self.key_octets[k as usize].saturating_add(octets);
         let end = end.max(start);
-        let (i0, i1) = (self.index(start), self.index(end));
+        // An end exactly on a boundary is the end of the interval before it: nothing of the
+        // flow is in the next one.
+        let i0 = self.index(start);
+        let i1 = if end > start { self.index(end - 1) } else { i0 };
+        if (i1 - i0) as u64 >= MAX_FLOW_INTERVALS {
+            self.error = Some(SeriesError::FlowTooLong(MAX_FLOW_INTERVALS));
+            return;
+        }
         if !self.widen(i0, i1) {
             return;
         }
@@ -397,6 +426,15 @@ impl Builder {
             _ => (0, -1),
         };
         let n = (last - first + 1).max(0) as usize;
+        // The dense series are intervals x series cells: bounded as the sparse ones are.
+        let wanted = if self.opts.by.is_none() {
+            1
+        } else {
+            self.opts.top.min(self.names.len()) + 1
+        };
+        if n.saturating_mul(wanted) > self.opts.max_cells {
+            return Err(SeriesError::TooManyCells(self.opts.max_cells));
+        }
         let mut order: Vec<u32> = (0..self.names.len() as u32).collect();
         order.sort_by(|a, b| {
             self.key_octets[*b as usize]
@@ -424,9 +462,9 @@ impl Builder {
         for ((k, i), c) in self.cells {
             let s = &mut series[slot[k as usize]];
             let at = (i - first) as usize;
-            s.octets[at] += c.octets;
-            s.packets[at] += c.packets;
-            s.flows[at] += c.flows;
+            s.octets[at] = s.octets[at].saturating_add(c.octets);
+            s.packets[at] = s.packets[at].saturating_add(c.packets);
+            s.flows[at] = s.flows[at].saturating_add(c.flows);
         }
         Ok(SeriesSet {
             interval_secs: self.opts.interval_secs,
@@ -556,9 +594,14 @@ pub fn apportion_into(value: u64, parts: &[(i64, u64)], total: u64, out: &mut Ve
         }
         return;
     }
+    // The `left` largest remainders (earliest first on ties), found without a full sort.
     let mut order: Vec<usize> = (0..rems.len()).collect();
-    order.sort_by(|a, b| rems[*b].cmp(&rems[*a]).then(a.cmp(b)));
-    for n in order.into_iter().take(left as usize) {
+    let by_remainder = |a: &usize, b: &usize| rems[*b].cmp(&rems[*a]).then(a.cmp(b));
+    let left = left as usize;
+    if left < order.len() {
+        order.select_nth_unstable_by(left, by_remainder);
+    }
+    for n in order.into_iter().take(left) {
         out[n] += 1;
     }
 }
@@ -782,11 +825,23 @@ mod tests {
             ..Options::default()
         })
         .expect("options");
-        // 1970 to 2026 at 60 s: 29 million intervals.
-        for m in messages(&[(1, 5, 1, 0, 0, Some((0, 1_764_500_000_000)))]) {
+        // Two instant flows, 1970 and 2026, at 60 s: 29 million intervals apart.
+        for m in messages(&[
+            (1, 5, 1, 0, 0, Some((0, 0))),
+            (1, 5, 1, 0, 0, Some((1_764_500_000_000, 1_764_500_000_000))),
+        ]) {
             b.message("x", &m);
         }
         assert_eq!(b.finish(), Err(SeriesError::TooManyIntervals(1000)));
+        // One flow from 1970 to 2026: refused before its parts are worked out one by one.
+        let mut b = Builder::new(Options::default()).expect("options");
+        for m in messages(&[(1, 5, 1, 0, 0, Some((0, 1_764_500_000_000)))]) {
+            b.message("x", &m);
+        }
+        assert_eq!(
+            b.finish(),
+            Err(SeriesError::FlowTooLong(MAX_FLOW_INTERVALS))
+        );
         assert_eq!(
             Builder::new(Options {
                 interval_secs: 0,
@@ -795,6 +850,103 @@ mod tests {
             .err(),
             Some(SeriesError::Interval(0))
         );
+    }
+
+    #[test]
+    fn a_flow_ending_on_a_boundary_takes_no_interval_after_it() {
+        let set = build(
+            &[(1, 9, 3, 0, 0, Some((30_000, 60_000)))],
+            Options::default(),
+        );
+        assert_eq!(set.intervals, 1);
+        assert_eq!(set.series[0].octets, vec![9]);
+    }
+
+    #[test]
+    fn netflow_v9_uptimes_that_wrapped_are_placed_before_the_export() {
+        let reg = Registry::builtin();
+        let t = Template::data(
+            256,
+            vec![
+                FieldSpec::new(1, 0, 8),
+                FieldSpec::new(22, 0, 4),
+                FieldSpec::new(21, 0, 4),
+            ],
+        );
+        let plan = Plan::compile(t.clone(), &reg);
+        let mut mb = MessageBuilder::new(1, 65535);
+        mb.add_template(&t).expect("template");
+        // Started 4,294,000,000 ms of uptime, ended at 500: the uptime wrapped in between.
+        mb.add_record(
+            &plan,
+            &[
+                FieldValue::Unsigned(10),
+                FieldValue::Unsigned(4_294_000_000),
+                FieldValue::Unsigned(500),
+            ],
+        )
+        .expect("record");
+        mb.flush();
+        let mut d = Decoder::new(reg, DecoderOptions::default());
+        let mut msg = d
+            .decode(bytes::Bytes::from(mb.take_ready().remove(0)))
+            .expect("decodes");
+        // As NetFlow v9's header says: uptime 1,000 ms at export time 1,000,000 s.
+        msg.header.export_time = 1_000_000;
+        msg.header.sys_uptime_ms = Some(1_000);
+        let mut b = Builder::new(Options {
+            interval_secs: 3600,
+            ..Options::default()
+        })
+        .expect("options");
+        b.message("x", &msg);
+        let set = b.finish().expect("series");
+        // Ended 0.5 s before the export, started 967,796 ms before the end: within the hour
+        // before the export, not 49.7 days after it.
+        let export = 1_000_000i64;
+        let starts: Vec<i64> = set.starts().collect();
+        assert!(
+            starts
+                .iter()
+                .all(|s| *s <= export && *s > export - 2 * 3600),
+            "{starts:?}"
+        );
+        assert_eq!(set.sums().octets, 10);
+    }
+
+    #[test]
+    fn the_dense_series_are_bounded_and_other_saturates() {
+        let reg = Registry::builtin();
+        // Two flows 10,000 minutes apart, 50 ports, top 40: 10,001 intervals x 41 series.
+        let mut flows: Vec<Flow> = (0..50u16).map(|p| (p, 1, 1, 0, 0, Some((0, 0)))).collect();
+        flows.push((1, 1, 1, 0, 0, Some((600_000_000, 600_000_000))));
+        let mut b = Builder::new(Options {
+            by: port_key(&reg),
+            top: 40,
+            max_cells: 100_000,
+            ..Options::default()
+        })
+        .expect("options");
+        for m in messages(&flows) {
+            b.message("x", &m);
+        }
+        assert_eq!(b.finish(), Err(SeriesError::TooManyCells(100_000)));
+        // Three ports of 2^63 octets each in one interval, two of them in `other`.
+        let big = 1u64 << 63;
+        let set = build(
+            &[
+                (1, big, 1, 0, 0, Some((0, 0))),
+                (2, big, 1, 0, 0, Some((0, 0))),
+                (3, big, 1, 0, 0, Some((0, 0))),
+            ],
+            Options {
+                by: port_key(&reg),
+                top: 1,
+                ..Options::default()
+            },
+        );
+        assert_eq!(set.series[1].key, "other");
+        assert_eq!(set.series[1].octets, vec![u64::MAX]);
     }
 
     #[test]

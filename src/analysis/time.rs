@@ -143,7 +143,8 @@ impl TimeCols<'_> {
         }
         let export = h.export_time as i64 * 1000;
         let duration = match (start, end) {
-            (Some(s), Some(e)) => (e - s).max(0),
+            // 32-bit uptimes wrap: the duration is their difference modulo 2^32.
+            (Some(s), Some(e)) => i64::from((e as u32).wrapping_sub(s as u32)),
             _ => 0,
         };
         Some(FlowTimes {
@@ -176,7 +177,11 @@ fn time_ms(
             match (init, h.sys_uptime_ms) {
                 (Some(init), _) => Some(i64::try_from(init).ok()?.saturating_add(v)),
                 // NetFlow v9 (RFC 3954): the header's uptime was at the export time.
-                (None, Some(up)) => Some(h.export_time as i64 * 1000 - (up as i64 - v)),
+                // Both are 32-bit milliseconds that wrap after 49.7 days: the flow's time
+                // before the export is their difference modulo 2^32.
+                (None, Some(up)) => {
+                    Some(h.export_time as i64 * 1000 - i64::from(up.wrapping_sub(v as u32)))
+                }
                 (None, None) => None,
             }
         }
