@@ -227,7 +227,7 @@ pub async fn call<T: Send + 'static>(
     use tracing::Instrument;
     let started = std::time::Instant::now();
     let method = ask.method;
-    let result = if crate::telemetry::current_traceparent().is_empty() {
+    let result = if !crate::telemetry::in_trace() {
         ractor::call_t!(directory, ask.plain, timeout_ms)
     } else {
         let span = tracing::info_span!(

@@ -118,21 +118,24 @@ impl Actor for TelemetrySampler {
         msg: SamplerMsg,
         state: &mut SamplerState,
     ) -> Result<(), ActorProcessingErr> {
-        let started = Instant::now();
-        match msg {
-            SamplerMsg::Tick => state.sample().await,
-            SamplerMsg::Sample(reply) => {
-                // Scrapes in a burst share one sample.
-                if state
-                    .last_sample
-                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(200))
-                {
-                    state.sample().await;
+        // Busy time as every actor's: its polls, not its waits for the actors it asks.
+        ActorKind::TelemetrySampler
+            .timed(async move {
+                match msg {
+                    SamplerMsg::Tick => state.sample().await,
+                    SamplerMsg::Sample(reply) => {
+                        // Scrapes in a burst share one sample.
+                        if state
+                            .last_sample
+                            .is_none_or(|t| t.elapsed() >= Duration::from_millis(200))
+                        {
+                            state.sample().await;
+                        }
+                        let _ = reply.send(());
+                    }
                 }
-                let _ = reply.send(());
-            }
-        }
-        ActorKind::TelemetrySampler.handled(started);
+            })
+            .await;
         Ok(())
     }
 }

@@ -144,6 +144,8 @@ pub struct Builder {
     scratch: Scratch,
     /// Key numbers of 16-bit keys by value (`u32::MAX`: not seen yet).
     small: Vec<u32>,
+    /// `@exporter`: the key number of the message being read, once a record needed it.
+    exporter_key: Option<u32>,
 }
 
 /// Buffers a flow over several intervals is apportioned in, reused.
@@ -184,6 +186,7 @@ impl Builder {
             error: None,
             scratch: Scratch::default(),
             small: Vec::new(),
+            exporter_key: None,
         })
     }
 
@@ -193,6 +196,7 @@ impl Builder {
             return;
         }
         let domain = msg.header.observation_domain;
+        self.exporter_key = None;
         for b in &msg.batches {
             if b.plan.template.kind == TemplateKind::Options {
                 self.learn_init_time(exporter, domain, b);
@@ -306,7 +310,15 @@ impl Builder {
         self.placement.by_export_time += u64::from(approximate);
         let k = match &self.opts.by {
             None => self.intern(Key::All),
-            Some(KeySpec::Exporter) => self.intern(Key::exporter(exporter)),
+            // One exporter per message: its key is worked out once.
+            Some(KeySpec::Exporter) => match self.exporter_key {
+                Some(k) => k,
+                None => {
+                    let k = self.intern(Key::exporter(exporter));
+                    self.exporter_key = Some(k);
+                    k
+                }
+            },
             Some(spec) => match cols.key {
                 // Integers, the common keys (ports, protocols), straight from their column,
                 // and the small ones through a table instead of the map.

@@ -317,10 +317,6 @@ impl Busy {
     pub fn add(&self, d: std::time::Duration) {
         self.0.fetch_add(d.as_nanos() as u64, Relaxed);
     }
-
-    pub fn add_since(&self, t: Instant) {
-        self.add(t.elapsed());
-    }
 }
 
 /// The actors whose messages and busy time are counted, by kind.

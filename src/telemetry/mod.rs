@@ -252,6 +252,18 @@ pub fn config_version(settings: &Settings) -> String {
     format!("{h:016x}")
 }
 
+/// Whether the current span is in a trace (what `current_traceparent` would give, without
+/// formatting it).
+pub fn in_trace() -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .is_valid()
+}
+
 /// W3C Trace Context (`traceparent`) of the current span, to send with a request to another
 /// node; empty when there is no trace (telemetry off, or no span of ours is current). A trace
 /// that is not sampled has one too: its flag tells the other node not to sample either.
