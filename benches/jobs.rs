@@ -34,6 +34,7 @@ async fn run() {
         retention,
         node: "bench".into(),
         config_version: "bench".into(),
+        max_series_cells: 2_000_000,
     };
     let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
         .await
@@ -43,6 +44,7 @@ async fn run() {
         tenant: "bench".into(),
         inputs: vec![input.display().to_string()],
         options: JobOptions::default(),
+        ..JobSpec::default()
     };
     let mut inside = Vec::with_capacity(JOBS);
     let mut outside = Vec::with_capacity(JOBS);

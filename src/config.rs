@@ -115,6 +115,9 @@ pub struct JobsSettings {
     pub queue: usize,
     /// Job records are kept this long after their last change.
     pub retention_secs: u64,
+    /// Key x interval cells one time-series job may hold (about 64 bytes each); a job that
+    /// would need more fails and says so.
+    pub max_series_cells: usize,
 }
 
 impl Default for JobsSettings {
@@ -125,6 +128,7 @@ impl Default for JobsSettings {
                 .unwrap_or(1),
             queue: 64,
             retention_secs: 7 * 86_400,
+            max_series_cells: 2_000_000,
         }
     }
 }
@@ -686,8 +690,13 @@ impl Settings {
         if !self.cluster.advertise.is_empty() {
             check_advertise("cluster.advertise", &self.cluster.advertise)?;
         }
-        if self.jobs.workers == 0 || self.jobs.retention_secs == 0 {
-            return bad("jobs.workers and jobs.retention_secs must be positive");
+        if self.jobs.workers == 0
+            || self.jobs.retention_secs == 0
+            || self.jobs.max_series_cells == 0
+        {
+            return bad(
+                "jobs.workers, jobs.retention_secs and jobs.max_series_cells must be positive",
+            );
         }
         if self.storage.dir.is_empty() {
             return bad("storage.dir must be set");

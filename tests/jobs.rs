@@ -5,7 +5,9 @@ mod common;
 
 use common::redis_server::RedisServer;
 use ipfixsvc::actors::jobs::{CancelError, Cancelled, JobArgs, JobMsg, JobSupervisor, SubmitError};
-use ipfixsvc::store::jobs::{JobId, JobOptions, JobRecord, JobSpec, JobState, JobStore};
+use ipfixsvc::store::jobs::{
+    JobId, JobOptions, JobRecord, JobSpec, JobState, JobStore, TimeSeriesOptions,
+};
 use ractor::ActorRef;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +37,7 @@ fn spec(inputs: Vec<String>) -> JobSpec {
         tenant: TENANT.into(),
         inputs,
         options: JobOptions::default(),
+        ..JobSpec::default()
     }
 }
 
@@ -59,6 +62,7 @@ async fn supervisor(
         retention: RETENTION,
         node: node.into(),
         config_version: "test".into(),
+        max_series_cells: 2_000_000,
     };
     // Unnamed: names are process-wide, and a test may run several "nodes".
     let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
@@ -506,4 +510,205 @@ async fn drain_cancels_queued_and_running_jobs_and_refuses_new_ones() {
         Err(SubmitError::Draining)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn series_spec(after: Option<JobId>, inputs: Vec<String>) -> JobSpec {
+    JobSpec {
+        tenant: TENANT.into(),
+        inputs,
+        time_series: Some(TimeSeriesOptions {
+            by: Some("destinationTransportPort".into()),
+            ..TimeSeriesOptions::default()
+        }),
+        after,
+        ..JobSpec::default()
+    }
+}
+
+/// `ipfixsvc timeseries` of the same input with the same options: the job's JSON must be it.
+fn timeseries_cli(input: &Path, out: &Path) -> Vec<u8> {
+    let o = Command::new(BIN)
+        .arg("timeseries")
+        .arg(input)
+        .args(["--by", "destinationTransportPort", "-o"])
+        .arg(out)
+        .output()
+        .expect("timeseries");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(out).expect("cli json")
+}
+
+/// One worker: a time series submitted after a conversion waits without holding the worker
+/// (else the two would deadlock), then takes the conversion's result; its files are what the
+/// CLI makes of that result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_series_after_a_conversion_takes_its_result() {
+    let dir = temp_dir("after");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 1, 4, "node-a").await;
+    let conv = submit(&sup, spec(vec![capture("http.pcap")]))
+        .await
+        .expect("conversion accepted");
+    let ts = submit(&sup, series_spec(Some(conv), Vec::new()))
+        .await
+        .expect("time series accepted");
+    let waiting = get(&sup, ts).await.expect("known");
+    assert_eq!(waiting.kind, "time_series");
+    assert_eq!(waiting.after, Some(conv));
+    let c = wait_for(&sup, conv, JobState::Succeeded).await;
+    let r = wait_for(&sup, ts, JobState::Succeeded).await;
+    let artifact = c.artifact.clone().expect("conversion result");
+    assert_eq!(r.inputs, vec![artifact.clone()]);
+    let folder = dir.join("jobs").join(ts.to_string());
+    assert_eq!(
+        r.files,
+        ["series.json", "series.csv", "series.svg", "series.png"]
+    );
+    for f in &r.files {
+        assert!(folder.join(f).is_file(), "{f}");
+    }
+    let json = std::fs::read(folder.join("series.json")).expect("json");
+    assert_eq!(std::fs::read(folder.join("result")).expect("result"), json);
+    assert_eq!(
+        json,
+        timeseries_cli(Path::new(&artifact), &dir.join("cli.json"))
+    );
+    // The summary adds up to the conversion's totals (every key and `other`).
+    let s = r.series.expect("summary");
+    let summary = c.summary.expect("conversion summary");
+    assert_eq!(
+        (s.octets, s.packets, s.flows, s.untimed),
+        (summary.octets, summary.metered_packets, summary.flows, 0)
+    );
+    assert_eq!(s.records, summary.flows);
+    assert!(s.keys.len() <= 11 && !s.keys.is_empty(), "{:?}", s.keys);
+    assert_eq!(r.progress.bytes_read, r.progress.bytes_total);
+    assert_eq!(r.progress.flows, s.records);
+}
+
+/// A time series that follows a job that does not succeed fails, saying which and how; one
+/// waiting is cancelled at once; a job it follows known only to the store (another node's) is
+/// found there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_series_after_a_job_that_fails_fails_and_waits_are_cancellable() {
+    let dir = temp_dir("after-fails");
+    let store = Arc::new(JobStore::memory(RETENTION));
+    let args = JobArgs {
+        store: store.clone(),
+        storage_dir: dir.clone(),
+        workers: 1,
+        queue: 8,
+        retention: RETENTION,
+        node: "node-a".into(),
+        config_version: "test".into(),
+        max_series_cells: 2_000_000,
+    };
+    let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
+        .await
+        .expect("job supervisor starts");
+    // The worker is held by a long job; B waits behind it in the queue.
+    let long = submit(&sup, long_spec()).await.expect("long");
+    wait_for(&sup, long, JobState::Running).await;
+    let b = submit(&sup, spec(vec![capture("ntp.pcap")]))
+        .await
+        .expect("b");
+    let after_b = submit(&sup, series_spec(Some(b), Vec::new()))
+        .await
+        .expect("after b");
+    let after_b2 = submit(&sup, series_spec(Some(b), Vec::new()))
+        .await
+        .expect("after b, again");
+    // A waiting job is cancelled at once, like a queued one.
+    let c = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), after_b2).expect("answer");
+    assert_eq!(c, Ok(Cancelled::Cancelled));
+    assert_eq!(
+        get(&sup, after_b2).await.expect("known").state,
+        JobState::Cancelled
+    );
+    // B is cancelled while queued: the job after it fails, naming it.
+    let c = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), b).expect("answer");
+    assert_eq!(c, Ok(Cancelled::Cancelled));
+    let failed = wait_for(&sup, after_b, JobState::Failed).await;
+    let e = failed.error.expect("why");
+    assert!(e.contains(&b.to_string()) && e.contains("cancelled"), "{e}");
+
+    // Another node's conversion, known only by its record in the shared store: the job
+    // after it finds it there once it ends.
+    let theirs = JobId::new();
+    let mut rec = JobRecord::queued(theirs, &spec(vec![capture("ntp.pcap")]), "node-b");
+    rec.state = JobState::Running;
+    store.put(&rec).await.expect("put");
+    let after_theirs = submit(&sup, series_spec(Some(theirs), Vec::new()))
+        .await
+        .expect("after theirs");
+    // Their result: an IPFIX file the CLI converts.
+    let result = dir.join("theirs.ipfix");
+    let o = Command::new(BIN)
+        .args(["convert", "--quiet", "-o"])
+        .arg(&result)
+        .arg(capture("http.pcap"))
+        .output()
+        .expect("convert");
+    assert!(o.status.success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        get(&sup, after_theirs).await.expect("known").state,
+        JobState::Queued,
+        "it waits while theirs runs"
+    );
+    rec.state = JobState::Succeeded;
+    rec.artifact = Some(result.display().to_string());
+    store.put(&rec).await.expect("put");
+    // Its worker is still held by the long job: it joins the queue, then runs once that ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&sup, after_theirs)
+        .await
+        .expect("known")
+        .inputs
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the store's answer was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), long).expect("answer");
+    assert_eq!(c, Ok(Cancelled::Cancelling));
+    let r = wait_for(&sup, after_theirs, JobState::Succeeded).await;
+    assert_eq!(r.inputs, vec![result.display().to_string()]);
+    // A job that follows one whose record is gone fails.
+    let gone = submit(&sup, series_spec(Some(JobId::new()), Vec::new()))
+        .await
+        .expect("after nothing");
+    let failed = wait_for(&sup, gone, JobState::Failed).await;
+    assert!(failed.error.expect("why").contains("is gone"));
+}
+
+/// Options no series can be made with are refused at submit, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_time_series_options_are_refused() {
+    let dir = temp_dir("series-bad");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 1, 4, "node-a").await;
+    let mut s = series_spec(None, vec![capture("http.pcap")]);
+    s.time_series = Some(TimeSeriesOptions {
+        by: Some("nonsense".into()),
+        ..TimeSeriesOptions::default()
+    });
+    match submit(&sup, s).await {
+        Err(SubmitError::Invalid(e)) => assert!(e.starts_with("by "), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // An input that is not IPFIX or a capture fails the job, saying so.
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not flows").expect("write");
+    let id = submit(&sup, series_spec(None, vec![text.display().to_string()]))
+        .await
+        .expect("accepted");
+    let r = wait_for(&sup, id, JobState::Failed).await;
+    let e = r.error.expect("why");
+    assert!(
+        e.contains("none of the 1 inputs") && e.contains("neither an IPFIX file nor a capture"),
+        "{e}"
+    );
+    assert!(!dir.join("jobs").join(id.to_string()).exists());
 }

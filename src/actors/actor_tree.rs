@@ -13,8 +13,8 @@ use super::collector::session::SessionMsg;
 use super::collector::tcp::TcpListenerMsg;
 use super::collector::udp::UdpListenerMsg;
 use super::directory::DirectoryMsg;
-use super::jobs::conversion::ConversionMsg;
 use super::jobs::directory::JobDirectoryMsg;
+use super::jobs::runner::{RunMsg, TIME_SERIES_PREFIX};
 use super::jobs::{JobMsg, JobSupervisorStatus};
 use super::mediator::stream::StreamMsg;
 use super::mediator::{MediatorMsg, StreamState};
@@ -40,6 +40,13 @@ fn kind(cell: &ActorCell, in_cluster_server: bool) -> &'static str {
         // ractor_cluster's stand-in for a peer's actor (a process group member over there).
         return "proxy of a peer's actor";
     }
+    // The job actors share one message type: their names tell them apart.
+    if cell.is_message_type_of::<RunMsg>() == Some(true) {
+        return match cell.get_name() {
+            Some(n) if n.starts_with(TIME_SERIES_PREFIX) => "TimeSeriesJob",
+            _ => "PcapConversionJob",
+        };
+    }
     macro_rules! by_message {
         ($($msg:ty => $kind:literal),* $(,)?) => {
             $(if cell.is_message_type_of::<$msg>() == Some(true) { return $kind; })*
@@ -58,7 +65,6 @@ fn kind(cell: &ActorCell, in_cluster_server: bool) -> &'static str {
         SessionMsg => "ExporterSession",
         JobMsg => "JobSupervisor",
         JobDirectoryMsg => "JobDirectory",
-        ConversionMsg => "PcapConversionJob",
         MediatorMsg => "MediatorSupervisor",
         StreamMsg => "ExportStream",
     );

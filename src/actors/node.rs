@@ -283,6 +283,7 @@ impl Actor for NodeSupervisor {
                 retention,
                 node: args.settings.node.name.clone(),
                 config_version: config_version.clone(),
+                max_series_cells: js.max_series_cells,
             };
             let (j, _) = Actor::spawn_linked(
                 Some(JOB_SUPERVISOR.into()),

@@ -74,3 +74,57 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 }
+
+/// The output formats, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+    Svg,
+    Png,
+}
+
+pub fn format_of(path: &std::path::Path) -> Result<Format, String> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv),
+        Some("svg") => Ok(Format::Svg),
+        Some("png") => Ok(Format::Png),
+        _ => Err(format!(
+            "{}: the extension says the format: .json, .csv, .svg or .png",
+            path.display()
+        )),
+    }
+}
+
+/// Written beside the target and renamed: a reader never sees half a file.
+pub fn write_file(
+    set: &SeriesSet,
+    path: &std::path::Path,
+    format: Format,
+    measure: super::chart::Measure,
+    size: (u32, u32),
+) -> std::io::Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    // The PNG encoder picks its format by the file's extension: `.part.png`.
+    let part = path.with_extension(format!("part.{ext}"));
+    let chart_error = |e: super::chart::ChartError| std::io::Error::other(e.to_string());
+    match format {
+        Format::Png => super::chart::png(set, measure, size, &part).map_err(chart_error)?,
+        _ => {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&part)?);
+            match format {
+                Format::Json => write_json(set, &mut out)?,
+                Format::Csv => write_csv(set, &mut out)?,
+                Format::Svg => out.write_all(
+                    super::chart::svg(set, measure, size)
+                        .map_err(chart_error)?
+                        .as_bytes(),
+                )?,
+                Format::Png => {}
+            }
+            out.flush()?;
+        }
+    }
+    std::fs::rename(&part, path)
+}

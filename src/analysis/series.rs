@@ -54,15 +54,13 @@ pub enum SeriesError {
     #[error("the interval must be between 1 second and 1 day, not {0} s")]
     Interval(u64),
     #[error(
-        "more than {0} intervals from the first flow to the last (a record with a far-off time?): use a larger --interval"
+        "more than {0} intervals from the first flow to the last (a record with a far-off time?): use a larger interval"
     )]
     TooManyIntervals(u64),
-    #[error(
-        "more than {0} key x interval cells: use a larger --interval or a key with fewer values"
-    )]
+    #[error("more than {0} key x interval cells: use a larger interval or a key with fewer values")]
     TooManyCells(usize),
     #[error(
-        "a flow spans more than {0} intervals (a record with a far-off end?): use a larger --interval"
+        "a flow spans more than {0} intervals (a record with a far-off end?): use a larger interval"
     )]
     FlowTooLong(u64),
 }

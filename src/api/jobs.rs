@@ -1,15 +1,18 @@
-//! Conversion jobs over HTTP: a capture uploaded as the request body (streamed to
-//! `<storage.dir>/uploads/{tenant}/`, never held in memory) becomes a job of the JobSupervisor;
-//! its record, list, cancel and result. Job inputs come only from the tenant's upload folder.
+//! Jobs over HTTP. A conversion: a capture uploaded as the request body (streamed to
+//! `<storage.dir>/uploads/{tenant}/`, never held in memory). A time series: an uploaded IPFIX
+//! file or capture of export traffic, or (a JSON body) an earlier conversion's result, now or
+//! `after` it ends. Each becomes a job of the JobSupervisor; then its record, list, cancel and
+//! result. Job inputs come only from the tenant's upload folder and its own jobs' results.
 //!
 //! The result is served by warp's file server from `<storage.dir>/jobs/{id}/result` (a hard
-//! link the job makes to `result.ipfix`), so it streams with `Range` support, after the job is
-//! found to be this tenant's and to have succeeded.
+//! link the job makes to `result.ipfix` or `series.json`), so it streams with `Range` support,
+//! after the job is found to be this tenant's and to have succeeded; a time series' other files
+//! (`series.csv`, `.svg`, `.png`) likewise at `.../jobs/{id}/{file}`.
 
 use super::problem::{self, Problem};
 use super::routes::Ctx;
 use crate::actors::jobs::{CancelError, Cancelled, JOB_SUPERVISOR, JobMsg, SubmitError};
-use crate::store::jobs::{JobOptions, JobSpec};
+use crate::store::jobs::{JobOptions, JobSpec, KIND_PCAP_CONVERSION, TimeSeriesOptions};
 use crate::store::{JobId, JobRecord, JobState};
 use bytes::Buf;
 use futures_util::{Stream, StreamExt};
@@ -57,6 +60,21 @@ pub struct JobList {
     pub next_before: Option<JobId>,
 }
 
+/// A time-series job over an earlier conversion's result (`POST .../jobs/time-series` with
+/// `Content-Type: application/json`): `input` or `after`, one of them.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSeriesRequest {
+    /// A conversion job of this tenant that has succeeded: its result is the input.
+    input: Option<JobId>,
+    /// A conversion job of this tenant: this job waits (queued) until it ends, then takes its
+    /// result, or fails if it did not succeed.
+    after: Option<JobId>,
+    /// The series' options (the defaults are `ipfixsvc timeseries`'s).
+    #[serde(default)]
+    options: TimeSeriesOptions,
+}
+
 fn jobs() -> Result<ActorRef<JobMsg>, Rejection> {
     ractor::registry::where_is(JOB_SUPERVISOR)
         .map(ActorRef::from)
@@ -84,6 +102,7 @@ pub fn routes(
     let jobs = || warp::path!("api" / "v1" / "tenants" / String / "jobs" / ..);
     let auth = move || super::tenants::authorized(ctx.clone());
     let upload_dir = storage.join("uploads");
+    let series_uploads = upload_dir.clone();
     let submit = jobs()
         .and(warp::path!("pcap-conversion"))
         .and(warp::post())
@@ -94,6 +113,25 @@ pub fn routes(
             let dir = upload_dir.join(&tenant);
             async move { submit(ctx, tenant, q, body, dir, max_upload).await }
         });
+    let series = jobs()
+        .and(warp::path!("time-series"))
+        .and(warp::post())
+        .and(auth())
+        .and(warp::query::<TimeSeriesOptions>())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::stream())
+        .and_then(
+            move |tenant: String, ctx: Ctx, q: TimeSeriesOptions, ct: Option<String>, body| {
+                let dir = series_uploads.join(&tenant);
+                async move {
+                    if is_json(ct.as_deref()) {
+                        submit_series_after(ctx, tenant, q, body).await
+                    } else {
+                        submit_series_upload(ctx, tenant, q, body, dir, max_upload).await
+                    }
+                }
+            },
+        );
     let list = jobs()
         .and(warp::path::end())
         .and(warp::get())
@@ -124,36 +162,48 @@ pub fn routes(
         .and(warp::get())
         .and(warp::path::peek())
         .and_then(|tenant: String, tail: warp::path::Peek| async move {
-            // `{id}/result` only: anything else under the folder is not served.
+            // `{id}/result` and `{id}/{file}`, a file the job's record names: nothing else
+            // under the folder is served.
             match tail.as_str().split_once('/') {
-                Some((id, "result")) => Ok((tenant, id.to_string())),
+                Some((id, file)) if !file.is_empty() && !file.contains('/') => {
+                    Ok((tenant, id.to_string(), file.to_string()))
+                }
                 _ => Err(warp::reject::not_found()),
             }
         })
         .untuple_one()
         .and(auth())
-        .and_then(|tenant: String, id: String, ctx: Ctx| async move {
-            let id = job_id(&tenant, &id)?;
-            let r = record(&ctx, &tenant, id).await?;
-            if r.state != JobState::Succeeded || r.artifact.is_none() {
-                return Err(problem::reject(Problem::not_found(format!(
-                    "job {id} has no result (it is {:?})",
-                    r.state
-                ))));
-            }
-            Ok(())
-        })
-        .untuple_one()
+        .and_then(
+            |tenant: String, id: String, file: String, ctx: Ctx| async move {
+                let id = job_id(&tenant, &id)?;
+                let r = record(&ctx, &tenant, id).await?;
+                if r.state != JobState::Succeeded || r.artifact.is_none() {
+                    return Err(problem::reject(Problem::not_found(format!(
+                        "job {id} has no result (it is {:?})",
+                        r.state
+                    ))));
+                }
+                if file != "result" && !r.files.contains(&file) {
+                    return Err(problem::reject(Problem::not_found(format!(
+                        "job {id} has no file {file:?} (it has result{})",
+                        r.files.iter().map(|f| format!(", {f}")).collect::<String>()
+                    ))));
+                }
+                Ok(content_type(&r.kind, &file))
+            },
+        )
         .and(warp::fs::dir(jobs_dir))
-        .map(|f: warp::fs::File| {
+        .map(|ct: &'static str, f: warp::fs::File| {
             let mut r = f.into_response();
             r.headers_mut().insert(
                 warp::http::header::CONTENT_TYPE,
-                warp::http::HeaderValue::from_static("application/octet-stream"),
+                warp::http::HeaderValue::from_static(ct),
             );
             r
         });
     submit
+        .or(series)
+        .unify()
         .or(list)
         .unify()
         .or(get)
@@ -164,13 +214,28 @@ pub fn routes(
         .unify()
 }
 
-/// `pcap-conversion` is not a job id but the submit route's own path, which, as a concrete
-/// path, wins over the `{job_id}` template (OpenAPI's rule): other methods on it fall through to
-/// that route's 405. Checked before the token, with the rest of the path.
+/// A result file's media type: the JSON, CSV and charts of a time series by their extension,
+/// a conversion's IPFIX as bytes.
+fn content_type(kind: &str, file: &str) -> &'static str {
+    match file.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("json") => "application/json",
+        Some("csv") => "text/csv; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ if kind == KIND_PCAP_CONVERSION => "application/octet-stream",
+        _ => "application/json",
+    }
+}
+
+/// `pcap-conversion` and `time-series` are not job ids but the submit routes' own paths, which,
+/// as concrete paths, win over the `{job_id}` template (OpenAPI's rule): other methods on them
+/// fall through to those routes' 405. Checked before the token, with the rest of the path.
 fn job_path() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::path::full()
         .and_then(|p: warp::path::FullPath| async move {
-            if p.as_str().ends_with("/jobs/pcap-conversion") {
+            if p.as_str().ends_with("/jobs/pcap-conversion")
+                || p.as_str().ends_with("/jobs/time-series")
+            {
                 Err(warp::reject::not_found())
             } else {
                 Ok(())
@@ -293,6 +358,15 @@ fn is_capture(magic: &[u8]) -> bool {
 /// Removes an upload when the request ends without a job taking it.
 struct UploadGuard(Option<PathBuf>);
 
+impl UploadGuard {
+    fn path(&self) -> String {
+        self.0
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
@@ -309,20 +383,250 @@ async fn submit(
     dir: PathBuf,
     max_upload: u64,
 ) -> Result<warp::reply::Response, Rejection> {
-    // The tenant's quotas, checked before a byte is stored.
-    let quotas = super::tenants::tenant(&ctx, &tenant).await?.quotas;
-    // This upload counts as a job from now on: parallel uploads cannot all pass the check.
     let uploading = Uploading::start(&ctx.uploading, &tenant);
+    let quotas = match quota_check(&ctx, &tenant, &uploading).await? {
+        Ok(q) => q,
+        Err(refused) => return Ok(refused),
+    };
+    let mut options = JobOptions::default();
+    options.uniflow = q.uniflow.unwrap_or(options.uniflow);
+    options.idle_timeout_secs = q.idle_timeout.unwrap_or(options.idle_timeout_secs);
+    options.active_timeout_secs = q.active_timeout.unwrap_or(options.active_timeout_secs);
+    options.max_flows = q.max_flows.unwrap_or(options.max_flows);
+    options.domain = q.domain.unwrap_or(options.domain);
+    let (mut guard, written) = store_upload(
+        &ctx,
+        &tenant,
+        body,
+        &dir,
+        max_upload,
+        &quotas,
+        Accept::Capture,
+    )
+    .await?;
+    let spec = JobSpec::conversion(&tenant, vec![guard.path()], options);
+    let answer = submit_spec(&ctx, &tenant, spec, Some(&mut guard)).await;
+    if answer.is_ok() {
+        tracing::info!(%tenant, bytes = written, "capture uploaded: job submitted");
+    }
+    answer
+}
+
+/// A time series of an upload: an IPFIX file or a capture of export traffic, its options in
+/// the query.
+async fn submit_series_upload(
+    ctx: Ctx,
+    tenant: String,
+    options: TimeSeriesOptions,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    dir: PathBuf,
+    max_upload: u64,
+) -> Result<warp::reply::Response, Rejection> {
+    options
+        .check()
+        .map_err(|e| problem::reject(invalid_job(e)))?;
+    let uploading = Uploading::start(&ctx.uploading, &tenant);
+    let quotas = match quota_check(&ctx, &tenant, &uploading).await? {
+        Ok(q) => q,
+        Err(refused) => return Ok(refused),
+    };
+    let (mut guard, written) = store_upload(
+        &ctx,
+        &tenant,
+        body,
+        &dir,
+        max_upload,
+        &quotas,
+        Accept::IpfixOrCapture,
+    )
+    .await?;
+    let spec = JobSpec {
+        tenant: tenant.clone(),
+        inputs: vec![guard.path()],
+        time_series: Some(options),
+        ..JobSpec::default()
+    };
+    let answer = submit_spec(&ctx, &tenant, spec, Some(&mut guard)).await;
+    if answer.is_ok() {
+        tracing::info!(%tenant, bytes = written, "flows uploaded: time-series job submitted");
+    }
+    answer
+}
+
+/// A time series of an earlier conversion's result (a JSON body: `input` or `after`).
+async fn submit_series_after(
+    ctx: Ctx,
+    tenant: String,
+    query: TimeSeriesOptions,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Result<warp::reply::Response, Rejection> {
+    // The tenant first: another tenant's or no tenant is 404, whatever the body.
+    super::tenants::tenant(&ctx, &tenant).await?;
+    if query != TimeSeriesOptions::default() {
+        return Err(problem::reject(invalid_job(
+            "with a JSON body the options go in its `options`, not in the query".into(),
+        )));
+    }
+    let bytes = small_body(body, MAX_REQUEST, ctx.timeout).await?;
+    let req: TimeSeriesRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        problem::reject(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            "The body is not a time-series request",
+            e.to_string(),
+        ))
+    })?;
+    req.options
+        .check()
+        .map_err(|e| problem::reject(invalid_job(e)))?;
+    let (inputs, after) = match (req.input, req.after) {
+        (Some(id), None) => {
+            let r = ipfix_job(&ctx, &tenant, id).await?;
+            match (r.state, r.artifact) {
+                (JobState::Succeeded, Some(a)) => (vec![a], None),
+                (state, _) => {
+                    return Err(problem::reject(not_done(
+                        id,
+                        state,
+                        "give it as `after` to wait for it",
+                    )));
+                }
+            }
+        }
+        (None, Some(id)) => {
+            let r = ipfix_job(&ctx, &tenant, id).await?;
+            match (r.state, r.artifact) {
+                (JobState::Succeeded, Some(a)) => (vec![a], None),
+                (state, _) if state.is_final() => {
+                    return Err(problem::reject(not_done(id, state, "it has no result")));
+                }
+                _ => (Vec::new(), Some(id)),
+            }
+        }
+        _ => {
+            return Err(problem::reject(invalid_job(
+                "give `input` (a conversion job that has succeeded) or `after` (one to wait for), one of them".into(),
+            )));
+        }
+    };
+    let uploading = Uploading::start(&ctx.uploading, &tenant);
+    if let Err(refused) = quota_check(&ctx, &tenant, &uploading).await? {
+        return Ok(refused);
+    }
+    let spec = JobSpec {
+        tenant: tenant.clone(),
+        inputs,
+        time_series: Some(req.options),
+        after,
+        ..JobSpec::default()
+    };
+    submit_spec(&ctx, &tenant, spec, None).await
+}
+
+/// JSON request bodies are small; more is refused (413).
+const MAX_REQUEST: usize = 64 * 1024;
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn invalid_job(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-job",
+        "Invalid job",
+        detail,
+    )
+}
+
+fn not_done(id: JobId, state: JobState, hint: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "job-not-done",
+        "The job has no result",
+        format!(
+            "job {id} is {}: {hint}",
+            format!("{state:?}").to_lowercase()
+        ),
+    )
+}
+
+/// A job of this tenant whose result is IPFIX (a conversion), or 404 / 400.
+async fn ipfix_job(ctx: &Ctx, tenant: &str, id: JobId) -> Result<JobRecord, Rejection> {
+    let r = record(ctx, tenant, id).await?;
+    if r.kind != KIND_PCAP_CONVERSION {
+        return Err(problem::reject(invalid_job(format!(
+            "job {id} is a {} job: its result is not IPFIX",
+            r.kind
+        ))));
+    }
+    Ok(r)
+}
+
+/// A body of at most `max` bytes, in memory.
+async fn small_body(
+    mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    max: usize,
+    idle: std::time::Duration,
+) -> Result<Vec<u8>, Rejection> {
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+            problem::reject(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-stalled",
+                "The body stalled",
+                format!("nothing arrived for {} s", idle.as_secs()),
+            ))
+        })?;
+        let Some(chunk) = next else {
+            return Ok(out);
+        };
+        let mut chunk = chunk.map_err(|e| {
+            problem::reject(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "The body broke off",
+                e.to_string(),
+            ))
+        })?;
+        while chunk.has_remaining() {
+            let bytes = chunk.chunk();
+            if out.len() + bytes.len() > max {
+                return Err(problem::reject(Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    "Body too large",
+                    format!("a JSON request is at most {max} bytes"),
+                )));
+            }
+            out.extend_from_slice(bytes);
+            let n = bytes.len();
+            chunk.advance(n);
+        }
+    }
+}
+
+/// The tenant's quotas, if one more job fits in its `max_jobs` (this upload counts as a job
+/// from its start, so parallel uploads cannot all pass); else the 429 to answer.
+async fn quota_check(
+    ctx: &Ctx,
+    tenant: &str,
+    uploading: &Uploading<'_>,
+) -> Result<Result<crate::store::tenants::Quotas, warp::reply::Response>, Rejection> {
+    let quotas = super::tenants::tenant(ctx, tenant).await?.quotas;
     let j = jobs()?;
     let ms = ctx.timeout.as_millis() as u64;
-    let active = match ractor::call_t!(j, JobMsg::List, ms, tenant.clone()) {
+    let active = match ractor::call_t!(j, JobMsg::List, ms, tenant.to_string()) {
         Ok(Ok(all)) => all.iter().filter(|r| !r.state.is_final()).count(),
         Ok(Err(e)) => return Err(unavailable("listing jobs", e)),
         Err(e) => return Err(unavailable("asking the job supervisor", e)),
     };
     let active = active + uploading.others();
     if active >= quotas.max_jobs as usize {
-        return Ok(too_many(
+        return Ok(Err(too_many(
             "quota-jobs",
             "The tenant's job quota is used up",
             format!(
@@ -330,9 +634,57 @@ async fn submit(
                 quotas.max_jobs
             ),
             RETRY_QUOTA,
-        ));
+        )));
     }
-    let stored = crate::actors::jobs::sweep::upload_bytes(&dir).await;
+    Ok(Ok(quotas))
+}
+
+/// What an upload must start like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// pcap or pcapng (a conversion).
+    Capture,
+    /// An IPFIX file, or a capture of export traffic (a time series).
+    IpfixOrCapture,
+}
+
+impl Accept {
+    fn accepts(self, magic: &[u8]) -> bool {
+        is_capture(magic) || (self == Accept::IpfixOrCapture && magic.starts_with(&[0, 10]))
+    }
+
+    fn extension(self, magic: &[u8]) -> &'static str {
+        if is_capture(magic) { "pcap" } else { "ipfix" }
+    }
+
+    fn refusal(self) -> Rejection {
+        let detail = match self {
+            Accept::Capture => "the body must be a pcap or pcapng file",
+            Accept::IpfixOrCapture => {
+                "the body must be an IPFIX file (RFC 5655) or a pcap or pcapng capture"
+            }
+        };
+        problem::reject(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-a-capture",
+            "Not a packet capture or IPFIX file",
+            detail.into(),
+        ))
+    }
+}
+
+/// Streams the body to the tenant's upload folder within its limits; the guard removes it
+/// unless a job takes it.
+async fn store_upload(
+    ctx: &Ctx,
+    tenant: &str,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    dir: &Path,
+    max_upload: u64,
+    quotas: &crate::store::tenants::Quotas,
+    accept: Accept,
+) -> Result<(UploadGuard, u64), Rejection> {
+    let stored = crate::actors::jobs::sweep::upload_bytes(dir).await;
     let left = quotas.upload_bytes.saturating_sub(stored);
     let limit = if left < max_upload {
         Limit {
@@ -353,23 +705,26 @@ async fn submit(
     let name = uuid::Uuid::new_v4().simple().to_string();
     let part = dir.join(format!("{name}.part"));
     let mut guard = UploadGuard(Some(part.clone()));
-    let written = receive(body, &dir, &part, &limit, ctx.timeout).await?;
-    let capture = dir.join(format!("{name}.pcap"));
-    tokio::fs::rename(&part, &capture)
+    let (written, magic) = receive(body, dir, &part, &limit, ctx.timeout, accept).await?;
+    let stored = dir.join(format!("{name}.{}", accept.extension(&magic)));
+    tokio::fs::rename(&part, &stored)
         .await
         .map_err(|e| unavailable("storing the upload", e))?;
-    guard.0 = Some(capture.clone());
-    let mut options = JobOptions::default();
-    options.uniflow = q.uniflow.unwrap_or(options.uniflow);
-    options.idle_timeout_secs = q.idle_timeout.unwrap_or(options.idle_timeout_secs);
-    options.active_timeout_secs = q.active_timeout.unwrap_or(options.active_timeout_secs);
-    options.max_flows = q.max_flows.unwrap_or(options.max_flows);
-    options.domain = q.domain.unwrap_or(options.domain);
-    let spec = JobSpec {
-        tenant: tenant.clone(),
-        inputs: vec![capture.display().to_string()],
-        options,
-    };
+    guard.0 = Some(stored);
+    Ok((guard, written))
+}
+
+/// Hands the job to the supervisor: 202 with its record and `Location`, or the refusal. An
+/// upload's guard is let go once the job owns the file.
+async fn submit_spec(
+    ctx: &Ctx,
+    tenant: &str,
+    spec: JobSpec,
+    mut guard: Option<&mut UploadGuard>,
+) -> Result<warp::reply::Response, Rejection> {
+    let j = jobs()?;
+    let ms = ctx.timeout.as_millis() as u64;
+    let kind = spec.kind();
     let id = match ractor::call_t!(
         j,
         JobMsg::Submit,
@@ -390,24 +745,21 @@ async fn submit(
         Ok(Err(SubmitError::Draining)) => {
             return Err(unavailable("submitting", "this node is shutting down"));
         }
-        Ok(Err(SubmitError::Invalid(e))) => {
-            return Err(problem::reject(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-job",
-                "Invalid job",
-                e,
-            )));
-        }
+        Ok(Err(SubmitError::Invalid(e))) => return Err(problem::reject(invalid_job(e))),
         Err(e) => {
             // The supervisor may still take the job: the upload is left to the sweep.
-            guard.0 = None;
+            if let Some(g) = guard.as_deref_mut() {
+                g.0 = None;
+            }
             return Err(unavailable("asking the job supervisor", e));
         }
     };
     // The job owns the upload now.
-    guard.0 = None;
-    tracing::info!(%tenant, job = %id, bytes = written, "capture uploaded: job submitted");
-    let r = record(&ctx, &tenant, id).await?;
+    if let Some(g) = guard {
+        g.0 = None;
+    }
+    tracing::info!(%tenant, job = %id, kind, "job submitted");
+    let r = record(ctx, tenant, id).await?;
     let mut resp = json_status(&r, StatusCode::ACCEPTED);
     if let Ok(v) = warp::http::HeaderValue::from_str(&format!("/api/v1/tenants/{tenant}/jobs/{id}"))
     {
@@ -493,7 +845,8 @@ async fn receive(
     part: &Path,
     limit: &Limit,
     idle: std::time::Duration,
-) -> Result<u64, Rejection> {
+    accept: Accept,
+) -> Result<(u64, Vec<u8>), Rejection> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| unavailable("the upload folder", e))?;
@@ -552,8 +905,8 @@ async fn receive(
             if magic.len() < 4 {
                 let take = (4 - magic.len()).min(n);
                 magic.extend_from_slice(&bytes[..take]);
-                if magic.len() == 4 && !is_capture(&magic) {
-                    return Err(not_a_capture());
+                if magic.len() == 4 && !accept.accepts(&magic) {
+                    return Err(accept.refusal());
                 }
             }
             file.write_all(bytes)
@@ -563,21 +916,12 @@ async fn receive(
         }
     }
     if magic.len() < 4 {
-        return Err(not_a_capture());
+        return Err(accept.refusal());
     }
     file.flush()
         .await
         .map_err(|e| unavailable("storing the upload", e))?;
-    Ok(written)
-}
-
-fn not_a_capture() -> Rejection {
-    problem::reject(Problem::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "not-a-capture",
-        "Not a packet capture",
-        "the body must be a pcap or pcapng file".into(),
-    ))
+    Ok((written, magic))
 }
 
 #[cfg(test)]
@@ -589,5 +933,24 @@ mod tests {
         assert!(is_capture(&[0xd4, 0xc3, 0xb2, 0xa1]));
         assert!(is_capture(&[0x0a, 0x0d, 0x0d, 0x0a]));
         assert!(!is_capture(&[0, 10, 0, 16]));
+        assert!(!Accept::Capture.accepts(&[0, 10, 0, 16]));
+        assert!(Accept::IpfixOrCapture.accepts(&[0, 10, 0, 16]));
+        assert!(Accept::IpfixOrCapture.accepts(&[0xd4, 0xc3, 0xb2, 0xa1]));
+        assert!(!Accept::IpfixOrCapture.accepts(&[0, 9, 0, 16]));
+        assert_eq!(Accept::IpfixOrCapture.extension(&[0, 10, 0, 16]), "ipfix");
+    }
+
+    #[test]
+    fn result_media_types() {
+        assert_eq!(content_type("time_series", "result"), "application/json");
+        assert_eq!(content_type("time_series", "series.png"), "image/png");
+        assert_eq!(content_type("time_series", "series.svg"), "image/svg+xml");
+        assert_eq!(
+            content_type(KIND_PCAP_CONVERSION, "result"),
+            "application/octet-stream"
+        );
+        assert!(is_json(Some("application/json; charset=utf-8")));
+        assert!(!is_json(Some("application/octet-stream")));
+        assert!(!is_json(None));
     }
 }

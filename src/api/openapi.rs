@@ -4,7 +4,7 @@
 //! documented operation is routed, every route is documented) and runs schemathesis against a
 //! live node, so the two cannot drift apart unnoticed.
 
-use super::jobs::{JobList, ListQuery, UploadQuery};
+use super::jobs::{JobList, ListQuery, TimeSeriesRequest, UploadQuery};
 use super::problem::Problem;
 use super::routes::{Health, NodeViews, Readiness};
 use super::sessions::{SessionPage, SessionQuery};
@@ -19,7 +19,9 @@ use crate::actors::mediator::StreamState;
 use crate::mediation::spec::{
     AggregateSpec, AnonMethod, AnonymiseSpec, OnFull, SinkSpec, StreamSpec, TransformSpec,
 };
-use crate::store::jobs::{JobOptions, JobProgress, JobTelemetry};
+use crate::store::jobs::{
+    ChartMeasure, JobOptions, JobProgress, JobTelemetry, SeriesSummary, TimeSeriesOptions,
+};
 use crate::store::tenants::Quotas;
 use crate::store::{JobId, JobRecord, JobState, Tenant, Transport};
 use std::sync::OnceLock;
@@ -39,8 +41,9 @@ const PROBLEM: &str = "application/problem+json";
         ops::healthz, ops::readyz, ops::metrics, ops::openapi_json, ops::sessions, ops::cluster,
         ops::actors, ops::create_tenant, ops::list_tenants, ops::get_tenant, ops::patch_tenant,
         ops::delete_tenant, ops::create_token, ops::list_tokens, ops::revoke_token,
-        ops::tenant_sessions, ops::tenant_templates, ops::submit_job, ops::list_jobs,
-        ops::get_job, ops::cancel_job, ops::job_result, ops::create_stream, ops::list_streams,
+        ops::tenant_sessions, ops::tenant_templates, ops::submit_job, ops::submit_time_series,
+        ops::list_jobs, ops::get_job, ops::cancel_job, ops::job_result, ops::job_file,
+        ops::create_stream, ops::list_streams,
         ops::get_stream, ops::put_stream, ops::delete_stream,
     ),
     components(schemas(
@@ -48,6 +51,7 @@ const PROBLEM: &str = "application/problem+json";
         Tenant, Quotas, QuotasPatch, NewTenant, TenantPatch, TenantList, TokenMade, TokenInfo, TokenList,
         TemplateList, ExporterTemplates, DomainTemplates, TemplateView, FieldView, Transport,
         JobRecord, JobId, JobState, JobOptions, JobProgress, JobTelemetry, JobList,
+        TimeSeriesRequest, TimeSeriesOptions, ChartMeasure, SeriesSummary,
         StreamSpec, TransformSpec, AnonymiseSpec, AnonMethod, AggregateSpec, SinkSpec, OnFull,
         StreamView, StreamTotals, StreamList, StreamState,
     )),
@@ -57,7 +61,7 @@ const PROBLEM: &str = "application/problem+json";
         (name = "operators", description = "The admin token."),
         (name = "tenants", description = "Tenants and their tokens: the admin token."),
         (name = "collector", description = "A tenant's exporter sessions and templates."),
-        (name = "jobs", description = "Conversion jobs: a capture in, an IPFIX file out."),
+        (name = "jobs", description = "Jobs: conversions (a capture in, an IPFIX file out) and time series (IPFIX in, series as JSON, CSV, SVG and PNG out)."),
         (name = "streams", description = "A tenant's export streams (the mediator): which records, filter, transforms, sink."),
     )
 )]
@@ -87,7 +91,18 @@ pub fn document() -> &'static str {
         let paths = &mut doc["paths"];
         paths["/api/v1/tenants/{tenant}/jobs/pcap-conversion"]["post"]["requestBody"]["content"] =
             serde_json::json!({"application/octet-stream": {"schema": binary}});
+        paths["/api/v1/tenants/{tenant}/jobs/time-series"]["post"]["requestBody"]["content"] = serde_json::json!({
+            "application/json": {"schema": {"$ref": "#/components/schemas/TimeSeriesRequest"}},
+            "application/octet-stream": {"schema": binary},
+        });
         for status in ["200", "206"] {
+            paths["/api/v1/tenants/{tenant}/jobs/{job_id}/{file}"]["get"]["responses"][status]
+                ["content"] = serde_json::json!({
+                    "application/json": {"schema": text},
+                    "text/csv": {"schema": text},
+                    "image/svg+xml": {"schema": text},
+                    "image/png": {"schema": binary},
+                });
             paths["/api/v1/tenants/{tenant}/jobs/{job_id}/result"]["get"]["responses"][status]
                 ["content"] = serde_json::json!({"application/octet-stream": {"schema": binary}});
         }
@@ -441,4 +456,37 @@ mod ops {
             (status = 503, description = "This node runs no jobs, or the job store did not answer", body = Problem, content_type = PROBLEM),
         ))]
     fn job_result() {}
+
+    #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/jobs/time-series", tag = "jobs", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id"), TimeSeriesOptions),
+        request_body(description = "`application/json`: a `TimeSeriesRequest` naming a conversion job (`input` or `after`), the options in its `options` and none in the query. Anything else: an IPFIX file (RFC 5655) or a pcap or pcapng capture of export traffic, streamed to disk, the options in the query"),
+        responses(
+            (status = 202, description = "Queued, waiting for the job it follows, or running; `Location` names the job", body = JobRecord),
+            (status = 400, description = "A bad option or body, or a job that is not a conversion", body = Problem, content_type = PROBLEM),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant (or another tenant's), or no such job of it", body = Problem, content_type = PROBLEM),
+            (status = 408, description = "The body sent nothing for `api.request_timeout_secs`: nothing kept", body = Problem, content_type = PROBLEM),
+            (status = 409, description = "The `input` job has not succeeded (yet), or the `after` job ended without a result", body = Problem, content_type = PROBLEM),
+            (status = 413, description = "Past `api.max_upload_bytes`, the tenant's `upload_bytes` quota, or 64 KiB of JSON: nothing kept", body = Problem, content_type = PROBLEM),
+            (status = 415, description = "Not an IPFIX file or capture: nothing kept", body = Problem, content_type = PROBLEM),
+            (status = 429, description = "The queue is full, or the tenant's `max_jobs` are queued or running; see `Retry-After`", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "This node runs no jobs, or is shutting down", body = Problem, content_type = PROBLEM),
+        ))]
+    fn submit_time_series() {}
+
+    #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs/{job_id}/{file}", tag = "jobs", security(("bearer" = [])),
+        params(
+            ("tenant" = String, Path, description = "The tenant's id"),
+            ("job_id" = JobId, Path, description = "The job's id"),
+            ("file" = String, Path, description = "One of the record's `files` (a time series: `series.json`, `series.csv`, `series.svg`, `series.png`)"),
+        ),
+        responses(
+            (status = 200, description = "The file"),
+            (status = 206, description = "The part asked for with `Range`"),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such job of this tenant, no result (yet), or no such file of it", body = Problem, content_type = PROBLEM),
+            (status = 416, description = "A range outside the file"),
+            (status = 503, description = "This node runs no jobs, or the job store did not answer", body = Problem, content_type = PROBLEM),
+        ))]
+    fn job_file() {}
 }

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,8 +70,31 @@ enum Mode<'a> {
     Records,
     Templates,
     Count,
-    /// Hands it to another reader (`timeseries`), with its exporter.
-    Visit(&'a mut dyn FnMut(&str, &DecodedMessage)),
+    /// Hands it to another reader (`timeseries`, its job), with its exporter.
+    Visit(&'a mut dyn Visit),
+}
+
+/// A reader of what `dump` decodes: `timeseries` and its job.
+pub trait Visit {
+    /// One decoded message and its exporter. `Break` stops the reading (a cancelled job).
+    fn message(&mut self, exporter: &str, msg: &DecodedMessage) -> ControlFlow<()>;
+    /// A problem with an input, said as `dump` says it (standard error by default; a job keeps
+    /// them for its record).
+    fn problem(&mut self, text: String) {
+        eprintln!("{text}");
+    }
+    /// How far into input number `file` (of the list given) the reading is, in bytes.
+    fn position(&mut self, _file: usize, _bytes: u64) {}
+}
+
+/// A closure as a [`Visit`] that never stops and leaves problems on standard error.
+pub struct Each<F>(pub F);
+
+impl<F: FnMut(&str, &DecodedMessage)> Visit for Each<F> {
+    fn message(&mut self, exporter: &str, msg: &DecodedMessage) -> ControlFlow<()> {
+        (self.0)(exporter, msg);
+        ControlFlow::Continue(())
+    }
 }
 
 /// Decodes inputs and prints what the mode asks for; keeps the counts.
@@ -86,6 +110,10 @@ pub struct Dumper<'a, W: Write> {
     /// Capture state lives across files, so `dump templates.pcap data.pcap` decodes the data.
     decoders: HashMap<(SocketAddr, SocketAddr), Decoder>,
     finder: MessageFinder,
+    /// The visitor said stop: no more messages, packets or files are read.
+    stopped: bool,
+    /// The input being read (its index in the list), for [`Visit::position`].
+    file_index: usize,
 }
 
 pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
@@ -115,6 +143,8 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
         no_mmap: args.no_mmap,
         decoders: HashMap::new(),
         finder: MessageFinder::new(ports, args.max_message),
+        stopped: false,
+        file_index: 0,
     };
     let unusable = d.files(&args.files).map_err(super::stdout_error)?;
     if args.count {
@@ -137,13 +167,13 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<Counts> {
 
 /// Reads `files` as `dump` does (IPFIX files, and IPFIX, NetFlow v9 and v5 in captures on
 /// `ports` besides the default ones) and hands each decoded message to `visit` with its exporter
-/// (a file's name, or a capture's `address:port`). Problems are said on standard error, as
-/// `dump` says them; inputs of which nothing could be read are counted in the answer.
+/// (a file's name, or a capture's `address:port`). Problems go to `visit` as `dump` words them;
+/// inputs of which nothing could be read are counted in the answer.
 pub fn each_message(
     files: &[PathBuf],
     registry: Arc<Registry>,
     ports: &[u16],
-    visit: &mut dyn FnMut(&str, &DecodedMessage),
+    visit: &mut dyn Visit,
 ) -> (Counts, usize) {
     let mut all_ports = DEFAULT_PORTS.to_vec();
     all_ports.extend(ports);
@@ -158,6 +188,8 @@ pub fn each_message(
         no_mmap: false,
         decoders: HashMap::new(),
         finder: MessageFinder::new(all_ports, 65535),
+        stopped: false,
+        file_index: 0,
     };
     // Nothing is written in this mode: no output error can come.
     let unusable = d.files(files).unwrap_or(0);
@@ -182,22 +214,40 @@ impl<W: Write> Dumper<'_, W> {
     /// read. The inputs of which nothing could be read; an error only when the output failed.
     fn files(&mut self, files: &[PathBuf]) -> std::io::Result<usize> {
         let mut unusable = 0;
-        for f in files {
+        for (i, f) in files.iter().enumerate() {
+            if self.stopped {
+                break;
+            }
+            self.file_index = i;
             match self.file(f) {
                 Ok(()) => {}
                 Err(FileError::Output(e)) => return Err(e),
                 Err(FileError::Stopped(why)) => {
                     self.counts.errors += 1;
-                    eprintln!("{}: {why}", f.display());
+                    self.problem(format!("{}: {why}", f.display()));
                 }
                 Err(FileError::Unusable(why)) => {
                     self.counts.errors += 1;
                     unusable += 1;
-                    eprintln!("{}: {why}", f.display());
+                    self.problem(format!("{}: {why}", f.display()));
                 }
             }
         }
         Ok(unusable)
+    }
+
+    /// Said on standard error, or handed to the visitor.
+    fn problem(&mut self, text: String) {
+        match &mut self.mode {
+            Mode::Visit(v) => v.problem(text),
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    fn position(&mut self, bytes: u64) {
+        if let Mode::Visit(v) = &mut self.mode {
+            v.position(self.file_index, bytes);
+        }
     }
 
     fn file(&mut self, path: &Path) -> Result<(), FileError> {
@@ -238,6 +288,9 @@ impl<W: Write> Dumper<'_, W> {
         let mut decoder = Decoder::new(self.registry.clone(), DecoderOptions::default());
         let mut framed = false;
         for m in messages {
+            if self.stopped {
+                break;
+            }
             let (offset, msg) = match m {
                 Ok(m) => m,
                 // Two bytes of 0x000a make a file look like IPFIX; a first message that cannot
@@ -251,10 +304,12 @@ impl<W: Write> Dumper<'_, W> {
                 Err(e) => return Err(FileError::Stopped(e.to_string())),
             };
             framed = true;
+            let len = msg.len() as u64;
             self.message(&mut decoder, &shown, msg, &|| {
                 format!("{shown}: message at offset {offset}")
             })
             .map_err(FileError::Output)?;
+            self.position(offset + len);
         }
         Ok(())
     }
@@ -278,12 +333,15 @@ impl<W: Write> Dumper<'_, W> {
         let mut decoders = std::mem::take(&mut self.decoders);
         let mut found = Vec::new();
         while let Some(p) = capture.next_packet() {
+            if self.stopped {
+                break;
+            }
             let p = match p {
                 Ok(p) => p,
                 Err(e) => {
                     // A truncated capture ends here; what was read stays printed.
                     self.counts.errors += 1;
-                    eprintln!("{shown}: capture ends early: {e}");
+                    self.problem(format!("{shown}: capture ends early: {e}"));
                     break;
                 }
             };
@@ -306,10 +364,11 @@ impl<W: Write> Dumper<'_, W> {
                     }
                     Found::Problem { frame, reason } => {
                         self.counts.errors += 1;
-                        eprintln!("{shown}: frame {frame}: {reason}");
+                        self.problem(format!("{shown}: frame {frame}: {reason}"));
                     }
                 }
             }
+            self.position(capture.position());
         }
         self.decoders = decoders;
         Ok(())
@@ -329,7 +388,7 @@ impl<W: Write> Dumper<'_, W> {
             Ok(d) => d,
             Err(e) => {
                 self.counts.errors += 1;
-                eprintln!("{}: {e}", place());
+                self.problem(format!("{}: {e}", place()));
                 return Ok(());
             }
         };
@@ -339,7 +398,9 @@ impl<W: Write> Dumper<'_, W> {
             Mode::Records => self.records(exporter, &decoded),
             Mode::Templates => self.templates(exporter, &decoded),
             Mode::Visit(visit) => {
-                visit(exporter, &decoded);
+                if visit.message(exporter, &decoded).is_break() {
+                    self.stopped = true;
+                }
                 Ok(())
             }
         }

@@ -1,10 +1,10 @@
 //! `ipfixsvc timeseries`: IPFIX files (and captures carrying IPFIX or NetFlow) -> time series
 //! per interval and key, as JSON, CSV, SVG or PNG (by the output's extension).
 
-use crate::analysis::chart::{self, Measure};
+use crate::analysis::chart::Measure;
 use crate::analysis::key::KeySpec;
-use crate::analysis::output;
-use crate::analysis::series::{Builder, Options, SeriesSet};
+use crate::analysis::output::{self, format_of, write_file};
+use crate::analysis::series::{Builder, Options};
 use crate::wire::Registry;
 use std::io::Write;
 use std::path::PathBuf;
@@ -69,28 +69,6 @@ pub struct Summary {
     pub records_per_second: f64,
 }
 
-/// The output formats, by extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Csv,
-    Svg,
-    Png,
-}
-
-pub fn format_of(path: &std::path::Path) -> Result<Format, String> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => Ok(Format::Json),
-        Some("csv") => Ok(Format::Csv),
-        Some("svg") => Ok(Format::Svg),
-        Some("png") => Ok(Format::Png),
-        _ => Err(format!(
-            "{}: the extension says the format: .json, .csv, .svg or .png",
-            path.display()
-        )),
-    }
-}
-
 /// `1200x600` -> (1200, 600), each side 100 to 8000 pixels.
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
@@ -131,10 +109,12 @@ pub fn run(args: &TimeseriesArgs) -> anyhow::Result<Summary> {
         max_cells: args.max_cells,
         ..Options::default()
     })?;
-    let (counts, unusable) =
-        crate::cli::dump::each_message(&args.files, registry, &args.ports, &mut |exporter, msg| {
-            builder.message(exporter, msg)
-        });
+    let (counts, unusable) = crate::cli::dump::each_message(
+        &args.files,
+        registry,
+        &args.ports,
+        &mut crate::cli::dump::Each(|exporter: &str, msg: &_| builder.message(exporter, msg)),
+    );
     if unusable == args.files.len() {
         return Err(super::Reported(format!("none of the {unusable} inputs could be read")).into());
     }
@@ -164,36 +144,4 @@ pub fn run(args: &TimeseriesArgs) -> anyhow::Result<Summary> {
         seconds,
         records_per_second: counts.data_records as f64 / seconds.max(1e-9),
     })
-}
-
-/// Written beside the target and renamed: a reader never sees half a file.
-fn write_file(
-    set: &SeriesSet,
-    path: &std::path::Path,
-    format: Format,
-    measure: Measure,
-    size: (u32, u32),
-) -> std::io::Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    // The PNG encoder picks its format by the file's extension: `.part.png`.
-    let part = path.with_extension(format!("part.{ext}"));
-    let chart_error = |e: chart::ChartError| std::io::Error::other(e.to_string());
-    match format {
-        Format::Png => chart::png(set, measure, size, &part).map_err(chart_error)?,
-        _ => {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&part)?);
-            match format {
-                Format::Json => output::write_json(set, &mut out)?,
-                Format::Csv => output::write_csv(set, &mut out)?,
-                Format::Svg => out.write_all(
-                    chart::svg(set, measure, size)
-                        .map_err(chart_error)?
-                        .as_bytes(),
-                )?,
-                Format::Png => {}
-            }
-            out.flush()?;
-        }
-    }
-    std::fs::rename(&part, path)
 }

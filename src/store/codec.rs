@@ -6,7 +6,13 @@
 pub const FORMAT: u8 = 1;
 
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT];
+    encode_as(FORMAT, value)
+}
+
+/// Behind another format byte: for a value whose layout changed (job records are format 2),
+/// so that a reader tells the layouts apart and reads both.
+pub fn encode_as<T: serde::Serialize>(format: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![format];
     // Encoding a plain struct into a Vec cannot fail; an empty body would be refused on read.
     if let Ok(body) = bincode::serde::encode_to_vec(value, bincode::config::standard()) {
         out.extend(body);
@@ -18,8 +24,16 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<T: serde::de::DeserializeOwned, const LIMIT: usize>(
     bytes: &[u8],
 ) -> Result<T, String> {
+    decode_as::<T, LIMIT>(FORMAT, bytes)
+}
+
+/// The value in `bytes` if they carry `format`.
+pub fn decode_as<T: serde::de::DeserializeOwned, const LIMIT: usize>(
+    format: u8,
+    bytes: &[u8],
+) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&FORMAT, body)) => {
+        Some((&f, body)) if f == format => {
             let config = bincode::config::standard().with_limit::<LIMIT>();
             let (v, used) =
                 bincode::serde::decode_from_slice(body, config).map_err(|e| e.to_string())?;
@@ -28,7 +42,7 @@ pub fn decode<T: serde::de::DeserializeOwned, const LIMIT: usize>(
             }
             Ok(v)
         }
-        Some((v, _)) => Err(format!("format version {v}, this node reads {FORMAT}")),
+        Some((v, _)) => Err(format!("format version {v}, this node reads {format}")),
         None => Err("empty value".into()),
     }
 }

@@ -135,13 +135,156 @@ impl JobOptions {
     }
 }
 
-/// What the API submits: captures (paths readable by the node, e.g. on the shared volume), read
-/// in order as one metering run.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A time-series job's options: those of `ipfixsvc timeseries` (the defaults are its own).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+    utoipa::IntoParams,
+)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TimeSeriesOptions {
+    /// Interval length in seconds (1 to 86400); intervals start at multiples of it since the
+    /// Unix epoch (UTC).
+    #[schema(minimum = 1, maximum = 86400)]
+    pub interval_secs: u64,
+    /// The key: an Information Element (`destinationTransportPort`), an address element cut to
+    /// a prefix (`sourceIPv4Address/24`) or `@exporter`; none: one series of everything.
+    #[param(nullable = false)]
+    pub by: Option<String>,
+    /// Keys with a series of their own (the most octets); the rest are added up in `other`.
+    #[schema(maximum = 1000)]
+    pub top: u32,
+    /// Biflows: the forward direction only (by default the reverse counters are added).
+    pub forward_only: bool,
+    /// What the charts show.
+    #[param(inline)]
+    pub chart: ChartMeasure,
+    /// Chart size in pixels (100 to 4000 each).
+    #[schema(minimum = 100, maximum = 4000)]
+    pub width: u32,
+    #[schema(minimum = 100, maximum = 4000)]
+    pub height: u32,
+}
+
+impl Default for TimeSeriesOptions {
+    fn default() -> Self {
+        TimeSeriesOptions {
+            interval_secs: 60,
+            by: None,
+            top: 10,
+            forward_only: false,
+            chart: ChartMeasure::Bits,
+            width: 1200,
+            height: 600,
+        }
+    }
+}
+
+/// Most keys a job keeps series of (the rest is `other`).
+pub const MAX_TOP: u32 = 1000;
+
+impl TimeSeriesOptions {
+    /// Why these options cannot make a series (the API answers 400 with it).
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=86_400).contains(&self.interval_secs) {
+            return Err(format!(
+                "interval_secs {}: 1 to 86400 seconds",
+                self.interval_secs
+            ));
+        }
+        if self.top > MAX_TOP {
+            return Err(format!("top {}: at most {MAX_TOP} keys", self.top));
+        }
+        for (side, v) in [("width", self.width), ("height", self.height)] {
+            if !(100..=4000).contains(&v) {
+                return Err(format!("{side} {v}: 100 to 4000 pixels"));
+            }
+        }
+        if let Some(by) = &self.by {
+            crate::analysis::key::KeySpec::parse(by, &crate::wire::Registry::builtin())
+                .map_err(|e| format!("by {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a time-series job's charts show.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ChartMeasure {
+    /// Bits per second.
+    Bits,
+    /// Packets per second.
+    Packets,
+}
+
+/// What a time-series job found (its record's `series`).
+#[derive(
+    Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct SeriesSummary {
+    /// Data records read.
+    pub records: u64,
+    /// Totals of every series together (all keys and `other`).
+    pub octets: u64,
+    pub packets: u64,
+    pub flows: u64,
+    /// Records with no time: in no interval, and not in the totals above.
+    pub untimed: u64,
+    /// Records with uptime times and no system init time, placed to end at their message's
+    /// export time.
+    pub placed_by_export_time: u64,
+    /// The series' keys, in the result's order (`other` last when there is one).
+    pub keys: Vec<String>,
+    pub intervals: u64,
+    /// The first and last interval starts (RFC 3339 UTC); none without timed records.
+    pub first: Option<String>,
+    pub last: Option<String>,
+    /// Malformed messages and unreadable parts of the inputs, and the first few of them.
+    pub errors: u64,
+    pub problems: Vec<String>,
+    pub seconds: f64,
+    pub records_per_second: f64,
+}
+
+/// What the API submits. A conversion: captures (paths readable by the node, e.g. on the
+/// shared volume), read in order as one metering run. A time series (`time_series` set): IPFIX
+/// files or captures of export traffic; with `after`, the result of that job once it succeeds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
     pub tenant: String,
     pub inputs: Vec<String>,
     pub options: JobOptions,
+    pub time_series: Option<TimeSeriesOptions>,
+    /// A job of the same tenant whose result is this one's input, when it has succeeded.
+    pub after: Option<JobId>,
+}
+
+impl JobSpec {
+    pub fn conversion(tenant: &str, inputs: Vec<String>, options: JobOptions) -> JobSpec {
+        JobSpec {
+            tenant: tenant.to_string(),
+            inputs,
+            options,
+            ..JobSpec::default()
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        if self.time_series.is_some() {
+            KIND_TIME_SERIES
+        } else {
+            KIND_PCAP_CONVERSION
+        }
+    }
 }
 
 #[derive(
@@ -175,6 +318,7 @@ pub struct JobTelemetry {
 }
 
 pub const KIND_PCAP_CONVERSION: &str = "pcap_conversion";
+pub const KIND_TIME_SERIES: &str = "time_series";
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
@@ -198,14 +342,73 @@ pub struct JobRecord {
     pub telemetry: JobTelemetry,
     /// The node that runs (or ran) it.
     pub node: String,
+    /// The job whose result is this one's input: this one waits (queued) until it ends.
+    pub after: Option<JobId>,
+    /// A time-series job's options (`kind` `time_series`).
+    pub time_series: Option<TimeSeriesOptions>,
+    /// What a time-series job found, once it succeeded.
+    pub series: Option<SeriesSummary>,
+    /// The result's files besides `result`, each at `.../jobs/{id}/{file}`.
+    pub files: Vec<String>,
 }
+
+/// Job records as versions before time-series jobs wrote them (format 1), read and turned into
+/// today's records, so that a rolling upgrade keeps the jobs listed.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct JobRecordV1 {
+    id: JobId,
+    tenant: String,
+    kind: String,
+    state: JobState,
+    inputs: Vec<String>,
+    options: JobOptions,
+    progress: JobProgress,
+    summary: Option<ConvertSummary>,
+    error: Option<String>,
+    artifact: Option<String>,
+    submitted_ms: u64,
+    started_ms: Option<u64>,
+    finished_ms: Option<u64>,
+    telemetry: JobTelemetry,
+    node: String,
+}
+
+impl From<JobRecordV1> for JobRecord {
+    fn from(r: JobRecordV1) -> JobRecord {
+        JobRecord {
+            id: r.id,
+            tenant: r.tenant,
+            kind: r.kind,
+            state: r.state,
+            inputs: r.inputs,
+            options: r.options,
+            progress: r.progress,
+            summary: r.summary,
+            error: r.error,
+            artifact: r.artifact,
+            submitted_ms: r.submitted_ms,
+            started_ms: r.started_ms,
+            finished_ms: r.finished_ms,
+            telemetry: r.telemetry,
+            node: r.node,
+            after: None,
+            time_series: None,
+            series: None,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// The format byte of job records since time-series jobs (see [`JobRecordV1`]).
+const RECORD_FORMAT: u8 = 2;
 
 impl JobRecord {
     pub fn queued(id: JobId, spec: &JobSpec, node: &str) -> JobRecord {
         JobRecord {
             id,
             tenant: spec.tenant.clone(),
-            kind: KIND_PCAP_CONVERSION.into(),
+            kind: spec.kind().into(),
             state: JobState::Queued,
             inputs: spec.inputs.clone(),
             options: spec.options.clone(),
@@ -218,6 +421,10 @@ impl JobRecord {
             finished_ms: None,
             telemetry: JobTelemetry::default(),
             node: node.to_string(),
+            after: spec.after,
+            time_series: spec.time_series.clone(),
+            series: None,
+            files: Vec::new(),
         }
     }
 
@@ -226,13 +433,21 @@ impl JobRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        codec::encode(self)
+        codec::encode_as(RECORD_FORMAT, self)
     }
 
-    /// Never panics: bytes from another version or damaged ones are an error value.
+    /// Never panics: bytes from another version or damaged ones are an error value. Records of
+    /// the version before (format 1) are read too.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<JobRecord, StoreError> {
         // Bound what a damaged length inside the value may make bincode allocate.
-        codec::decode::<_, { 4 << 20 }>(bytes).map_err(|reason| StoreError::Corrupt {
+        const LIMIT: usize = 4 << 20;
+        let decoded = match bytes.first() {
+            Some(&codec::FORMAT) => {
+                codec::decode_as::<JobRecordV1, LIMIT>(codec::FORMAT, bytes).map(JobRecord::from)
+            }
+            _ => codec::decode_as::<JobRecord, LIMIT>(RECORD_FORMAT, bytes),
+        };
+        decoded.map_err(|reason| StoreError::Corrupt {
             key: key.to_string(),
             reason,
         })
@@ -449,11 +664,11 @@ mod tests {
     use super::*;
 
     fn record() -> JobRecord {
-        let spec = JobSpec {
-            tenant: "t".into(),
-            inputs: vec!["a.pcap".into(), "b.pcapng".into()],
-            options: JobOptions::default(),
-        };
+        let spec = JobSpec::conversion(
+            "t",
+            vec!["a.pcap".into(), "b.pcapng".into()],
+            JobOptions::default(),
+        );
         let mut r = JobRecord::queued(JobId::new(), &spec, "node-a");
         r.summary = Some(ConvertSummary {
             packets: 3,
@@ -471,9 +686,133 @@ mod tests {
         assert_eq!(JobRecord::decode("k", &bytes).ok(), Some(r));
         assert!(JobRecord::decode("k", &[]).is_err());
         assert!(JobRecord::decode("k", &[2, 0, 0]).is_err());
+        assert!(JobRecord::decode("k", &[3, 0, 0]).is_err());
         for cut in 0..bytes.len() {
             assert!(JobRecord::decode("k", &bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn time_series_records_round_trip() {
+        let spec = JobSpec {
+            tenant: "t".into(),
+            inputs: vec!["x.ipfix".into()],
+            time_series: Some(TimeSeriesOptions {
+                by: Some("destinationTransportPort".into()),
+                ..TimeSeriesOptions::default()
+            }),
+            after: Some(JobId::new()),
+            ..JobSpec::default()
+        };
+        let mut r = JobRecord::queued(JobId::new(), &spec, "n");
+        assert_eq!(r.kind, KIND_TIME_SERIES);
+        r.series = Some(SeriesSummary {
+            keys: vec!["443".into(), "other".into()],
+            first: Some("2026-11-30T10:00:00Z".into()),
+            ..SeriesSummary::default()
+        });
+        r.files = vec!["series.csv".into()];
+        let bytes = r.encode();
+        assert_eq!(bytes[0], RECORD_FORMAT);
+        assert_eq!(JobRecord::decode("k", &bytes).ok(), Some(r));
+    }
+
+    /// A record the version before wrote (format 1) is read, with nothing of the new fields.
+    #[test]
+    fn records_of_the_version_before_are_read() {
+        let r = record();
+        let old = JobRecordV1 {
+            id: r.id,
+            tenant: r.tenant.clone(),
+            kind: r.kind.clone(),
+            state: r.state,
+            inputs: r.inputs.clone(),
+            options: r.options.clone(),
+            progress: r.progress,
+            summary: r.summary.clone(),
+            error: Some("e".into()),
+            artifact: r.artifact.clone(),
+            submitted_ms: r.submitted_ms,
+            started_ms: r.started_ms,
+            finished_ms: r.finished_ms,
+            telemetry: r.telemetry,
+            node: r.node.clone(),
+        };
+        let bytes = codec::encode(&old);
+        assert_eq!(bytes[0], 1);
+        let read = JobRecord::decode("k", &bytes).expect("format 1");
+        assert_eq!(
+            read,
+            JobRecord {
+                error: Some("e".into()),
+                ..r
+            }
+        );
+        // A format-2 body behind a format-1 byte is an error, not a misreading.
+        let mut wrong = record().encode();
+        wrong[0] = 1;
+        assert!(JobRecord::decode("k", &wrong).is_err());
+    }
+
+    #[test]
+    fn time_series_options_are_checked() {
+        let ok = TimeSeriesOptions::default();
+        assert_eq!(ok.check(), Ok(()));
+        let bad = |o: TimeSeriesOptions| o.check().expect_err("refused");
+        assert!(
+            bad(TimeSeriesOptions {
+                interval_secs: 0,
+                ..ok.clone()
+            })
+            .contains("interval_secs")
+        );
+        assert!(
+            bad(TimeSeriesOptions {
+                interval_secs: 86_401,
+                ..ok.clone()
+            })
+            .contains("interval_secs")
+        );
+        assert!(
+            bad(TimeSeriesOptions {
+                top: 1001,
+                ..ok.clone()
+            })
+            .contains("top")
+        );
+        assert!(
+            bad(TimeSeriesOptions {
+                width: 99,
+                ..ok.clone()
+            })
+            .contains("width")
+        );
+        assert!(
+            bad(TimeSeriesOptions {
+                height: 4001,
+                ..ok.clone()
+            })
+            .contains("height")
+        );
+        assert!(
+            bad(TimeSeriesOptions {
+                by: Some("noSuchElement".into()),
+                ..ok.clone()
+            })
+            .starts_with("by ")
+        );
+        let by = |b: &str| {
+            TimeSeriesOptions {
+                by: Some(b.into()),
+                ..ok.clone()
+            }
+            .check()
+        };
+        assert_eq!(by("sourceIPv4Address/24"), Ok(()));
+        assert_eq!(by("@exporter"), Ok(()));
+        // Unknown fields in a request are refused, not ignored.
+        let json = r#"{"interval_secs": 10, "intervall": 5}"#;
+        assert!(serde_json::from_str::<TimeSeriesOptions>(json).is_err());
     }
 
     #[test]

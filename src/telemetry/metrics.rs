@@ -331,10 +331,11 @@ pub enum ActorKind {
     SessionDirectory,
     JobSupervisor,
     ConversionJob,
+    TimeSeriesJob,
     TelemetrySampler,
 }
 
-const N_ACTOR_KINDS: usize = 10;
+const N_ACTOR_KINDS: usize = 11;
 
 const ACTOR_NAMES: [&str; N_ACTOR_KINDS] = [
     "ExporterSession",
@@ -346,6 +347,7 @@ const ACTOR_NAMES: [&str; N_ACTOR_KINDS] = [
     "SessionDirectory",
     "JobSupervisor",
     "PcapConversionJob",
+    "TimeSeriesJob",
     "TelemetrySampler",
 ];
 

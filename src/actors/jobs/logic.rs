@@ -107,6 +107,7 @@ mod tests {
             tenant: "t".into(),
             inputs: vec!["x.pcap".into()],
             options: JobOptions::default(),
+            ..JobSpec::default()
         };
         let mut r = JobRecord::queued(JobId::new(), &spec, "n");
         assert!(transition(&mut r, JobState::Succeeded).is_err());

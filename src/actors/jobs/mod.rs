@@ -1,5 +1,10 @@
-//! JobSupervisor: runs conversion jobs, each as its own linked PcapConversionJob actor, within a
-//! worker budget, with a bounded FIFO queue in front. The API talks to it only by messages.
+//! JobSupervisor: runs jobs, each as its own linked job actor (a PcapConversionJob or a
+//! TimeSeriesJob, see `runner.rs`), within a worker budget, with a bounded FIFO queue in front.
+//! The API talks to it only by messages.
+//!
+//! A job submitted `after` another waits (queued, outside the FIFO) until that one ends: then it
+//! takes its result as input and joins the queue, or fails if it did not succeed. A job it
+//! follows on another node is looked up in the store every second (`CheckWaiting`).
 //!
 //! Messages: `Submit` (refused with `QueueFull` and a retry hint when the queue is full), `Get`,
 //! `List`, `Cancel`, `Drain` (from the API and the node); `CancelHere` (from its JobDirectory:
@@ -16,14 +21,16 @@
 pub mod conversion;
 pub mod directory;
 pub mod logic;
+pub mod runner;
 pub mod sweep;
+pub mod time_series;
 
 use crate::store::StoreError;
 use crate::store::jobs::{JobId, JobProgress, JobRecord, JobSpec, JobState, JobStore};
-use conversion::{ConversionArgs, ConversionMsg, Outcome, PcapConversionJob};
 use logic::{Admission, admit, retry_after, transition, update_mean};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
+use runner::{Found, JobRunner, Outcome, RunArgs, RunMsg, Work};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +90,11 @@ pub enum JobMsg {
     Drain(RpcReplyPort<()>),
     Progress(JobId, JobProgress),
     Finished(JobId, Outcome),
+    /// Own timer: looks for the ends of the jobs that waiting jobs follow.
+    CheckWaiting,
+    /// From the store: the records of jobs that waiting jobs follow (waiting job, its
+    /// predecessor's record; an error keeps it waiting).
+    AfterEnded(Vec<(JobId, Result<Option<JobRecord>, String>)>),
     /// Own timer: remove uploads and results whose records expired (see `sweep`).
     Sweep,
     /// The queue and the running jobs (for the actor tree).
@@ -92,6 +104,8 @@ pub enum JobMsg {
 #[derive(Debug, Clone)]
 pub struct JobSupervisorStatus {
     pub queued: usize,
+    /// Jobs waiting for the job they follow to end.
+    pub waiting: usize,
     pub workers: usize,
     /// Queue capacity.
     pub queue: usize,
@@ -124,6 +138,8 @@ pub struct JobArgs {
     pub node: String,
     /// The node's configuration version: its job figures are labelled with it.
     pub config_version: String,
+    /// `jobs.max_series_cells`: key x interval cells a time-series job may hold.
+    pub max_series_cells: usize,
 }
 
 /// The job figures: wait and run time histograms and outcomes, labelled with the job kind and
@@ -132,7 +148,7 @@ struct JobMetrics {
     wait: opentelemetry::metrics::Histogram<f64>,
     run: opentelemetry::metrics::Histogram<f64>,
     outcomes: opentelemetry::metrics::Counter<u64>,
-    attrs: Vec<opentelemetry::KeyValue>,
+    config_version: String,
 }
 
 impl JobMetrics {
@@ -160,15 +176,19 @@ impl JobMetrics {
                 .with_unit("{job}")
                 .with_description("jobs ended, by outcome (succeeded, failed, cancelled)")
                 .build(),
-            attrs: vec![
-                opentelemetry::KeyValue::new("job.kind", crate::store::jobs::KIND_PCAP_CONVERSION),
-                opentelemetry::KeyValue::new("config.version", config_version.to_string()),
-            ],
+            config_version: config_version.to_string(),
         }
     }
 
-    fn with_outcome(&self, outcome: &'static str) -> Vec<opentelemetry::KeyValue> {
-        let mut a = self.attrs.clone();
+    fn attrs(&self, kind: &str) -> Vec<opentelemetry::KeyValue> {
+        vec![
+            opentelemetry::KeyValue::new("job.kind", kind.to_string()),
+            opentelemetry::KeyValue::new("config.version", self.config_version.clone()),
+        ]
+    }
+
+    fn with_outcome(&self, kind: &str, outcome: &'static str) -> Vec<opentelemetry::KeyValue> {
+        let mut a = self.attrs(kind);
         a.push(opentelemetry::KeyValue::new("outcome", outcome));
         a
     }
@@ -201,7 +221,7 @@ struct Tracked {
 }
 
 struct Running {
-    actor: ActorRef<ConversionMsg>,
+    actor: ActorRef<RunMsg>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -216,6 +236,11 @@ pub struct JobSupervisorState {
     args: JobArgs,
     jobs: HashMap<JobId, Tracked>,
     queue: VecDeque<JobId>,
+    /// Jobs waiting for the job they follow (`after`) to end, in submit order.
+    waiting: Vec<JobId>,
+    /// A `CheckWaiting` timer is set; the store is being asked about predecessors.
+    check_armed: bool,
+    asking_store: bool,
     running: HashMap<JobId, Running>,
     writer: mpsc::UnboundedSender<Write>,
     mean_exec: Option<Duration>,
@@ -271,6 +296,9 @@ impl Actor for JobSupervisor {
             args,
             jobs: HashMap::new(),
             queue: VecDeque::new(),
+            waiting: Vec::new(),
+            check_armed: false,
+            asking_store: false,
             running: HashMap::new(),
             writer,
             mean_exec: None,
@@ -308,9 +336,14 @@ impl Actor for JobSupervisor {
                                     queued,
                                 },
                             );
-                            state.queue.push_back(id);
-                            if admission == Admission::Start {
-                                state.start_next(&myself).await;
+                            if state.jobs.get(&id).is_some_and(|t| t.record.after.is_some()) {
+                                state.waiting.push(id);
+                                state.check_waiting(&myself).await;
+                            } else {
+                                state.queue.push_back(id);
+                                if admission == Admission::Start {
+                                    state.start_next(&myself).await;
+                                }
                             }
                         }
                     }
@@ -341,7 +374,7 @@ impl Actor for JobSupervisor {
                             let _ = reply.send(store.list(&tenant).await.map(|s| merge(s, local)));
                         });
                     }
-                    JobMsg::Cancel(tenant, id, reply) => match state.cancel(&tenant, id) {
+                    JobMsg::Cancel(tenant, id, reply) => match state.cancel_and_check(&myself, &tenant, id).await {
                         Err(CancelError::NotFound) => {
                             // Not here: maybe another node's (the record is shared, the job is not).
                             let own = state.directory.as_ref().map(|d| d.get_id());
@@ -355,13 +388,14 @@ impl Actor for JobSupervisor {
                         }
                     },
                     JobMsg::CancelHere(tenant, id, reply) => {
-                        let _ = reply.send(state.cancel(&tenant, id));
+                        let _ = reply.send(state.cancel_and_check(&myself, &tenant, id).await);
                     }
                     JobMsg::Drain(reply) => {
                         state.draining.get_or_insert_with(Vec::new).push(reply);
-                        let waiting: Vec<JobId> = state.queue.iter().copied().collect();
+                        let queued: Vec<JobId> = state.queue.iter().copied().collect();
+                        let waiting = state.waiting.clone();
                         let running: Vec<JobId> = state.running.keys().copied().collect();
-                        for id in waiting.into_iter().chain(running) {
+                        for id in queued.into_iter().chain(waiting).chain(running) {
                             let tenant = state.jobs.get(&id).map(|t| t.record.tenant.clone());
                             if let Some(tenant) = tenant {
                                 let _ = state.cancel(&tenant, id);
@@ -393,6 +427,7 @@ impl Actor for JobSupervisor {
                             .collect();
                         let _ = reply.send(JobSupervisorStatus {
                             queued: state.queue.len(),
+                            waiting: state.waiting.len(),
                             workers: state.args.workers,
                             queue: state.args.queue,
                             running,
@@ -407,8 +442,25 @@ impl Actor for JobSupervisor {
                             r.actor.stop(None);
                         }
                         state.finish(id, outcome);
+                        state.check_waiting(&myself).await;
                         state.start_next(&myself).await;
                         state.answer_drain().await;
+                    }
+                    JobMsg::CheckWaiting => {
+                        state.check_armed = false;
+                        state.check_waiting(&myself).await;
+                    }
+                    JobMsg::AfterEnded(found) => {
+                        state.asking_store = false;
+                        for (id, predecessor) in found {
+                            match predecessor {
+                                Ok(Some(r)) if r.state.is_final() => state.resolve(id, Some(&r)),
+                                Ok(Some(_)) => {}
+                                Ok(None) => state.resolve(id, None),
+                                Err(e) => tracing::debug!(job = %id, error = %e, "the job it follows: no answer yet"),
+                            }
+                        }
+                        state.start_next(&myself).await;
                     }
                 }
                 Ok(())
@@ -448,8 +500,9 @@ impl Actor for JobSupervisor {
         }
         tracing::warn!(job = %id, %reason, "job failed");
         let dir = state.job_dir(id);
-        tokio::task::spawn_blocking(move || conversion::discard(&dir));
+        tokio::task::spawn_blocking(move || runner::discard(&dir));
         state.finish(id, Outcome::Failed(reason));
+        state.check_waiting(&myself).await;
         state.start_next(&myself).await;
         state.answer_drain().await;
         Ok(())
@@ -461,8 +514,11 @@ impl JobSupervisorState {
         if self.draining.is_some() {
             return Err(SubmitError::Draining);
         }
-        if spec.inputs.is_empty() {
-            return Err(SubmitError::Invalid("no input captures".into()));
+        if spec.inputs.is_empty() && spec.after.is_none() {
+            return Err(SubmitError::Invalid("no inputs".into()));
+        }
+        if let Some(o) = &spec.time_series {
+            o.check().map_err(SubmitError::Invalid)?;
         }
         if spec.tenant.is_empty() || spec.tenant.contains(':') {
             return Err(SubmitError::Invalid(
@@ -470,9 +526,11 @@ impl JobSupervisorState {
             ));
         }
         let (workers, cap) = (self.args.workers, self.args.queue);
-        match admit(self.running.len(), workers, self.queue.len(), cap) {
+        // Waiting jobs hold places in the queue: they join it when they can run.
+        let queued = self.queue.len() + self.waiting.len();
+        match admit(self.running.len(), workers, queued, cap) {
             Admission::Refuse => Err(SubmitError::QueueFull {
-                retry_after: retry_after(self.queue.len(), workers, self.mean_exec),
+                retry_after: retry_after(queued, workers, self.mean_exec),
             }),
             a => Ok(a),
         }
@@ -497,23 +555,34 @@ impl JobSupervisorState {
                 continue;
             };
             let cancel = Arc::new(AtomicBool::new(false));
-            let args = ConversionArgs {
+            let inputs = t.record.inputs.clone();
+            let work = match &t.record.time_series {
+                Some(options) => Work::TimeSeries {
+                    inputs,
+                    options: options.clone(),
+                    max_cells: self.args.max_series_cells,
+                },
+                None => Work::Conversion {
+                    inputs,
+                    options: t.record.options.clone(),
+                },
+            };
+            #[cfg(feature = "fault-injection")]
+            let fail_after_packets = t.record.options.fail_after_packets;
+            #[cfg(not(feature = "fault-injection"))]
+            let fail_after_packets = None;
+            let name = format!("{}{id}", work.actor_prefix());
+            let args = RunArgs {
                 span: job_span("job run", &t.parent, &t.record),
                 id,
                 tenant: t.record.tenant.clone(),
-                inputs: t.record.inputs.clone(),
-                options: t.record.options.clone(),
+                work,
                 dir: self.job_dir(id),
                 supervisor: myself.clone(),
                 cancel: cancel.clone(),
+                fail_after_packets,
             };
-            let spawned = Actor::spawn_linked(
-                Some(format!("job-{id}")),
-                PcapConversionJob,
-                args,
-                myself.get_cell(),
-            )
-            .await;
+            let spawned = Actor::spawn_linked(Some(name), JobRunner, args, myself.get_cell()).await;
             match spawned {
                 Ok((actor, _)) => {
                     self.running.insert(id, Running { actor, cancel });
@@ -524,9 +593,10 @@ impl JobSupervisorState {
                         t.started = Some(now);
                         t.queued = tracing::Span::none();
                         t.record.telemetry.queue_wait_ms = Some(ms(now - t.submitted));
-                        self.metrics
-                            .wait
-                            .record((now - t.submitted).as_secs_f64(), &self.metrics.attrs);
+                        self.metrics.wait.record(
+                            (now - t.submitted).as_secs_f64(),
+                            &self.metrics.attrs(&t.record.kind),
+                        );
                         let record = t.record.clone();
                         self.save(&record);
                     }
@@ -544,12 +614,13 @@ impl JobSupervisorState {
         match state {
             JobState::Queued => {
                 self.queue.retain(|q| *q != id);
+                self.waiting.retain(|q| *q != id);
                 self.finish(id, Outcome::Cancelled);
                 Ok(Cancelled::Cancelled)
             }
             JobState::Running => {
                 if let Some(r) = self.running.get(&id) {
-                    let _ = r.actor.cast(ConversionMsg::Cancel);
+                    let _ = r.actor.cast(RunMsg::Cancel);
                 }
                 Ok(Cancelled::Cancelling)
             }
@@ -581,15 +652,21 @@ impl JobSupervisorState {
             JobState::Cancelled => "cancelled",
             _ => "failed",
         };
-        let attrs = self.metrics.with_outcome(name);
+        let attrs = self.metrics.with_outcome(&r.kind, name);
         self.metrics.outcomes.add(1, &attrs);
         match outcome {
             Outcome::Succeeded {
-                summary,
+                found,
                 progress,
                 artifact,
             } => {
-                r.summary = Some(summary);
+                match *found {
+                    Found::Conversion(summary) => r.summary = Some(summary),
+                    Found::TimeSeries(series, files) => {
+                        r.series = Some(series);
+                        r.files = files;
+                    }
+                }
                 r.progress = progress;
                 r.artifact = Some(artifact.display().to_string());
             }
@@ -607,6 +684,109 @@ impl JobSupervisorState {
         let record = r.clone();
         self.save(&record);
         self.forget_old();
+    }
+
+    /// Cancels a job; a waiting job that followed it can then fail at once.
+    async fn cancel_and_check(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        tenant: &str,
+        id: JobId,
+    ) -> Result<Cancelled, CancelError> {
+        let answer = self.cancel(tenant, id);
+        if answer == Ok(Cancelled::Cancelled) {
+            self.check_waiting(myself).await;
+        }
+        answer
+    }
+
+    /// Resolves the waiting jobs whose predecessor has ended here; asks the store about those
+    /// this node does not hold (one question at a time), and looks again in a second while any
+    /// wait.
+    async fn check_waiting(&mut self, myself: &ActorRef<JobMsg>) {
+        let mut remote = Vec::new();
+        for id in self.waiting.clone() {
+            let Some((tenant, after)) = self
+                .jobs
+                .get(&id)
+                .and_then(|t| t.record.after.map(|a| (t.record.tenant.clone(), a)))
+            else {
+                self.waiting.retain(|w| *w != id);
+                continue;
+            };
+            match self.jobs.get(&after) {
+                Some(p) if p.record.tenant == tenant => {
+                    if p.record.state.is_final() {
+                        let p = p.record.clone();
+                        self.resolve(id, Some(&p));
+                    }
+                }
+                _ => remote.push((id, tenant, after)),
+            }
+        }
+        if !remote.is_empty() && !self.asking_store {
+            self.asking_store = true;
+            let store = self.args.store.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let mut found = Vec::with_capacity(remote.len());
+                for (id, tenant, after) in remote {
+                    found.push((
+                        id,
+                        store.get(&tenant, after).await.map_err(|e| e.to_string()),
+                    ));
+                }
+                let _ = me.cast(JobMsg::AfterEnded(found));
+            });
+        }
+        if !self.waiting.is_empty() && !self.check_armed {
+            self.check_armed = true;
+            myself.send_after(Duration::from_secs(1), || JobMsg::CheckWaiting);
+        }
+        self.start_next(myself).await;
+    }
+
+    /// A waiting job whose predecessor ended (`None`: its record is gone): it joins the queue
+    /// with the predecessor's result as input, or fails saying why.
+    fn resolve(&mut self, id: JobId, predecessor: Option<&JobRecord>) {
+        if !self.waiting.contains(&id) {
+            return;
+        }
+        self.waiting.retain(|w| *w != id);
+        let Some(t) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let after = t.record.after.map(|a| a.to_string()).unwrap_or_default();
+        let input = match predecessor {
+            None => Err(format!(
+                "job {after}, which this one follows, is gone (its record expired)"
+            )),
+            Some(p) if p.state != JobState::Succeeded => Err(format!(
+                "job {after}, which this one follows, ended {}{}",
+                format!("{:?}", p.state).to_lowercase(),
+                p.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+            Some(p) if p.kind != crate::store::jobs::KIND_PCAP_CONVERSION => Err(format!(
+                "job {after}, which this one follows, is a {} job: its result is not IPFIX",
+                p.kind
+            )),
+            Some(p) => p
+                .artifact
+                .clone()
+                .ok_or_else(|| format!("job {after}, which this one follows, has no result")),
+        };
+        match input {
+            Ok(artifact) => {
+                t.record.inputs = vec![artifact];
+                let record = t.record.clone();
+                self.save(&record);
+                self.queue.push_back(id);
+            }
+            Err(e) => self.finish(id, Outcome::Failed(e)),
+        }
     }
 
     /// Starts a sweep of `storage.dir` in a task of its own, unless one still runs.

@@ -179,6 +179,7 @@ mod tests {
             tenant: "acme".into(),
             inputs: vec![kept.display().to_string()],
             options: Default::default(),
+            ..JobSpec::default()
         };
         store
             .put(&JobRecord::queued(live, &spec, "n"))

@@ -1,0 +1,342 @@
+//! Time-series jobs over HTTP, against a real node: chained after a conversion (a JSON body
+//! with `after`), or of an uploaded IPFIX file (options in the query). Their files are
+//! downloaded and checked (JSON equal to what `ipfixsvc timeseries` writes of the same input,
+//! CSV, SVG with every key, PNG of the size asked); each way a request can be wrong answers its
+//! problem.
+
+mod common;
+
+use common::{BIN, Server, admin_token, api_addr, create_tenant};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn start(name: &str) -> (Server, SocketAddr, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ipfixsvc-series-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.display().to_string();
+    let server = Server::start(
+        name,
+        &[
+            ("IPFIXSVC__NODE__ROLES", "collector,api,jobs"),
+            ("IPFIXSVC__API__LISTEN", "127.0.0.1:0"),
+            ("IPFIXSVC__STORAGE__DIR", dir_s.as_str()),
+            // One worker: a job chained after another must not hold it while it waits.
+            ("IPFIXSVC__JOBS__WORKERS", "1"),
+        ],
+    );
+    let api = api_addr(&server);
+    (server, api, dir)
+}
+
+fn testdata(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata")
+        .join(rel)
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn send(&self, r: reqwest::RequestBuilder) -> (u16, String, Vec<u8>) {
+        let r = r
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (status, ct, r.bytes().await.expect("body").to_vec())
+    }
+
+    async fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let (s, _, b) = self
+            .send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await;
+        (s, serde_json::from_slice(&b).unwrap_or_default())
+    }
+
+    async fn upload(&self, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let (s, _, b) = self
+            .send(
+                self.http
+                    .post(format!("{}{path}", self.base))
+                    .header("content-type", "application/octet-stream")
+                    .body(body),
+            )
+            .await;
+        (s, serde_json::from_slice(&b).unwrap_or_default())
+    }
+
+    /// Polls a job until it ends; its final record.
+    async fn finished(&self, id: &str) -> serde_json::Value {
+        for _ in 0..400 {
+            let (s, _, b) = self.get(&format!("/{id}")).await;
+            assert_eq!(s, 200);
+            let r: serde_json::Value = serde_json::from_slice(&b).expect("record");
+            if matches!(
+                r["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("job {id} did not end");
+    }
+}
+
+/// `ipfixsvc timeseries` of `input`, as JSON bytes.
+fn cli_json(input: &Path, args: &[&str], out: &Path) -> Vec<u8> {
+    let o = std::process::Command::new(BIN)
+        .arg("timeseries")
+        .arg(input)
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("timeseries");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(out).expect("json")
+}
+
+/// A PNG's width and height, from its IHDR chunk.
+fn png_size(b: &[u8]) -> (u32, u32) {
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert_eq!(&b[12..16], b"IHDR");
+    let be = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    (be(16), be(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_series_after_a_conversion_and_of_an_upload_over_http() {
+    let (_server, api, dir) = start("chain");
+    let token = admin_token(&dir);
+    create_tenant(api, &token, serde_json::json!({"id": "acme"})).await;
+    let a = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{api}/api/v1/tenants/acme/jobs"),
+        token,
+    };
+    let capture = std::fs::read(testdata("traffic/http.pcap")).expect("capture");
+    let (s, conv) = a.upload("/pcap-conversion", capture).await;
+    assert_eq!(s, 202, "{conv}");
+    let conv_id = conv["id"].as_str().expect("id").to_string();
+    let options = serde_json::json!({
+        "interval_secs": 60, "by": "destinationTransportPort", "top": 5,
+        "chart": "packets", "width": 800, "height": 400,
+    });
+    let (s, ts) = a
+        .post_json(
+            "/time-series",
+            serde_json::json!({"after": conv_id, "options": options}),
+        )
+        .await;
+    assert_eq!(s, 202, "{ts}");
+    assert_eq!(ts["kind"], "time_series");
+    assert_eq!(ts["time_series"]["top"], 5);
+    let ts_id = ts["id"].as_str().expect("id").to_string();
+    let conv = a.finished(&conv_id).await;
+    assert_eq!(conv["state"], "succeeded", "{conv}");
+    let ts = a.finished(&ts_id).await;
+    assert_eq!(ts["state"], "succeeded", "{ts}");
+    assert_eq!(ts["inputs"][0], conv["artifact"]);
+    let series = &ts["series"];
+    for (ours, theirs) in [
+        ("octets", "octets"),
+        ("packets", "metered_packets"),
+        ("flows", "flows"),
+    ] {
+        assert_eq!(series[ours], conv["summary"][theirs], "{ours}");
+    }
+
+    // Its files, with their media types; `result` is the JSON.
+    let (s, ct, json) = a.get(&format!("/{ts_id}/series.json")).await;
+    assert_eq!((s, ct.as_str()), (200, "application/json"));
+    let (s, ct, result) = a.get(&format!("/{ts_id}/result")).await;
+    assert_eq!((s, ct.as_str()), (200, "application/json"));
+    assert_eq!(result, json);
+    let doc: serde_json::Value = serde_json::from_slice(&json).expect("series JSON");
+    let keys: Vec<&str> = doc["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter_map(|s| s["key"].as_str())
+        .collect();
+    assert!(!keys.is_empty() && keys.len() <= 6, "{keys:?}");
+    assert_eq!(series["keys"], serde_json::json!(keys));
+    let result_file = PathBuf::from(conv["artifact"].as_str().expect("artifact"));
+    let by_cli = cli_json(
+        &result_file,
+        &[
+            "--interval",
+            "60",
+            "--by",
+            "destinationTransportPort",
+            "--top",
+            "5",
+        ],
+        &dir.join("cli.json"),
+    );
+    assert_eq!(json, by_cli, "the job's JSON is the CLI's");
+    let (s, ct, csv) = a.get(&format!("/{ts_id}/series.csv")).await;
+    assert_eq!((s, ct.as_str()), (200, "text/csv; charset=utf-8"));
+    let csv = String::from_utf8(csv).expect("UTF-8");
+    assert!(csv.starts_with("time,key,octets,packets,flows\n"), "{csv}");
+    let csv_octets: u64 = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(2)?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(serde_json::json!(csv_octets), series["octets"]);
+    let (s, ct, svg) = a.get(&format!("/{ts_id}/series.svg")).await;
+    assert_eq!((s, ct.as_str()), (200, "image/svg+xml"));
+    let svg = String::from_utf8(svg).expect("UTF-8");
+    assert!(svg.contains("<svg"));
+    // Each `<text ...>content</text>`, trimmed.
+    let texts: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim()))
+        .collect();
+    for k in &keys {
+        assert!(texts.contains(k), "{k} not in the legend: {texts:?}");
+    }
+    assert!(
+        texts.iter().any(|t| t.contains("packets/s")),
+        "the chart asked for shows packets: {texts:?}"
+    );
+    let (s, ct, png) = a.get(&format!("/{ts_id}/series.png")).await;
+    assert_eq!((s, ct.as_str()), (200, "image/png"));
+    assert_eq!(png_size(&png), (800, 400));
+    // Nothing else is served: another name, or a conversion's (it has no such file).
+    let (s, ct, _) = a.get(&format!("/{ts_id}/series.txt")).await;
+    assert_eq!((s, ct.as_str()), (404, "application/problem+json"));
+    let (s, _, _) = a.get(&format!("/{conv_id}/series.json")).await;
+    assert_eq!(s, 404);
+
+    // The same options on an uploaded IPFIX file, in the query.
+    let ipfix = testdata("ipfix/example_flows.ipfix");
+    let (s, up) = a
+        .upload(
+            "/time-series?interval_secs=300&by=protocolIdentifier&top=3",
+            std::fs::read(&ipfix).expect("ipfix"),
+        )
+        .await;
+    assert_eq!(s, 202, "{up}");
+    let up_id = up["id"].as_str().expect("id").to_string();
+    let up = a.finished(&up_id).await;
+    assert_eq!(up["state"], "succeeded", "{up}");
+    assert!(up["inputs"][0].as_str().expect("input").ends_with(".ipfix"));
+    let (_, _, json) = a.get(&format!("/{up_id}/result")).await;
+    let by_cli = cli_json(
+        &ipfix,
+        &[
+            "--interval",
+            "300",
+            "--by",
+            "protocolIdentifier",
+            "--top",
+            "3",
+        ],
+        &dir.join("cli-upload.json"),
+    );
+    assert_eq!(json, by_cli);
+
+    // Refusals, each with its problem.
+    let problem = |want: u16, got: (u16, serde_json::Value), needle: &str| {
+        assert_eq!(got.0, want, "{}", got.1);
+        let detail = got.1["detail"].as_str().unwrap_or_default().to_string();
+        assert!(detail.contains(needle), "{needle:?} in {detail:?}");
+    };
+    let j = |v: serde_json::Value| a.post_json("/time-series", v);
+    problem(400, j(serde_json::json!({})).await, "one of them");
+    problem(
+        400,
+        j(serde_json::json!({"input": conv_id, "after": conv_id})).await,
+        "one of them",
+    );
+    let nobody = uuid::Uuid::new_v4().to_string();
+    problem(404, j(serde_json::json!({"input": nobody})).await, &nobody);
+    problem(
+        400,
+        j(serde_json::json!({"input": ts_id})).await,
+        "its result is not IPFIX",
+    );
+    problem(
+        400,
+        j(serde_json::json!({"after": conv_id, "options": {"interval_secs": 0}})).await,
+        "interval_secs",
+    );
+    problem(
+        400,
+        j(serde_json::json!({"after": conv_id, "options": {"by": "noSuchElement"}})).await,
+        "by ",
+    );
+    problem(
+        400,
+        j(serde_json::json!({"after": conv_id, "options": {"intervall": 5}})).await,
+        "unknown field",
+    );
+    problem(
+        400,
+        a.post_json("/time-series?top=3", serde_json::json!({"input": conv_id}))
+            .await,
+        "not in the query",
+    );
+    problem(
+        400,
+        a.upload("/time-series?width=50", b"\x00\x0a\x00\x10".to_vec())
+            .await,
+        "width",
+    );
+    problem(
+        415,
+        a.upload("/time-series", b"hello, world".to_vec()).await,
+        "IPFIX file",
+    );
+    // A failed conversion leaves nothing to chart: 409 at once.
+    let (s, bad) = a
+        .upload("/pcap-conversion", b"\xd4\xc3\xb2\xa1broken".to_vec())
+        .await;
+    assert_eq!(s, 202, "{bad}");
+    let bad_id = bad["id"].as_str().expect("id").to_string();
+    assert_eq!(a.finished(&bad_id).await["state"], "failed");
+    problem(
+        409,
+        j(serde_json::json!({"after": bad_id})).await,
+        "it has no result",
+    );
+    problem(
+        409,
+        j(serde_json::json!({"input": bad_id})).await,
+        "give it as `after`",
+    );
+    // Another tenant's jobs are not found.
+    create_tenant(api, &a.token, serde_json::json!({"id": "other"})).await;
+    let (s, _, b) = a
+        .send(
+            a.http
+                .post(format!(
+                    "http://{api}/api/v1/tenants/other/jobs/time-series"
+                ))
+                .json(&serde_json::json!({"input": conv_id})),
+        )
+        .await;
+    assert_eq!(s, 404, "{}", String::from_utf8_lossy(&b));
+}
