@@ -340,3 +340,238 @@ async fn a_time_series_after_a_conversion_and_of_an_upload_over_http() {
         .await;
     assert_eq!(s, 404, "{}", String::from_utf8_lossy(&b));
 }
+
+fn refs(e: &[(String, String)]) -> Vec<(&str, &str)> {
+    e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// An IPFIX stream of instant flows at `(ms, port, octets)`, as an exporter would send it.
+fn flows_at(flows: &[(u64, u16, u64)]) -> Vec<u8> {
+    use ipfixsvc::wire::Registry;
+    use ipfixsvc::wire::encode::{FieldValue, MessageBuilder};
+    use ipfixsvc::wire::plan::Plan;
+    use ipfixsvc::wire::template::{FieldSpec, Template};
+    let reg = Registry::builtin();
+    let t = Template::data(
+        256,
+        vec![
+            FieldSpec::new(11, 0, 2),
+            FieldSpec::new(1, 0, 8),
+            FieldSpec::new(2, 0, 8),
+            FieldSpec::new(152, 0, 8),
+            FieldSpec::new(153, 0, 8),
+        ],
+    );
+    let plan = Plan::compile(t.clone(), &reg);
+    let mut mb = MessageBuilder::new(7, 1400);
+    mb.add_template(&t).expect("template");
+    for &(ms, port, octets) in flows {
+        let u = FieldValue::Unsigned;
+        mb.add_record(
+            &plan,
+            &[
+                u(port.into()),
+                u(octets),
+                u(1),
+                FieldValue::DateTimeMilliseconds(ms),
+                FieldValue::DateTimeMilliseconds(ms),
+            ],
+        )
+        .expect("record");
+    }
+    mb.flush();
+    mb.take_ready().concat()
+}
+
+async fn export_from(source: &str, to: SocketAddr, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind");
+    let mut c = s.connect(to).await.expect("connect");
+    c.write_all(bytes).await.expect("send");
+}
+
+/// Two nodes sharing Redis (tenants, streams) in one cluster, each collecting half of a
+/// tenant's flows: the live series asked of A add up both nodes' cells, per interval and port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_series_adds_up_the_nodes_that_collect() {
+    let redis = common::redis_server::RedisServer::start();
+    let url = redis.url();
+    let token = "an-operator-token-from-a-secret";
+    let (ca, cb) = (
+        format!("127.0.0.1:{}", common::free_port()),
+        format!("127.0.0.1:{}", common::free_port()),
+    );
+    let dirs: Vec<String> = ["live-a", "live-b"]
+        .iter()
+        .map(|n| {
+            let d =
+                std::env::temp_dir().join(format!("ipfixsvc-series-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            d.display().to_string()
+        })
+        .collect();
+    let env = |name: &'static str, dir: &str, listen: &str, seed: Option<&str>| {
+        let mut e: Vec<(String, String)> = vec![
+            ("IPFIXSVC__NODE__NAME".into(), name.into()),
+            (
+                "IPFIXSVC__NODE__ROLES".into(),
+                "collector,api,mediator".into(),
+            ),
+            ("IPFIXSVC__API__LISTEN".into(), "127.0.0.1:0".into()),
+            ("IPFIXSVC__API__ADMIN_TOKEN".into(), token.into()),
+            ("IPFIXSVC__STORAGE__DIR".into(), dir.into()),
+            ("IPFIXSVC__REDIS__URL".into(), url.clone()),
+            (
+                "IPFIXSVC__CLUSTER__COOKIE".into(),
+                "a-long-random-test-cookie".into(),
+            ),
+            ("IPFIXSVC__CLUSTER__LISTEN".into(), listen.into()),
+            ("IPFIXSVC__OUTPUT__FORMAT".into(), "count".into()),
+        ];
+        if let Some(s) = seed {
+            e.push(("IPFIXSVC__CLUSTER__SEEDS".into(), s.into()));
+        }
+        e
+    };
+    let (ea, eb) = (
+        env("node-a", &dirs[0], &ca, None),
+        env("node-b", &dirs[1], &cb, Some(&ca)),
+    );
+    let a = Server::start("series-node-a", &refs(&ea));
+    let b = Server::start("series-node-b", &refs(&eb));
+    b.wait_log("cluster peer ready", 1, Duration::from_secs(20));
+    let api_a = api_addr(&a);
+    create_tenant(
+        api_a,
+        token,
+        serde_json::json!({"id": "acme", "exporters": ["127.0.0.44/30"]}),
+    )
+    .await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{api_a}/api/v1/tenants/acme"),
+        token: token.into(),
+    };
+    // Before any stream: 404, saying what to make.
+    let (s, _, body) = api.get("/timeseries").await;
+    assert_eq!(s, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("timeseries sink"));
+    let (s, v) = api
+        .post_json(
+            "/streams",
+            serde_json::json!({"name": "live", "sink": {"kind": "timeseries", "interval_secs": 10, "by": ["destinationTransportPort"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // Running on both nodes.
+    let mut running = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, _, b) = api.get("/streams/live").await;
+        running = serde_json::from_slice(&b).unwrap_or_default();
+        if running["nodes"].as_array().map_or(0, Vec::len) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        running["nodes"].as_array().map_or(0, Vec::len),
+        2,
+        "{running}"
+    );
+
+    // 120 flows over the last two minutes: ports 80, 443 and 53 by turns.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let base = now - 120_000;
+    let ports = [80u16, 443, 53];
+    let flows: Vec<(u64, u16, u64)> = (0..120u64)
+        .map(|k| (base + k * 1000, ports[k as usize % 3], 100 + k))
+        .collect();
+    let (half_a, half_b) = flows.split_at(60);
+    export_from("127.0.0.45", a.tcp, &flows_at(half_a)).await;
+    export_from("127.0.0.46", b.tcp, &flows_at(half_b)).await;
+    let total_octets: u64 = flows.iter().map(|f| f.2).sum();
+    let window = format!("from={}&to={}", base / 1000 - 10, now / 1000 + 10);
+    let mut doc = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (s, _, b) = api
+            .get(&format!("/timeseries?by=destinationTransportPort&{window}"))
+            .await;
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+        doc = serde_json::from_slice(&b).expect("JSON");
+        if doc["totals"]["flows"] == 120 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(doc["totals"]["flows"], 120, "{doc}");
+    assert_eq!(doc["nodes"], 2, "{doc}");
+    assert_eq!(doc["stream"], "live");
+    assert_eq!(doc["totals"]["octets"], total_octets);
+    // Per port and interval, what the flows say.
+    let times: Vec<String> = serde_json::from_value(doc["times"].clone()).expect("times");
+    let first = chrono::DateTime::parse_from_rfc3339(&times[0])
+        .expect("RFC 3339")
+        .timestamp_millis() as u64;
+    for port in ports {
+        let s = doc["series"]
+            .as_array()
+            .expect("series")
+            .iter()
+            .find(|s| s["key"].as_str().and_then(|k| k.parse::<u16>().ok()) == Some(port))
+            .unwrap_or_else(|| panic!("port {port} in {doc}"));
+        let mut want = vec![0u64; times.len()];
+        for f in flows.iter().filter(|f| f.1 == port) {
+            want[((f.0 - first) / 10_000) as usize] += f.2;
+        }
+        assert_eq!(s["octets"], serde_json::json!(want), "port {port}");
+    }
+    // The total, top 1, and a chart.
+    let (_, _, b) = api.get(&format!("/timeseries?{window}")).await;
+    let total: serde_json::Value = serde_json::from_slice(&b).expect("JSON");
+    assert_eq!(total["series"][0]["key"], "total");
+    assert_eq!(total["totals"]["octets"], total_octets);
+    let (_, _, b) = api
+        .get(&format!(
+            "/timeseries?by=destinationTransportPort&top=1&{window}"
+        ))
+        .await;
+    let one: serde_json::Value = serde_json::from_slice(&b).expect("JSON");
+    let keys: Vec<&str> = one["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter_map(|s| s["key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[1], "other");
+    let (s, ct, svg) = api
+        .send(
+            api.http
+                .get(format!(
+                    "{}/timeseries?by=destinationTransportPort&{window}",
+                    api.base
+                ))
+                .header("accept", "image/svg+xml"),
+        )
+        .await;
+    assert_eq!((s, ct.as_str()), (200, "image/svg+xml"));
+    let svg = String::from_utf8(svg).expect("UTF-8");
+    assert!(svg.contains("<svg") && svg.contains("443"));
+    // Refusals.
+    let (s, _, b) = api.get("/timeseries?by=sourceIPv4Address").await;
+    assert_eq!(s, 400);
+    assert!(String::from_utf8_lossy(&b).contains("keeps no series by"));
+    let (s, _, b) = api.get("/timeseries?from=0&to=1700000000").await;
+    assert_eq!(s, 400);
+    assert!(String::from_utf8_lossy(&b).contains("at most 20000"));
+    let (s, _, _) = api.get("/timeseries?stream=nope").await;
+    assert_eq!(s, 404);
+    let (s, _, _) = api.get("/timeseries?from=tomorrow").await;
+    assert_eq!(s, 400);
+    drop(redis);
+}

@@ -10,7 +10,7 @@ use super::cluster::{CLUSTER_MEMBER, ClusterMsg};
 use super::collector::session::SessionMsg;
 use super::collector::session_logic::SessionStats;
 use super::collector::{COLLECTOR_NAME, CollectorMsg};
-use super::mediator::{MEDIATOR_NAME, MediatorMsg, StreamState};
+use super::mediator::{MEDIATOR_NAME, MediatorMsg, SeriesAnswer, SeriesAsk, StreamState};
 use crate::store::codec;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{BytesConvertable, RactorClusterMessage};
@@ -68,6 +68,30 @@ impl BytesConvertable for StreamStateList {
         codec::decode::<_, { 16 << 20 }>(&bytes).unwrap_or_else(|e| StreamStateList {
             errors: vec![format!("unreadable answer from a peer: {e}")],
             ..StreamStateList::default()
+        })
+    }
+}
+
+impl BytesConvertable for SeriesAsk {
+    fn into_bytes(self) -> Vec<u8> {
+        codec::encode(&self)
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        // An ask that cannot be read names no tenant: no stream matches it.
+        codec::decode::<_, 4096>(&bytes).unwrap_or_default()
+    }
+}
+
+impl BytesConvertable for SeriesAnswer {
+    fn into_bytes(self) -> Vec<u8> {
+        codec::encode(&self)
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        codec::decode::<_, { 64 << 20 }>(&bytes).unwrap_or_else(|e| SeriesAnswer {
+            errors: vec![format!("unreadable answer from a peer: {e}")],
+            ..SeriesAnswer::default()
         })
     }
 }
@@ -143,6 +167,12 @@ pub enum DirectoryMsg {
     StreamsTraced(TraceParent, RpcReplyPort<StreamStateList>),
     #[rpc]
     StreamsClusterTraced(TraceParent, RpcReplyPort<StreamStateList>),
+    /// This node's part of a tenant's live series (the trace may be empty).
+    #[rpc]
+    SeriesTraced(TraceParent, SeriesAsk, RpcReplyPort<SeriesAnswer>),
+    /// Every node's parts, merged.
+    #[rpc]
+    SeriesClusterTraced(TraceParent, SeriesAsk, RpcReplyPort<SeriesAnswer>),
 }
 
 impl DirectoryMsg {
@@ -224,11 +254,57 @@ pub async fn call<T: Send + 'static>(
     ask: &Ask<T>,
     timeout_ms: u64,
 ) -> Result<T, ractor::RactorErr<DirectoryMsg>> {
+    let (plain, traced) = (ask.plain, ask.traced);
+    observed(directory, ask.method, |parent| async move {
+        match parent {
+            None => ractor::call_t!(directory, plain, timeout_ms),
+            Some(p) => ractor::call_t!(directory, traced, timeout_ms, p),
+        }
+    })
+    .await
+}
+
+/// Asks a directory for a tenant's live series: its node's part, or (`cluster`) every node's
+/// merged.
+pub async fn call_series(
+    directory: &ActorRef<DirectoryMsg>,
+    cluster: bool,
+    ask: SeriesAsk,
+    timeout_ms: u64,
+) -> Result<SeriesAnswer, ractor::RactorErr<DirectoryMsg>> {
+    let method = if cluster { "SeriesCluster" } else { "Series" };
+    observed(directory, method, |parent| async move {
+        let p = parent.unwrap_or_default();
+        if cluster {
+            ractor::call_t!(
+                directory,
+                DirectoryMsg::SeriesClusterTraced,
+                timeout_ms,
+                p,
+                ask
+            )
+        } else {
+            ractor::call_t!(directory, DirectoryMsg::SeriesTraced, timeout_ms, p, ask)
+        }
+    })
+    .await
+}
+
+/// Runs a call (given the trace to send, if any) as a CLIENT span when inside a trace, and
+/// records its duration.
+async fn observed<T, F, Fut>(
+    directory: &ActorRef<DirectoryMsg>,
+    method: &'static str,
+    call: F,
+) -> Result<T, ractor::RactorErr<DirectoryMsg>>
+where
+    F: FnOnce(Option<TraceParent>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ractor::RactorErr<DirectoryMsg>>>,
+{
     use tracing::Instrument;
     let started = std::time::Instant::now();
-    let method = ask.method;
     let result = if !crate::telemetry::in_trace() {
-        ractor::call_t!(directory, ask.plain, timeout_ms)
+        call(None).await
     } else {
         let span = tracing::info_span!(
             "rpc call",
@@ -240,7 +316,7 @@ pub async fn call<T: Send + 'static>(
         );
         async {
             let parent = TraceParent(crate::telemetry::current_traceparent());
-            ractor::call_t!(directory, ask.traced, timeout_ms, parent)
+            call(Some(parent)).await
         }
         .instrument(span)
         .await
@@ -326,6 +402,33 @@ impl Actor for SessionDirectory {
                                 let mine = local_streams(&node).await;
                                 let all = with_peers(mine, peers, |peer| async move {
                                     call(&peer, &STREAMS, 5_000).await
+                                })
+                                .await;
+                                let _ = reply.send(all);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    DirectoryMsg::SeriesTraced(p, ask, reply) => {
+                        let span = served("Series", &p, &state.node);
+                        let node = state.node.clone();
+                        tokio::spawn(
+                            async move {
+                                let _ = reply.send(local_series(&node, ask).await);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    DirectoryMsg::SeriesClusterTraced(p, ask, reply) => {
+                        let span = served("SeriesCluster", &p, &state.node);
+                        let peers = other_directories(&myself);
+                        let node = state.node.clone();
+                        tokio::spawn(
+                            async move {
+                                let mine = local_series(&node, ask.clone()).await;
+                                let all = with_peers(mine, peers, |peer| {
+                                    let ask = ask.clone();
+                                    async move { call_series(&peer, false, ask, 5_000).await }
                                 })
                                 .await;
                                 let _ = reply.send(all);
@@ -421,6 +524,16 @@ impl Gathered for SessionList {
     }
 }
 
+impl Gathered for SeriesAnswer {
+    fn join(&mut self, other: Self) {
+        SeriesAnswer::join(self, other);
+    }
+
+    fn missing(&mut self, why: String) {
+        self.errors.push(why);
+    }
+}
+
 impl Gathered for StreamStateList {
     fn join(&mut self, other: Self) {
         self.streams.extend(other.streams);
@@ -476,6 +589,22 @@ async fn local_streams(node: &str) -> StreamStateList {
             .push(format!("{node}: the mediator did not answer: {e}")),
     }
     out
+}
+
+/// This node's part of a tenant's live series, from its MediatorSupervisor (nothing on a node
+/// without one).
+async fn local_series(node: &str, ask: SeriesAsk) -> SeriesAnswer {
+    let Some(m) = ractor::registry::where_is(MEDIATOR_NAME) else {
+        return SeriesAnswer::default();
+    };
+    let m: ActorRef<MediatorMsg> = m.into();
+    match ractor::call_t!(m, MediatorMsg::Series, 3_000, ask) {
+        Ok(a) => a,
+        Err(e) => SeriesAnswer {
+            errors: vec![format!("{node}: the mediator did not answer: {e}")],
+            ..SeriesAnswer::default()
+        },
+    }
 }
 
 /// This node's sessions, each asked for its statistics.

@@ -82,6 +82,8 @@ pub enum Key {
     Mac([u8; 6]),
     Text(Box<str>),
     Bytes(Box<[u8]>),
+    /// Every key past a live series' bound on keys (`Options::max_keys`).
+    Other,
 }
 
 impl Key {
@@ -141,6 +143,7 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Key::All => f.write_str("total"),
+            Key::Other => f.write_str("other"),
             Key::Absent => f.write_str("(absent)"),
             Key::Unsigned(v) => write!(f, "{v}"),
             Key::Signed(v) => write!(f, "{v}"),

@@ -6,6 +6,7 @@
 
 pub mod chart;
 pub mod key;
+pub mod live;
 pub mod output;
 pub mod series;
 pub mod time;

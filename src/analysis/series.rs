@@ -34,6 +34,9 @@ pub struct Options {
     pub max_cells: usize,
     /// Intervals from the first to the last at most.
     pub max_intervals: u64,
+    /// Distinct keys held at most; records of further keys count under `other` (a live series,
+    /// which runs for ever, bounds its keys this way; a file's run is bounded by `max_cells`).
+    pub max_keys: usize,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             forward_only: false,
             max_cells: 8_000_000,
             max_intervals: 1_000_000,
+            max_keys: usize::MAX,
         }
     }
 }
@@ -72,7 +76,7 @@ const MAX_ROLES: usize = 4096;
 pub const MAX_FLOW_INTERVALS: u64 = 100_000;
 
 /// Octets, packets and flows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub octets: u64,
     pub packets: u64,
@@ -80,7 +84,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, o: u64, p: u64, f: u64) {
+    pub fn add(&mut self, o: u64, p: u64, f: u64) {
         self.octets = self.octets.saturating_add(o);
         self.packets = self.packets.saturating_add(p);
         self.flows = self.flows.saturating_add(f);
@@ -98,10 +102,13 @@ pub struct Totals {
     pub untimed: u64,
 }
 
-/// What was placed by approximation (see `FlowTimes::approximate`), for the summary.
+/// What was placed by approximation (see `FlowTimes::approximate`), or left out of a live
+/// series' range, for the summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Placement {
     pub by_export_time: u64,
+    /// Records outside the range a live series takes (`Builder::set_range`): left out.
+    pub out_of_range: u64,
 }
 
 /// What each field of a template is to the series: found once per template.
@@ -144,6 +151,10 @@ pub struct Builder {
     small: Vec<u32>,
     /// `@exporter`: the key number of the message being read, once a record needed it.
     exporter_key: Option<u32>,
+    /// The intervals records may fall in (a live series: its retention and a little ahead).
+    range: Option<(i64, i64)>,
+    /// The key number of `other` once `max_keys` is reached.
+    overflow: Option<u32>,
 }
 
 /// Buffers a flow over several intervals is apportioned in, reused.
@@ -185,17 +196,29 @@ impl Builder {
             scratch: Scratch::default(),
             small: Vec::new(),
             exporter_key: None,
+            range: None,
+            overflow: None,
         })
     }
 
     /// Adds one decoded message of `exporter`.
     pub fn message(&mut self, exporter: &str, msg: &DecodedMessage) {
+        self.message_rows(exporter, msg, |_, n| 0..n);
+    }
+
+    /// Adds the records `rows(batch index, batch length)` of each batch of a message (those a
+    /// stream's filter let through).
+    pub fn message_rows<R, I>(&mut self, exporter: &str, msg: &DecodedMessage, rows: R)
+    where
+        R: Fn(usize, usize) -> I,
+        I: Iterator<Item = usize>,
+    {
         if self.error.is_some() {
             return;
         }
         let domain = msg.header.observation_domain;
         self.exporter_key = None;
-        for b in &msg.batches {
+        for (k, b) in msg.batches.iter().enumerate() {
             if b.plan.template.kind == TemplateKind::Options {
                 self.learn_init_time(exporter, domain, b);
                 continue;
@@ -227,7 +250,7 @@ impl Builder {
                 key: roles.key.map(|f| (f, b.column(f))),
                 times: roles.times.columns(b),
             };
-            for r in 0..b.len() {
+            for r in rows(k, b.len()) {
                 self.record(exporter, msg, b, &cols, r, init);
                 if self.error.is_some() {
                     return;
@@ -305,6 +328,17 @@ impl Builder {
             self.totals.untimed += 1;
             return;
         }
+        let end = end.max(start);
+        // An end exactly on a boundary is the end of the interval before it: nothing of the
+        // flow is in the next one.
+        let i0 = self.index(start);
+        let i1 = if end > start { self.index(end - 1) } else { i0 };
+        if let Some((lo, hi)) = self.range
+            && (i0 < lo || i1 > hi)
+        {
+            self.placement.out_of_range += 1;
+            return;
+        }
         self.placement.by_export_time += u64::from(approximate);
         let k = match &self.opts.by {
             None => self.intern(Key::All),
@@ -332,11 +366,6 @@ impl Builder {
         self.totals.packets = self.totals.packets.saturating_add(packets);
         self.totals.flows = self.totals.flows.saturating_add(flows);
         self.key_octets[k as usize] = self.key_octets[k as usize].saturating_add(octets);
-        let end = end.max(start);
-        // An end exactly on a boundary is the end of the interval before it: nothing of the
-        // flow is in the next one.
-        let i0 = self.index(start);
-        let i1 = if end > start { self.index(end - 1) } else { i0 };
         if (i1 - i0) as u64 >= MAX_FLOW_INTERVALS {
             self.error = Some(SeriesError::FlowTooLong(MAX_FLOW_INTERVALS));
             return;
@@ -368,11 +397,23 @@ impl Builder {
         self.scratch = scratch;
     }
 
-    /// The key's number (a new one for a key not seen before).
+    /// The key's number (a new one for a key not seen before; `other` past `max_keys`).
     fn intern(&mut self, key: Key) -> u32 {
         if let Some(k) = self.keys.get(&key) {
             return *k;
         }
+        if self.names.len() >= self.opts.max_keys {
+            if let Some(o) = self.overflow {
+                return o;
+            }
+            let o = self.new_key(Key::Other);
+            self.overflow = Some(o);
+            return o;
+        }
+        self.new_key(key)
+    }
+
+    fn new_key(&mut self, key: Key) -> u32 {
         let k = self.names.len() as u32;
         self.keys.insert(key.clone(), k);
         self.names.push(key);
@@ -424,6 +465,78 @@ impl Builder {
         let mut c = Counts::default();
         c.add(o, p, f);
         self.cells.insert((k, i), c);
+    }
+
+    /// What was approximated or left out so far.
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// A live series: records must fall in intervals `lo..=hi` (by their start and end), else
+    /// they are counted in `placement.out_of_range` and left out.
+    pub fn set_range(&mut self, lo: i64, hi: i64) {
+        self.range = Some((lo, hi));
+    }
+
+    /// A live series forgets the intervals before `i`, and the keys that no longer have a cell
+    /// (so that `max_keys` counts the keys of the intervals held, not of all time).
+    pub fn evict_before(&mut self, i: i64) {
+        self.cells.retain(|(_, ci), _| *ci >= i);
+        match self.last {
+            Some(l) if l >= i => self.first = self.first.map(|f| f.max(i)),
+            _ => (self.first, self.last) = (None, None),
+        }
+        let mut used = vec![false; self.names.len()];
+        for (k, _) in self.cells.keys() {
+            used[*k as usize] = true;
+        }
+        if used.iter().all(|u| *u) {
+            return;
+        }
+        let mut renumber = vec![u32::MAX; self.names.len()];
+        let (names, octets) = (
+            std::mem::take(&mut self.names),
+            std::mem::take(&mut self.key_octets),
+        );
+        self.keys.clear();
+        for (old, (name, o)) in names.into_iter().zip(octets).enumerate() {
+            if used[old] {
+                renumber[old] = self.names.len() as u32;
+                self.keys.insert(name.clone(), self.names.len() as u32);
+                self.names.push(name);
+                self.key_octets.push(o);
+            }
+        }
+        self.cells = std::mem::take(&mut self.cells)
+            .into_iter()
+            .map(|((k, ci), c)| ((renumber[k as usize], ci), c))
+            .collect();
+        self.small.clear();
+        self.exporter_key = None;
+        self.overflow = self.keys.get(&Key::Other).copied();
+    }
+
+    /// The cells of intervals `from..=to`, by key name (what nodes send each other to merge).
+    pub fn window(&self, from: i64, to: i64) -> Cells {
+        let mut out = Cells {
+            interval_secs: self.opts.interval_secs,
+            by: self.opts.by.as_ref().map(KeySpec::label),
+            ..Cells::default()
+        };
+        let mut slot = vec![u32::MAX; self.names.len()];
+        for ((k, i), c) in &self.cells {
+            if !(from..=to).contains(i) {
+                continue;
+            }
+            let s = &mut slot[*k as usize];
+            if *s == u32::MAX {
+                *s = out.keys.len() as u32;
+                out.keys.push(self.names[*k as usize].to_string());
+            }
+            out.cells.push((*s, *i, *c));
+        }
+        out.placement = self.placement;
+        out
     }
 
     /// The series: the top keys by octets (ties by key), then `other` when there are more.
@@ -616,6 +729,113 @@ pub fn apportion_into(value: u64, parts: &[(i64, u64)], total: u64, out: &mut Ve
     }
 }
 
+/// Cells of some intervals by key name: a live series' window, from one node or merged from
+/// several (bincode between nodes: keys as text, so that nodes' key numbers need not agree).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cells {
+    pub interval_secs: u64,
+    pub by: Option<String>,
+    pub keys: Vec<String>,
+    /// (index into `keys`, interval, counts).
+    pub cells: Vec<(u32, i64, Counts)>,
+    #[serde(skip)]
+    pub placement: Placement,
+}
+
+impl Cells {
+    /// Adds another node's cells (the same interval and key).
+    pub fn merge(&mut self, other: Cells) {
+        let mut index: FxHashMap<String, u32> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(n, k)| (k.clone(), n as u32))
+            .collect();
+        let renumber: Vec<u32> = other
+            .keys
+            .into_iter()
+            .map(|k| {
+                let next = index.len() as u32;
+                *index.entry(k.clone()).or_insert_with(|| {
+                    self.keys.push(k);
+                    next
+                })
+            })
+            .collect();
+        for (k, i, c) in other.cells {
+            if let Some(k) = renumber.get(k as usize) {
+                self.cells.push((*k, i, c));
+            }
+        }
+    }
+
+    /// The series of intervals `from..=to` (every one, empty ones as zeros): the `top` keys by
+    /// octets over them (ties by name), then `other` (with the keys past a node's bound).
+    pub fn assemble(&self, from: i64, to: i64, top: usize) -> SeriesSet {
+        let n = (to - from + 1).max(0) as usize;
+        let mut octets = vec![0u64; self.keys.len()];
+        let mut seen = vec![false; self.keys.len()];
+        for (k, i, c) in &self.cells {
+            if (from..=to).contains(i) {
+                octets[*k as usize] = octets[*k as usize].saturating_add(c.octets);
+                seen[*k as usize] = true;
+            }
+        }
+        // A node's `other` (keys past its bound) goes into the merged `other`.
+        let other = self.keys.iter().position(|k| k == "other");
+        let mut order: Vec<usize> = (0..self.keys.len())
+            .filter(|k| seen[*k] && Some(*k) != other)
+            .collect();
+        order.sort_by(|a, b| {
+            octets[*b]
+                .cmp(&octets[*a])
+                .then_with(|| self.keys[*a].cmp(&self.keys[*b]))
+        });
+        let top = if self.by.is_none() {
+            order.len()
+        } else {
+            top.min(order.len())
+        };
+        let mut slot = vec![top; self.keys.len()];
+        for (s, k) in order.iter().take(top).enumerate() {
+            slot[*k] = s;
+        }
+        let mut series: Vec<Series> = order
+            .iter()
+            .take(top)
+            .map(|k| Series::new(self.keys[*k].clone(), n))
+            .collect();
+        if order.len() > top || other.is_some_and(|o| seen[o]) {
+            series.push(Series::new("other".into(), n));
+        }
+        let mut totals = Totals::default();
+        for (k, i, c) in &self.cells {
+            if !(from..=to).contains(i) {
+                continue;
+            }
+            let Some(s) = series.get_mut(slot[*k as usize]) else {
+                continue;
+            };
+            let at = (i - from) as usize;
+            s.octets[at] = s.octets[at].saturating_add(c.octets);
+            s.packets[at] = s.packets[at].saturating_add(c.packets);
+            s.flows[at] = s.flows[at].saturating_add(c.flows);
+            totals.octets = totals.octets.saturating_add(c.octets);
+            totals.packets = totals.packets.saturating_add(c.packets);
+            totals.flows = totals.flows.saturating_add(c.flows);
+        }
+        SeriesSet {
+            interval_secs: self.interval_secs,
+            by: self.by.clone(),
+            first_interval: from,
+            intervals: n,
+            series,
+            totals,
+            placement: self.placement,
+        }
+    }
+}
+
 /// One key's series.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Series {
@@ -755,6 +975,104 @@ mod tests {
 
     fn port_key(reg: &Registry) -> Option<KeySpec> {
         Some(KeySpec::parse("destinationTransportPort", reg).expect("key"))
+    }
+
+    fn live(max_keys: usize) -> Builder {
+        let reg = Registry::builtin();
+        Builder::new(Options {
+            by: port_key(&reg),
+            max_keys,
+            top: usize::MAX,
+            ..Options::default()
+        })
+        .expect("options")
+    }
+
+    /// A live series: records outside its range are counted out, keys past the bound go to
+    /// `other`, and forgetting intervals forgets the keys only they held.
+    #[test]
+    fn a_live_range_keeps_its_keys_bounded_and_forgets() {
+        let mut b = live(2);
+        b.set_range(1, 3);
+        let flows = [
+            (80, 1000, 10, 0, 0, Some((90_000, 210_000))),
+            (443, 7, 1, 0, 0, Some((125_000, 125_000))),
+            // A third key: past max_keys, into `other`.
+            (53, 100, 1, 0, 0, Some((185_000, 185_000))),
+            // After the range (interval 4): left out.
+            (22, 5, 1, 0, 0, Some((240_000, 240_000))),
+            // Before it (interval 0).
+            (25, 5, 1, 0, 0, Some((30_000, 30_000))),
+        ];
+        for m in messages(&flows) {
+            b.message("192.0.2.1:4739", &m);
+        }
+        assert_eq!(b.placement().out_of_range, 2);
+        let set = b.window(1, 3).assemble(1, 3, 10);
+        let keys: Vec<&str> = set.series.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["80", "443", "other"]);
+        assert_eq!(set.series[0].octets, [250, 500, 250]);
+        assert_eq!(set.series[2].octets, [0, 0, 100]);
+        assert_eq!(set.totals.octets, 1107);
+        // `top` cuts to one key: the rest (443 and the node's `other`) add up in `other`.
+        let one = b.window(1, 3).assemble(1, 3, 1);
+        assert_eq!(one.series.len(), 2);
+        assert_eq!(one.series[1].octets, [0, 7, 100]);
+        // Forgetting interval 1: key 80 keeps its cells in 2 and 3.
+        b.evict_before(2);
+        let w = b.window(i64::MIN, i64::MAX);
+        assert!(w.cells.iter().all(|(_, i, _)| *i >= 2), "{w:?}");
+        // Forgetting interval 2 forgets 443, which only it held.
+        b.evict_before(3);
+        let mut keys = b.window(i64::MIN, i64::MAX).keys;
+        keys.sort();
+        assert_eq!(keys, ["80", "other"]);
+        b.evict_before(4);
+        assert!(b.window(i64::MIN, i64::MAX).cells.is_empty());
+        // With every key forgotten, a new one has a place of its own again.
+        b.set_range(4, 6);
+        for m in messages(&[(9, 1, 1, 0, 0, Some((250_000, 250_000)))]) {
+            b.message("192.0.2.1:4739", &m);
+        }
+        assert_eq!(b.window(4, 6).keys, ["9"]);
+    }
+
+    /// Nodes' cells merged add up to the cells of one builder that saw every record.
+    #[test]
+    fn merged_cells_equal_one_builder_of_everything() {
+        let (a_flows, b_flows) = (&CRAFTED[..2], &CRAFTED[2..]);
+        let (mut a, mut b, mut all) = (live(100), live(100), live(100));
+        for (builder, flows) in [(&mut a, a_flows), (&mut b, b_flows)] {
+            for m in messages(flows) {
+                builder.message("192.0.2.1:4739", &m);
+            }
+        }
+        for m in messages(&CRAFTED) {
+            all.message("192.0.2.1:4739", &m);
+        }
+        let mut merged = a.window(0, 2);
+        merged.merge(b.window(0, 2));
+        assert_eq!(merged.assemble(0, 2, 3), all.window(0, 2).assemble(0, 2, 3));
+        // And the live assembly of a whole run is what a run of the file gives.
+        let reg = Registry::builtin();
+        let file = build(
+            &CRAFTED,
+            Options {
+                by: port_key(&reg),
+                top: 3,
+                ..Options::default()
+            },
+        );
+        let live_set = all.window(0, 2).assemble(0, 2, 3);
+        assert_eq!(live_set.series, file.series);
+        assert_eq!(
+            (
+                live_set.totals.octets,
+                live_set.totals.packets,
+                live_set.totals.flows
+            ),
+            (file.totals.octets, file.totals.packets, file.totals.flows)
+        );
     }
 
     #[test]

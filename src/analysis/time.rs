@@ -188,3 +188,213 @@ fn time_ms(
         Kind::DeltaMicros => Some(h.export_time as i64 * 1000 - uint(c, r)? / 1000),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Registry;
+    use crate::wire::decoder::{Decoder, DecoderOptions};
+    use crate::wire::encode::{FieldValue, MessageBuilder};
+    use crate::wire::plan::Plan;
+    use crate::wire::template::{FieldSpec, Template};
+
+    /// The export time of every message here (seconds).
+    const EXPORT: u32 = 1_700_000_000;
+    const EXPORT_MS: i64 = EXPORT as i64 * 1000;
+
+    /// One record with `fields` (element id, length) = `values`, decoded; its times as read.
+    fn read(fields: &[(u16, u16)], values: &[FieldValue], init: Option<u64>) -> Option<FlowTimes> {
+        let reg = Registry::builtin();
+        let mut specs = vec![FieldSpec::new(1, 0, 8)];
+        specs.extend(fields.iter().map(|(id, len)| FieldSpec::new(*id, 0, *len)));
+        let t = Template::data(300, specs);
+        let plan = Plan::compile(t.clone(), &reg);
+        let mut mb = MessageBuilder::new(1, 65535);
+        mb.set_export_time(EXPORT);
+        mb.add_template(&t).expect("template");
+        let mut all = vec![FieldValue::Unsigned(100)];
+        all.extend(values.iter().cloned());
+        mb.add_record(&plan, &all).expect("record");
+        mb.flush();
+        let mut d = Decoder::new(reg, DecoderOptions::default());
+        let m = mb.take_ready().into_iter().next().expect("a message");
+        let msg = d.decode(bytes::Bytes::from(m)).expect("decodes");
+        let b = &msg.batches[0];
+        let mut tf = TimeFields::default();
+        for (f, pf) in b.plan.fields.iter().enumerate() {
+            tf.note((pf.spec.pen, pf.spec.id), f);
+        }
+        tf.columns(b).read(0, &msg.header, init)
+    }
+
+    fn exact(start: i64, end: i64) -> Option<FlowTimes> {
+        Some(FlowTimes {
+            start,
+            end,
+            approximate: false,
+        })
+    }
+
+    /// An NTP timestamp (RFC 5905) of Unix seconds plus a half second.
+    fn ntp_and_a_half(unix: u64) -> u64 {
+        ((unix + 2_208_988_800) << 32) | (1 << 31)
+    }
+
+    #[test]
+    fn absolute_times_of_every_resolution() {
+        use FieldValue::*;
+        let (s, e) = (1_700_000_010u64, 1_700_000_070u64);
+        assert_eq!(
+            read(
+                &[(150, 4), (151, 4)],
+                &[DateTimeSeconds(s as u32), DateTimeSeconds(e as u32)],
+                None
+            ),
+            exact(s as i64 * 1000, e as i64 * 1000)
+        );
+        assert_eq!(
+            read(
+                &[(152, 8), (153, 8)],
+                &[
+                    DateTimeMilliseconds(s * 1000 + 7),
+                    DateTimeMilliseconds(e * 1000 + 9)
+                ],
+                None
+            ),
+            exact(s as i64 * 1000 + 7, e as i64 * 1000 + 9)
+        );
+        for (a, b) in [(154, 155), (156, 157)] {
+            assert_eq!(
+                read(
+                    &[(a, 8), (b, 8)],
+                    &[
+                        DateTimeNtp(ntp_and_a_half(s)),
+                        DateTimeNtp(ntp_and_a_half(e))
+                    ],
+                    None
+                ),
+                exact(s as i64 * 1000 + 500, e as i64 * 1000 + 500),
+                "elements {a}/{b}"
+            );
+        }
+    }
+
+    #[test]
+    fn uptimes_with_the_records_or_an_options_records_init_time() {
+        use FieldValue::*;
+        let init = 1_699_999_000_000u64;
+        let up = [(22, 4), (21, 4)];
+        let with_init = [(22, 4), (21, 4), (160, 8)];
+        assert_eq!(
+            read(
+                &with_init,
+                &[
+                    Unsigned(10_000),
+                    Unsigned(20_000),
+                    DateTimeMilliseconds(init)
+                ],
+                None
+            ),
+            exact(init as i64 + 10_000, init as i64 + 20_000)
+        );
+        // An options record's init time (what the series builder learnt) places them the same.
+        assert_eq!(
+            read(&up, &[Unsigned(10_000), Unsigned(20_000)], Some(init)),
+            exact(init as i64 + 10_000, init as i64 + 20_000)
+        );
+        // The record's own init time wins over an options record's.
+        assert_eq!(
+            read(
+                &with_init,
+                &[Unsigned(0), Unsigned(1), DateTimeMilliseconds(init)],
+                Some(5)
+            ),
+            exact(init as i64, init as i64 + 1)
+        );
+        // None anywhere: the flow ends at the export, as long as its uptimes say.
+        assert_eq!(
+            read(&up, &[Unsigned(10_000), Unsigned(25_000)], None),
+            Some(FlowTimes {
+                start: EXPORT_MS - 15_000,
+                end: EXPORT_MS,
+                approximate: true
+            })
+        );
+        // Uptimes that wrapped between start and end: the difference modulo 2^32.
+        assert_eq!(
+            read(
+                &up,
+                &[Unsigned(u32::MAX as u64 - 999), Unsigned(1_000)],
+                None
+            ),
+            Some(FlowTimes {
+                start: EXPORT_MS - 2_000,
+                end: EXPORT_MS,
+                approximate: true
+            })
+        );
+    }
+
+    #[test]
+    fn delta_times_count_back_from_the_export() {
+        use FieldValue::*;
+        assert_eq!(
+            read(
+                &[(158, 4), (159, 4)],
+                &[Unsigned(5_000_000), Unsigned(1_000_000)],
+                None
+            ),
+            exact(EXPORT_MS - 5_000, EXPORT_MS - 1_000)
+        );
+    }
+
+    #[test]
+    fn a_duration_stands_in_for_a_missing_end_or_start() {
+        use FieldValue::*;
+        let s = 1_700_000_000_000u64;
+        assert_eq!(
+            read(
+                &[(152, 8), (161, 4)],
+                &[DateTimeMilliseconds(s), Unsigned(3_000)],
+                None
+            ),
+            exact(s as i64, s as i64 + 3_000)
+        );
+        assert_eq!(
+            read(
+                &[(153, 8), (161, 4)],
+                &[DateTimeMilliseconds(s), Unsigned(3_000)],
+                None
+            ),
+            exact(s as i64 - 3_000, s as i64)
+        );
+        // One time and no duration: an instant.
+        assert_eq!(
+            read(&[(153, 8)], &[DateTimeMilliseconds(s)], None),
+            exact(s as i64, s as i64)
+        );
+    }
+
+    #[test]
+    fn absolute_times_win_and_no_time_is_none() {
+        use FieldValue::*;
+        let s = 1_700_000_000_000u64;
+        // Uptimes listed first, absolute times after: the absolute ones are read.
+        assert_eq!(
+            read(
+                &[(22, 4), (21, 4), (152, 8), (153, 8)],
+                &[
+                    Unsigned(1),
+                    Unsigned(2),
+                    DateTimeMilliseconds(s),
+                    DateTimeMilliseconds(s + 60_000)
+                ],
+                Some(0)
+            ),
+            exact(s as i64, s as i64 + 60_000)
+        );
+        assert_eq!(read(&[(7, 2)], &[Unsigned(443)], None), None);
+        // A duration alone places nothing.
+        assert_eq!(read(&[(161, 4)], &[Unsigned(3_000)], None), None);
+    }
+}

@@ -17,6 +17,7 @@ pub mod sessions;
 pub mod streams;
 pub mod templates;
 pub mod tenants;
+pub mod timeseries;
 
 use opentelemetry::KeyValue;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};

@@ -13,6 +13,7 @@ use super::templates::{DomainTemplates, ExporterTemplates, FieldView, TemplateLi
 use super::tenants::{
     NewTenant, QuotasPatch, TenantList, TenantPatch, TokenInfo, TokenList, TokenMade,
 };
+use super::timeseries::{LiveSeries, SeriesQuery};
 use crate::actors::collector::session_logic::SessionStats;
 use crate::actors::directory::SessionInfo;
 use crate::actors::mediator::StreamState;
@@ -43,7 +44,7 @@ const PROBLEM: &str = "application/problem+json";
         ops::delete_tenant, ops::create_token, ops::list_tokens, ops::revoke_token,
         ops::tenant_sessions, ops::tenant_templates, ops::submit_job, ops::submit_time_series,
         ops::list_jobs, ops::get_job, ops::cancel_job, ops::job_result, ops::job_file,
-        ops::create_stream, ops::list_streams,
+        ops::create_stream, ops::live_series, ops::list_streams,
         ops::get_stream, ops::put_stream, ops::delete_stream,
     ),
     components(schemas(
@@ -51,7 +52,7 @@ const PROBLEM: &str = "application/problem+json";
         Tenant, Quotas, QuotasPatch, NewTenant, TenantPatch, TenantList, TokenMade, TokenInfo, TokenList,
         TemplateList, ExporterTemplates, DomainTemplates, TemplateView, FieldView, Transport,
         JobRecord, JobId, JobState, JobOptions, JobProgress, JobTelemetry, JobList,
-        TimeSeriesRequest, TimeSeriesOptions, ChartMeasure, SeriesSummary,
+        TimeSeriesRequest, TimeSeriesOptions, ChartMeasure, SeriesSummary, LiveSeries,
         StreamSpec, TransformSpec, AnonymiseSpec, AnonMethod, AggregateSpec, SinkSpec, OnFull,
         StreamView, StreamTotals, StreamList, StreamState,
     )),
@@ -106,6 +107,8 @@ pub fn document() -> &'static str {
             paths["/api/v1/tenants/{tenant}/jobs/{job_id}/result"]["get"]["responses"][status]
                 ["content"] = serde_json::json!({"application/octet-stream": {"schema": binary}});
         }
+        paths["/api/v1/tenants/{tenant}/timeseries"]["get"]["responses"]["200"]["content"]
+            ["image/svg+xml"] = serde_json::json!({"schema": text});
         paths["/metrics"]["get"]["responses"]["200"]["content"] =
             serde_json::json!({"text/plain": {"schema": text}});
         paths["/debug/actors"]["get"]["responses"]["200"]["content"]["text/html"] =
@@ -489,4 +492,15 @@ mod ops {
             (status = 503, description = "This node runs no jobs, or the job store did not answer", body = Problem, content_type = PROBLEM),
         ))]
     fn job_file() {}
+
+    #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/timeseries", tag = "streams", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id"), SeriesQuery),
+        responses(
+            (status = 200, description = "The series of the window, merged over the nodes (JSON), or with `Accept: image/svg+xml` their chart", body = LiveSeries),
+            (status = 400, description = "A bad query: a window past 20,000 intervals, a key the stream does not keep, several streams and none named", body = Problem, content_type = PROBLEM),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant (or another tenant's), or it has no timeseries stream", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "The nodes did not answer in time", body = Problem, content_type = PROBLEM),
+        ))]
+    fn live_series() {}
 }

@@ -136,6 +136,7 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
     let tenants = super::tenants::routes(ctx.clone());
     let templates = super::templates::routes(ctx.clone());
     let streams = super::streams::routes(ctx.clone());
+    let timeseries = super::timeseries::routes(ctx.clone());
     healthz
         .map(Reply::into_response)
         .or(readyz.map(Reply::into_response))
@@ -157,6 +158,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(templates)
         .unify()
         .or(streams)
+        .unify()
+        .or(timeseries)
         .unify()
 }
 

@@ -174,6 +174,58 @@ pub enum SinkSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         entry: Option<StreamEntry>,
     },
+    /// Live time series of the records, per tenant, in memory (`GET
+    /// /api/v1/tenants/{tenant}/timeseries`): per interval the octets, packets and flows in
+    /// total and per key of each `by`, spread over the intervals a flow spans as `ipfixsvc
+    /// timeseries` spreads them; each node keeps its own records' and a query merges the nodes'.
+    Timeseries {
+        /// Seconds per interval (default 10; 1 to 3600).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interval_secs: Option<u32>,
+        /// Keys kept besides the total (at most 8): elements (`destinationTransportPort`),
+        /// address prefixes (`sourceIPv4Address/24`) or `@exporter`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        by: Vec<String>,
+        /// Seconds of intervals kept (default 3600; at most 7 days and 10,000 intervals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_secs: Option<u32>,
+        /// Keys held per `by` and tenant (default 1000; 1 to 100,000); further keys add up in
+        /// `other` until old intervals are forgotten.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_keys: Option<u32>,
+        /// Biflows: the forward direction only (default: both).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forward_only: Option<bool>,
+    },
+}
+
+/// A `timeseries` sink's defaults and bounds.
+pub const SERIES_INTERVAL_SECS: u32 = 10;
+pub const SERIES_RETENTION_SECS: u32 = 3600;
+pub const SERIES_MAX_KEYS: u32 = 1000;
+pub const SERIES_MAX_BY: usize = 8;
+pub const SERIES_MAX_INTERVALS: u32 = 10_000;
+
+impl SinkSpec {
+    /// A `timeseries` sink's options with their defaults (none for other sinks).
+    pub fn live_options(&self) -> Option<crate::analysis::live::LiveOptions> {
+        match self {
+            SinkSpec::Timeseries {
+                interval_secs,
+                by,
+                retention_secs,
+                max_keys,
+                forward_only,
+            } => Some(crate::analysis::live::LiveOptions {
+                interval_secs: interval_secs.unwrap_or(SERIES_INTERVAL_SECS).into(),
+                by: by.clone(),
+                retention_secs: retention_secs.unwrap_or(SERIES_RETENTION_SECS).into(),
+                max_keys: max_keys.unwrap_or(SERIES_MAX_KEYS) as usize,
+                forward_only: forward_only.unwrap_or(false),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What one `redis_stream` entry holds.
@@ -204,6 +256,7 @@ impl SinkSpec {
             SinkSpec::Ipfix { .. } => "ipfix",
             SinkSpec::RedisStream { .. } => "redis_stream",
             SinkSpec::Http { .. } => "http",
+            SinkSpec::Timeseries { .. } => "timeseries",
         }
     }
 
@@ -211,9 +264,10 @@ impl SinkSpec {
     /// wanted (files, standard output).
     pub fn default_on_full(&self) -> OnFull {
         match self {
-            SinkSpec::Ndjson { .. } | SinkSpec::IpfixFile { .. } | SinkSpec::Discard {} => {
-                OnFull::Block
-            }
+            SinkSpec::Ndjson { .. }
+            | SinkSpec::IpfixFile { .. }
+            | SinkSpec::Discard {}
+            | SinkSpec::Timeseries { .. } => OnFull::Block,
             SinkSpec::Ipfix { transport, .. } => match transport {
                 SinkTransport::Tcp => OnFull::Block,
                 SinkTransport::Udp => OnFull::Drop,
@@ -503,6 +557,53 @@ impl Pipeline {
             }
             if maxlen.is_some_and(|m| m == 0) {
                 return Err(err("sink.maxlen", "must be at least 1".into()));
+            }
+        }
+        if let SinkSpec::Timeseries {
+            interval_secs,
+            by,
+            retention_secs,
+            max_keys,
+            ..
+        } = &spec.sink
+        {
+            let interval = interval_secs.unwrap_or(SERIES_INTERVAL_SECS);
+            if !(1..=3600).contains(&interval) {
+                return Err(err(
+                    "sink.interval_secs",
+                    format!("{interval} is outside 1 to 3600"),
+                ));
+            }
+            let retention = retention_secs.unwrap_or(SERIES_RETENTION_SECS);
+            if retention < interval
+                || retention > 7 * 86_400
+                || retention / interval > SERIES_MAX_INTERVALS
+            {
+                return Err(err(
+                    "sink.retention_secs",
+                    format!(
+                        "{retention} must be at least one interval, at most 7 days and {SERIES_MAX_INTERVALS} intervals"
+                    ),
+                ));
+            }
+            if max_keys.is_some_and(|k| !(1..=100_000).contains(&k)) {
+                return Err(err("sink.max_keys", "must be 1 to 100000".into()));
+            }
+            if by.len() > SERIES_MAX_BY {
+                return Err(err(
+                    "sink.by",
+                    format!("{} keys: at most {SERIES_MAX_BY}", by.len()),
+                ));
+            }
+            for (n, b) in by.iter().enumerate() {
+                crate::analysis::key::KeySpec::parse(b, registry)
+                    .map_err(|e| err(&format!("sink.by[{n}]"), e))?;
+                if by[..n].contains(b) {
+                    return Err(err(
+                        &format!("sink.by[{n}]"),
+                        format!("{b:?} is given twice"),
+                    ));
+                }
             }
         }
         if let SinkSpec::Ipfix {
@@ -795,7 +896,7 @@ pub fn for_tenant(
                 rotate_secs: *rotate_secs,
             };
         }
-        SinkSpec::Discard {} => {}
+        SinkSpec::Discard {} | SinkSpec::Timeseries { .. } => {}
         SinkSpec::Http {
             ca_file: Some(_), ..
         } => {

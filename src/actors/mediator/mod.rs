@@ -20,6 +20,7 @@ mod ipfix_sink;
 mod ndjson_sink;
 mod redis_sink;
 mod rotating;
+pub mod series_sink;
 pub mod stream;
 
 use crate::config::{OutputFormat, Settings};
@@ -259,6 +260,53 @@ pub struct StreamState {
     pub breaker: String,
 }
 
+/// A question for a tenant's live series (`GET .../timeseries`), asked of every node.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SeriesAsk {
+    pub tenant: String,
+    /// The stream to ask; none: the tenant's only `timeseries` stream.
+    pub stream: Option<String>,
+    /// A key the stream keeps; none: the total.
+    pub by: Option<String>,
+    /// Unix milliseconds, both ends in.
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// The answer of one node, or of several merged.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SeriesAnswer {
+    /// The stream that answered; none where no stream matched.
+    pub stream: Option<String>,
+    pub cells: crate::analysis::series::Cells,
+    /// Nodes whose stream answered.
+    pub nodes: u32,
+    /// Why the question cannot be answered as asked (a key the stream does not keep, several
+    /// streams to choose from): the same on every node.
+    pub refusal: Option<String>,
+    /// Nodes or actors that did not answer.
+    pub errors: Vec<String>,
+}
+
+impl SeriesAnswer {
+    /// Another node's answer joins this one (cells of the same stream add up).
+    pub fn join(&mut self, other: SeriesAnswer) {
+        if let Some(name) = other.stream {
+            if self.stream.is_none() {
+                self.stream = Some(name);
+                self.cells.interval_secs = other.cells.interval_secs;
+                self.cells.by = other.cells.by.clone();
+            }
+            self.cells.merge(other.cells);
+        }
+        self.nodes += other.nodes;
+        if self.refusal.is_none() {
+            self.refusal = other.refusal;
+        }
+        self.errors.extend(other.errors);
+    }
+}
+
 #[derive(RactorMessage)]
 pub enum MediatorMsg {
     /// Every stream works through what it holds, flushes, and stops; the answer names the
@@ -271,6 +319,8 @@ pub enum MediatorMsg {
     /// Read the tenants' streams from the store again and start, replace or stop streams to
     /// match (a change announced, or the periodic check).
     Reload,
+    /// This node's part of a tenant's live series.
+    Series(SeriesAsk, RpcReplyPort<SeriesAnswer>),
 }
 
 pub struct MediatorArgs {
@@ -703,6 +753,52 @@ impl Actor for MediatorSupervisor {
         match msg {
             MediatorMsg::States(reply) => {
                 let _ = reply.send(state.states());
+            }
+            MediatorMsg::Series(ask, reply) => {
+                let found: Vec<(String, ActorRef<StreamMsg>)> = state
+                    .running
+                    .values()
+                    .filter(|r| matches!(r.spec.sink, SinkSpec::Timeseries { .. }))
+                    .filter(|r| match &r.origin {
+                        Origin::Tenant(t) => *t == ask.tenant,
+                        Origin::Config => {
+                            r.spec.tenants.is_empty() || r.spec.tenants.contains(&ask.tenant)
+                        }
+                    })
+                    .filter(|r| ask.stream.as_ref().is_none_or(|n| *n == r.spec.name))
+                    .map(|r| (r.spec.name.clone(), r.actor.clone()))
+                    .collect();
+                let node = state.args.node.clone();
+                // The stream answers from a task: this actor goes on routing meanwhile.
+                tokio::spawn(async move {
+                    let mut answer = SeriesAnswer::default();
+                    match found.as_slice() {
+                        [] => {}
+                        [(name, actor)] => {
+                            match ractor::call_t!(actor, StreamMsg::Series, 2_000, ask) {
+                                Ok(Ok(cells)) => {
+                                    answer.stream = Some(name.clone());
+                                    answer.cells = cells;
+                                    answer.nodes = 1;
+                                }
+                                Ok(Err(refusal)) => answer.refusal = Some(refusal),
+                                Err(e) => answer
+                                    .errors
+                                    .push(format!("{node}: stream {name:?} did not answer: {e}")),
+                            }
+                        }
+                        several => {
+                            let mut names: Vec<&str> =
+                                several.iter().map(|(n, _)| n.as_str()).collect();
+                            names.sort();
+                            answer.refusal = Some(format!(
+                                "the tenant has several timeseries streams: name one with stream= ({})",
+                                names.join(", ")
+                            ));
+                        }
+                    }
+                    let _ = reply.send(answer);
+                });
             }
             MediatorMsg::Tree(reply) => {
                 let states = state.states();

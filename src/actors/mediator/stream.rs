@@ -7,6 +7,7 @@ use super::ipfix_file_sink::IpfixFileSink;
 use super::ipfix_sink::IpfixSink;
 use super::ndjson_sink::NdjsonSink;
 use super::redis_sink::RedisSink;
+use super::series_sink::SeriesSink;
 use super::{Item, StreamStats};
 use crate::mediation::Records;
 use crate::mediation::spec::{Pipeline, PipelineStats, SinkSpec, StreamSpec};
@@ -31,6 +32,12 @@ pub enum StreamMsg {
     /// A new configuration: what came before is finished with the old pipeline and sink,
     /// what comes after goes through the new ones (no record in between is lost).
     Replace(Box<StreamArgs>, RpcReplyPort<Result<(), String>>),
+    /// A `timeseries` sink's cells for a tenant (`SeriesAsk`); an error for another sink or a
+    /// key it does not keep.
+    Series(
+        super::SeriesAsk,
+        RpcReplyPort<Result<crate::analysis::series::Cells, String>>,
+    ),
 }
 
 /// The sink could not write: the supervisor stops the node rather than restart the stream.
@@ -55,6 +62,7 @@ enum Sink {
     IpfixFile(Box<IpfixFileSink>),
     Redis(Box<RedisSink>),
     Http(Box<HttpSink>),
+    Series(Box<SeriesSink>),
 }
 
 impl Sink {
@@ -83,6 +91,13 @@ impl Sink {
                 stats.clone(),
             ))),
             SinkSpec::Discard {} => Sink::Discard,
+            SinkSpec::Timeseries { .. } => {
+                let opts = spec
+                    .sink
+                    .live_options()
+                    .ok_or_else(|| std::io::Error::other("not a timeseries sink"))?;
+                Sink::Series(Box::new(SeriesSink::new(opts, registry)?))
+            }
             SinkSpec::Http {
                 url,
                 batch_records,
@@ -136,6 +151,7 @@ impl Sink {
             Sink::IpfixFile(s) => s.write(recs).await,
             Sink::Redis(s) => s.write(recs).await,
             Sink::Http(s) => s.write(recs).await,
+            Sink::Series(s) => Ok(s.write(recs)),
         }
     }
 
@@ -145,6 +161,10 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.tick().await.map(|()| 0),
             Sink::IpfixFile(s) => s.tick().await,
+            Sink::Series(s) => {
+                s.tick();
+                Ok(0)
+            }
             Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) => Ok(0),
         }
     }
@@ -154,14 +174,16 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.close().await,
             Sink::IpfixFile(s) => s.close().await,
-            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) => Ok(()),
+            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) | Sink::Series(_) => {
+                Ok(())
+            }
         }
     }
 
     async fn flush(&mut self) -> std::io::Result<u64> {
         match self {
             Sink::Ndjson(s) => s.flush().await,
-            Sink::Discard => Ok(0),
+            Sink::Discard | Sink::Series(_) => Ok(0),
             Sink::Ipfix(s) => s.flush().await,
             Sink::IpfixFile(s) => s.flush().await,
             Sink::Redis(s) => s.flush().await,
@@ -177,7 +199,7 @@ impl Sink {
             Sink::Redis(s) => s.buffered(),
             Sink::Http(s) => s.buffered(),
             Sink::Ipfix(s) => s.buffered(),
-            Sink::Discard => 0,
+            Sink::Discard | Sink::Series(_) => 0,
         }
     }
 }
@@ -451,6 +473,18 @@ impl Actor for ExportStream {
                                 return Err(SinkFailed(e).into());
                             }
                         }
+                    }
+                    StreamMsg::Series(ask, reply) => {
+                        let answer = match &state.sink {
+                            Sink::Series(s) => {
+                                s.window(&ask.tenant, ask.by.as_deref(), ask.from_ms, ask.to_ms)
+                            }
+                            _ => Err(format!(
+                                "stream {:?} is not a timeseries stream",
+                                state.name
+                            )),
+                        };
+                        let _ = reply.send(answer);
                     }
                     StreamMsg::Finish(reply) => {
                         let done = state.wind_up().await;
