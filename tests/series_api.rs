@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{BIN, Server, admin_token, api_addr, create_tenant};
+use common::{BIN, Server, admin_token, api_addr, create_tenant, export_from, flows_at};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -343,53 +343,6 @@ async fn a_time_series_after_a_conversion_and_of_an_upload_over_http() {
 
 fn refs(e: &[(String, String)]) -> Vec<(&str, &str)> {
     e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-/// An IPFIX stream of instant flows at `(ms, port, octets)`, as an exporter would send it.
-fn flows_at(flows: &[(u64, u16, u64)]) -> Vec<u8> {
-    use ipfixsvc::wire::Registry;
-    use ipfixsvc::wire::encode::{FieldValue, MessageBuilder};
-    use ipfixsvc::wire::plan::Plan;
-    use ipfixsvc::wire::template::{FieldSpec, Template};
-    let reg = Registry::builtin();
-    let t = Template::data(
-        256,
-        vec![
-            FieldSpec::new(11, 0, 2),
-            FieldSpec::new(1, 0, 8),
-            FieldSpec::new(2, 0, 8),
-            FieldSpec::new(152, 0, 8),
-            FieldSpec::new(153, 0, 8),
-        ],
-    );
-    let plan = Plan::compile(t.clone(), &reg);
-    let mut mb = MessageBuilder::new(7, 1400);
-    mb.add_template(&t).expect("template");
-    for &(ms, port, octets) in flows {
-        let u = FieldValue::Unsigned;
-        mb.add_record(
-            &plan,
-            &[
-                u(port.into()),
-                u(octets),
-                u(1),
-                FieldValue::DateTimeMilliseconds(ms),
-                FieldValue::DateTimeMilliseconds(ms),
-            ],
-        )
-        .expect("record");
-    }
-    mb.flush();
-    mb.take_ready().concat()
-}
-
-async fn export_from(source: &str, to: SocketAddr, bytes: &[u8]) {
-    use tokio::io::AsyncWriteExt;
-    let s = tokio::net::TcpSocket::new_v4().expect("socket");
-    s.bind(format!("{source}:0").parse().expect("addr"))
-        .expect("bind");
-    let mut c = s.connect(to).await.expect("connect");
-    c.write_all(bytes).await.expect("send");
 }
 
 /// Two nodes sharing Redis (tenants, streams) in one cluster, each collecting half of a

@@ -33,6 +33,9 @@ pub enum TenantMsg {
     LastUsed(String, Reply<std::collections::HashMap<String, u64>>),
     /// Reload the exporter prefix table from the store (own timer, and after a change here).
     Reload,
+    /// Reload, and answer once the new table is in place (a change made here is answered only
+    /// then, so an exporter that connects right after the API's answer is classified by it).
+    Reloaded(ractor::RpcReplyPort<()>),
     /// A tenant's export stream: created (`true`: only if the name is free) or replaced.
     PutStream(Box<StoredStream>, bool, Reply<Put>),
     GetStream(String, String, Reply<Option<StoredStream>>),
@@ -49,6 +52,15 @@ pub struct TenantArgs {
     pub marks: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     /// Tenants' export streams (the mediators read them from the same store).
     pub streams: Arc<StreamStore>,
+}
+
+/// Reads the prefix table again. In the actor's handler, so reloads never race each other; a
+/// store that is away leaves the last table in place.
+async fn reload(store: &TenantStore, args: &TenantArgs) {
+    match store.list().await {
+        Ok(all) => args.exporters.replace(PrefixTable::new(&all)),
+        Err(e) => tracing::debug!(error = %e, "tenant prefixes not reloaded"),
+    }
 }
 
 /// A token's use is written at most this often (ms) by a node: its last use is then right
@@ -124,7 +136,13 @@ fn answer_and_reload<T, F>(
 {
     tokio::spawn(async move {
         let r = work.await;
-        let _ = me.cast(TenantMsg::Reload);
+        // Before the answer: the caller may point an exporter at the node right after it.
+        if ractor::call_t!(me, TenantMsg::Reloaded, 5_000).is_err() {
+            tracing::warn!(
+                tenant = id,
+                "the prefix table was not reloaded in time: the change applies at the next reload"
+            );
+        }
         if r.is_ok()
             && let Err(e) = store.announce_change(&id).await
         {
@@ -186,13 +204,10 @@ impl Actor for TenantDirectory {
         let state = &mut state.args;
         let s = state.store.clone();
         match msg {
-            TenantMsg::Reload => {
-                // In this handler, so reloads never race each other; a store that is away
-                // leaves the last table in place.
-                match s.list().await {
-                    Ok(all) => state.exporters.replace(PrefixTable::new(&all)),
-                    Err(e) => tracing::debug!(error = %e, "tenant prefixes not reloaded"),
-                }
+            TenantMsg::Reload => reload(&s, state).await,
+            TenantMsg::Reloaded(done) => {
+                reload(&s, state).await;
+                let _ = done.send(());
             }
             TenantMsg::Create(t, r) => {
                 let (id, store) = (t.id.clone(), s.clone());

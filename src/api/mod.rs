@@ -8,6 +8,7 @@
 //! here), and every request is one log line with it. Errors are RFC 9457 problems.
 
 pub mod auth;
+pub mod console;
 pub mod jobs;
 pub mod openapi;
 pub mod problem;

@@ -44,7 +44,7 @@ const PROBLEM: &str = "application/problem+json";
         ops::delete_tenant, ops::create_token, ops::list_tokens, ops::revoke_token,
         ops::tenant_sessions, ops::tenant_templates, ops::submit_job, ops::submit_time_series,
         ops::list_jobs, ops::get_job, ops::cancel_job, ops::job_result, ops::job_file,
-        ops::create_stream, ops::live_series, ops::list_streams,
+        ops::create_stream, ops::live_series, ops::console, ops::console_file, ops::list_streams,
         ops::get_stream, ops::put_stream, ops::delete_stream,
     ),
     components(schemas(
@@ -63,6 +63,7 @@ const PROBLEM: &str = "application/problem+json";
         (name = "tenants", description = "Tenants and their tokens: the admin token."),
         (name = "collector", description = "A tenant's exporter sessions and templates."),
         (name = "jobs", description = "Jobs: conversions (a capture in, an IPFIX file out) and time series (IPFIX in, series as JSON, CSV, SVG and PNG out)."),
+        (name = "console", description = "The web console: a page and its two static files, no token (the page asks for one)."),
         (name = "streams", description = "A tenant's export streams (the mediator): which records, filter, transforms, sink."),
     )
 )]
@@ -109,6 +110,11 @@ pub fn document() -> &'static str {
         }
         paths["/api/v1/tenants/{tenant}/timeseries"]["get"]["responses"]["200"]["content"]
             ["image/svg+xml"] = serde_json::json!({"schema": text});
+        paths["/"]["get"]["responses"]["200"]["content"] =
+            serde_json::json!({"text/html": {"schema": text}});
+        paths["/console/{file}"]["get"]["responses"]["200"]["content"] = serde_json::json!({
+            "text/javascript": {"schema": text}, "text/css": {"schema": text},
+        });
         paths["/metrics"]["get"]["responses"]["200"]["content"] =
             serde_json::json!({"text/plain": {"schema": text}});
         paths["/debug/actors"]["get"]["responses"]["200"]["content"]["text/html"] =
@@ -503,4 +509,16 @@ mod ops {
             (status = 503, description = "The nodes did not answer in time", body = Problem, content_type = PROBLEM),
         ))]
     fn live_series() {}
+
+    #[utoipa::path(get, path = "/", tag = "console",
+        responses((status = 200, description = "The web console's page")))]
+    fn console() {}
+
+    #[utoipa::path(get, path = "/console/{file}", tag = "console",
+        params(("file" = String, Path, description = "`app.js` or `app.css`")),
+        responses(
+            (status = 200, description = "The console's script or style sheet"),
+            (status = 404, description = "No such file", body = Problem, content_type = PROBLEM),
+        ))]
+    fn console_file() {}
 }

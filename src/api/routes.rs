@@ -137,6 +137,7 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
     let templates = super::templates::routes(ctx.clone());
     let streams = super::streams::routes(ctx.clone());
     let timeseries = super::timeseries::routes(ctx.clone());
+    let console = super::console::routes();
     healthz
         .map(Reply::into_response)
         .or(readyz.map(Reply::into_response))
@@ -160,6 +161,8 @@ pub fn all(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Rejection> 
         .or(streams)
         .unify()
         .or(timeseries)
+        .unify()
+        .or(console)
         .unify()
 }
 

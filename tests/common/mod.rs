@@ -394,3 +394,52 @@ pub fn config_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("dir");
     dir
 }
+
+/// An IPFIX stream of instant flows at `(Unix ms, destination port, octets)`, one packet each,
+/// as an exporter would send it (for live series, which take recent times only).
+pub fn flows_at(flows: &[(u64, u16, u64)]) -> Vec<u8> {
+    use ipfixsvc::wire::Registry;
+    use ipfixsvc::wire::encode::{FieldValue, MessageBuilder};
+    use ipfixsvc::wire::plan::Plan;
+    use ipfixsvc::wire::template::{FieldSpec, Template};
+    let reg = Registry::builtin();
+    let t = Template::data(
+        256,
+        vec![
+            FieldSpec::new(11, 0, 2),
+            FieldSpec::new(1, 0, 8),
+            FieldSpec::new(2, 0, 8),
+            FieldSpec::new(152, 0, 8),
+            FieldSpec::new(153, 0, 8),
+        ],
+    );
+    let plan = Plan::compile(t.clone(), &reg);
+    let mut mb = MessageBuilder::new(7, 1400);
+    mb.add_template(&t).expect("template");
+    for &(ms, port, octets) in flows {
+        let u = FieldValue::Unsigned;
+        mb.add_record(
+            &plan,
+            &[
+                u(port.into()),
+                u(octets),
+                u(1),
+                FieldValue::DateTimeMilliseconds(ms),
+                FieldValue::DateTimeMilliseconds(ms),
+            ],
+        )
+        .expect("record");
+    }
+    mb.flush();
+    mb.take_ready().concat()
+}
+
+/// Sends `bytes` over one TCP connection from `source` (an address of 127.0.0.0/8).
+pub async fn export_from(source: &str, to: SocketAddr, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind");
+    let mut c = s.connect(to).await.expect("connect");
+    c.write_all(bytes).await.expect("send");
+}
