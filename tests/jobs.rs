@@ -712,3 +712,26 @@ async fn bad_time_series_options_are_refused() {
     );
     assert!(!dir.join("jobs").join(id.to_string()).exists());
 }
+
+/// A time series over captures with no IPFIX in them decodes nothing, yet stops at a cancel
+/// (the flag is looked at after every packet, not only after a decoded message) and reports
+/// its progress by bytes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_series_of_input_with_nothing_to_decode_still_cancels() {
+    let dir = temp_dir("series-cancel");
+    let sup = supervisor(JobStore::memory(RETENTION), &dir, 1, 4, "node-a").await;
+    let id = submit(&sup, series_spec(None, vec![capture("wg.pcap"); 20_000]))
+        .await
+        .expect("accepted");
+    wait_for(&sup, id, JobState::Running).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&sup, id).await.expect("known").progress.bytes_read == 0 {
+        assert!(Instant::now() < deadline, "no progress reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = ractor::call!(sup, JobMsg::Cancel, TENANT.to_string(), id).expect("answer");
+    assert_eq!(c, Ok(Cancelled::Cancelling));
+    let r = wait_for(&sup, id, JobState::Cancelled).await;
+    assert!(r.progress.bytes_read < r.progress.bytes_total);
+    assert!(!dir.join("jobs").join(id.to_string()).exists());
+}

@@ -528,3 +528,166 @@ async fn a_live_series_adds_up_the_nodes_that_collect() {
     assert_eq!(s, 400);
     drop(redis);
 }
+
+/// The median of a sorted slice (the mean of the middle two for an even length).
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Analysis jobs over HTTP: top talkers and the mix after a conversion (their tables add up to
+/// the conversion's totals), anomalies of an uploaded IPFIX file (the intervals flagged are those
+/// an independent pass over `ipfixsvc timeseries`' series flags), each with its chart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyses_add_up_and_flag_what_an_independent_pass_flags() {
+    let (_server, api, dir) = start("analysis");
+    let token = admin_token(&dir);
+    create_tenant(api, &token, serde_json::json!({"id": "acme"})).await;
+    let a = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{api}/api/v1/tenants/acme/jobs"),
+        token,
+    };
+    let capture = std::fs::read(testdata("traffic/mixed.pcap")).expect("capture");
+    let (s, conv) = a.upload("/pcap-conversion", capture).await;
+    assert_eq!(s, 202, "{conv}");
+    let conv_id = conv["id"].as_str().expect("id").to_string();
+    let mut ids = Vec::new();
+    for (analysis, top) in [("top_talkers", 3), ("mix", 5)] {
+        let (s, j) = a
+            .post_json(
+                "/analysis",
+                serde_json::json!({"after": conv_id, "options": {"analysis": analysis, "top": top}}),
+            )
+            .await;
+        assert_eq!(s, 202, "{j}");
+        assert_eq!(j["kind"], "analysis");
+        ids.push(j["id"].as_str().expect("id").to_string());
+    }
+    let conv = a.finished(&conv_id).await;
+    let summary = &conv["summary"];
+    for (id, titles) in ids.iter().zip([
+        &[
+            "sources by octets",
+            "destinations by octets",
+            "sources by flows",
+            "destinations by flows",
+        ][..],
+        &["protocols by octets", "destination ports by octets"][..],
+    ]) {
+        let r = a.finished(id).await;
+        assert_eq!(r["state"], "succeeded", "{r}");
+        assert_eq!(
+            r["files"],
+            serde_json::json!(["analysis.json", "analysis.svg"])
+        );
+        let (s, ct, body) = a.get(&format!("/{id}/result")).await;
+        assert_eq!((s, ct.as_str()), (200, "application/json"));
+        let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let tables = doc["tables"].as_array().expect("tables");
+        assert_eq!(tables.len(), titles.len());
+        for (t, title) in tables.iter().zip(titles) {
+            assert_eq!(t["title"], *title);
+            // Every table adds up to the conversion's totals (biflows both ways).
+            assert_eq!(t["total"]["octets"], summary["octets"], "{title}");
+            assert_eq!(t["total"]["packets"], summary["metered_packets"], "{title}");
+            assert_eq!(t["total"]["flows"], summary["flows"], "{title}");
+            // The rows and `other` add up to the total, biggest first.
+            let rank = t["rank"].as_str().expect("rank");
+            let rows = t["rows"].as_array().expect("rows");
+            let mut sum: u64 = rows.iter().map(|r| r[rank].as_u64().unwrap_or(0)).sum();
+            sum += t["other"][rank].as_u64().unwrap_or(0);
+            assert_eq!(serde_json::json!(sum), t["total"][rank], "{title}");
+            let values: Vec<u64> = rows.iter().map(|r| r[rank].as_u64().unwrap_or(0)).collect();
+            assert!(
+                values.windows(2).all(|w| w[0] >= w[1]),
+                "{title}: {values:?}"
+            );
+        }
+        let (s, ct, svg) = a.get(&format!("/{id}/analysis.svg")).await;
+        assert_eq!((s, ct.as_str()), (200, "image/svg+xml"));
+        let svg = String::from_utf8(svg).expect("UTF-8");
+        for title in titles {
+            assert!(svg.contains(title), "{title} in the chart");
+        }
+    }
+
+    // Anomalies of an upload, against an independent pass over the CLI's series.
+    let ipfix = testdata("ipfix/example_flows.ipfix");
+    let (s, up) = a
+        .upload(
+            "/analysis?analysis=anomalies&interval_secs=10&window=5&k=3&measure=packets&by=destinationTransportPort",
+            std::fs::read(&ipfix).expect("ipfix"),
+        )
+        .await;
+    assert_eq!(s, 202, "{up}");
+    let up_id = up["id"].as_str().expect("id").to_string();
+    let up = a.finished(&up_id).await;
+    assert_eq!(up["state"], "succeeded", "{up}");
+    let (_, _, body) = a.get(&format!("/{up_id}/result")).await;
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let an = &doc["anomalies"];
+    let cli: serde_json::Value = serde_json::from_slice(&cli_json(
+        &ipfix,
+        &["--interval", "10"],
+        &dir.join("cli-total.json"),
+    ))
+    .expect("CLI JSON");
+    let packets: Vec<u64> =
+        serde_json::from_value(cli["series"][0]["packets"].clone()).expect("packets");
+    assert_eq!(an["values"], serde_json::json!(packets), "the same series");
+    let mut want = Vec::new();
+    for i in 5..packets.len() {
+        let mut w: Vec<f64> = packets[i - 5..i].iter().map(|v| *v as f64).collect();
+        let med = median_of(&mut w);
+        let mut dev: Vec<f64> = w.iter().map(|v| (v - med).abs()).collect();
+        let mad = median_of(&mut dev);
+        if (packets[i] as f64 - med).abs() > 3.0 * mad {
+            want.push(cli["times"][i].clone());
+        }
+    }
+    let got: Vec<serde_json::Value> = an["anomalies"]
+        .as_array()
+        .expect("anomalies")
+        .iter()
+        .map(|x| x["time"].clone())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(an["found"], want.len());
+    assert_eq!(up["report"]["found"], want.len());
+    // Each anomaly's contributors are ports of that interval, biggest first.
+    for x in an["anomalies"].as_array().expect("anomalies") {
+        let c = x["contributors"].as_array().expect("contributors");
+        assert!(!c.is_empty() && c.len() <= 5, "{x}");
+        let sum: u64 = c.iter().map(|r| r["packets"].as_u64().unwrap_or(0)).sum();
+        assert!(sum <= x["value"].as_u64().unwrap_or(0), "{x}");
+    }
+    let (s, _, svg) = a.get(&format!("/{up_id}/analysis.svg")).await;
+    assert_eq!(s, 200);
+    assert!(String::from_utf8_lossy(&svg).contains("anomalies"));
+    // Refused options.
+    for (q, says) in [
+        ("analysis=nope", "unknown variant"),
+        ("analysis=anomalies&k=0", "k 0"),
+        ("analysis=anomalies&window=0", "window"),
+        ("analysis=top_talkers&v4_prefix=33", "v4_prefix"),
+        ("analysis=anomalies&by=nonsense", "by "),
+    ] {
+        let (s, _, b) = a
+            .send(
+                a.http
+                    .post(format!("{}/analysis?{q}", a.base))
+                    .header("content-type", "application/octet-stream")
+                    .body(b"\x00\x0a\x00\x10".to_vec()),
+            )
+            .await;
+        let b = String::from_utf8_lossy(&b);
+        assert_eq!(s, 400, "{q}: {b}");
+        assert!(b.contains(says), "{q}: {b}");
+    }
+}

@@ -150,12 +150,22 @@ async function refresh() {
 
 // ---- jobs ----
 
+function kindName(j) {
+  if (j.kind === 'time_series') return 'time series';
+  if (j.kind === 'analysis') return 'analysis: ' + ((j.analysis || {}).analysis || '').replace('_', ' ');
+  return 'conversion';
+}
+
 function jobRow(j) {
   const p = j.progress || {};
   const bar = el('progress', { max: String(p.bytes_total || 1), value: String(p.bytes_read || 0) });
   let result = '';
   if (j.summary) result = `${j.summary.flows} flows from ${j.summary.packets} packets`;
   if (j.series) result = `${j.series.records} records, ${j.series.intervals} intervals, ${j.series.keys.length} series`;
+  if (j.report) {
+    const what = j.report.analysis === 'anomalies' ? 'anomalies' : 'rows';
+    result = `${j.report.found} ${what} from ${j.report.records} records`;
+  }
   if (j.error) result = j.error;
   const actions = el('td');
   const id = j.id;
@@ -164,14 +174,17 @@ function jobRow(j) {
   }
   if (j.state === 'succeeded' && j.kind === 'pcap_conversion') {
     actions.append(el('button', { type: 'button', onclick: () => chartOf(id) }, 'Chart'), ' ',
+      el('button', { type: 'button', onclick: () => analyse(id, 'top_talkers') }, 'Talkers'), ' ',
+      el('button', { type: 'button', onclick: () => analyse(id, 'mix') }, 'Mix'), ' ',
+      el('button', { type: 'button', onclick: () => analyse(id, 'anomalies') }, 'Anomalies'), ' ',
       el('button', { type: 'button', onclick: () => download(`${tenantPath()}/jobs/${id}/result`, `${id}.ipfix`) }, 'IPFIX'));
   }
-  if (j.state === 'succeeded' && j.kind === 'time_series') {
+  if (j.state === 'succeeded' && (j.kind === 'time_series' || j.kind === 'analysis')) {
     actions.append(el('button', { type: 'button', class: 'show-chart', onclick: () => showChart(j) }, 'Show'));
   }
   return el('tr', { 'data-job': id, 'data-state': j.state, 'data-kind': j.kind },
     el('td', { title: id }, el('code', {}, id.slice(0, 8))),
-    el('td', {}, j.kind === 'time_series' ? 'time series' : 'conversion'),
+    el('td', {}, kindName(j)),
     el('td', { class: 'state-' + j.state }, j.state + (j.after && j.state === 'queued' && !j.inputs.length ? ' (waiting)' : '')),
     el('td', {}, bar, ' ', p.bytes_total ? `${bytes(p.bytes_read)} of ${bytes(p.bytes_total)}` : ''),
     el('td', {}, result),
@@ -218,15 +231,32 @@ async function chartOf(conversion) {
   refresh();
 }
 
+async function analyse(conversion, analysis) {
+  const options = { analysis, top: 10, interval_secs: Number($('series-interval').value) };
+  try {
+    const r = await api(`${tenantPath()}/jobs/analysis`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ after: conversion, options }),
+    });
+    state.charts.add((await r.json()).id);
+  } catch (e) { showError(e); }
+  refresh();
+}
+
 async function showChart(j) {
   const base = `${tenantPath()}/jobs/${j.id}`;
-  const svg = await (await api(`${base}/series.svg`)).blob();
+  const file = j.kind === 'analysis' ? 'analysis.svg' : 'series.svg';
+  const svg = await (await api(`${base}/${file}`)).blob();
   state.shown = j.id;
   const img = $('chart-img');
   img.src = objectUrl(svg);
-  img.dataset.path = `${base}/series.svg`;
-  const o = j.time_series || {};
-  $('chart-title').textContent = `Job ${j.id.slice(0, 8)}: ${o.by || 'total'}, ${o.interval_secs} s intervals`;
+  img.dataset.path = `${base}/${file}`;
+  if (j.kind === 'analysis') {
+    $('chart-title').textContent = `Job ${j.id.slice(0, 8)}: ${kindName(j)}`;
+  } else {
+    const o = j.time_series || {};
+    $('chart-title').textContent = `Job ${j.id.slice(0, 8)}: ${o.by || 'total'}, ${o.interval_secs} s intervals`;
+  }
   $('chart-files').replaceChildren('Download: ', ...j.files.flatMap((f) => [
     el('button', { type: 'button', onclick: () => download(`${base}/${f}`, `${j.id.slice(0, 8)}-${f}`) }, f), ' ']));
   $('chart-panel').hidden = false;

@@ -14,7 +14,7 @@ use super::collector::tcp::TcpListenerMsg;
 use super::collector::udp::UdpListenerMsg;
 use super::directory::DirectoryMsg;
 use super::jobs::directory::JobDirectoryMsg;
-use super::jobs::runner::{RunMsg, TIME_SERIES_PREFIX};
+use super::jobs::runner::{ANALYSIS_PREFIX, RunMsg, TIME_SERIES_PREFIX};
 use super::jobs::{JobMsg, JobSupervisorStatus};
 use super::mediator::stream::StreamMsg;
 use super::mediator::{MediatorMsg, StreamState};
@@ -44,6 +44,7 @@ fn kind(cell: &ActorCell, in_cluster_server: bool) -> &'static str {
     if cell.is_message_type_of::<RunMsg>() == Some(true) {
         return match cell.get_name() {
             Some(n) if n.starts_with(TIME_SERIES_PREFIX) => "TimeSeriesJob",
+            Some(n) if n.starts_with(ANALYSIS_PREFIX) => "AnalysisJob",
             _ => "PcapConversionJob",
         };
     }

@@ -232,9 +232,248 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
+/// An analysis' tables as bar charts (the biggest key on top, `other` grey), two to a row.
+pub fn tables_svg(tables: &[super::report::Table], size: (u32, u32)) -> Result<String, ChartError> {
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| ChartError(e.to_string());
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let cols = if tables.len() > 1 { 2 } else { 1 };
+        let rows = tables.len().div_ceil(cols).max(1);
+        for (area, t) in root.split_evenly((rows, cols)).iter().zip(tables) {
+            bars(area, t)?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(out)
+}
+
+fn bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    t: &super::report::Table,
+) -> Result<(), ChartError> {
+    use super::series::Counts;
+    let err = |e: &dyn std::fmt::Display| ChartError(e.to_string());
+    let value = |o: u64, p: u64, f: u64| {
+        t.rank.of(&Counts {
+            octets: o,
+            packets: p,
+            flows: f,
+        }) as f64
+    };
+    let mut rows: Vec<(String, f64)> = t
+        .rows
+        .iter()
+        .map(|r| (r.key.clone(), value(r.octets, r.packets, r.flows)))
+        .collect();
+    if let Some(o) = &t.other {
+        rows.push(("other".into(), value(o.octets, o.packets, o.flows)));
+    }
+    let n = rows.len().max(1);
+    let max = rows.iter().map(|r| r.1).fold(1.0, f64::max);
+    let unit = match t.rank {
+        super::report::Rank::Octets => "octets",
+        super::report::Rank::Packets => "packets",
+        super::report::Rank::Flows => "flows",
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&t.title, ("sans-serif", 17))
+        .margin(10)
+        .margin_right(24)
+        .x_label_area_size(34)
+        .y_label_area_size(150)
+        // `(0..m).into_segmented()` has m + 1 segments: one per row (and one empty above a
+        // single row: `0..0` would show no label).
+        .build_cartesian_2d(0.0..max * 1.08, (0..(n - 1).max(1)).into_segmented())
+        .map_err(|e| err(&e))?;
+    // The first row (the biggest) is drawn at the top.
+    let at = |i: usize| n - 1 - i;
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .x_labels(6)
+        .y_labels(n)
+        .x_desc(unit)
+        .x_label_formatter(&|x| si(*x))
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => {
+                names.get(n - 1 - *i).cloned().unwrap_or_default()
+            }
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (key, v))| {
+            let color = if key == "other" && i + 1 == rows.len() && t.other.is_some() {
+                OTHER
+            } else {
+                let (r, g, b) = PALETTE[i % PALETTE.len()];
+                RGBColor(r, g, b)
+            };
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(at(i))),
+                    (*v, SegmentValue::Exact(at(i) + 1)),
+                ],
+                color.filled(),
+            );
+            bar.set_margin(3, 3, 0, 0);
+            bar
+        }))
+        .map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// The anomaly pass as a chart: the measure per interval, the rolling median it was held to,
+/// and the anomalies as red points.
+pub fn anomalies_svg(
+    a: &super::report::Anomalies,
+    starts: &[i64],
+    size: (u32, u32),
+) -> Result<String, ChartError> {
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| ChartError(e.to_string());
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let secs = a.interval_secs as f64;
+        let xs: Vec<f64> = starts.iter().map(|s| *s as f64).collect();
+        let (x0, x1) = match (xs.first(), xs.last()) {
+            (Some(f), Some(l)) => (*f, *l + secs),
+            _ => (0.0, secs),
+        };
+        let top = a.values.iter().map(|v| *v as f64).fold(1.0, f64::max);
+        let unit = match a.measure {
+            super::report::Rank::Octets => "octets",
+            super::report::Rank::Packets => "packets",
+            super::report::Rank::Flows => "flows",
+        };
+        let title = format!(
+            "{unit} per {} s interval: {} anomalies (over {} x MAD of the {} intervals before)",
+            a.interval_secs, a.found, a.k, a.window
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 19))
+            .margin(16)
+            .margin_right(44)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, 0.0..top * 1.08)
+            .map_err(|e| err(&e))?;
+        let span = x1 - x0;
+        chart
+            .configure_mesh()
+            .x_desc("time (UTC)")
+            .y_desc(unit)
+            .x_labels(8)
+            .y_labels(8)
+            .light_line_style(WHITE.mix(0.0))
+            .bold_line_style(BLACK.mix(0.12))
+            .x_label_formatter(&|x| time_label(*x, span))
+            .y_label_formatter(&|y| si(*y))
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let (r, g, b) = PALETTE[0];
+        let mid = secs / 2.0;
+        chart
+            .draw_series(LineSeries::new(
+                xs.iter().zip(&a.values).map(|(x, v)| (*x + mid, *v as f64)),
+                RGBColor(r, g, b).stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(unit)
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 16, y)], RGBColor(r, g, b).stroke_width(2))
+            });
+        chart
+            .draw_series(LineSeries::new(
+                xs.iter()
+                    .zip(&a.medians)
+                    .filter_map(|(x, m)| m.map(|m| (*x + mid, m))),
+                BLACK.mix(0.45).stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?
+            .label("rolling median")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.mix(0.45)));
+        let flagged: std::collections::HashSet<&str> =
+            a.anomalies.iter().map(|x| x.time.as_str()).collect();
+        chart
+            .draw_series(
+                xs.iter()
+                    .zip(&a.values)
+                    .zip(&a.times)
+                    .filter(|(_, t)| flagged.contains(t.as_str()))
+                    .map(|((x, v), _)| Circle::new((*x + mid, *v as f64), 5, RED.filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label("anomaly")
+            .legend(|(x, y)| Circle::new((x + 8, y), 5, RED.filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tables of one row, of none (no flows) and an anomaly pass of nothing still draw.
+    #[test]
+    fn small_and_empty_analyses_draw() {
+        use super::super::report::{Anomalies, Rank, Row, Table};
+        let t = |rows: Vec<Row>| Table {
+            title: "sources by octets".into(),
+            by: "@source".into(),
+            rank: Rank::Octets,
+            rows,
+            other: None,
+            total: Default::default(),
+            keys: 0,
+        };
+        let one = Row {
+            key: "192.0.2.1".into(),
+            octets: 10,
+            ..Row::default()
+        };
+        let svg = tables_svg(&[t(vec![one]), t(Vec::new())], (800, 400)).expect("draws");
+        assert!(svg.contains("192.0.2.1") && svg.contains("sources by octets"));
+        let a = Anomalies {
+            interval_secs: 60,
+            measure: Rank::Packets,
+            window: 5,
+            k: 3.0,
+            by: "@source".into(),
+            times: Vec::new(),
+            values: Vec::new(),
+            medians: Vec::new(),
+            found: 0,
+            anomalies: Vec::new(),
+        };
+        assert!(
+            anomalies_svg(&a, &[], (800, 400))
+                .expect("draws")
+                .contains("0 anomalies")
+        );
+    }
 
     #[test]
     fn si_prefixes_read_as_an_operator_expects() {

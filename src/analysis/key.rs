@@ -20,6 +20,13 @@ pub enum KeySpec {
         prefix: Option<u8>,
     },
     Exporter,
+    /// `@source` or `@destination`: the record's IPv4 or IPv6 address of that end, whichever
+    /// its template has, cut to `v4` or `v6` bits (`@source/24/64`; per address without them).
+    Address {
+        source: bool,
+        v4: u8,
+        v6: u8,
+    },
 }
 
 impl KeySpec {
@@ -29,6 +36,30 @@ impl KeySpec {
         let text = text.trim();
         if text == "@exporter" {
             return Ok(KeySpec::Exporter);
+        }
+        for (name, source) in [("@source", true), ("@destination", false)] {
+            let Some(rest) = text.strip_prefix(name) else {
+                continue;
+            };
+            let mut bits = rest.split('/').skip(1);
+            let mut next = |max: u8, default: u8| -> Result<u8, String> {
+                match bits.next() {
+                    None => Ok(default),
+                    Some(b) => b
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|b| *b <= max)
+                        .ok_or_else(|| format!("{text}: a prefix length of 0 to {max} bits")),
+                }
+            };
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                break;
+            }
+            let (v4, v6) = (next(32, 32)?, next(128, 128)?);
+            if bits.next().is_some() {
+                return Err(format!("{text}: {name}/V4BITS/V6BITS at most"));
+            }
+            return Ok(KeySpec::Address { source, v4, v6 });
         }
         let (name, prefix) = match text.split_once('/') {
             Some((n, bits)) => (
@@ -64,9 +95,28 @@ impl KeySpec {
         match self {
             KeySpec::Element { text, .. } => text.clone(),
             KeySpec::Exporter => "@exporter".into(),
+            KeySpec::Address { source, v4, v6 } => {
+                let end = if *source { "@source" } else { "@destination" };
+                match (v4, v6) {
+                    (32, 128) => end.to_string(),
+                    _ => format!("{end}/{v4}/{v6}"),
+                }
+            }
+        }
+    }
+
+    /// The elements whose value is the key (an address key: either family's).
+    pub fn elements(&self) -> &'static [(u32, u16)] {
+        match self {
+            KeySpec::Address { source: true, .. } => &[(0, 8), (0, 27)],
+            KeySpec::Address { source: false, .. } => &[(0, 12), (0, 28)],
+            _ => &[],
         }
     }
 }
+
+/// Bytes of a string or octet-array value kept in a key.
+pub const MAX_KEY_BYTES: usize = 256;
 
 /// One key's value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,11 +147,16 @@ impl Key {
 
     /// Field `f` of record `r`, as `spec` keys it.
     pub fn of(spec: &KeySpec, b: &Batch, buf: &[u8], r: usize, f: usize) -> Key {
+        let value = b.value(buf, r, f);
         let prefix = match spec {
             KeySpec::Element { prefix, .. } => *prefix,
             KeySpec::Exporter => None,
+            KeySpec::Address { v4, v6, .. } => match value {
+                Value::Ipv6(_) => Some(*v6),
+                _ => Some(*v4),
+            },
         };
-        match b.value(buf, r, f) {
+        match value {
             Value::Unsigned(v) => Key::Unsigned(v),
             Value::Signed(v) => Key::Signed(v),
             Value::Float(v) => Key::Text(v.to_string().into()),
@@ -130,11 +185,15 @@ impl Key {
             Value::DateTimeMilliseconds(v)
             | Value::DateTimeMicroseconds(v)
             | Value::DateTimeNanoseconds(v) => Key::Unsigned(v),
-            Value::String(s) => Key::Text(String::from_utf8_lossy(s).into()),
+            // Keys are held per interval and go into job records and answers: a variable-length
+            // value is cut to MAX_KEY_BYTES.
+            Value::String(s) => {
+                Key::Text(String::from_utf8_lossy(&s[..s.len().min(MAX_KEY_BYTES)]).into())
+            }
             Value::Bytes(s)
             | Value::BasicList(s)
             | Value::SubTemplateList(s)
-            | Value::SubTemplateMultiList(s) => Key::Bytes(s.into()),
+            | Value::SubTemplateMultiList(s) => Key::Bytes(s[..s.len().min(MAX_KEY_BYTES)].into()),
         }
     }
 }
@@ -208,5 +267,41 @@ mod tests {
         assert_eq!(Key::Unsigned(443).to_string(), "443");
         assert_eq!(Key::exporter("192.0.2.1:4739").to_string(), "192.0.2.1");
         assert_eq!(Key::exporter("flows.ipfix").to_string(), "flows.ipfix");
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn source_and_destination_keys_parse_with_their_prefixes() {
+        let reg = Registry::builtin();
+        let p = |t: &str| KeySpec::parse(t, &reg);
+        assert_eq!(
+            p("@source"),
+            Ok(KeySpec::Address {
+                source: true,
+                v4: 32,
+                v6: 128
+            })
+        );
+        assert_eq!(
+            p("@destination/24/64"),
+            Ok(KeySpec::Address {
+                source: false,
+                v4: 24,
+                v6: 64
+            })
+        );
+        assert_eq!(
+            p("@source/16").map(|k| k.label()),
+            Ok("@source/16/128".into())
+        );
+        assert_eq!(p("@source").map(|k| k.label()), Ok("@source".into()));
+        assert!(p("@source/33").is_err());
+        assert!(p("@source/24/129").is_err());
+        assert!(p("@source/24/64/8").is_err());
+        assert!(p("@sources").is_err());
     }
 }

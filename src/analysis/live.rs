@@ -29,6 +29,7 @@ pub struct LiveSeries {
     dims: Vec<(Option<String>, Builder)>,
     /// The first interval held (forgetting happens when it moves).
     floor: i64,
+    refused: u64,
 }
 
 impl LiveSeries {
@@ -52,6 +53,7 @@ impl LiveSeries {
                 max_cells: (opts.max_keys + 1).saturating_mul(intervals),
                 max_intervals: intervals as u64 + 1,
                 max_keys: opts.max_keys,
+                whole: false,
             })
             .map_err(|e: SeriesError| e.to_string())?;
             dims.push((by.cloned(), b));
@@ -61,6 +63,7 @@ impl LiveSeries {
             retention_ms,
             dims,
             floor: i64::MIN,
+            refused: 0,
         };
         live.tick(now_ms);
         Ok(live)
@@ -74,6 +77,9 @@ impl LiveSeries {
     {
         for (_, b) in &mut self.dims {
             b.message_rows(exporter, msg, &rows);
+            if b.take_error().is_some() {
+                self.refused += 1;
+            }
         }
     }
 
@@ -90,6 +96,17 @@ impl LiveSeries {
                 b.evict_before(lo);
             }
         }
+    }
+
+    /// Records a dimension could not place (a bound reached: counted and left out, never a
+    /// dimension stopped for good).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Nothing held: no cell in any dimension.
+    pub fn is_empty(&self) -> bool {
+        self.dims.iter().all(|(_, b)| b.is_empty())
     }
 
     /// The keys kept besides the total.
@@ -113,5 +130,81 @@ impl LiveSeries {
         self.dims
             .first()
             .map_or(0, |(_, b)| b.placement().out_of_range)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decoder::{Decoder, DecoderOptions};
+    use crate::wire::encode::{FieldValue, MessageBuilder};
+    use crate::wire::plan::Plan;
+    use crate::wire::template::{FieldSpec, Template};
+
+    /// One message of instant flows at the given Unix ms, 100 octets each.
+    fn at(times: &[u64]) -> DecodedMessage {
+        let reg = Registry::builtin();
+        let t = Template::data(
+            256,
+            vec![
+                FieldSpec::new(1, 0, 8),
+                FieldSpec::new(152, 0, 8),
+                FieldSpec::new(153, 0, 8),
+            ],
+        );
+        let plan = Plan::compile(t.clone(), &reg);
+        let mut mb = MessageBuilder::new(1, 65535);
+        mb.add_template(&t).expect("template");
+        for ms in times {
+            mb.add_record(
+                &plan,
+                &[
+                    FieldValue::Unsigned(100),
+                    FieldValue::DateTimeMilliseconds(*ms),
+                    FieldValue::DateTimeMilliseconds(*ms),
+                ],
+            )
+            .expect("record");
+        }
+        mb.flush();
+        let mut d = Decoder::new(reg, DecoderOptions::default());
+        let m = mb.take_ready().into_iter().next().expect("message");
+        d.decode(bytes::Bytes::from(m)).expect("decodes")
+    }
+
+    fn total(s: &LiveSeries) -> u64 {
+        s.window(None, i64::MIN / 2, i64::MAX / 2)
+            .map_or(0, |c| c.cells.iter().map(|(_, _, c)| c.octets).sum())
+    }
+
+    /// The node's clock stepping back while an exporter's runs ahead: the record that would
+    /// stretch the range too far is counted and left out, and the series goes on (a build
+    /// error does not stop a live series for good).
+    #[test]
+    fn a_clock_step_back_costs_a_record_not_the_series() {
+        let opts = LiveOptions {
+            interval_secs: 10,
+            by: vec!["destinationTransportPort".into()],
+            retention_secs: 60,
+            max_keys: 10,
+            forward_only: false,
+        };
+        let now: i64 = 1_700_000_000_000;
+        let mut s = LiveSeries::new(&opts, &Registry::builtin(), now).expect("options");
+        let all = |_: usize, n: usize| 0..n;
+        s.message("192.0.2.1:4739", &at(&[now as u64 + 290_000]), all);
+        assert_eq!(total(&s), 100);
+        // The clock steps back 100 s: the range moves back; a record at its start is more
+        // intervals from the one ahead than the range may span.
+        s.tick(now - 100_000);
+        s.message("192.0.2.1:4739", &at(&[(now - 160_000) as u64]), all);
+        assert!(s.refused() >= 1, "counted");
+        s.message("192.0.2.1:4739", &at(&[(now - 50_000) as u64]), all);
+        assert_eq!(total(&s), 200, "the next record is taken");
+        assert_eq!(s.out_of_range(), 0);
+        // Once the clock moves on past the retention, everything is forgotten and the series
+        // is empty (the sink then forgets the tenant).
+        s.tick(now + 1_000_000);
+        assert!(s.is_empty());
     }
 }

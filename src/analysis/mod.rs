@@ -8,5 +8,6 @@ pub mod chart;
 pub mod key;
 pub mod live;
 pub mod output;
+pub mod report;
 pub mod series;
 pub mod time;

@@ -37,6 +37,9 @@ pub struct Options {
     /// Distinct keys held at most; records of further keys count under `other` (a live series,
     /// which runs for ever, bounds its keys this way; a file's run is bounded by `max_cells`).
     pub max_keys: usize,
+    /// Totals per key, not series: every record, timed or not, goes to one interval (0), so the
+    /// times are not read (top talkers, protocol and port mixes).
+    pub whole: bool,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             max_cells: 8_000_000,
             max_intervals: 1_000_000,
             max_keys: usize::MAX,
+            whole: false,
         }
     }
 }
@@ -270,6 +274,11 @@ impl Builder {
             && let Some(r) = b.len().checked_sub(1)
             && let Column::DateTimeMilliseconds(c) = b.column(f)
         {
+            // Exporters (address:port) come and go in a live series: past a bound the init
+            // times are learnt again.
+            if self.init_times.len() >= MAX_ROLES && !self.init_times.contains_key(exporter) {
+                self.init_times.clear();
+            }
             self.init_times
                 .entry(exporter.to_string())
                 .or_default()
@@ -279,13 +288,14 @@ impl Builder {
 
     fn roles_of(&self, b: &Batch) -> Roles {
         let mut roles = Roles::default();
-        let key_id = match &self.opts.by {
-            Some(KeySpec::Element { id, .. }) => Some(*id),
-            _ => None,
+        let key_ids: &[(u32, u16)] = match &self.opts.by {
+            Some(KeySpec::Element { id, .. }) => std::slice::from_ref(id),
+            Some(spec) => spec.elements(),
+            None => &[],
         };
         for (f, pf) in b.plan.fields.iter().enumerate() {
             let id = (pf.spec.pen, pf.spec.id);
-            if Some(id) == key_id && roles.key.is_none() {
+            if key_ids.contains(&id) && roles.key.is_none() {
                 roles.key = Some(f);
             }
             match id {
@@ -312,11 +322,20 @@ impl Builder {
         let octets = sum(&cols.octets, r);
         let packets = sum(&cols.packets, r);
         let flows = cols.flows.map_or(1, |c| unsigned(c, r));
+        let times = if self.opts.whole {
+            Some(FlowTimes {
+                start: 0,
+                end: 0,
+                approximate: false,
+            })
+        } else {
+            cols.times.read(r, &msg.header, init)
+        };
         let Some(FlowTimes {
             start,
             end,
             approximate,
-        }) = cols.times.read(r, &msg.header, init)
+        }) = times
         else {
             self.totals.untimed += 1;
             return;
@@ -470,6 +489,17 @@ impl Builder {
     /// What was approximated or left out so far.
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// No cell held.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// The error that stopped the build, taken: a live series drops the record that caused it
+    /// and goes on, where a file's run stops.
+    pub fn take_error(&mut self) -> Option<SeriesError> {
+        self.error.take()
     }
 
     /// A live series: records must fall in intervals `lo..=hi` (by their start and end), else

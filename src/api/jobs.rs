@@ -12,7 +12,9 @@
 use super::problem::{self, Problem};
 use super::routes::Ctx;
 use crate::actors::jobs::{CancelError, Cancelled, JOB_SUPERVISOR, JobMsg, SubmitError};
-use crate::store::jobs::{JobOptions, JobSpec, KIND_PCAP_CONVERSION, TimeSeriesOptions};
+use crate::store::jobs::{
+    AnalysisOptions, JobOptions, JobSpec, KIND_PCAP_CONVERSION, TimeSeriesOptions,
+};
 use crate::store::{JobId, JobRecord, JobState};
 use bytes::Buf;
 use futures_util::{Stream, StreamExt};
@@ -75,6 +77,20 @@ pub struct TimeSeriesRequest {
     options: TimeSeriesOptions,
 }
 
+/// An analysis of an earlier conversion's result (`POST .../jobs/analysis` with
+/// `Content-Type: application/json`): `input` or `after`, one of them.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisRequest {
+    /// A conversion job of this tenant that has succeeded: its result is the input.
+    input: Option<JobId>,
+    /// A conversion job of this tenant: this job waits (queued) until it ends.
+    after: Option<JobId>,
+    /// The analysis and its options.
+    #[serde(default)]
+    options: AnalysisOptions,
+}
+
 fn jobs() -> Result<ActorRef<JobMsg>, Rejection> {
     ractor::registry::where_is(JOB_SUPERVISOR)
         .map(ActorRef::from)
@@ -107,7 +123,7 @@ pub fn routes(
         .and(warp::path!("pcap-conversion"))
         .and(warp::post())
         .and(auth())
-        .and(warp::query::<UploadQuery>())
+        .and(problem::query::<UploadQuery>())
         .and(warp::body::stream())
         .and_then(move |tenant: String, ctx: Ctx, q: UploadQuery, body| {
             let dir = upload_dir.join(&tenant);
@@ -117,7 +133,7 @@ pub fn routes(
         .and(warp::path!("time-series"))
         .and(warp::post())
         .and(auth())
-        .and(warp::query::<TimeSeriesOptions>())
+        .and(problem::query::<TimeSeriesOptions>())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::stream())
         .and_then(
@@ -125,9 +141,39 @@ pub fn routes(
                 let dir = series_uploads.join(&tenant);
                 async move {
                     if is_json(ct.as_deref()) {
-                        submit_series_after(ctx, tenant, q, body).await
+                        let given = q != TimeSeriesOptions::default();
+                        submit_after(ctx, tenant, given, body, |b| {
+                            serde_json::from_slice::<TimeSeriesRequest>(b)
+                                .map(|r| (r.input, r.after, Task::Series(r.options)))
+                        })
+                        .await
                     } else {
-                        submit_series_upload(ctx, tenant, q, body, dir, max_upload).await
+                        submit_upload(ctx, tenant, Task::Series(q), body, dir, max_upload).await
+                    }
+                }
+            },
+        );
+    let analysis_uploads = storage.join("uploads");
+    let analysis = jobs()
+        .and(warp::path!("analysis"))
+        .and(warp::post())
+        .and(auth())
+        .and(problem::query::<AnalysisOptions>())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::stream())
+        .and_then(
+            move |tenant: String, ctx: Ctx, q: AnalysisOptions, ct: Option<String>, body| {
+                let dir = analysis_uploads.join(&tenant);
+                async move {
+                    if is_json(ct.as_deref()) {
+                        let given = q != AnalysisOptions::default();
+                        submit_after(ctx, tenant, given, body, |b| {
+                            serde_json::from_slice::<AnalysisRequest>(b)
+                                .map(|r| (r.input, r.after, Task::Analysis(r.options)))
+                        })
+                        .await
+                    } else {
+                        submit_upload(ctx, tenant, Task::Analysis(q), body, dir, max_upload).await
                     }
                 }
             },
@@ -136,7 +182,7 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::get())
         .and(auth())
-        .and(warp::query::<ListQuery>())
+        .and(problem::query::<ListQuery>())
         .and_then(list);
     // The id is taken as text and parsed here: one that is not a job id is a job that does not
     // exist (404), not a route that does not (which warp would answer with another route's 405).
@@ -204,6 +250,8 @@ pub fn routes(
     submit
         .or(series)
         .unify()
+        .or(analysis)
+        .unify()
         .or(list)
         .unify()
         .or(get)
@@ -235,6 +283,7 @@ fn job_path() -> impl Filter<Extract = (), Error = Rejection> + Clone {
         .and_then(|p: warp::path::FullPath| async move {
             if p.as_str().ends_with("/jobs/pcap-conversion")
                 || p.as_str().ends_with("/jobs/time-series")
+                || p.as_str().ends_with("/jobs/analysis")
             {
                 Err(warp::reject::not_found())
             } else {
@@ -412,19 +461,45 @@ async fn submit(
     answer
 }
 
-/// A time series of an upload: an IPFIX file or a capture of export traffic, its options in
-/// the query.
-async fn submit_series_upload(
+/// What a job of an earlier job's result or of an upload makes: a time series or an analysis.
+pub enum Task {
+    Series(TimeSeriesOptions),
+    Analysis(AnalysisOptions),
+}
+
+impl Task {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Task::Series(o) => o.check(),
+            Task::Analysis(o) => o.check(),
+        }
+    }
+
+    fn spec(self, tenant: &str, inputs: Vec<String>, after: Option<JobId>) -> JobSpec {
+        let mut spec = JobSpec {
+            tenant: tenant.to_string(),
+            inputs,
+            after,
+            ..JobSpec::default()
+        };
+        match self {
+            Task::Series(o) => spec.time_series = Some(o),
+            Task::Analysis(o) => spec.analysis = Some(o),
+        }
+        spec
+    }
+}
+
+/// A job of an upload: an IPFIX file or a capture of export traffic, its options in the query.
+async fn submit_upload(
     ctx: Ctx,
     tenant: String,
-    options: TimeSeriesOptions,
+    task: Task,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     dir: PathBuf,
     max_upload: u64,
 ) -> Result<warp::reply::Response, Rejection> {
-    options
-        .check()
-        .map_err(|e| problem::reject(invalid_job(e)))?;
+    task.check().map_err(|e| problem::reject(invalid_job(e)))?;
     let uploading = Uploading::start(&ctx.uploading, &tenant);
     let quotas = match quota_check(&ctx, &tenant, &uploading).await? {
         Ok(q) => q,
@@ -440,46 +515,41 @@ async fn submit_series_upload(
         Accept::IpfixOrCapture,
     )
     .await?;
-    let spec = JobSpec {
-        tenant: tenant.clone(),
-        inputs: vec![guard.path()],
-        time_series: Some(options),
-        ..JobSpec::default()
-    };
+    let spec = task.spec(&tenant, vec![guard.path()], None);
     let answer = submit_spec(&ctx, &tenant, spec, Some(&mut guard)).await;
     if answer.is_ok() {
-        tracing::info!(%tenant, bytes = written, "flows uploaded: time-series job submitted");
+        tracing::info!(%tenant, bytes = written, "flows uploaded: job submitted");
     }
     answer
 }
 
-/// A time series of an earlier conversion's result (a JSON body: `input` or `after`).
-async fn submit_series_after(
+/// A job of an earlier conversion's result: a JSON body with `input` or `after` and the
+/// options, read by `parse`.
+async fn submit_after(
     ctx: Ctx,
     tenant: String,
-    query: TimeSeriesOptions,
+    query_given: bool,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    parse: impl FnOnce(&[u8]) -> Result<(Option<JobId>, Option<JobId>, Task), serde_json::Error>,
 ) -> Result<warp::reply::Response, Rejection> {
     // The tenant first: another tenant's or no tenant is 404, whatever the body.
     super::tenants::tenant(&ctx, &tenant).await?;
-    if query != TimeSeriesOptions::default() {
+    if query_given {
         return Err(problem::reject(invalid_job(
             "with a JSON body the options go in its `options`, not in the query".into(),
         )));
     }
     let bytes = small_body(body, MAX_REQUEST, ctx.timeout).await?;
-    let req: TimeSeriesRequest = serde_json::from_slice(&bytes).map_err(|e| {
+    let (input, after, task) = parse(&bytes).map_err(|e| {
         problem::reject(Problem::new(
             StatusCode::BAD_REQUEST,
             "bad-body",
-            "The body is not a time-series request",
+            "The body is not a job request",
             e.to_string(),
         ))
     })?;
-    req.options
-        .check()
-        .map_err(|e| problem::reject(invalid_job(e)))?;
-    let (inputs, after) = match (req.input, req.after) {
+    task.check().map_err(|e| problem::reject(invalid_job(e)))?;
+    let (inputs, after) = match (input, after) {
         (Some(id), None) => {
             let r = ipfix_job(&ctx, &tenant, id).await?;
             match (r.state, r.artifact) {
@@ -513,14 +583,7 @@ async fn submit_series_after(
     if let Err(refused) = quota_check(&ctx, &tenant, &uploading).await? {
         return Ok(refused);
     }
-    let spec = JobSpec {
-        tenant: tenant.clone(),
-        inputs,
-        time_series: Some(req.options),
-        after,
-        ..JobSpec::default()
-    };
-    submit_spec(&ctx, &tenant, spec, None).await
+    submit_spec(&ctx, &tenant, task.spec(&tenant, inputs, after), None).await
 }
 
 /// JSON request bodies are small; more is refused (413).

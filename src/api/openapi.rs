@@ -4,7 +4,7 @@
 //! documented operation is routed, every route is documented) and runs schemathesis against a
 //! live node, so the two cannot drift apart unnoticed.
 
-use super::jobs::{JobList, ListQuery, TimeSeriesRequest, UploadQuery};
+use super::jobs::{AnalysisRequest, JobList, ListQuery, TimeSeriesRequest, UploadQuery};
 use super::problem::Problem;
 use super::routes::{Health, NodeViews, Readiness};
 use super::sessions::{SessionPage, SessionQuery};
@@ -17,11 +17,13 @@ use super::timeseries::{LiveSeries, SeriesQuery};
 use crate::actors::collector::session_logic::SessionStats;
 use crate::actors::directory::SessionInfo;
 use crate::actors::mediator::StreamState;
+use crate::analysis::report::Rank;
 use crate::mediation::spec::{
     AggregateSpec, AnonMethod, AnonymiseSpec, OnFull, SinkSpec, StreamSpec, TransformSpec,
 };
 use crate::store::jobs::{
-    ChartMeasure, JobOptions, JobProgress, JobTelemetry, SeriesSummary, TimeSeriesOptions,
+    AnalysisKind, AnalysisOptions, AnalysisSummary, ChartMeasure, JobOptions, JobProgress,
+    JobTelemetry, SeriesSummary, TimeSeriesOptions,
 };
 use crate::store::tenants::Quotas;
 use crate::store::{JobId, JobRecord, JobState, Tenant, Transport};
@@ -42,7 +44,7 @@ const PROBLEM: &str = "application/problem+json";
         ops::healthz, ops::readyz, ops::metrics, ops::openapi_json, ops::sessions, ops::cluster,
         ops::actors, ops::create_tenant, ops::list_tenants, ops::get_tenant, ops::patch_tenant,
         ops::delete_tenant, ops::create_token, ops::list_tokens, ops::revoke_token,
-        ops::tenant_sessions, ops::tenant_templates, ops::submit_job, ops::submit_time_series,
+        ops::tenant_sessions, ops::tenant_templates, ops::submit_job, ops::submit_time_series, ops::submit_analysis,
         ops::list_jobs, ops::get_job, ops::cancel_job, ops::job_result, ops::job_file,
         ops::create_stream, ops::live_series, ops::console, ops::console_file, ops::list_streams,
         ops::get_stream, ops::put_stream, ops::delete_stream,
@@ -53,6 +55,7 @@ const PROBLEM: &str = "application/problem+json";
         TemplateList, ExporterTemplates, DomainTemplates, TemplateView, FieldView, Transport,
         JobRecord, JobId, JobState, JobOptions, JobProgress, JobTelemetry, JobList,
         TimeSeriesRequest, TimeSeriesOptions, ChartMeasure, SeriesSummary, LiveSeries,
+        AnalysisRequest, AnalysisOptions, AnalysisKind, AnalysisSummary, Rank,
         StreamSpec, TransformSpec, AnonymiseSpec, AnonMethod, AggregateSpec, SinkSpec, OnFull,
         StreamView, StreamTotals, StreamList, StreamState,
     )),
@@ -95,6 +98,10 @@ pub fn document() -> &'static str {
             serde_json::json!({"application/octet-stream": {"schema": binary}});
         paths["/api/v1/tenants/{tenant}/jobs/time-series"]["post"]["requestBody"]["content"] = serde_json::json!({
             "application/json": {"schema": {"$ref": "#/components/schemas/TimeSeriesRequest"}},
+            "application/octet-stream": {"schema": binary},
+        });
+        paths["/api/v1/tenants/{tenant}/jobs/analysis"]["post"]["requestBody"]["content"] = serde_json::json!({
+            "application/json": {"schema": {"$ref": "#/components/schemas/AnalysisRequest"}},
             "application/octet-stream": {"schema": binary},
         });
         for status in ["200", "206"] {
@@ -482,6 +489,23 @@ mod ops {
             (status = 503, description = "This node runs no jobs, or is shutting down", body = Problem, content_type = PROBLEM),
         ))]
     fn submit_time_series() {}
+
+    #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/jobs/analysis", tag = "jobs", security(("bearer" = [])),
+        params(("tenant" = String, Path, description = "The tenant's id"), AnalysisOptions),
+        request_body(description = "As for time series: `application/json`, an `AnalysisRequest` naming a conversion job (`input` or `after`) with the options in `options`; anything else, an IPFIX file or a capture of export traffic with the options in the query. Results: `analysis.json` (= result) and its chart `analysis.svg`"),
+        responses(
+            (status = 202, description = "Queued, waiting for the job it follows, or running; `Location` names the job", body = JobRecord),
+            (status = 400, description = "A bad option or body, or a job that is not a conversion", body = Problem, content_type = PROBLEM),
+            (status = 401, description = "No token, or a token that is not valid", body = Problem, content_type = PROBLEM),
+            (status = 404, description = "No such tenant (or another tenant's), or no such job of it", body = Problem, content_type = PROBLEM),
+            (status = 408, description = "The body sent nothing for `api.request_timeout_secs`: nothing kept", body = Problem, content_type = PROBLEM),
+            (status = 409, description = "The `input` job has not succeeded (yet), or the `after` job ended without a result", body = Problem, content_type = PROBLEM),
+            (status = 413, description = "Past `api.max_upload_bytes`, the tenant's `upload_bytes` quota, or 64 KiB of JSON: nothing kept", body = Problem, content_type = PROBLEM),
+            (status = 415, description = "Not an IPFIX file or capture: nothing kept", body = Problem, content_type = PROBLEM),
+            (status = 429, description = "The queue is full, or the tenant's `max_jobs` are queued or running; see `Retry-After`", body = Problem, content_type = PROBLEM),
+            (status = 503, description = "This node runs no jobs, or is shutting down", body = Problem, content_type = PROBLEM),
+        ))]
+    fn submit_analysis() {}
 
     #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs/{job_id}/{file}", tag = "jobs", security(("bearer" = [])),
         params(

@@ -159,6 +159,19 @@ pub async fn recover(r: Rejection) -> Result<Problem, Rejection> {
     }
 }
 
+/// The query string as `T`, or 400 naming what is wrong with it (a parameter that is unknown,
+/// misspelt or not a number...), where warp's own filter says only "Invalid query string".
+pub fn query<T: serde::de::DeserializeOwned + Send + 'static>()
+-> impl warp::Filter<Extract = (T,), Error = Rejection> + Clone {
+    use warp::Filter;
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|q: String| async move {
+            serde_urlencoded::from_str::<T>(&q).map_err(|e| bad_query(e.to_string()))
+        })
+}
+
 /// For handlers: a problem as the error of a route.
 /// 400 for a query parameter out of its range.
 pub fn bad_query(detail: String) -> Rejection {

@@ -62,6 +62,8 @@ pub struct LiveSeries {
 
 /// Intervals one answer holds at most (a window of a day at 10 s is 8,640).
 pub const MAX_WINDOW: i64 = 20_000;
+/// Series x intervals one answer holds at most.
+pub const MAX_ANSWER_CELLS: i64 = 400_000;
 
 fn bad(detail: String) -> Rejection {
     problem::reject(Problem::new(
@@ -94,7 +96,7 @@ pub fn routes(
     warp::path!("api" / "v1" / "tenants" / String / "timeseries")
         .and(warp::get())
         .and(super::tenants::authorized(ctx))
-        .and(warp::query::<SeriesQuery>())
+        .and(super::problem::query::<SeriesQuery>())
         .and(warp::header::optional::<String>("accept"))
         .and_then(series)
 }
@@ -177,13 +179,27 @@ async fn series(
         };
         return Err(problem::reject(Problem::not_found(detail)));
     };
-    let interval_ms = answer.cells.interval_secs.max(1) as i64 * 1000;
+    // A peer's interval is checked before it is used (1 s to an hour, as the sink takes).
+    if !(1..=3600).contains(&answer.cells.interval_secs) {
+        return Err(problem::reject(Problem::unavailable(format!(
+            "a node answered with an interval of {} s",
+            answer.cells.interval_secs
+        ))));
+    }
+    let interval_ms = answer.cells.interval_secs as i64 * 1000;
     let (first, last) = (from.div_euclid(interval_ms), to.div_euclid(interval_ms));
-    if last - first + 1 > MAX_WINDOW {
+    let n = last - first + 1;
+    if n > MAX_WINDOW {
         return Err(bad(format!(
-            "the window holds {} intervals of {} s: at most {MAX_WINDOW} in one answer",
-            last - first + 1,
+            "the window holds {n} intervals of {} s: at most {MAX_WINDOW} in one answer",
             interval_ms / 1000
+        )));
+    }
+    // The answer is (top + 1) series of n intervals: bounded as a whole too.
+    if (i64::from(top) + 1) * n > MAX_ANSWER_CELLS {
+        return Err(bad(format!(
+            "top {top} over {n} intervals is {} cells: at most {MAX_ANSWER_CELLS} in one answer (a smaller top or a shorter window)",
+            (i64::from(top) + 1) * n
         )));
     }
     let set = answer.cells.assemble(first, last, top as usize);

@@ -83,8 +83,12 @@ pub trait Visit {
     fn problem(&mut self, text: String) {
         eprintln!("{text}");
     }
-    /// How far into input number `file` (of the list given) the reading is, in bytes.
-    fn position(&mut self, _file: usize, _bytes: u64) {}
+    /// How far into input number `file` (of the list given) the reading is, in bytes: after
+    /// every message of an IPFIX file and every packet of a capture, decoded or not, so a
+    /// reader can stop (`Break`) on input that yields no message.
+    fn position(&mut self, _file: usize, _bytes: u64) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
 }
 
 /// A closure as a [`Visit`] that never stops and leaves problems on standard error.
@@ -245,8 +249,10 @@ impl<W: Write> Dumper<'_, W> {
     }
 
     fn position(&mut self, bytes: u64) {
-        if let Mode::Visit(v) = &mut self.mode {
-            v.position(self.file_index, bytes);
+        if let Mode::Visit(v) = &mut self.mode
+            && v.position(self.file_index, bytes).is_break()
+        {
+            self.stopped = true;
         }
     }
 

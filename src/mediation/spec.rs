@@ -205,6 +205,9 @@ pub const SERIES_RETENTION_SECS: u32 = 3600;
 pub const SERIES_MAX_KEYS: u32 = 1000;
 pub const SERIES_MAX_BY: usize = 8;
 pub const SERIES_MAX_INTERVALS: u32 = 10_000;
+/// Cells one tenant's series of a stream may hold at most, all its keys together: (1 + by) x
+/// (max_keys + 1) x the intervals of the range (about 64 bytes each: 256 MB).
+pub const SERIES_MAX_CELLS: u64 = 4_000_000;
 
 impl SinkSpec {
     /// A `timeseries` sink's options with their defaults (none for other sinks).
@@ -588,6 +591,20 @@ impl Pipeline {
             }
             if max_keys.is_some_and(|k| !(1..=100_000).contains(&k)) {
                 return Err(err("sink.max_keys", "must be 1 to 100000".into()));
+            }
+            let keys = u64::from(max_keys.unwrap_or(SERIES_MAX_KEYS)) + 1;
+            // The range: the retention and the 5 minutes ahead a record may reach, and a flow's
+            // spread past its ends.
+            let intervals = u64::from(retention / interval) + 300 / u64::from(interval) + 2;
+            let cells = (1 + by.len() as u64) * keys * intervals;
+            if cells > SERIES_MAX_CELLS {
+                return Err(err(
+                    "sink",
+                    format!(
+                        "(1 + {} by) x {keys} keys x {intervals} intervals is {cells} cells per tenant, past {SERIES_MAX_CELLS}: fewer keys (max_keys), fewer by, a shorter retention or longer intervals",
+                        by.len()
+                    ),
+                ));
             }
             if by.len() > SERIES_MAX_BY {
                 return Err(err(

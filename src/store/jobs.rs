@@ -255,15 +255,145 @@ pub struct SeriesSummary {
     pub records_per_second: f64,
 }
 
+/// Which analysis a job makes.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalysisKind {
+    /// Sources and destinations by octets and by flows.
+    TopTalkers,
+    /// Protocols and destination ports by octets.
+    Mix,
+    /// Intervals that depart from the rolling median, with their top contributors.
+    Anomalies,
+}
+
+/// An analysis job's options (each analysis reads those it needs).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+    utoipa::IntoParams,
+)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AnalysisOptions {
+    /// `top_talkers`, `mix` or `anomalies`.
+    #[param(inline)]
+    pub analysis: AnalysisKind,
+    /// Rows per table (default 10, at most 1000).
+    #[schema(maximum = 1000)]
+    pub top: u32,
+    /// Top talkers: bits of an IPv4 address kept (default 24; 32: per address).
+    #[schema(maximum = 32)]
+    pub v4_prefix: u8,
+    /// Top talkers: bits of an IPv6 address kept (default 64; 128: per address).
+    #[schema(maximum = 128)]
+    pub v6_prefix: u8,
+    /// Anomalies: interval length in seconds (default 60; 1 to 86400).
+    #[schema(minimum = 1, maximum = 86400)]
+    pub interval_secs: u64,
+    /// Anomalies: what is measured per interval (default octets).
+    #[param(inline)]
+    pub measure: crate::analysis::report::Rank,
+    /// Anomalies: intervals before each one whose median and MAD it is held to (default 15;
+    /// 1 to 1000).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub window: u32,
+    /// Anomalies: how many median absolute deviations from the median make an anomaly
+    /// (default 3; more than 0, at most 1000).
+    pub k: f64,
+    /// Anomalies: the key the contributors are listed by (default `@source/24/64`).
+    pub by: String,
+    /// Biflows: the forward direction only (by default the reverse counters are added).
+    pub forward_only: bool,
+    /// Chart size in pixels (100 to 4000 each; default 1200 x 800).
+    #[schema(minimum = 100, maximum = 4000)]
+    pub width: u32,
+    #[schema(minimum = 100, maximum = 4000)]
+    pub height: u32,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        AnalysisOptions {
+            analysis: AnalysisKind::TopTalkers,
+            top: 10,
+            v4_prefix: 24,
+            v6_prefix: 64,
+            interval_secs: 60,
+            measure: crate::analysis::report::Rank::Octets,
+            window: 15,
+            k: 3.0,
+            by: "@source/24/64".into(),
+            forward_only: false,
+            width: 1200,
+            height: 800,
+        }
+    }
+}
+
+impl AnalysisOptions {
+    /// Why these options cannot make the analysis (the API answers 400 with it).
+    pub fn check(&self) -> Result<(), String> {
+        if self.top == 0 || self.top > MAX_TOP {
+            return Err(format!("top {}: 1 to {MAX_TOP}", self.top));
+        }
+        if self.v4_prefix > 32 || self.v6_prefix > 128 {
+            return Err("v4_prefix: at most 32; v6_prefix: at most 128".into());
+        }
+        if !(1..=86_400).contains(&self.interval_secs) {
+            return Err(format!(
+                "interval_secs {}: 1 to 86400 seconds",
+                self.interval_secs
+            ));
+        }
+        if !(1..=1000).contains(&self.window) {
+            return Err(format!("window {}: 1 to 1000 intervals", self.window));
+        }
+        if !(self.k.is_finite() && self.k > 0.0 && self.k <= 1000.0) {
+            return Err(format!("k {}: more than 0, at most 1000", self.k));
+        }
+        for (side, v) in [("width", self.width), ("height", self.height)] {
+            if !(100..=4000).contains(&v) {
+                return Err(format!("{side} {v}: 100 to 4000 pixels"));
+            }
+        }
+        crate::analysis::key::KeySpec::parse(&self.by, &crate::wire::Registry::builtin())
+            .map_err(|e| format!("by {e}"))?;
+        Ok(())
+    }
+}
+
+/// What an analysis job found (its record's `report`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AnalysisSummary {
+    pub analysis: AnalysisKind,
+    /// Data records read.
+    pub records: u64,
+    /// Rows of its tables, or anomalies found.
+    pub found: u64,
+    /// Malformed messages and unreadable parts of the inputs, and the first few of them.
+    pub errors: u64,
+    pub problems: Vec<String>,
+    pub seconds: f64,
+}
+
 /// What the API submits. A conversion: captures (paths readable by the node, e.g. on the
 /// shared volume), read in order as one metering run. A time series (`time_series` set): IPFIX
 /// files or captures of export traffic; with `after`, the result of that job once it succeeds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
     pub tenant: String,
     pub inputs: Vec<String>,
     pub options: JobOptions,
     pub time_series: Option<TimeSeriesOptions>,
+    /// An analysis job's options (`analysis` set: kind `analysis`).
+    pub analysis: Option<AnalysisOptions>,
     /// A job of the same tenant whose result is this one's input, when it has succeeded.
     pub after: Option<JobId>,
 }
@@ -281,6 +411,8 @@ impl JobSpec {
     pub fn kind(&self) -> &'static str {
         if self.time_series.is_some() {
             KIND_TIME_SERIES
+        } else if self.analysis.is_some() {
+            KIND_ANALYSIS
         } else {
             KIND_PCAP_CONVERSION
         }
@@ -319,6 +451,7 @@ pub struct JobTelemetry {
 
 pub const KIND_PCAP_CONVERSION: &str = "pcap_conversion";
 pub const KIND_TIME_SERIES: &str = "time_series";
+pub const KIND_ANALYSIS: &str = "analysis";
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
@@ -348,6 +481,10 @@ pub struct JobRecord {
     pub time_series: Option<TimeSeriesOptions>,
     /// What a time-series job found, once it succeeded.
     pub series: Option<SeriesSummary>,
+    /// An analysis job's options (`kind` `analysis`).
+    pub analysis: Option<AnalysisOptions>,
+    /// What an analysis job found, once it succeeded.
+    pub report: Option<AnalysisSummary>,
     /// The result's files besides `result`, each at `.../jobs/{id}/{file}`.
     pub files: Vec<String>,
 }
@@ -395,6 +532,8 @@ impl From<JobRecordV1> for JobRecord {
             after: None,
             time_series: None,
             series: None,
+            analysis: None,
+            report: None,
             files: Vec::new(),
         }
     }
@@ -424,6 +563,8 @@ impl JobRecord {
             after: spec.after,
             time_series: spec.time_series.clone(),
             series: None,
+            analysis: spec.analysis.clone(),
+            report: None,
             files: Vec::new(),
         }
     }

@@ -332,10 +332,11 @@ pub enum ActorKind {
     JobSupervisor,
     ConversionJob,
     TimeSeriesJob,
+    AnalysisJob,
     TelemetrySampler,
 }
 
-const N_ACTOR_KINDS: usize = 11;
+const N_ACTOR_KINDS: usize = 12;
 
 const ACTOR_NAMES: [&str; N_ACTOR_KINDS] = [
     "ExporterSession",
@@ -348,6 +349,7 @@ const ACTOR_NAMES: [&str; N_ACTOR_KINDS] = [
     "JobSupervisor",
     "PcapConversionJob",
     "TimeSeriesJob",
+    "AnalysisJob",
     "TelemetrySampler",
 ];
 

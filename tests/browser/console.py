@@ -111,6 +111,20 @@ def run(wd, args):
     check("destinationTransportPort" in svg, "the chart does not name its key")
     check(not s["error"], f"the console shows an error: {s['error']!r}")
     log(f"chart of job {series['id'][:8]}: {s['chart'][0]}x{s['chart'][1]}, {s['chartTitle']!r}")
+    # An analysis of the same conversion: top talkers, drawn as bar charts.
+    click(wd, f"tr[data-job='{conv['id']}'] button:nth-of-type(2)")
+    talk = wait_for("the analysis job to succeed", lambda: next(
+        (r for r in state(wd)["rows"] if r["kind"] == "analysis" and r["state"] == "succeeded"), None), 60)
+    s = wait_for("the analysis chart", lambda: (lambda s: s if s["chart"] and talk["id"][:8] in s["chartTitle"]
+                                                 else None)(state(wd)), 30)
+    check("top talkers" in s["chartTitle"], f"the analysis chart's title is {s['chartTitle']!r}")
+    svg = wd.s("POST", "/execute/async", {"script": IMG_TEXT_JS, "args": ["#chart-img", args.token]})
+    check("sources by octets" in svg, "the talkers chart lacks its first table's title")
+    log(f"analysis {talk['id'][:8]}: {talk['text']!r}")
+    # Back to the time series' chart for the screenshot.
+    click(wd, f"tr[data-job='{series['id']}'] button.show-chart")
+    wait_for("the series chart again", lambda: (lambda s: s if s["chart"] and series["id"][:8] in s["chartTitle"]
+                                                 else None)(state(wd)), 30)
     if args.jobs_shot:
         wd.js("document.getElementById('chart-panel').scrollIntoView({block: 'end'});")
         shot(wd, args.jobs_shot)

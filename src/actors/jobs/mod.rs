@@ -18,6 +18,7 @@
 //! waits on Redis. `Drain` cancels what is queued and running and answers once the running jobs
 //! have stopped and their records are written.
 
+pub mod analysis;
 pub mod conversion;
 pub mod directory;
 pub mod logic;
@@ -322,7 +323,7 @@ impl Actor for JobSupervisor {
                         let admission = state.admit(&spec);
                         let id = admission.map(|a| (JobId::new(), a));
                         let _ = reply.send(id.as_ref().map(|(id, _)| *id).map_err(Clone::clone));
-                        if let Ok((id, admission)) = id {
+                        if let Ok((id, _)) = id {
                             let record = JobRecord::queued(id, &spec, &state.args.node);
                             state.save(&record);
                             let queued = job_span("job queued", &parent, &record);
@@ -341,9 +342,9 @@ impl Actor for JobSupervisor {
                                 state.check_waiting(&myself).await;
                             } else {
                                 state.queue.push_back(id);
-                                if admission == Admission::Start {
-                                    state.start_next(&myself).await;
-                                }
+                                // Whether admitted to start or to wait: waiting jobs count in
+                                // the queue, so a worker may be free either way.
+                                state.start_next(&myself).await;
                             }
                         }
                     }
@@ -520,6 +521,9 @@ impl JobSupervisorState {
         if let Some(o) = &spec.time_series {
             o.check().map_err(SubmitError::Invalid)?;
         }
+        if let Some(o) = &spec.analysis {
+            o.check().map_err(SubmitError::Invalid)?;
+        }
         if spec.tenant.is_empty() || spec.tenant.contains(':') {
             return Err(SubmitError::Invalid(
                 "tenant must be non-empty and without ':'".into(),
@@ -556,13 +560,18 @@ impl JobSupervisorState {
             };
             let cancel = Arc::new(AtomicBool::new(false));
             let inputs = t.record.inputs.clone();
-            let work = match &t.record.time_series {
-                Some(options) => Work::TimeSeries {
+            let work = match (&t.record.time_series, &t.record.analysis) {
+                (Some(options), _) => Work::TimeSeries {
                     inputs,
                     options: options.clone(),
                     max_cells: self.args.max_series_cells,
                 },
-                None => Work::Conversion {
+                (None, Some(options)) => Work::Analysis {
+                    inputs,
+                    options: options.clone(),
+                    max_cells: self.args.max_series_cells,
+                },
+                (None, None) => Work::Conversion {
                     inputs,
                     options: t.record.options.clone(),
                 },
@@ -664,6 +673,10 @@ impl JobSupervisorState {
                     Found::Conversion(summary) => r.summary = Some(summary),
                     Found::TimeSeries(series, files) => {
                         r.series = Some(series);
+                        r.files = files;
+                    }
+                    Found::Analysis(summary, files) => {
+                        r.report = Some(summary);
                         r.files = files;
                     }
                 }

@@ -1,6 +1,6 @@
 //! The job actors: one per running job, a linked child of the JobSupervisor. A
-//! PcapConversionJob (actor name `job-<id>`) and a TimeSeriesJob (`time-series-<id>`) are this
-//! same actor with different work (`Work`): they differ in what runs on the blocking thread,
+//! PcapConversionJob (actor name `job-<id>`), a TimeSeriesJob (`time-series-<id>`) and an
+//! AnalysisJob (`analysis-<id>`) are this same actor with different work (`Work`): they differ in what runs on the blocking thread,
 //! not in how they are supervised, cancelled or report.
 //!
 //! Role: runs the work on tokio's blocking pool, so the runtime that serves the API and the
@@ -16,7 +16,10 @@
 
 use super::JobMsg;
 use crate::meter::convert::ConvertSummary;
-use crate::store::jobs::{JobId, JobOptions, JobProgress, SeriesSummary, TimeSeriesOptions};
+use crate::store::jobs::{
+    AnalysisOptions, AnalysisSummary, JobId, JobOptions, JobProgress, SeriesSummary,
+    TimeSeriesOptions,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,7 @@ pub enum Found {
     Conversion(ConvertSummary),
     /// The summary, and the result's files besides `result`.
     TimeSeries(SeriesSummary, Vec<String>),
+    Analysis(AnalysisSummary, Vec<String>),
 }
 
 /// How a run ended, as the supervisor records it.
@@ -67,6 +71,12 @@ pub enum Work {
         /// `jobs.max_series_cells`.
         max_cells: usize,
     },
+    Analysis {
+        inputs: Vec<String>,
+        options: AnalysisOptions,
+        /// `jobs.max_series_cells`: the keys or cells an analysis may hold.
+        max_cells: usize,
+    },
 }
 
 impl Work {
@@ -76,6 +86,7 @@ impl Work {
         match self {
             Work::Conversion { .. } => ActorKind::ConversionJob,
             Work::TimeSeries { .. } => ActorKind::TimeSeriesJob,
+            Work::Analysis { .. } => ActorKind::AnalysisJob,
         }
     }
 
@@ -85,6 +96,7 @@ impl Work {
         match self {
             Work::Conversion { .. } => CONVERSION_PREFIX,
             Work::TimeSeries { .. } => TIME_SERIES_PREFIX,
+            Work::Analysis { .. } => ANALYSIS_PREFIX,
         }
     }
 
@@ -98,12 +110,18 @@ impl Work {
                 options,
                 max_cells,
             } => super::time_series::run(&inputs, &options, max_cells, dir, cancel, report),
+            Work::Analysis {
+                inputs,
+                options,
+                max_cells,
+            } => super::analysis::run(&inputs, &options, max_cells, dir, cancel, report),
         }
     }
 }
 
 pub const CONVERSION_PREFIX: &str = "job-";
 pub const TIME_SERIES_PREFIX: &str = "time-series-";
+pub const ANALYSIS_PREFIX: &str = "analysis-";
 
 #[derive(RactorMessage)]
 pub enum RunMsg {
@@ -243,5 +261,6 @@ pub fn discard(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(RESULT_FILE));
     let _ = std::fs::remove_file(dir.join(RESULT_LINK));
     super::time_series::discard(dir);
+    super::analysis::discard(dir);
     let _ = std::fs::remove_dir(dir); // only if empty: never someone else's files
 }

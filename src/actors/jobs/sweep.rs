@@ -89,7 +89,11 @@ pub async fn sweep(
         else {
             continue;
         };
-        if !meta.is_dir() || live.ids.contains(&id) {
+        // A live record's input inside the folder (a job chained on this one's result) keeps it.
+        if !meta.is_dir()
+            || live.ids.contains(&id)
+            || live.inputs.iter().any(|i| i.starts_with(&path))
+        {
             continue;
         }
         let files = entries(&path).await;
@@ -168,7 +172,9 @@ mod tests {
         }
         let live = JobId::new();
         let gone = JobId::new();
-        for id in [live, gone] {
+        // Its record expired, but a live job's input is its result: it stays.
+        let followed = JobId::new();
+        for id in [live, gone, followed] {
             let d = dir.join("jobs").join(id.to_string());
             std::fs::create_dir_all(&d).expect("job dir");
             std::fs::write(d.join("result.ipfix"), b"abcd").expect("result");
@@ -183,6 +189,21 @@ mod tests {
         };
         store
             .put(&JobRecord::queued(live, &spec, "n"))
+            .await
+            .expect("put");
+        let chained = JobSpec {
+            tenant: "acme".into(),
+            inputs: vec![
+                dir.join("jobs")
+                    .join(followed.to_string())
+                    .join("result.ipfix")
+                    .display()
+                    .to_string(),
+            ],
+            ..JobSpec::default()
+        };
+        store
+            .put(&JobRecord::queued(JobId::new(), &chained, "n"))
             .await
             .expect("put");
         // Young files stay, record or not.
@@ -206,6 +227,7 @@ mod tests {
         assert!(kept.exists() && part.exists() && !orphan.exists());
         assert!(dir.join("jobs").join(live.to_string()).exists());
         assert!(!dir.join("jobs").join(gone.to_string()).exists());
+        assert!(dir.join("jobs").join(followed.to_string()).exists());
         assert_eq!(upload_bytes(&uploads).await, 20);
         let _ = std::fs::remove_dir_all(&dir);
     }

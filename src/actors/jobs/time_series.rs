@@ -74,9 +74,9 @@ fn part_of(path: &Path) -> PathBuf {
     path.with_extension(format!("part.{ext}"))
 }
 
-/// Reads the inputs into the builder, reporting progress and watching the cancel flag.
+/// Reads the inputs into a sink, reporting progress and watching the cancel flag.
 struct Reading<'a> {
-    builder: &'a mut Builder,
+    sink: &'a mut dyn FnMut(&str, &DecodedMessage),
     cancel: &'a AtomicBool,
     report: &'a mut dyn FnMut(JobProgress),
     /// Bytes of the inputs before each one.
@@ -92,25 +92,13 @@ struct Reading<'a> {
 
 impl Visit for Reading<'_> {
     fn message(&mut self, exporter: &str, msg: &DecodedMessage) -> ControlFlow<()> {
-        if self.cancel.load(Ordering::Relaxed) {
-            self.cancelled = true;
-            return ControlFlow::Break(());
-        }
-        self.builder.message(exporter, msg);
+        (self.sink)(exporter, msg);
         self.records += msg
             .batches
             .iter()
             .filter(|b| b.plan.template.kind == TemplateKind::Data)
             .map(|b| b.len() as u64)
             .sum::<u64>();
-        if self
-            .last_report
-            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)
-        {
-            self.last_report = Some(Instant::now());
-            let p = self.progress();
-            (self.report)(p);
-        }
         ControlFlow::Continue(())
     }
 
@@ -120,12 +108,27 @@ impl Visit for Reading<'_> {
         }
     }
 
-    fn position(&mut self, file: usize, bytes: u64) {
+    /// After every message or packet, decoded or not: the cancel flag and progress are
+    /// looked at here, so a capture with nothing to decode is cancellable too.
+    fn position(&mut self, file: usize, bytes: u64) -> ControlFlow<()> {
         let (before, size) = (
             self.before.get(file).copied().unwrap_or(0),
             self.sizes.get(file).copied().unwrap_or(0),
         );
         self.read = before + bytes.min(size);
+        if self.cancel.load(Ordering::Relaxed) {
+            self.cancelled = true;
+            return ControlFlow::Break(());
+        }
+        if self
+            .last_report
+            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)
+        {
+            self.last_report = Some(Instant::now());
+            let p = self.progress();
+            (self.report)(p);
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -140,6 +143,83 @@ impl Reading<'_> {
     }
 }
 
+/// What reading the inputs gave besides what the sink took.
+pub(super) struct Read {
+    pub counts: crate::cli::dump::Counts,
+    pub problems: Vec<String>,
+    pub progress: JobProgress,
+}
+
+/// Reads every input (IPFIX files, captures of export traffic) into `sink`, reporting progress
+/// by bytes. `None` when cancelled; an error when no input could be read at all.
+pub(super) fn read_inputs(
+    inputs: &[String],
+    cancel: &AtomicBool,
+    report: &mut dyn FnMut(JobProgress),
+    sink: &mut dyn FnMut(&str, &DecodedMessage),
+) -> Result<Option<Read>, String> {
+    let mut sizes = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(|e| format!("{input}: {e}"))?;
+        // A FIFO or device would block the worker in open() or read() with no way to cancel.
+        if !meta.is_file() {
+            return Err(format!("{input}: not a regular file"));
+        }
+        sizes.push(meta.len());
+    }
+    let before = sizes
+        .iter()
+        .scan(0u64, |sum, s| {
+            let b = *sum;
+            *sum += s;
+            Some(b)
+        })
+        .collect();
+    let files: Vec<PathBuf> = inputs.iter().map(PathBuf::from).collect();
+    let mut reading = Reading {
+        sink,
+        cancel,
+        report,
+        before,
+        total: sizes.iter().sum(),
+        sizes,
+        read: 0,
+        records: 0,
+        last_report: None,
+        problems: Vec::new(),
+        cancelled: false,
+    };
+    let _span =
+        tracing::info_span!("job input", files = inputs.len(), bytes = reading.total).entered();
+    let (counts, unusable) = each_message(&files, Registry::builtin(), &[], &mut reading);
+    if reading.cancelled || cancel.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    if unusable == inputs.len() {
+        return Err(format!(
+            "none of the {unusable} inputs could be read: {}",
+            reading.problems.join("; ")
+        ));
+    }
+    Ok(Some(Read {
+        counts,
+        progress: JobProgress {
+            bytes_read: reading.total,
+            ..reading.progress()
+        },
+        problems: std::mem::take(&mut reading.problems),
+    }))
+}
+
+/// Writes `text` to `dir/name` through a `.part` file (`name.part.ext`) renamed when complete.
+pub(super) fn write_text(dir: &Path, name: &str, text: &[u8]) -> Result<(), String> {
+    let path = dir.join(name);
+    let part = part_of(&path);
+    std::fs::write(&part, text)
+        .and_then(|()| std::fs::rename(&part, &path))
+        .map_err(|e| format!("{name}: {e}"))
+}
+
 /// The series of every input, written out. `None` when cancelled.
 fn series_into(
     inputs: &[String],
@@ -151,15 +231,6 @@ fn series_into(
 ) -> Result<Option<(SeriesSummary, JobProgress)>, String> {
     let start = Instant::now();
     options.check()?;
-    let mut sizes = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let meta = std::fs::metadata(input).map_err(|e| format!("{input}: {e}"))?;
-        // A FIFO or device would block the worker in open() or read() with no way to cancel.
-        if !meta.is_file() {
-            return Err(format!("{input}: not a regular file"));
-        }
-        sizes.push(meta.len());
-    }
     let registry = Registry::builtin();
     let by = options
         .by
@@ -176,45 +247,14 @@ fn series_into(
         ..Options::default()
     })
     .map_err(|e| e.to_string())?;
-    let before = sizes
-        .iter()
-        .scan(0u64, |sum, s| {
-            let b = *sum;
-            *sum += s;
-            Some(b)
-        })
-        .collect();
-    let files: Vec<PathBuf> = inputs.iter().map(PathBuf::from).collect();
-    let mut reading = Reading {
-        builder: &mut builder,
-        cancel,
-        report,
-        before,
-        total: sizes.iter().sum(),
-        sizes,
-        read: 0,
-        records: 0,
-        last_report: None,
-        problems: Vec::new(),
-        cancelled: false,
-    };
-    let _span =
-        tracing::info_span!("job input", files = inputs.len(), bytes = reading.total).entered();
-    let (counts, unusable) = each_message(&files, registry, &[], &mut reading);
-    if reading.cancelled || cancel.load(Ordering::Relaxed) {
+    let Some(Read {
+        counts,
+        problems,
+        progress,
+    }) = read_inputs(inputs, cancel, report, &mut |e, m| builder.message(e, m))?
+    else {
         return Ok(None);
-    }
-    if unusable == inputs.len() {
-        return Err(format!(
-            "none of the {unusable} inputs could be read: {}",
-            reading.problems.join("; ")
-        ));
-    }
-    let progress = JobProgress {
-        bytes_read: reading.total,
-        ..reading.progress()
     };
-    let problems = std::mem::take(&mut reading.problems);
     let set = builder.finish().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let measure = match options.chart {

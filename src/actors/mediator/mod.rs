@@ -296,6 +296,19 @@ impl SeriesAnswer {
                 self.stream = Some(name);
                 self.cells.interval_secs = other.cells.interval_secs;
                 self.cells.by = other.cells.by.clone();
+            } else if (other.cells.interval_secs, &other.cells.by)
+                != (self.cells.interval_secs, &self.cells.by)
+            {
+                // A stream being replaced: nodes may briefly hold different intervals.
+                self.errors.push(format!(
+                    "a node answered with {} s intervals by {:?}, not {} s by {:?} (a stream being replaced): its cells are left out",
+                    other.cells.interval_secs,
+                    other.cells.by,
+                    self.cells.interval_secs,
+                    self.cells.by
+                ));
+                self.errors.extend(other.errors);
+                return;
             }
             self.cells.merge(other.cells);
         }

@@ -3,6 +3,7 @@
 //! /api/v1/tenants/{tenant}/timeseries` through the mediator. In memory: each node keeps what its
 //! own sessions collected, and a query merges the nodes' cells (`SessionDirectory`).
 
+use super::StreamStats;
 use crate::analysis::live::{LiveOptions, LiveSeries};
 use crate::analysis::series::Cells;
 use crate::mediation::Records;
@@ -19,8 +20,9 @@ pub struct SeriesSink {
     opts: LiveOptions,
     registry: Arc<Registry>,
     tenants: HashMap<String, LiveSeries>,
-    /// Records of tenants past `MAX_TENANTS`, left out.
-    pub refused: u64,
+    /// Records left out (a tenant past `MAX_TENANTS`, a time outside the range, a bound
+    /// reached) are the stream's `dropped`: not written anywhere.
+    stats: Arc<StreamStats>,
 }
 
 fn now_ms() -> i64 {
@@ -31,27 +33,36 @@ fn now_ms() -> i64 {
 
 impl SeriesSink {
     /// Checks the keys now, so a stream with a wrong one is refused when it is made.
-    pub fn new(opts: LiveOptions, registry: Arc<Registry>) -> std::io::Result<SeriesSink> {
+    pub fn new(
+        opts: LiveOptions,
+        registry: Arc<Registry>,
+        stats: Arc<StreamStats>,
+    ) -> std::io::Result<SeriesSink> {
         LiveSeries::new(&opts, &registry, now_ms()).map_err(std::io::Error::other)?;
         Ok(SeriesSink {
             opts,
             registry,
             tenants: HashMap::new(),
-            refused: 0,
+            stats,
         })
     }
 
-    /// Every record is taken (into a series, or counted out): all of them leave the stream.
+    fn left_out(&self, n: u64) {
+        self.stats
+            .dropped
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The records taken into a series (the rest are counted as dropped).
     pub fn write(&mut self, recs: &[Records]) -> u64 {
         let now = now_ms();
         let mut n = 0;
         for r in recs {
             let count = r.count() as u64;
-            n += count;
             let tenant = &r.source.tenant;
             if !self.tenants.contains_key(tenant) {
                 if self.tenants.len() >= MAX_TENANTS {
-                    self.refused += count;
+                    self.left_out(count);
                     continue;
                 }
                 match LiveSeries::new(&self.opts, &self.registry, now) {
@@ -63,18 +74,24 @@ impl SeriesSink {
                 }
             }
             if let Some(s) = self.tenants.get_mut(tenant) {
+                let before = s.out_of_range() + s.refused();
                 s.message(&r.source.exporter, &r.msg, |k, _| r.rows(k));
+                let out = (s.out_of_range() + s.refused() - before).min(count);
+                self.left_out(out);
+                n += count - out;
             }
         }
         n
     }
 
-    /// The range follows the clock.
+    /// The range follows the clock; a tenant whose series hold nothing any more is forgotten
+    /// (a tenant deleted and made again starts empty, and the tenant bound counts the living).
     pub fn tick(&mut self) {
         let now = now_ms();
         for s in self.tenants.values_mut() {
             s.tick(now);
         }
+        self.tenants.retain(|_, s| !s.is_empty());
     }
 
     /// A tenant's cells of `by` between two times; an error names the keys this sink keeps.

@@ -96,7 +96,7 @@ impl Sink {
                     .sink
                     .live_options()
                     .ok_or_else(|| std::io::Error::other("not a timeseries sink"))?;
-                Sink::Series(Box::new(SeriesSink::new(opts, registry)?))
+                Sink::Series(Box::new(SeriesSink::new(opts, registry, stats.clone())?))
             }
             SinkSpec::Http {
                 url,
