@@ -35,6 +35,7 @@ async fn run() {
         node: "bench".into(),
         config_version: "bench".into(),
         max_series_cells: 2_000_000,
+        stalled_after: ipfixsvc::actors::jobs::STALLED_AFTER,
     };
     let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
         .await

@@ -63,6 +63,7 @@ async fn supervisor(
         node: node.into(),
         config_version: "test".into(),
         max_series_cells: 2_000_000,
+        stalled_after: ipfixsvc::actors::jobs::STALLED_AFTER,
     };
     // Unnamed: names are process-wide, and a test may run several "nodes".
     let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
@@ -601,6 +602,7 @@ async fn a_time_series_after_a_job_that_fails_fails_and_waits_are_cancellable() 
         node: "node-a".into(),
         config_version: "test".into(),
         max_series_cells: 2_000_000,
+        stalled_after: Duration::from_secs(4),
     };
     let (sup, _) = ractor::Actor::spawn(None, JobSupervisor, args)
         .await
@@ -682,6 +684,18 @@ async fn a_time_series_after_a_job_that_fails_fails_and_waits_are_cancellable() 
         .expect("after nothing");
     let failed = wait_for(&sup, gone, JobState::Failed).await;
     assert!(failed.error.expect("why").contains("is gone"));
+    // Another node's conversion that stays `running` without progress (its node died): the
+    // job after it gives up once `stalled_after` (4 s here) has passed without a change.
+    let dead = JobId::new();
+    let mut rec = JobRecord::queued(dead, &spec(vec![capture("ntp.pcap")]), "node-c");
+    rec.state = JobState::Running;
+    store.put(&rec).await.expect("put");
+    let stuck = submit(&sup, series_spec(Some(dead), Vec::new()))
+        .await
+        .expect("after the dead node's job");
+    let failed = wait_for(&sup, stuck, JobState::Failed).await;
+    let e = failed.error.expect("why");
+    assert!(e.contains("has not progressed on node node-c"), "{e}");
 }
 
 /// Options no series can be made with are refused at submit, with the reason.

@@ -284,6 +284,7 @@ impl Actor for NodeSupervisor {
                 node: args.settings.node.name.clone(),
                 config_version: config_version.clone(),
                 max_series_cells: js.max_series_cells,
+                stalled_after: crate::actors::jobs::STALLED_AFTER,
             };
             let (j, _) = Actor::spawn_linked(
                 Some(JOB_SUPERVISOR.into()),

@@ -41,6 +41,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub const JOB_SUPERVISOR: &str = "job-supervisor";
 
+/// A running job of another node whose progress has not moved this long is taken to be lost
+/// (its node gone) by the jobs that wait for it.
+pub const STALLED_AFTER: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     /// Every worker is busy and the queue is full (HTTP 429 with `Retry-After`).
@@ -141,6 +145,9 @@ pub struct JobArgs {
     pub config_version: String,
     /// `jobs.max_series_cells`: key x interval cells a time-series job may hold.
     pub max_series_cells: usize,
+    /// How long another node's running job may show no progress before the jobs waiting for
+    /// it give up ([`STALLED_AFTER`]; tests shorten it).
+    pub stalled_after: Duration,
 }
 
 /// The job figures: wait and run time histograms and outcomes, labelled with the job kind and
@@ -242,6 +249,9 @@ pub struct JobSupervisorState {
     /// A `CheckWaiting` timer is set; the store is being asked about predecessors.
     check_armed: bool,
     asking_store: bool,
+    /// For a waiting job whose predecessor runs on another node: that job's progress when it
+    /// last changed, and since when (a node that died leaves its record `running`).
+    seen: HashMap<JobId, (JobProgress, Instant)>,
     running: HashMap<JobId, Running>,
     writer: mpsc::UnboundedSender<Write>,
     mean_exec: Option<Duration>,
@@ -300,6 +310,7 @@ impl Actor for JobSupervisor {
             waiting: Vec::new(),
             check_armed: false,
             asking_store: false,
+            seen: HashMap::new(),
             running: HashMap::new(),
             writer,
             mean_exec: None,
@@ -456,7 +467,7 @@ impl Actor for JobSupervisor {
                         for (id, predecessor) in found {
                             match predecessor {
                                 Ok(Some(r)) if r.state.is_final() => state.resolve(id, Some(&r)),
-                                Ok(Some(_)) => {}
+                                Ok(Some(r)) => state.watch_predecessor(id, &r),
                                 Ok(None) => state.resolve(id, None),
                                 Err(e) => tracing::debug!(job = %id, error = %e, "the job it follows: no answer yet"),
                             }
@@ -624,6 +635,7 @@ impl JobSupervisorState {
             JobState::Queued => {
                 self.queue.retain(|q| *q != id);
                 self.waiting.retain(|q| *q != id);
+                self.seen.remove(&id);
                 self.finish(id, Outcome::Cancelled);
                 Ok(Cancelled::Cancelled)
             }
@@ -761,11 +773,36 @@ impl JobSupervisorState {
 
     /// A waiting job whose predecessor ended (`None`: its record is gone): it joins the queue
     /// with the predecessor's result as input, or fails saying why.
+    /// Another node's job that a waiting job follows is still running: if its progress has
+    /// not moved for `stalled_after` (a running job's record is rewritten every 250 ms), its
+    /// node is taken to be gone and the waiting job fails, rather than wait out the record's
+    /// retention.
+    fn watch_predecessor(&mut self, id: JobId, r: &JobRecord) {
+        let now = Instant::now();
+        let (progress, since) = *self.seen.entry(id).or_insert((r.progress, now));
+        if progress != r.progress || r.state != JobState::Running {
+            self.seen.insert(id, (r.progress, now));
+        } else if now - since >= self.args.stalled_after && self.waiting.contains(&id) {
+            self.waiting.retain(|w| *w != id);
+            self.seen.remove(&id);
+            self.finish(
+                id,
+                Outcome::Failed(format!(
+                    "job {}, which this one follows, has not progressed on node {} for {} s: that node may be gone",
+                    r.id,
+                    r.node,
+                    self.args.stalled_after.as_secs()
+                )),
+            );
+        }
+    }
+
     fn resolve(&mut self, id: JobId, predecessor: Option<&JobRecord>) {
         if !self.waiting.contains(&id) {
             return;
         }
         self.waiting.retain(|w| *w != id);
+        self.seen.remove(&id);
         let Some(t) = self.jobs.get_mut(&id) else {
             return;
         };
