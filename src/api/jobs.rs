@@ -116,9 +116,12 @@ pub fn routes(
     max_upload: u64,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let jobs = || warp::path!("api" / "v1" / "tenants" / String / "jobs" / ..);
+    let uploads = storage.join("uploads");
+    let series =
+        flow_route::<TimeSeriesOptions>("time-series", ctx.clone(), uploads.clone(), max_upload);
+    let analysis = flow_route::<AnalysisOptions>("analysis", ctx.clone(), uploads, max_upload);
     let auth = move || super::tenants::authorized(ctx.clone());
     let upload_dir = storage.join("uploads");
-    let series_uploads = upload_dir.clone();
     let submit = jobs()
         .and(warp::path!("pcap-conversion"))
         .and(warp::post())
@@ -129,55 +132,6 @@ pub fn routes(
             let dir = upload_dir.join(&tenant);
             async move { submit(ctx, tenant, q, body, dir, max_upload).await }
         });
-    let series = jobs()
-        .and(warp::path!("time-series"))
-        .and(warp::post())
-        .and(auth())
-        .and(problem::query::<TimeSeriesOptions>())
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::body::stream())
-        .and_then(
-            move |tenant: String, ctx: Ctx, q: TimeSeriesOptions, ct: Option<String>, body| {
-                let dir = series_uploads.join(&tenant);
-                async move {
-                    if is_json(ct.as_deref()) {
-                        let given = q != TimeSeriesOptions::default();
-                        submit_after(ctx, tenant, given, body, |b| {
-                            serde_json::from_slice::<TimeSeriesRequest>(b)
-                                .map(|r| (r.input, r.after, Task::Series(r.options)))
-                        })
-                        .await
-                    } else {
-                        submit_upload(ctx, tenant, Task::Series(q), body, dir, max_upload).await
-                    }
-                }
-            },
-        );
-    let analysis_uploads = storage.join("uploads");
-    let analysis = jobs()
-        .and(warp::path!("analysis"))
-        .and(warp::post())
-        .and(auth())
-        .and(problem::query::<AnalysisOptions>())
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::body::stream())
-        .and_then(
-            move |tenant: String, ctx: Ctx, q: AnalysisOptions, ct: Option<String>, body| {
-                let dir = analysis_uploads.join(&tenant);
-                async move {
-                    if is_json(ct.as_deref()) {
-                        let given = q != AnalysisOptions::default();
-                        submit_after(ctx, tenant, given, body, |b| {
-                            serde_json::from_slice::<AnalysisRequest>(b)
-                                .map(|r| (r.input, r.after, Task::Analysis(r.options)))
-                        })
-                        .await
-                    } else {
-                        submit_upload(ctx, tenant, Task::Analysis(q), body, dir, max_upload).await
-                    }
-                }
-            },
-        );
     let list = jobs()
         .and(warp::path::end())
         .and(warp::get())
@@ -273,6 +227,69 @@ fn content_type(kind: &str, file: &str) -> &'static str {
         _ if kind == KIND_PCAP_CONVERSION => "application/octet-stream",
         _ => "application/json",
     }
+}
+
+/// The options of a job made of flows (a time series, an analysis): in the query with an
+/// upload, or in a JSON request that names a conversion.
+trait FlowTask: serde::de::DeserializeOwned + Default + PartialEq + Send + 'static {
+    type Request: serde::de::DeserializeOwned;
+    fn task(self) -> Task;
+    /// The request's `input`, `after` and task.
+    fn request(r: Self::Request) -> (Option<JobId>, Option<JobId>, Task);
+}
+
+impl FlowTask for TimeSeriesOptions {
+    type Request = TimeSeriesRequest;
+    fn task(self) -> Task {
+        Task::Series(self)
+    }
+    fn request(r: TimeSeriesRequest) -> (Option<JobId>, Option<JobId>, Task) {
+        (r.input, r.after, Task::Series(r.options))
+    }
+}
+
+impl FlowTask for AnalysisOptions {
+    type Request = AnalysisRequest;
+    fn task(self) -> Task {
+        Task::Analysis(self)
+    }
+    fn request(r: AnalysisRequest) -> (Option<JobId>, Option<JobId>, Task) {
+        (r.input, r.after, Task::Analysis(r.options))
+    }
+}
+
+/// `POST .../jobs/{name}` for a job made of flows: a JSON body names a conversion, any other
+/// body is an upload.
+fn flow_route<T: FlowTask>(
+    name: &'static str,
+    ctx: Ctx,
+    uploads: PathBuf,
+    max_upload: u64,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("api" / "v1" / "tenants" / String / "jobs" / ..)
+        .and(warp::path(name))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(super::tenants::authorized(ctx))
+        .and(problem::query::<T>())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::stream())
+        .and_then(
+            move |tenant: String, ctx: Ctx, q: T, ct: Option<String>, body| {
+                let dir = uploads.join(&tenant);
+                async move {
+                    if is_json(ct.as_deref()) {
+                        let given = q != T::default();
+                        submit_after(ctx, tenant, given, body, |b| {
+                            serde_json::from_slice::<T::Request>(b).map(T::request)
+                        })
+                        .await
+                    } else {
+                        submit_upload(ctx, tenant, q.task(), body, dir, max_upload).await
+                    }
+                }
+            },
+        )
 }
 
 /// `pcap-conversion` and `time-series` are not job ids but the submit routes' own paths, which,

@@ -2,7 +2,7 @@
 //! job's inputs, written as `analysis.json` and its chart `analysis.svg`, with `result` a link
 //! to the JSON. Inputs are read as a time-series job reads them.
 
-use super::runner::{Found, Outcome, RESULT_LINK};
+use super::runner::{Found, Outcome};
 use super::time_series::{Read, read_inputs, write_text};
 use crate::analysis::chart;
 use crate::analysis::key::KeySpec;
@@ -28,30 +28,7 @@ pub fn run(
     let outcome = std::fs::create_dir_all(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))
         .and_then(|()| analyse(inputs, options, max_cells, dir, cancel, report));
-    match outcome {
-        Ok(Some((summary, progress))) => {
-            let artifact = dir.join(FILES[0]);
-            match std::fs::hard_link(&artifact, dir.join(RESULT_LINK)) {
-                Ok(()) => Outcome::Succeeded {
-                    found: Box::new(Found::Analysis(summary, FILES.map(String::from).to_vec())),
-                    progress,
-                    artifact,
-                },
-                Err(e) => {
-                    super::runner::discard(dir);
-                    Outcome::Failed(format!("{}: {e}", artifact.display()))
-                }
-            }
-        }
-        Ok(None) => {
-            super::runner::discard(dir);
-            Outcome::Cancelled
-        }
-        Err(e) => {
-            super::runner::discard(dir);
-            Outcome::Failed(e)
-        }
-    }
+    super::runner::ended(dir, &FILES, outcome, Found::Analysis)
 }
 
 /// Removes what an analysis job writes, nothing else.

@@ -254,6 +254,43 @@ fn join_error_text(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// How a job that writes files ends: succeeded with `result` linked to its first file, or
+/// cancelled or failed with what it wrote removed.
+pub(super) fn ended<S>(
+    dir: &Path,
+    files: &[&str],
+    result: Result<Option<(S, JobProgress)>, String>,
+    found: impl FnOnce(S, Vec<String>) -> Found,
+) -> Outcome {
+    match result {
+        Ok(Some((summary, progress))) => {
+            let artifact = dir.join(files[0]);
+            match std::fs::hard_link(&artifact, dir.join(RESULT_LINK)) {
+                Ok(()) => Outcome::Succeeded {
+                    found: Box::new(found(
+                        summary,
+                        files.iter().map(|f| f.to_string()).collect(),
+                    )),
+                    progress,
+                    artifact,
+                },
+                Err(e) => {
+                    discard(dir);
+                    Outcome::Failed(format!("{}: {e}", artifact.display()))
+                }
+            }
+        }
+        Ok(None) => {
+            discard(dir);
+            Outcome::Cancelled
+        }
+        Err(e) => {
+            discard(dir);
+            Outcome::Failed(e)
+        }
+    }
+}
+
 /// A job that did not succeed leaves nothing behind: the files jobs write (results and their
 /// `.part` files), and its folder if that is then empty.
 pub fn discard(dir: &Path) {

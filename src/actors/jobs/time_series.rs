@@ -3,7 +3,7 @@
 //! `series.json`, `series.csv`, `series.svg` and `series.png` in the job's folder, with
 //! `result` a link to the JSON. Each file is written as a `.part` and renamed.
 
-use super::runner::{Found, Outcome, PROGRESS_EVERY, RESULT_LINK};
+use super::runner::{Found, Outcome, PROGRESS_EVERY};
 use crate::analysis::chart::Measure;
 use crate::analysis::key::KeySpec;
 use crate::analysis::output::{format_of, rfc3339, write_file};
@@ -33,30 +33,8 @@ pub fn run(
     cancel: &AtomicBool,
     report: &mut dyn FnMut(JobProgress),
 ) -> Outcome {
-    match series_into(inputs, options, max_cells, dir, cancel, report) {
-        Ok(Some((summary, progress))) => {
-            let artifact = dir.join(FILES[0]);
-            match std::fs::hard_link(&artifact, dir.join(RESULT_LINK)) {
-                Ok(()) => Outcome::Succeeded {
-                    found: Box::new(Found::TimeSeries(summary, FILES.map(String::from).to_vec())),
-                    progress,
-                    artifact,
-                },
-                Err(e) => {
-                    super::runner::discard(dir);
-                    Outcome::Failed(format!("{}: {e}", artifact.display()))
-                }
-            }
-        }
-        Ok(None) => {
-            super::runner::discard(dir);
-            Outcome::Cancelled
-        }
-        Err(e) => {
-            super::runner::discard(dir);
-            Outcome::Failed(e)
-        }
-    }
+    let result = series_into(inputs, options, max_cells, dir, cancel, report);
+    super::runner::ended(dir, &FILES, result, Found::TimeSeries)
 }
 
 /// Removes what a time-series job writes (its files and their `.part`s), nothing else.
