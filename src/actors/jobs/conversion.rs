@@ -2,7 +2,7 @@
 //! into `<dir>/result.ipfix.part`, renamed to `result.ipfix` (with its `result` link) when it
 //! is complete.
 
-use super::runner::{Found, Outcome, PART_FILE, PROGRESS_EVERY, RESULT_FILE, RESULT_LINK, discard};
+use super::runner::{Found, Outcome, PART_FILE, PROGRESS_EVERY, RESULT_FILE};
 use crate::meter::convert::{Control, Conversion, ConvertError, ConvertSummary};
 use crate::store::files::{Access, open_capture};
 use crate::store::jobs::{JobOptions, JobProgress};
@@ -21,35 +21,20 @@ pub fn run(
     report: &mut dyn FnMut(JobProgress),
 ) -> Outcome {
     let part = dir.join(PART_FILE);
+    let artifact = dir.join(RESULT_FILE);
     let result = std::fs::create_dir_all(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))
-        .and_then(|()| meter_into(inputs, options, &part, cancel, report));
-    match result {
-        Ok(Some((summary, progress))) => {
-            let artifact = dir.join(RESULT_FILE);
-            match std::fs::rename(&part, &artifact)
-                .and_then(|()| std::fs::hard_link(&artifact, dir.join(RESULT_LINK)))
-            {
-                Ok(()) => Outcome::Succeeded {
-                    found: Box::new(Found::Conversion(summary)),
-                    progress,
-                    artifact,
-                },
-                Err(e) => {
-                    discard(dir);
-                    Outcome::Failed(format!("{}: {e}", artifact.display()))
-                }
-            }
-        }
-        Ok(None) => {
-            discard(dir);
-            Outcome::Cancelled
-        }
-        Err(e) => {
-            discard(dir);
-            Outcome::Failed(e)
-        }
-    }
+        .and_then(|()| meter_into(inputs, options, &part, cancel, report))
+        .and_then(|done| match done {
+            Some(d) => std::fs::rename(&part, &artifact)
+                .map(|()| Some(d))
+                .map_err(|e| format!("{}: {e}", artifact.display())),
+            None => Ok(None),
+        });
+    // The files list of a conversion's record stays empty: its one file is `result`.
+    super::runner::ended(dir, &[RESULT_FILE], result, |summary, _| {
+        Found::Conversion(summary)
+    })
 }
 
 /// Meters every input into `part`, exactly as `ipfixsvc convert` does. `None` when cancelled.
