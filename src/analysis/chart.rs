@@ -6,6 +6,7 @@
 
 use super::series::SeriesSet;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::sync::Once;
 
@@ -158,30 +159,7 @@ fn draw<DB: DrawingBackend>(
         measure.unit(),
         set.interval_secs
     );
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        // Room for the last time label, centred on the right edge.
-        .margin_right(44)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, 0.0..top * 1.08)
-        .map_err(|e| err(&e))?;
-    let span = x1 - x0;
-    chart
-        .configure_mesh()
-        .x_desc("time (UTC)")
-        .y_desc(measure.unit())
-        .x_labels(8)
-        .y_labels(8)
-        .light_line_style(WHITE.mix(0.0))
-        .bold_line_style(BLACK.mix(0.12))
-        .x_label_formatter(&|x| time_label(*x, span))
-        .y_label_formatter(&|y| si(*y))
-        .label_style(("sans-serif", 13))
-        .axis_desc_style(("sans-serif", 15))
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = time_axes(root, &title, 22, x0..x1, top, measure.unit())?;
     if starts.is_empty() {
         root.draw(&Text::new(
             "no flows",
@@ -221,15 +199,60 @@ fn draw<DB: DrawingBackend>(
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
     }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+/// A chart of values against UTC time: `x` in Unix seconds, `0..top` (with room above) in
+/// `unit`, its grid, axes and labels drawn.
+fn time_axes<'a, DB: DrawingBackend + 'a>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    caption_px: u32,
+    x: std::ops::Range<f64>,
+    top: f64,
+    unit: &str,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, ChartError> {
+    let err = |e: &dyn std::fmt::Display| ChartError(e.to_string());
+    let span = x.end - x.start;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", caption_px))
+        .margin(16)
+        // Room for the last time label, centred on the right edge.
+        .margin_right(44)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, 0.0..top * 1.08)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time (UTC)")
+        .y_desc(unit)
+        .x_labels(8)
+        .y_labels(8)
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .x_label_formatter(&|x| time_label(*x, span))
+        .y_label_formatter(&|y| si(*y))
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(chart)
+}
+
+/// The series' legend, in a corner.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> Result<(), ChartError> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 13))
         .draw()
-        .map_err(|e| err(&e))?;
-    Ok(())
+        .map_err(|e| ChartError(e.to_string()))
 }
 
 /// An analysis' tables as bar charts (the biggest key on top, `other` grey), two to a row.
@@ -254,30 +277,16 @@ fn bars<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     t: &super::report::Table,
 ) -> Result<(), ChartError> {
-    use super::series::Counts;
     let err = |e: &dyn std::fmt::Display| ChartError(e.to_string());
-    let value = |o: u64, p: u64, f: u64| {
-        t.rank.of(&Counts {
-            octets: o,
-            packets: p,
-            flows: f,
-        }) as f64
-    };
-    let mut rows: Vec<(String, f64)> = t
+    let rows: Vec<(String, f64)> = t
         .rows
         .iter()
-        .map(|r| (r.key.clone(), value(r.octets, r.packets, r.flows)))
+        .chain(&t.other)
+        .map(|r| (r.key.clone(), t.rank.of(&r.counts()) as f64))
         .collect();
-    if let Some(o) = &t.other {
-        rows.push(("other".into(), value(o.octets, o.packets, o.flows)));
-    }
     let n = rows.len().max(1);
     let max = rows.iter().map(|r| r.1).fold(1.0, f64::max);
-    let unit = match t.rank {
-        super::report::Rank::Octets => "octets",
-        super::report::Rank::Packets => "packets",
-        super::report::Rank::Flows => "flows",
-    };
+    let unit = t.rank.unit();
     let mut chart = ChartBuilder::on(area)
         .caption(&t.title, ("sans-serif", 17))
         .margin(10)
@@ -352,38 +361,12 @@ pub fn anomalies_svg(
             _ => (0.0, secs),
         };
         let top = a.values.iter().map(|v| *v as f64).fold(1.0, f64::max);
-        let unit = match a.measure {
-            super::report::Rank::Octets => "octets",
-            super::report::Rank::Packets => "packets",
-            super::report::Rank::Flows => "flows",
-        };
+        let unit = a.measure.unit();
         let title = format!(
             "{unit} per {} s interval: {} anomalies (over {} x MAD of the {} intervals before)",
             a.interval_secs, a.found, a.k, a.window
         );
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 19))
-            .margin(16)
-            .margin_right(44)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, 0.0..top * 1.08)
-            .map_err(|e| err(&e))?;
-        let span = x1 - x0;
-        chart
-            .configure_mesh()
-            .x_desc("time (UTC)")
-            .y_desc(unit)
-            .x_labels(8)
-            .y_labels(8)
-            .light_line_style(WHITE.mix(0.0))
-            .bold_line_style(BLACK.mix(0.12))
-            .x_label_formatter(&|x| time_label(*x, span))
-            .y_label_formatter(&|y| si(*y))
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 15))
-            .draw()
-            .map_err(|e| err(&e))?;
+        let mut chart = time_axes(&root, &title, 19, x0..x1, top, unit)?;
         let (r, g, b) = PALETTE[0];
         let mid = secs / 2.0;
         chart
@@ -419,14 +402,7 @@ pub fn anomalies_svg(
             .map_err(|e| err(&e))?
             .label("anomaly")
             .legend(|(x, y)| Circle::new((x + 8, y), 5, RED.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(|e| err(&e))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(|e| err(&e))?;
     }
     Ok(out)

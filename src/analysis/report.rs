@@ -28,6 +28,15 @@ pub enum Rank {
 }
 
 impl Rank {
+    /// What it counts, for axes and titles.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Rank::Octets => "octets",
+            Rank::Packets => "packets",
+            Rank::Flows => "flows",
+        }
+    }
+
     pub fn of(self, c: &Counts) -> u64 {
         match self {
             Rank::Octets => c.octets,
@@ -46,6 +55,16 @@ pub struct Row {
     pub flows: u64,
     /// Its share of the table's total of the ranking measure, in percent.
     pub share: f64,
+}
+
+impl Row {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            octets: self.octets,
+            packets: self.packets,
+            flows: self.flows,
+        }
+    }
 }
 
 /// The top keys by one measure, the rest added up, and the total.
@@ -275,27 +294,14 @@ pub fn anomalies(
             .remove(&(total.first_interval + i as i64))
             .unwrap_or_default();
         rows.sort_by(|a, b| {
-            let (va, vb) = (
-                measure.of(&Counts {
-                    octets: a.octets,
-                    packets: a.packets,
-                    flows: a.flows,
-                }),
-                measure.of(&Counts {
-                    octets: b.octets,
-                    packets: b.packets,
-                    flows: b.flows,
-                }),
-            );
-            vb.cmp(&va).then(a.key.cmp(&b.key))
+            measure
+                .of(&b.counts())
+                .cmp(&measure.of(&a.counts()))
+                .then(a.key.cmp(&b.key))
         });
         rows.truncate(CONTRIBUTORS);
         for r in &mut rows {
-            let v = measure.of(&Counts {
-                octets: r.octets,
-                packets: r.packets,
-                flows: r.flows,
-            });
+            let v = measure.of(&r.counts());
             r.share = (v as f64 * 100.0 / value.max(1) as f64 * 100.0).round() / 100.0;
         }
         let off = value as f64 - med;

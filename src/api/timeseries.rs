@@ -207,10 +207,7 @@ async fn series(
         .as_deref()
         .is_some_and(|a| a.split(',').any(|m| m.trim().starts_with("image/svg+xml")));
     if svg {
-        let measure = match q.chart.unwrap_or(ChartMeasure::Bits) {
-            ChartMeasure::Bits => Measure::Bits,
-            ChartMeasure::Packets => Measure::Packets,
-        };
+        let measure = Measure::from(q.chart.unwrap_or(ChartMeasure::Bits));
         let body = chart::svg(&set, measure, size).map_err(|e| {
             problem::reject(Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -226,6 +226,15 @@ pub enum ChartMeasure {
     Packets,
 }
 
+impl From<ChartMeasure> for crate::analysis::chart::Measure {
+    fn from(m: ChartMeasure) -> Self {
+        match m {
+            ChartMeasure::Bits => crate::analysis::chart::Measure::Bits,
+            ChartMeasure::Packets => crate::analysis::chart::Measure::Packets,
+        }
+    }
+}
+
 /// What a time-series job found (its record's `series`).
 #[derive(
     Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,

@@ -9,7 +9,7 @@ use crate::analysis::key::KeySpec;
 use crate::analysis::output::{format_of, rfc3339, write_file};
 use crate::analysis::series::{Builder, Options};
 use crate::cli::dump::{Visit, each_message};
-use crate::store::jobs::{ChartMeasure, JobProgress, SeriesSummary, TimeSeriesOptions};
+use crate::store::jobs::{JobProgress, SeriesSummary, TimeSeriesOptions};
 use crate::wire::{DecodedMessage, Registry, TemplateKind};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -235,10 +235,7 @@ fn series_into(
     };
     let set = builder.finish().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let measure = match options.chart {
-        ChartMeasure::Bits => Measure::Bits,
-        ChartMeasure::Packets => Measure::Packets,
-    };
+    let measure = Measure::from(options.chart);
     for name in FILES {
         let path = dir.join(name);
         let format = format_of(&path)?;
