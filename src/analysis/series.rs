@@ -76,6 +76,11 @@ pub enum SeriesError {
 /// Templates whose roles are remembered at once.
 const MAX_ROLES: usize = 4096;
 
+/// The milliseconds since the epoch that chrono can show as a date and time.
+const SHOWN_MS: std::ops::RangeInclusive<i64> = chrono::DateTime::<chrono::Utc>::MIN_UTC
+    .timestamp_millis()
+    ..=chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis();
+
 /// Intervals one flow may span: its parts are worked out one by one.
 pub const MAX_FLOW_INTERVALS: u64 = 100_000;
 
@@ -134,6 +139,8 @@ pub struct Builder {
     /// Octets of each key over the whole range (the top keys are chosen by them).
     key_octets: Vec<u64>,
     cells: FxHashMap<(u32, i64), Counts>,
+    /// The cells added to lately, in front of `cells`.
+    recent: Recent,
     first: Option<i64>,
     last: Option<i64>,
     totals: Totals,
@@ -150,7 +157,6 @@ pub struct Builder {
     /// systemInitTimeMilliseconds an options record gave, per exporter and domain.
     init_times: std::collections::HashMap<String, FxHashMap<u32, u64>>,
     error: Option<SeriesError>,
-    scratch: Scratch,
     /// Key numbers of 16-bit keys by value (`u32::MAX`: not seen yet).
     small: Vec<u32>,
     /// `@exporter`: the key number of the message being read, once a record needed it.
@@ -161,12 +167,68 @@ pub struct Builder {
     overflow: Option<u32>,
 }
 
-/// Buffers a flow over several intervals is apportioned in, reused.
+/// Slots of [`Recent`] (a power of two): 40 KiB, in the CPU's second-level cache.
+const RECENT_SLOTS: usize = 1024;
+
+/// The cells added to lately, direct-mapped in front of the cell map and written back to it
+/// when another cell takes their slot. A flow adds to a few consecutive intervals of one key,
+/// and the next flows mostly to the same ones: most additions end here, not in the map.
+/// A key's consecutive intervals take consecutive slots.
 #[derive(Default)]
-struct Scratch {
-    parts: Vec<(i64, u64)>,
-    octets: Vec<u64>,
-    packets: Vec<u64>,
+struct Recent {
+    /// (key, interval, counts); key `u32::MAX`: empty. Made on first use.
+    slots: Vec<(u32, i64, Counts)>,
+    held: usize,
+}
+
+impl Recent {
+    /// Adds to cell `(k, i)`; the cell it displaced, if any, to be written back.
+    #[inline(always)]
+    fn add(&mut self, k: u32, i: i64, o: u64, p: u64, f: u64) -> Option<(u32, i64, Counts)> {
+        if self.slots.is_empty() {
+            self.slots = vec![(u32::MAX, 0, Counts::default()); RECENT_SLOTS];
+        }
+        let h = (u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
+        let at = h.wrapping_add(i as usize) & (RECENT_SLOTS - 1);
+        let slot = &mut self.slots[at];
+        if slot.0 == k && slot.1 == i {
+            slot.2.add(o, p, f);
+            return None;
+        }
+        let fresh = Counts {
+            octets: o,
+            packets: p,
+            flows: f,
+        };
+        let old = std::mem::replace(slot, (k, i, fresh));
+        if old.0 == u32::MAX {
+            self.held += 1;
+            None
+        } else {
+            Some(old)
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u32, &i64, &Counts)> {
+        self.slots
+            .iter()
+            .filter(|s| s.0 != u32::MAX)
+            .map(|(k, i, c)| (k, i, c))
+    }
+
+    /// The cells held, emptied.
+    fn drain(&mut self) -> Vec<(u32, i64, Counts)> {
+        self.held = 0;
+        self.slots
+            .iter_mut()
+            .filter(|s| s.0 != u32::MAX)
+            .map(|s| std::mem::replace(s, (u32::MAX, 0, Counts::default())))
+            .collect()
+    }
 }
 
 /// One batch's columns of the roles (found once per batch).
@@ -190,6 +252,7 @@ impl Builder {
             names: Vec::new(),
             key_octets: Vec::new(),
             cells: FxHashMap::default(),
+            recent: Recent::default(),
             first: None,
             last: None,
             totals: Totals::default(),
@@ -197,7 +260,6 @@ impl Builder {
             roles: FxHashMap::default(),
             init_times: Default::default(),
             error: None,
-            scratch: Scratch::default(),
             small: Vec::new(),
             exporter_key: None,
             range: None,
@@ -341,9 +403,7 @@ impl Builder {
             return;
         };
         // Times chrono cannot show (beyond year 262,000 or so) cannot be an interval's start.
-        if chrono::DateTime::from_timestamp_millis(start).is_none()
-            || chrono::DateTime::from_timestamp_millis(end).is_none()
-        {
+        if !(SHOWN_MS.contains(&start) && SHOWN_MS.contains(&end)) {
             self.totals.untimed += 1;
             return;
         }
@@ -351,7 +411,13 @@ impl Builder {
         // An end exactly on a boundary is the end of the interval before it: nothing of the
         // flow is in the next one.
         let i0 = self.index(start);
-        let i1 = if end > start { self.index(end - 1) } else { i0 };
+        // The intervals after the first, in unsigned arithmetic (cheaper than a second
+        // Euclidean division): `end - 1` is past the first interval's start.
+        let i1 = if end > start {
+            i0 + ((end - 1 - i0 * self.interval_ms as i64) as u64 / self.interval_ms) as i64
+        } else {
+            i0
+        };
         if let Some((lo, hi)) = self.range
             && (i0 < lo || i1 > hi)
         {
@@ -396,24 +462,18 @@ impl Builder {
             self.add(k, i0, octets, packets, flows);
             return;
         }
-        // The flow's overlap with each interval, in milliseconds; the octets and packets
-        // apportioned by it. Intervals are few (widen bounds them), the buffers reused.
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.parts.clear();
-        let step = self.interval_ms as i128;
-        for i in i0..=i1 {
-            let lo = (i as i128 * step).max(start as i128);
-            let hi = ((i as i128 + 1) * step).min(end as i128);
-            scratch.parts.push((i, (hi - lo).max(0) as u64));
-        }
-        let duration = (end - start) as u64;
-        apportion_into(octets, &scratch.parts, duration, &mut scratch.octets);
-        apportion_into(packets, &scratch.parts, duration, &mut scratch.packets);
-        for (n, (i, _)) in scratch.parts.iter().enumerate() {
+        // The flow's overlap with its first and last intervals, in milliseconds; those between
+        // are whole.
+        let step = self.interval_ms;
+        let w_first = ((i0 + 1) * step as i64 - start) as u64;
+        let w_last = (end - i1 * step as i64) as u64;
+        let mid = (i1 - i0 - 1) as u64;
+        let o = Spread::new(octets, w_first, mid, step, w_last);
+        let p = Spread::new(packets, w_first, mid, step, w_last);
+        for n in 0..=(i1 - i0) as u64 {
             let f = if n == 0 { flows } else { 0 };
-            self.add(k, *i, scratch.octets[n], scratch.packets[n], f);
+            self.add(k, i0 + n as i64, o.part(n), p.part(n), f);
         }
-        self.scratch = scratch;
     }
 
     /// The key's number (a new one for a key not seen before; `other` past `max_keys`).
@@ -472,18 +532,31 @@ impl Builder {
         true
     }
 
+    #[inline]
     fn add(&mut self, k: u32, i: i64, o: u64, p: u64, f: u64) {
-        if let Some(c) = self.cells.get_mut(&(k, i)) {
-            c.add(o, p, f);
+        if let Some((k0, i0, c0)) = self.recent.add(k, i, o, p, f) {
+            self.spill(k0, i0, c0);
+        }
+    }
+
+    /// A cell's counts into the map (a new cell past `max_cells` fails the build).
+    fn spill(&mut self, k: u32, i: i64, c: Counts) {
+        if let Some(held) = self.cells.get_mut(&(k, i)) {
+            held.add(c.octets, c.packets, c.flows);
             return;
         }
         if self.cells.len() >= self.opts.max_cells {
             self.error = Some(SeriesError::TooManyCells(self.opts.max_cells));
             return;
         }
-        let mut c = Counts::default();
-        c.add(o, p, f);
         self.cells.insert((k, i), c);
+    }
+
+    /// Every recent cell into the map, before the map is read.
+    fn settle(&mut self) {
+        for (k, i, c) in self.recent.drain() {
+            self.spill(k, i, c);
+        }
     }
 
     /// What was approximated or left out so far.
@@ -493,7 +566,7 @@ impl Builder {
 
     /// No cell held.
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.cells.is_empty() && self.recent.is_empty()
     }
 
     /// The error that stopped the build, taken: a live series drops the record that caused it
@@ -511,6 +584,7 @@ impl Builder {
     /// A live series forgets the intervals before `i`, and the keys that no longer have a cell
     /// (so that `max_keys` counts the keys of the intervals held, not of all time).
     pub fn evict_before(&mut self, i: i64) {
+        self.settle();
         self.cells.retain(|(_, ci), _| *ci >= i);
         match self.last {
             Some(l) if l >= i => self.first = self.first.map(|f| f.max(i)),
@@ -554,7 +628,14 @@ impl Builder {
             ..Cells::default()
         };
         let mut slot = vec![u32::MAX; self.names.len()];
-        for ((k, i), c) in &self.cells {
+        // A recent cell may repeat one of the map: the parts of a cell add up wherever cells
+        // are read (`Cells::assemble`).
+        for (k, i, c) in self
+            .cells
+            .iter()
+            .map(|((k, i), c)| (k, i, c))
+            .chain(self.recent.iter())
+        {
             if !(from..=to).contains(i) {
                 continue;
             }
@@ -570,7 +651,8 @@ impl Builder {
     }
 
     /// The series: the top keys by octets (ties by key), then `other` when there are more.
-    pub fn finish(self) -> Result<SeriesSet, SeriesError> {
+    pub fn finish(mut self) -> Result<SeriesSet, SeriesError> {
+        self.settle();
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -636,6 +718,7 @@ fn sum(cols: &[Column<'_>], r: usize) -> u64 {
         .fold(0u64, |s, c| s.saturating_add(unsigned(*c, r)))
 }
 
+#[inline]
 fn unsigned(c: Column<'_>, r: usize) -> u64 {
     match c {
         Column::U8(c) => c[r] as u64,
@@ -646,116 +729,96 @@ fn unsigned(c: Column<'_>, r: usize) -> u64 {
     }
 }
 
-/// `value` split over `parts` (each with its weight; the weights add up to `total`) in whole
-/// units, the parts adding up to `value` exactly: each gets the floor of its share, and the
-/// units left over go to the largest remainders (the earliest part on a tie).
-pub fn apportion(value: u64, parts: &[(i64, u64)], total: u64) -> Vec<u64> {
-    let mut out = Vec::new();
-    apportion_into(value, parts, total, &mut out);
-    out
+/// A counter spread over the intervals a flow spans, in whole units by the largest-remainder
+/// method: each part gets the floor of its share of the flow's duration, and the units left
+/// over go to the largest remainders (the earliest part on a tie), so the parts add up to the
+/// counter exactly.
+///
+/// The parts between the first and the last are whole intervals of one weight, so they share
+/// one quotient and one remainder: the spread is worked out in three divisions, however many
+/// intervals the flow spans, and each part is read back in constant time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    first: u64,
+    mid: u64,
+    /// The whole intervals (parts `1..=mid_units`) that got a unit more than the others.
+    mid_units: u64,
+    mid_count: u64,
+    last: u64,
 }
 
-/// [`apportion`] into `out` (cleared first): no allocation once `out` has grown, 64-bit
-/// arithmetic when the products fit, and no sort for the few parts a flow usually has.
-pub fn apportion_into(value: u64, parts: &[(i64, u64)], total: u64, out: &mut Vec<u64>) {
-    out.clear();
-    if total == 0 {
-        // No duration: everything in the first part.
-        out.resize(parts.len(), 0);
-        if let Some(first) = out.first_mut() {
-            *first = value;
-        }
-        return;
-    }
-    // Two parts, the usual flow over one boundary: one division. The second part's product is
-    // value x total less the first's, so its quotient and remainder follow from the first's.
-    if let [(_, w0), _] = parts
-        && let Some(x0) = value.checked_mul(*w0)
-    {
-        let (mut q0, r0) = (x0 / total, x0 % total);
-        let (mut q1, r1) = if r0 == 0 {
-            (value - q0, 0)
-        } else {
-            (value - q0 - 1, total - r0)
-        };
-        // One unit is left when r0 > 0: to the larger remainder, the first on a tie.
-        if r0 > 0 {
-            if r0 >= r1 {
-                q0 += 1;
-            } else {
-                q1 += 1;
-            }
-        }
-        out.extend([q0, q1]);
-        return;
-    }
-    let mut given = 0u64;
-    // Remainders are needed again only for the units left over; kept in a small array when
-    // the parts are few.
-    let mut rems_small = [0u64; 8];
-    let mut rems_large = Vec::new();
-    let small = parts.len() <= rems_small.len();
-    if !small {
-        rems_large.reserve(parts.len());
-    }
-    // The parts between the first and the last are whole intervals, of one weight: their
-    // quotient and remainder are the same, worked out once.
-    let mut last: Option<(u64, u64, u64)> = None;
-    for (n, (_, w)) in parts.iter().enumerate() {
-        let (q, rem) = match last {
-            Some((lw, q, rem)) if lw == *w => (q, rem),
-            _ => match value.checked_mul(*w) {
+impl Spread {
+    /// `value` over a first part of weight `w_first`, `mid_count` parts of weight `step`, and
+    /// a last part of weight `w_last` (all weights in the same unit, the first and last above
+    /// zero: a flow's overlaps in milliseconds).
+    #[inline]
+    pub fn new(value: u64, w_first: u64, mid_count: u64, step: u64, w_last: u64) -> Spread {
+        // A flow's duration in milliseconds: it fits in 64 bits, and so does every remainder.
+        let total = w_first
+            .saturating_add(mid_count.saturating_mul(step))
+            .saturating_add(w_last)
+            .max(1);
+        let share = |w: u64| -> (u64, u64) {
+            match value.checked_mul(w) {
                 Some(x) => (x / total, x % total),
+                // Counters past 2^64 / the weight (213 GB a flow at a day's interval): 128-bit,
+                // several times slower.
                 None => {
-                    let x = value as u128 * *w as u128;
+                    let x = value as u128 * w as u128;
                     ((x / total as u128) as u64, (x % total as u128) as u64)
                 }
-            },
-        };
-        last = Some((*w, q, rem));
-        out.push(q);
-        given += q;
-        if small {
-            rems_small[n] = rem;
-        } else {
-            rems_large.push(rem);
-        }
-    }
-    let rems: &mut [u64] = if small {
-        &mut rems_small[..parts.len()]
-    } else {
-        &mut rems_large
-    };
-    let mut left = value - given;
-    if left == 0 {
-        return;
-    }
-    if rems.len() <= 16 {
-        // A unit to the largest remainder, then the next largest (the earliest on a tie). The
-        // remainders add up to `left` x `total`, each below `total`: more than `left` of them
-        // are positive, so a served part (its remainder zeroed) is never picked again.
-        while left > 0 {
-            let mut best = 0;
-            for n in 1..rems.len() {
-                if rems[n] > rems[best] {
-                    best = n;
-                }
             }
-            out[best] += 1;
-            rems[best] = 0;
-            left -= 1;
+        };
+        let (first, r_first) = share(w_first);
+        let (mid, r_mid) = if mid_count > 0 { share(step) } else { (0, 0) };
+        // The last part's share without its division: value x w_last is value x total less
+        // the other parts' products, (value - first - mid_count x mid) x total less the sum of
+        // their remainders.
+        let (last, r_last) = match mid_count
+            .checked_mul(r_mid)
+            .and_then(|r| r.checked_add(r_first))
+        {
+            Some(r) => {
+                let (borrow, r_last) = match (r / total, r % total) {
+                    (d, 0) => (d, 0),
+                    (d, rem) => (d + 1, total - rem),
+                };
+                let whole = value
+                    .saturating_sub(first)
+                    .saturating_sub(mid.saturating_mul(mid_count));
+                (whole.saturating_sub(borrow), r_last)
+            }
+            None => share(w_last),
+        };
+        // The floors add up to at most `value`: what is left is below the number of parts.
+        let left = value
+            .saturating_sub(first)
+            .saturating_sub(mid.saturating_mul(mid_count))
+            .saturating_sub(last);
+        // The units go to the larger remainders first; on a tie to the earlier group (first,
+        // whole ones, last), and within the whole ones to the earlier part. A group gets what
+        // the groups served before it leave.
+        let before_first = mid_count * u64::from(r_mid > r_first) + u64::from(r_last > r_first);
+        let before_mid = u64::from(r_first >= r_mid) + u64::from(r_last > r_mid);
+        let before_last = u64::from(r_first >= r_last) + mid_count * u64::from(r_mid >= r_last);
+        Spread {
+            first: first + u64::from(before_first < left),
+            mid,
+            mid_units: left.saturating_sub(before_mid).min(mid_count),
+            mid_count,
+            last: last + u64::from(before_last < left),
         }
-        return;
     }
-    // The `left` largest remainders (earliest first on ties), found without a full sort.
-    let mut order: Vec<usize> = (0..rems.len()).collect();
-    let by_remainder = |a: &usize, b: &usize| rems[*b].cmp(&rems[*a]).then(a.cmp(b));
-    let left = left as usize;
-    if left < order.len() {
-        order.select_nth_unstable_by(left, by_remainder);
-    }
-    for n in order.into_iter().take(left) {
-        out[n] += 1;
+
+    /// Part `n` (0 the first, `mid_count + 1` the last).
+    pub fn part(&self, n: u64) -> u64 {
+        if n == 0 {
+            self.first
+        } else if n <= self.mid_count {
+            self.mid + u64::from(n <= self.mid_units)
+        } else {
+            self.last
+        }
     }
 }
 
@@ -1345,35 +1408,60 @@ mod tests {
         out
     }
 
+    /// A spread's parts, as a list.
+    fn parts_of(sp: &Spread, n: u64) -> Vec<u64> {
+        (0..n).map(|i| sp.part(i)).collect()
+    }
+
     proptest::proptest! {
         #[test]
-        fn apportion_is_exact_largest_remainder(
+        fn a_spread_is_exact_largest_remainder(
             value in proptest::prop_oneof![0u64..1_000_000, 0u64..=u64::MAX],
-            weights in proptest::collection::vec(0u64..200_000, 1..30),
+            // Small weights as well, for ties between remainders.
+            w_first in proptest::prop_oneof![1u64..4, 1u64..200_000],
+            mid in 0u64..40,
+            step in proptest::prop_oneof![1u64..4, 1u64..200_000],
+            w_last in proptest::prop_oneof![1u64..4, 1u64..200_000],
         ) {
-            let parts: Vec<(i64, u64)> = weights.iter().enumerate().map(|(i, w)| (i as i64, *w)).collect();
-            let total: u64 = weights.iter().sum();
-            let mut out = Vec::new();
-            apportion_into(value, &parts, total, &mut out);
-            proptest::prop_assert_eq!(&out, &apportion_exact(value, &parts, total));
-            proptest::prop_assert_eq!(out.iter().sum::<u64>(), value);
+            let w_first = w_first.min(step);
+            let w_last = w_last.min(step);
+            let mut parts = vec![(0, w_first)];
+            parts.extend((1..=mid).map(|i| (i as i64, step)));
+            parts.push((mid as i64 + 1, w_last));
+            let total = w_first + mid * step + w_last;
+            let got = parts_of(&Spread::new(value, w_first, mid, step, w_last), mid + 2);
+            proptest::prop_assert_eq!(&got, &apportion_exact(value, &parts, total));
+            proptest::prop_assert_eq!(got.iter().map(|p| *p as u128).sum::<u128>(), value as u128);
         }
     }
 
     #[test]
-    fn apportioned_parts_add_up_and_follow_the_largest_remainders() {
+    fn the_times_shown_are_those_chrono_can_show() {
+        for ms in [*SHOWN_MS.start(), *SHOWN_MS.end()] {
+            assert!(chrono::DateTime::from_timestamp_millis(ms).is_some());
+        }
+        for ms in [SHOWN_MS.start() - 1, SHOWN_MS.end() + 1, i64::MIN, i64::MAX] {
+            assert!(chrono::DateTime::from_timestamp_millis(ms).is_none());
+        }
+    }
+
+    #[test]
+    fn spread_parts_add_up_and_follow_the_largest_remainders() {
         // 10 over thirds: 3.33 each; the one unit left goes to the first.
-        let thirds = [(0, 1), (1, 1), (2, 1)];
-        assert_eq!(apportion(10, &thirds, 3), vec![4, 3, 3]);
-        // 7 over 1:2:4 of 7 ms: exact.
-        assert_eq!(apportion(7, &[(0, 1), (1, 2), (2, 4)], 7), vec![1, 2, 4]);
+        assert_eq!(parts_of(&Spread::new(10, 1, 1, 1, 1), 3), vec![4, 3, 3]);
+        // 7 over 1:2:4 of 7 ms: exact (a whole interval of 2 between partial ones).
+        assert_eq!(parts_of(&Spread::new(7, 1, 1, 2, 4), 3), vec![1, 2, 4]);
         // 5 over 3 and 7 of 10: 1.5 and 3.5; one unit left, a tie: the earliest.
-        assert_eq!(apportion(5, &[(0, 3), (1, 7)], 10), vec![2, 3]);
-        // Zero duration: all in the first.
-        assert_eq!(apportion(9, &[(0, 0)], 0), vec![9]);
+        assert_eq!(parts_of(&Spread::new(5, 3, 0, 10, 7), 2), vec![2, 3]);
+        // 12 over 1, four whole intervals of 2, and 1 (10 ms): 1.2, 2.4 x 4, 1.2; the two
+        // units left go to the earliest whole intervals (remainder 0.4 beats 0.2).
+        assert_eq!(
+            parts_of(&Spread::new(12, 1, 4, 2, 1), 6),
+            vec![1, 3, 3, 2, 2, 1]
+        );
         // Large values do not overflow.
         let v = u64::MAX / 2;
-        let p = apportion(v, &[(0, 1), (1, 2)], 3);
-        assert_eq!(p.iter().sum::<u64>(), v);
+        let p = parts_of(&Spread::new(v, 1, 0, 2, 2), 2);
+        assert_eq!(p.iter().map(|p| *p as u128).sum::<u128>(), v as u128);
     }
 }
