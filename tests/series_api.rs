@@ -128,6 +128,25 @@ async fn a_time_series_after_a_conversion_and_of_an_upload_over_http() {
     let (_server, api, dir) = start("chain");
     let token = admin_token(&dir);
     create_tenant(api, &token, serde_json::json!({"id": "acme"})).await;
+    // A node without Redis cannot keep live series there.
+    let streams = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{api}/api/v1/tenants/acme"),
+        token: token.clone(),
+    };
+    let (s, v) = streams
+        .post_json(
+            "/streams",
+            serde_json::json!({"name": "kept", "sink": {"kind": "timeseries", "store": "redis"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("redis.url")),
+        "{v}"
+    );
     let a = Api {
         http: reqwest::Client::new(),
         base: format!("http://{api}/api/v1/tenants/acme/jobs"),
@@ -393,8 +412,8 @@ async fn a_live_series_adds_up_the_nodes_that_collect() {
         env("node-b", &dirs[1], &cb, Some(&ca)),
     );
     let a = Server::start("series-node-a", &refs(&ea));
-    let b = Server::start("series-node-b", &refs(&eb));
-    b.wait_log("cluster peer ready", 1, Duration::from_secs(20));
+    let node_b = Server::start("series-node-b", &refs(&eb));
+    node_b.wait_log("cluster peer ready", 1, Duration::from_secs(20));
     let api_a = api_addr(&a);
     create_tenant(
         api_a,
@@ -446,7 +465,7 @@ async fn a_live_series_adds_up_the_nodes_that_collect() {
         .collect();
     let (half_a, half_b) = flows.split_at(60);
     export_from("127.0.0.45", a.tcp, &flows_at(half_a)).await;
-    export_from("127.0.0.46", b.tcp, &flows_at(half_b)).await;
+    export_from("127.0.0.46", node_b.tcp, &flows_at(half_b)).await;
     let total_octets: u64 = flows.iter().map(|f| f.2).sum();
     let window = format!("from={}&to={}", base / 1000 - 10, now / 1000 + 10);
     let mut doc = serde_json::Value::Null;
@@ -526,6 +545,108 @@ async fn a_live_series_adds_up_the_nodes_that_collect() {
     assert_eq!(s, 404);
     let (s, _, _) = api.get("/timeseries?from=tomorrow").await;
     assert_eq!(s, 400);
+
+    // The same kind of series kept in Redis: any node answers from every node's cells, and
+    // they outlive a node's restart.
+    let (s, v) = api
+        .post_json(
+            "/streams",
+            serde_json::json!({"name": "kept", "sink": {"kind": "timeseries", "interval_secs": 10, "by": ["destinationTransportPort"], "store": "redis"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let running_on = |api: &Api, n: usize| {
+        let api = Api {
+            http: api.http.clone(),
+            base: api.base.clone(),
+            token: api.token.clone(),
+        };
+        async move {
+            for _ in 0..100 {
+                let (_, _, b) = api.get("/streams/kept").await;
+                let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+                if v["nodes"].as_array().map_or(0, Vec::len) == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("stream kept not running on {n} nodes");
+        }
+    };
+    running_on(&api, 2).await;
+    let flows: Vec<(u64, u16, u64)> = (0..120u64)
+        .map(|k| (base + k * 1000, ports[k as usize % 3], 1000 + k))
+        .collect();
+    let (half_a, half_b) = flows.split_at(60);
+    export_from("127.0.0.45", a.tcp, &flows_at(half_a)).await;
+    export_from("127.0.0.46", node_b.tcp, &flows_at(half_b)).await;
+    let kept_octets: u64 = flows.iter().map(|f| f.2).sum();
+    let query = format!("/timeseries?stream=kept&by=destinationTransportPort&{window}");
+    let until_all = |api: &Api, at_least_nodes: u64| {
+        let api = Api {
+            http: api.http.clone(),
+            base: api.base.clone(),
+            token: api.token.clone(),
+        };
+        let query = query.clone();
+        async move {
+            let mut doc = serde_json::Value::Null;
+            for _ in 0..100 {
+                let (s, _, b) = api.get(&query).await;
+                assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+                doc = serde_json::from_slice(&b).expect("JSON");
+                if doc["totals"]["flows"] == 120 && doc["nodes"].as_u64() >= Some(at_least_nodes) {
+                    return doc;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("not every flow in {doc}");
+        }
+    };
+
+    let doc = until_all(&api, 2).await;
+    assert_eq!(doc["stored"], true, "{doc}");
+    assert_eq!(doc["nodes"], 2, "{doc}");
+    assert_eq!(doc["totals"]["octets"], kept_octets, "{doc}");
+    let want_series = doc["series"].clone();
+    // In Redis: one hash per key and interval, a field per node, expiring after the retention
+    // (3600 s), an interval and 360 s.
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("client")
+        .get_connection()
+        .expect("connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ipfix:series:acme:acme/kept:10:*")
+        .query(&mut conn)
+        .expect("KEYS");
+    assert!(
+        keys.iter()
+            .any(|k| k.contains(":destinationTransportPort:")),
+        "{keys:?}"
+    );
+    assert!(keys.iter().any(|k| k.contains(":-:")), "{keys:?}");
+    for k in &keys {
+        let ttl: i64 = redis::cmd("TTL").arg(k).query(&mut conn).expect("TTL");
+        assert!((3600..=3600 + 10 + 360).contains(&ttl), "{k}: {ttl}");
+    }
+    // Node B stops: A still answers with B's cells, from Redis.
+    let _ = node_b.terminate();
+    let doc = until_all(&api, 2).await;
+    assert_eq!(doc["series"], want_series);
+    // B comes back with an empty sink: what it held before its restart is still there, under
+    // its old writer (three writers in all).
+    let b = Server::start("series-node-b-again", &refs(&eb));
+    b.wait_log("cluster peer ready", 1, Duration::from_secs(20));
+    let api_b = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{}/api/v1/tenants/acme", api_addr(&b)),
+        token: token.into(),
+    };
+    running_on(&api_b, 2).await;
+    let doc = until_all(&api_b, 3).await;
+    assert_eq!(doc["stored"], true, "{doc}");
+    assert_eq!(doc["nodes"], 3, "{doc}");
+    assert_eq!(doc["series"], want_series);
     drop(redis);
 }
 

@@ -426,6 +426,11 @@ impl Actor for SessionDirectory {
                         tokio::spawn(
                             async move {
                                 let mine = local_series(&node, ask.clone()).await;
+                                // The store held every node's cells: nobody else to ask.
+                                if mine.stored {
+                                    let _ = reply.send(mine);
+                                    return;
+                                }
                                 let all = with_peers(mine, peers, |peer| {
                                     let ask = ask.clone();
                                     async move { call_series(&peer, false, ask, 5_000).await }
@@ -543,6 +548,20 @@ impl Gathered for StreamStateList {
     fn missing(&mut self, why: String) {
         self.errors.push(why);
     }
+}
+
+/// This node's SessionDirectory, by name or else as this node's member of its process group.
+/// ractor 0.16 takes a name out of the registry when a *remote* actor of that name stops: when
+/// a peer leaves, the proxy of its directory ("directory" too) stops and the local directory
+/// would no longer be found by name, though it runs (found by a test of a peer's restart).
+pub fn local() -> Option<ActorRef<DirectoryMsg>> {
+    ractor::registry::where_is(DIRECTORY_NAME)
+        .or_else(|| {
+            ractor::pg::get_local_members(&DIRECTORY_GROUP.to_string())
+                .into_iter()
+                .next()
+        })
+        .map(ActorRef::from)
 }
 
 /// The other nodes' directories (process group members other than this one).

@@ -29,6 +29,7 @@ use crate::api::auth::AdminToken;
 use crate::api::routes::Ctx;
 use crate::api::{API_SERVER, ApiArgs, ApiServer};
 use crate::config::{Role, Settings};
+use crate::store::series::SeriesStore;
 use crate::store::streams::StreamStore;
 use crate::store::tenants::ExporterTenants;
 use crate::store::{JobStore, TemplateStore, TenantStore};
@@ -238,6 +239,14 @@ impl Actor for NodeSupervisor {
                     store: stream_store.clone(),
                     storage_dir: PathBuf::from(&args.settings.storage.dir),
                     tenant_network_sinks: args.settings.mediator.tenant_network_sinks,
+                    series_store: if args.settings.redis.url.is_empty() {
+                        None
+                    } else {
+                        Some(Arc::new(SeriesStore::redis(
+                            &args.settings.redis.url,
+                            Duration::from_millis(st.timeout_ms),
+                        )?))
+                    },
                 },
                 myself.get_cell(),
             )
@@ -348,6 +357,7 @@ impl Actor for NodeSupervisor {
                 max_upload: a.max_upload_bytes,
                 registry: args.registry.clone(),
                 tenant_network_sinks: args.settings.mediator.tenant_network_sinks,
+                series_redis: !args.settings.redis.url.is_empty(),
             };
             let api = Restartable::Api(ApiArgs {
                 listen: a.listen.clone(),

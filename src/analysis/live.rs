@@ -124,6 +124,30 @@ impl LiveSeries {
         ))
     }
 
+    /// The intervals added to since the last call, within the range held, forgotten (every
+    /// dimension sees the same records: the total's).
+    pub fn take_touched(&mut self) -> Option<(i64, i64)> {
+        let mut touched = None;
+        for (_, b) in &mut self.dims {
+            touched = touched.or(b.take_touched());
+        }
+        let (lo, hi) = touched?;
+        (hi >= self.floor).then_some((lo.max(self.floor), hi))
+    }
+
+    /// Every dimension's cells of intervals `lo..=hi` (interval numbers), by its `by`.
+    pub fn cells(&self, lo: i64, hi: i64) -> Vec<(Option<String>, Cells)> {
+        self.dims
+            .iter()
+            .map(|(by, b)| (by.clone(), b.window(lo, hi)))
+            .collect()
+    }
+
+    /// Milliseconds per interval.
+    pub fn interval_ms(&self) -> i64 {
+        self.interval_ms
+    }
+
     /// Records left out for falling outside the range (all dimensions see the same records:
     /// the total's count).
     pub fn out_of_range(&self) -> u64 {

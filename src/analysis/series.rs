@@ -165,6 +165,8 @@ pub struct Builder {
     range: Option<(i64, i64)>,
     /// The key number of `other` once `max_keys` is reached.
     overflow: Option<u32>,
+    /// The intervals added to since `take_touched` (a live series writes them to the store).
+    touched: Option<(i64, i64)>,
 }
 
 /// Slots of [`Recent`] (a power of two): 40 KiB, in the CPU's second-level cache.
@@ -264,6 +266,7 @@ impl Builder {
             exporter_key: None,
             range: None,
             overflow: None,
+            touched: None,
         })
     }
 
@@ -529,7 +532,16 @@ impl Builder {
         }
         self.first = Some(first);
         self.last = Some(last);
+        self.touched = Some(
+            self.touched
+                .map_or((i0, i1), |(lo, hi)| (lo.min(i0), hi.max(i1))),
+        );
         true
+    }
+
+    /// The intervals added to since the last call (first and last), forgotten.
+    pub fn take_touched(&mut self) -> Option<(i64, i64)> {
+        self.touched.take()
     }
 
     #[inline]
@@ -836,6 +848,32 @@ pub struct Cells {
 }
 
 impl Cells {
+    /// The cells of each interval apart (keys numbered afresh in each), by interval.
+    pub fn by_interval(&self) -> std::collections::BTreeMap<i64, Cells> {
+        let mut out: std::collections::BTreeMap<i64, (Cells, Vec<u32>)> = Default::default();
+        for (k, i, c) in &self.cells {
+            let (part, slot) = out.entry(*i).or_insert_with(|| {
+                (
+                    Cells {
+                        interval_secs: self.interval_secs,
+                        by: self.by.clone(),
+                        ..Cells::default()
+                    },
+                    vec![u32::MAX; self.keys.len()],
+                )
+            });
+            let Some(s) = slot.get_mut(*k as usize) else {
+                continue;
+            };
+            if *s == u32::MAX {
+                *s = part.keys.len() as u32;
+                part.keys.push(self.keys[*k as usize].clone());
+            }
+            part.cells.push((*s, *i, *c));
+        }
+        out.into_iter().map(|(i, (c, _))| (i, c)).collect()
+    }
+
     /// Adds another node's cells (the same interval and key).
     pub fn merge(&mut self, other: Cells) {
         let mut index: FxHashMap<String, u32> = self

@@ -19,7 +19,8 @@ use crate::actors::directory::SessionInfo;
 use crate::actors::mediator::StreamState;
 use crate::analysis::report::Rank;
 use crate::mediation::spec::{
-    AggregateSpec, AnonMethod, AnonymiseSpec, OnFull, SinkSpec, StreamSpec, TransformSpec,
+    AggregateSpec, AnonMethod, AnonymiseSpec, OnFull, SeriesKeeping, SinkSpec, StreamSpec,
+    TransformSpec,
 };
 use crate::store::jobs::{
     AnalysisKind, AnalysisOptions, AnalysisSummary, ChartMeasure, JobOptions, JobProgress,
@@ -56,7 +57,7 @@ const PROBLEM: &str = "application/problem+json";
         JobRecord, JobId, JobState, JobOptions, JobProgress, JobTelemetry, JobList,
         TimeSeriesRequest, TimeSeriesOptions, ChartMeasure, SeriesSummary, LiveSeries,
         AnalysisRequest, AnalysisOptions, AnalysisKind, AnalysisSummary, Rank,
-        StreamSpec, TransformSpec, AnonymiseSpec, AnonMethod, AggregateSpec, SinkSpec, OnFull,
+        StreamSpec, TransformSpec, AnonymiseSpec, AnonMethod, AggregateSpec, SinkSpec, OnFull, SeriesKeeping,
         StreamView, StreamTotals, StreamList, StreamState,
     )),
     modifiers(&Bearer),

@@ -40,6 +40,8 @@ pub struct Ctx {
     pub registry: Arc<crate::wire::registry::Registry>,
     /// `mediator.tenant_network_sinks`: whether tenants' streams may send over the network.
     pub tenant_network_sinks: bool,
+    /// Whether the node has `redis.url` (a `timeseries` sink may keep its series there).
+    pub series_redis: bool,
 }
 
 /// `GET /healthz`.

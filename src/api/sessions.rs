@@ -11,7 +11,7 @@
 
 use super::problem::{self, Problem};
 use super::routes::{Ctx, admin};
-use crate::actors::directory::{self, DIRECTORY_NAME, DirectoryMsg, SessionInfo, SessionList};
+use crate::actors::directory::{self, SessionInfo, SessionList};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,7 +198,7 @@ async fn snapshot(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
 
 /// Lists the cluster's sessions and keeps the listing.
 async fn list(ctx: &Ctx) -> Result<Arc<Snapshot>, Rejection> {
-    let Some(d) = super::routes::local::<DirectoryMsg>(DIRECTORY_NAME) else {
+    let Some(d) = directory::local() else {
         return Err(problem::reject(Problem::unavailable(
             "the session directory is restarting".into(),
         )));

@@ -9,10 +9,10 @@
 use super::problem::{self, Problem};
 use super::routes::Ctx;
 use super::tenants::{ask, json_body, reply};
-use crate::actors::directory::{self, DIRECTORY_NAME, DirectoryMsg, StreamStateList};
+use crate::actors::directory::{self, StreamStateList};
 use crate::actors::mediator::StreamState;
 use crate::actors::tenants::TenantMsg;
-use crate::mediation::spec::{Pipeline, StreamSpec, check_name, for_tenant};
+use crate::mediation::spec::{Pipeline, SeriesKeeping, StreamSpec, check_name, for_tenant};
 use crate::store::streams::{MAX_STREAMS_PER_TENANT, Put, StoredStream};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -81,12 +81,18 @@ fn check(ctx: &Ctx, tenant: &str, body: serde_json::Value) -> Result<StreamSpec,
     let run = for_tenant(&spec, tenant, &ctx.storage, ctx.tenant_network_sinks)
         .map_err(|e| invalid(e.to_string()))?;
     Pipeline::build(&run, &ctx.registry).map_err(|e| invalid(e.to_string()))?;
+    if spec.sink.series_keeping() == Some(SeriesKeeping::Redis) && !ctx.series_redis {
+        return Err(invalid(
+            "sink.store: \"redis\" needs the node's redis.url, and this node has none (use \"memory\")"
+                .into(),
+        ));
+    }
     Ok(spec)
 }
 
 /// Every node's states of the tenant's streams (through this node's SessionDirectory).
 async fn states(ctx: &Ctx) -> StreamStateList {
-    let Some(d) = super::routes::local::<DirectoryMsg>(DIRECTORY_NAME) else {
+    let Some(d) = directory::local() else {
         return StreamStateList {
             errors: vec!["the session directory is restarting".into()],
             ..StreamStateList::default()

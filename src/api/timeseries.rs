@@ -4,7 +4,7 @@
 
 use super::problem::{self, Problem};
 use super::routes::Ctx;
-use crate::actors::directory::{self, DIRECTORY_NAME, DirectoryMsg};
+use crate::actors::directory;
 use crate::actors::mediator::SeriesAsk;
 use crate::analysis::chart::{self, Measure};
 use crate::analysis::output;
@@ -44,8 +44,12 @@ pub struct SeriesQuery {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct LiveSeries {
     pub stream: String,
-    /// Nodes whose stream answered (their cells are added up).
+    /// Nodes whose stream answered (their cells are added up); with `stored`, the writers
+    /// whose cells the series store held (a node restarted counts again).
     pub nodes: u32,
+    /// Read from the series store (a stream with `store = "redis"`): every node's cells as of
+    /// its last write (each second), this node's as of now.
+    pub stored: bool,
     /// Nodes that did not answer: the series lack their records.
     pub errors: Vec<String>,
     pub interval_secs: u64,
@@ -140,7 +144,7 @@ async fn series(
     if ![size.0, size.1].iter().all(|v| (100..=4000).contains(v)) {
         return Err(bad("width and height: 100 to 4000 pixels".into()));
     }
-    let Some(d) = super::routes::local::<DirectoryMsg>(DIRECTORY_NAME) else {
+    let Some(d) = directory::local() else {
         return Err(problem::reject(Problem::unavailable(
             "the session directory is restarting".into(),
         )));
@@ -221,6 +225,7 @@ async fn series(
     let doc = LiveSeries {
         stream,
         nodes: answer.nodes,
+        stored: answer.stored,
         errors: answer.errors,
         interval_secs: set.interval_secs,
         by: set.by.clone(),

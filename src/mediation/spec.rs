@@ -196,7 +196,21 @@ pub enum SinkSpec {
         /// Biflows: the forward direction only (default: both).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         forward_only: Option<bool>,
+        /// Where the series are kept: `memory` (default: each node its own, merged when asked,
+        /// empty after a restart) or `redis` (the node's `redis.url`: every node writes its
+        /// cells each second, any node answers from all of them, and they outlive restarts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store: Option<SeriesKeeping>,
     },
+}
+
+/// Where a `timeseries` sink keeps its series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesKeeping {
+    #[default]
+    Memory,
+    Redis,
 }
 
 /// A `timeseries` sink's defaults and bounds.
@@ -210,6 +224,14 @@ pub const SERIES_MAX_INTERVALS: u32 = 10_000;
 pub const SERIES_MAX_CELLS: u64 = 4_000_000;
 
 impl SinkSpec {
+    /// Where a `timeseries` sink keeps its series (none for other sinks).
+    pub fn series_keeping(&self) -> Option<SeriesKeeping> {
+        match self {
+            SinkSpec::Timeseries { store, .. } => Some(store.unwrap_or_default()),
+            _ => None,
+        }
+    }
+
     /// A `timeseries` sink's options with their defaults (none for other sinks).
     pub fn live_options(&self) -> Option<crate::analysis::live::LiveOptions> {
         match self {
@@ -219,6 +241,7 @@ impl SinkSpec {
                 retention_secs,
                 max_keys,
                 forward_only,
+                ..
             } => Some(crate::analysis::live::LiveOptions {
                 interval_secs: interval_secs.unwrap_or(SERIES_INTERVAL_SECS).into(),
                 by: by.clone(),

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod files;
 pub mod jobs;
 mod redis_conn;
+pub mod series;
 pub mod streams;
 pub mod templates;
 pub mod tenants;

@@ -279,8 +279,12 @@ pub struct SeriesAnswer {
     /// The stream that answered; none where no stream matched.
     pub stream: Option<String>,
     pub cells: crate::analysis::series::Cells,
-    /// Nodes whose stream answered.
+    /// Nodes whose stream answered (from the store: the writers whose cells it held).
     pub nodes: u32,
+    /// Read from the series store (`store = "redis"`): every node's cells are in it, so no
+    /// other node needs asking.
+    #[serde(default)]
+    pub stored: bool,
     /// Why the question cannot be answered as asked (a key the stream does not keep, several
     /// streams to choose from): the same on every node.
     pub refusal: Option<String>,
@@ -289,8 +293,18 @@ pub struct SeriesAnswer {
 }
 
 impl SeriesAnswer {
-    /// Another node's answer joins this one (cells of the same stream add up).
-    pub fn join(&mut self, other: SeriesAnswer) {
+    /// Another node's answer joins this one (cells of the same stream add up). An answer from
+    /// the store holds every node's cells already: it stands alone.
+    pub fn join(&mut self, mut other: SeriesAnswer) {
+        if self.stored {
+            self.errors.extend(other.errors);
+            return;
+        }
+        if other.stored {
+            other.errors.append(&mut self.errors);
+            *self = other;
+            return;
+        }
         if let Some(name) = other.stream {
             if self.stream.is_none() {
                 self.stream = Some(name);
@@ -347,6 +361,9 @@ pub struct MediatorArgs {
     pub storage_dir: PathBuf,
     /// `mediator.tenant_network_sinks`.
     pub tenant_network_sinks: bool,
+    /// Where `timeseries` sinks with `store = "redis"` keep their series (the node's
+    /// `redis.url`); none without it.
+    pub series_store: Option<Arc<crate::store::series::SeriesStore>>,
 }
 
 /// Where a stream's configuration comes from.
@@ -450,7 +467,7 @@ impl MediatorState {
         origin: Origin,
         stats: Arc<StreamStats>,
     ) -> Result<(), ActorProcessingErr> {
-        let (args, trivial) = self.stream_args(&spec, stats.clone())?;
+        let (args, trivial) = self.stream_args(&key, &spec, stats.clone())?;
         let (capacity, room) = (args.capacity, args.room.clone());
         let (actor, _) = Actor::spawn_linked(
             Some(format!("stream/{key}")),
@@ -478,6 +495,7 @@ impl MediatorState {
     /// takes every record as it is.
     fn stream_args(
         &self,
+        key: &str,
         spec: &StreamSpec,
         stats: Arc<StreamStats>,
     ) -> Result<(StreamArgs, bool), crate::mediation::spec::SpecError> {
@@ -491,6 +509,7 @@ impl MediatorState {
             stats,
             room: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
+            series_store: self.args.series_store.clone().map(|s| (s, key.to_string())),
         };
         Ok((args, trivial))
     }
@@ -503,7 +522,7 @@ impl MediatorState {
         let stats = r.route.stats.clone();
         let actor = r.actor.clone();
         let (args, trivial) = self
-            .stream_args(&spec, stats.clone())
+            .stream_args(key, &spec, stats.clone())
             .map_err(|e| e.to_string())?;
         let (capacity, room) = (args.capacity, args.room.clone());
         match ractor::call_t!(actor, StreamMsg::Replace, FINISH_WITHIN_MS, Box::new(args)) {
@@ -789,10 +808,16 @@ impl Actor for MediatorSupervisor {
                         [] => {}
                         [(name, actor)] => {
                             match ractor::call_t!(actor, StreamMsg::Series, 2_000, ask) {
-                                Ok(Ok(cells)) => {
+                                Ok(Ok(local)) => {
                                     answer.stream = Some(name.clone());
-                                    answer.cells = cells;
-                                    answer.nodes = 1;
+                                    answer.cells = local.cells;
+                                    answer.nodes = local.writers.unwrap_or(1);
+                                    answer.stored = local.writers.is_some();
+                                    answer.errors = local
+                                        .errors
+                                        .into_iter()
+                                        .map(|e| format!("{node}: {e}"))
+                                        .collect();
                                 }
                                 Ok(Err(refusal)) => answer.refusal = Some(refusal),
                                 Err(e) => answer

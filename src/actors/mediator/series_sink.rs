@@ -1,16 +1,30 @@
 //! The `timeseries` sink: the stream's records become live series, one per tenant (a stream of
 //! the configuration may take several tenants' records), answered by `GET
-//! /api/v1/tenants/{tenant}/timeseries` through the mediator. In memory: each node keeps what its
-//! own sessions collected, and a query merges the nodes' cells (`SessionDirectory`).
+//! /api/v1/tenants/{tenant}/timeseries` through the mediator. Each node keeps what its own
+//! sessions collected. In memory (the default), a query merges the nodes' cells
+//! (`SessionDirectory`). With `store = "redis"`, the sink also writes the cells it changed to
+//! the store every second (`crate::store::series`), and a query reads every other writer's
+//! cells from there: the series outlive a node's restart and need no other node to answer.
 
 use super::StreamStats;
 use crate::analysis::live::{LiveOptions, LiveSeries};
 use crate::analysis::series::Cells;
 use crate::mediation::Records;
+use crate::store::series::{SeriesKey, SeriesStore};
 use crate::wire::Registry;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often a sink writes the cells it changed to the store.
+pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// A store write that failed is warned about at most this often (the next writes carry on).
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Beyond the retention, how long the store keeps an interval after its last write: the five
+/// minutes ahead a record may reach, and a little more.
+const STORE_MARGIN_SECS: u64 = 360;
 
 /// Tenants one sink keeps series of at most (a configuration stream with no tenant list takes
 /// every tenant's records): each is bounded in keys and intervals, this bounds their number.
@@ -23,6 +37,64 @@ pub struct SeriesSink {
     /// Records left out (a tenant past `MAX_TENANTS`, a time outside the range, a bound
     /// reached) are the stream's `dropped`: not written anywhere.
     stats: Arc<StreamStats>,
+    /// With `store = "redis"`.
+    keeper: Option<Keeper>,
+}
+
+/// What a sink with `store = "redis"` writes, and where.
+struct Keeper {
+    store: Arc<SeriesStore>,
+    /// The stream's name in the store's keys.
+    stream: String,
+    /// This sink's field in the store's hashes: a new one each time a sink is made, so that
+    /// what an earlier sink (before a restart) wrote stays and adds up.
+    writer: String,
+    /// Per tenant, the intervals changed since the last write that went through.
+    dirty: HashMap<String, (i64, i64)>,
+    written: Instant,
+    warned: Option<Instant>,
+}
+
+/// A node's answer for a tenant's series: its own cells, and with the store every other
+/// writer's (`writers`: how many wrote, this one counted; none for a sink in memory).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalSeries {
+    pub cells: Cells,
+    pub writers: Option<u32>,
+    /// The store could not be read (the answer holds this node's cells only).
+    pub errors: Vec<String>,
+}
+
+/// The other writers' cells to read from the store, away from the stream's actor.
+pub struct Fetch {
+    store: Arc<SeriesStore>,
+    keys: Vec<String>,
+    writer: String,
+}
+
+impl Fetch {
+    pub async fn run(self, mut mine: Cells) -> LocalSeries {
+        match self.store.get(&self.keys, &self.writer).await {
+            Ok((theirs, writers, errors)) => {
+                for c in theirs {
+                    // Another interval length (a stream being replaced) is not added.
+                    if c.interval_secs == mine.interval_secs {
+                        mine.merge(c);
+                    }
+                }
+                LocalSeries {
+                    cells: mine,
+                    writers: Some(writers.len() as u32 + 1),
+                    errors,
+                }
+            }
+            Err(e) => LocalSeries {
+                cells: mine,
+                writers: None,
+                errors: vec![format!("the series store: {e}")],
+            },
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -37,6 +109,7 @@ impl SeriesSink {
         opts: LiveOptions,
         registry: Arc<Registry>,
         stats: Arc<StreamStats>,
+        keep: Option<(Arc<SeriesStore>, String)>,
     ) -> std::io::Result<SeriesSink> {
         LiveSeries::new(&opts, &registry, now_ms()).map_err(std::io::Error::other)?;
         Ok(SeriesSink {
@@ -44,6 +117,14 @@ impl SeriesSink {
             registry,
             tenants: HashMap::new(),
             stats,
+            keeper: keep.map(|(store, stream)| Keeper {
+                store,
+                stream,
+                writer: uuid::Uuid::new_v4().to_string(),
+                dirty: HashMap::new(),
+                written: Instant::now(),
+                warned: None,
+            }),
         })
     }
 
@@ -86,16 +167,107 @@ impl SeriesSink {
 
     /// The range follows the clock; a tenant whose series hold nothing any more is forgotten
     /// (a tenant deleted and made again starts empty, and the tenant bound counts the living).
-    pub fn tick(&mut self) {
+    pub async fn tick(&mut self) {
         let now = now_ms();
-        for s in self.tenants.values_mut() {
+        for (tenant, s) in &mut self.tenants {
             s.tick(now);
+            if let Some(k) = &mut self.keeper
+                && let Some((lo, hi)) = s.take_touched()
+            {
+                let d = k.dirty.entry(tenant.clone()).or_insert((lo, hi));
+                *d = (d.0.min(lo), d.1.max(hi));
+            }
         }
         self.tenants.retain(|_, s| !s.is_empty());
+        if self
+            .keeper
+            .as_ref()
+            .is_some_and(|k| k.written.elapsed() >= WRITE_EVERY)
+        {
+            self.write_store().await;
+        }
     }
 
-    /// A tenant's cells of `by` between two times; an error names the keys this sink keeps.
+    /// The stream stops or gets a new sink: what changed since the last write goes out.
+    pub async fn close(&mut self) {
+        if self.keeper.is_some() {
+            self.tick().await;
+            self.write_store().await;
+        }
+    }
+
+    /// Writes the changed intervals' cells of every tenant to the store (whole cells, so a
+    /// write that failed is made again with the next one).
+    async fn write_store(&mut self) {
+        let Some(k) = &mut self.keeper else {
+            return;
+        };
+        k.written = Instant::now();
+        k.dirty.retain(|t, _| self.tenants.contains_key(t));
+        let mut puts = Vec::new();
+        for (tenant, (lo, hi)) in &k.dirty {
+            let Some(s) = self.tenants.get(tenant) else {
+                continue;
+            };
+            for (by, cells) in s.cells(*lo, *hi) {
+                let key = SeriesKey {
+                    tenant,
+                    stream: &k.stream,
+                    interval_secs: self.opts.interval_secs,
+                    by: by.as_deref(),
+                };
+                puts.extend(cells.by_interval().into_iter().map(|(i, c)| (key.at(i), c)));
+            }
+        }
+        let ttl = self.opts.retention_secs + self.opts.interval_secs + STORE_MARGIN_SECS;
+        match k.store.put(&k.writer, &puts, ttl).await {
+            Ok(()) => k.dirty.clear(),
+            Err(e) => {
+                self.stats
+                    .sink_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if k.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
+                    k.warned = Some(Instant::now());
+                    tracing::warn!(
+                        stream = %k.stream,
+                        error = %e,
+                        "live series not written to the store; written again with the next write"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A tenant's cells of `by` between two times held here, and with the store, what to read
+    /// of the other writers'; an error names the keys this sink keeps.
     pub fn window(
+        &self,
+        tenant: &str,
+        by: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<(Cells, Option<Fetch>), String> {
+        let mine = self.own_window(tenant, by, from_ms, to_ms)?;
+        let fetch = self.keeper.as_ref().map(|k| {
+            let interval_ms = self.opts.interval_secs as i64 * 1000;
+            let key = SeriesKey {
+                tenant,
+                stream: &k.stream,
+                interval_secs: self.opts.interval_secs,
+                by,
+            };
+            Fetch {
+                store: k.store.clone(),
+                keys: (from_ms.div_euclid(interval_ms)..=to_ms.div_euclid(interval_ms))
+                    .map(|i| key.at(i))
+                    .collect(),
+                writer: k.writer.clone(),
+            }
+        });
+        Ok((mine, fetch))
+    }
+
+    fn own_window(
         &self,
         tenant: &str,
         by: Option<&str>,

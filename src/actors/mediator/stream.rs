@@ -7,9 +7,10 @@ use super::ipfix_file_sink::IpfixFileSink;
 use super::ipfix_sink::IpfixSink;
 use super::ndjson_sink::NdjsonSink;
 use super::redis_sink::RedisSink;
-use super::series_sink::SeriesSink;
+use super::series_sink::{LocalSeries, SeriesSink};
 use super::{Item, StreamStats};
 use crate::mediation::Records;
+use crate::mediation::spec::SeriesKeeping;
 use crate::mediation::spec::{Pipeline, PipelineStats, SinkSpec, StreamSpec};
 use crate::telemetry::metrics::{self, Work};
 use crate::wire::Registry;
@@ -36,7 +37,7 @@ pub enum StreamMsg {
     /// key it does not keep.
     Series(
         super::SeriesAsk,
-        RpcReplyPort<Result<crate::analysis::series::Cells, String>>,
+        RpcReplyPort<Result<super::series_sink::LocalSeries, String>>,
     ),
 }
 
@@ -52,6 +53,9 @@ pub struct StreamArgs {
     pub stats: Arc<StreamStats>,
     pub room: Arc<Semaphore>,
     pub capacity: u32,
+    /// The node's store of live series, and the stream's name in it (`{tenant}/{name}` for
+    /// a tenant's own stream): for a `timeseries` sink with `store = "redis"`.
+    pub series_store: Option<(Arc<crate::store::series::SeriesStore>, String)>,
 }
 
 /// Where a stream's records end up.
@@ -70,6 +74,7 @@ impl Sink {
         spec: &StreamSpec,
         registry: Arc<Registry>,
         stats: &Arc<StreamStats>,
+        series_store: Option<(Arc<crate::store::series::SeriesStore>, String)>,
     ) -> std::io::Result<Sink> {
         Ok(match &spec.sink {
             SinkSpec::Ndjson {
@@ -96,7 +101,20 @@ impl Sink {
                     .sink
                     .live_options()
                     .ok_or_else(|| std::io::Error::other("not a timeseries sink"))?;
-                Sink::Series(Box::new(SeriesSink::new(opts, registry, stats.clone())?))
+                let keep = match spec.sink.series_keeping() {
+                    Some(SeriesKeeping::Redis) => Some(series_store.ok_or_else(|| {
+                        std::io::Error::other(
+                            "sink.store = \"redis\" needs the node's redis.url (none is set)",
+                        )
+                    })?),
+                    _ => None,
+                };
+                Sink::Series(Box::new(SeriesSink::new(
+                    opts,
+                    registry,
+                    stats.clone(),
+                    keep,
+                )?))
             }
             SinkSpec::Http {
                 url,
@@ -162,7 +180,7 @@ impl Sink {
             Sink::Ndjson(s) => s.tick().await.map(|()| 0),
             Sink::IpfixFile(s) => s.tick().await,
             Sink::Series(s) => {
-                s.tick();
+                s.tick().await;
                 Ok(0)
             }
             Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) => Ok(0),
@@ -174,9 +192,11 @@ impl Sink {
         match self {
             Sink::Ndjson(s) => s.close().await,
             Sink::IpfixFile(s) => s.close().await,
-            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) | Sink::Series(_) => {
+            Sink::Series(s) => {
+                s.close().await;
                 Ok(())
             }
+            Sink::Discard | Sink::Ipfix(_) | Sink::Redis(_) | Sink::Http(_) => Ok(()),
         }
     }
 
@@ -360,9 +380,14 @@ impl Actor for ExportStream {
         myself: ActorRef<StreamMsg>,
         args: StreamArgs,
     ) -> Result<StreamState, ActorProcessingErr> {
-        let sink = Sink::open(&args.spec, args.registry, &args.stats)
-            .await
-            .map_err(|e| format!("stream {:?}: sink: {e}", args.spec.name))?;
+        let sink = Sink::open(
+            &args.spec,
+            args.registry,
+            &args.stats,
+            args.series_store.clone(),
+        )
+        .await
+        .map_err(|e| format!("stream {:?}: sink: {e}", args.spec.name))?;
         myself.send_interval(TICK, || StreamMsg::Tick);
         let sink_attrs = sink_attrs(&args.spec);
         Ok(StreamState {
@@ -453,7 +478,14 @@ impl Actor for ExportStream {
                             let _ = reply.send(Err(e.to_string()));
                             return Err(e.into());
                         }
-                        match Sink::open(&args.spec, args.registry, &args.stats).await {
+                        match Sink::open(
+                            &args.spec,
+                            args.registry,
+                            &args.stats,
+                            args.series_store.clone(),
+                        )
+                        .await
+                        {
                             Ok(sink) => {
                                 state.sink = sink;
                                 state.sink_kind = args.spec.sink.kind();
@@ -484,7 +516,25 @@ impl Actor for ExportStream {
                                 state.name
                             )),
                         };
-                        let _ = reply.send(answer);
+                        match answer {
+                            // The other writers' cells are read from the store by a task: the
+                            // stream goes on with its records meanwhile.
+                            Ok((mine, Some(fetch))) => {
+                                tokio::spawn(async move {
+                                    let _ = reply.send(Ok(fetch.run(mine).await));
+                                });
+                            }
+                            Ok((mine, None)) => {
+                                let _ = reply.send(Ok(LocalSeries {
+                                    cells: mine,
+                                    writers: None,
+                                    errors: Vec::new(),
+                                }));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
                     }
                     StreamMsg::Finish(reply) => {
                         let done = state.wind_up().await;
