@@ -573,6 +573,16 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.collector;
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.redis.url.is_empty()
+            && let Some(s) = self.mediator.streams.iter().find(|s| {
+                s.sink.series_keeping() == Some(crate::mediation::spec::SeriesKeeping::Redis)
+            })
+        {
+            return Err(ConfigError::Invalid(format!(
+                "mediator.streams {:?}: sink.store = \"redis\" needs redis.url",
+                s.name
+            )));
+        }
         if !(16..=65_535).contains(&c.max_message_size) {
             return bad("collector.max_message_size must be between 16 and 65535");
         }
@@ -994,6 +1004,27 @@ mod tests {
         )
         .expect_err("not a number");
         assert!(e.to_string().contains("max_tcp_sessions"), "{e}");
+    }
+
+    #[test]
+    fn a_series_kept_in_redis_needs_redis() {
+        let dir = std::env::temp_dir().join(format!("ipfixsvc-series-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let toml = dir.join("c.toml");
+        std::fs::write(
+            &toml,
+            "[[mediator.streams]]\nname = \"live\"\nsink = { kind = \"timeseries\", store = \"redis\" }\n",
+        )
+        .expect("write");
+        let e = Settings::load_from(Some(&toml), env(&[])).expect_err("no redis.url");
+        assert!(e.to_string().contains("needs redis.url"), "{e}");
+        let s = Settings::load_from(
+            Some(&toml),
+            env(&[("IPFIXSVC__REDIS__URL", "redis://127.0.0.1:1/")]),
+        )
+        .expect("with redis.url");
+        assert_eq!(s.mediator.streams.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

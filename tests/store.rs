@@ -435,3 +435,103 @@ async fn tenants_and_tokens_behave_alike_in_memory_and_redis() {
         );
     }
 }
+
+/// A live series kept in Redis (`store = "redis"`): written each second; while Redis is away the
+/// writes fail (counted) and the cells wait; once it is back they are written again, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_series_wait_for_redis_and_are_written_again() {
+    use ipfixsvc::actors::mediator::StreamStats;
+    use ipfixsvc::actors::mediator::series_sink::SeriesSink;
+    use ipfixsvc::analysis::live::LiveOptions;
+    use ipfixsvc::mediation::{Records, Source};
+    use ipfixsvc::store::series::{SeriesKey, SeriesStore};
+    use ipfixsvc::wire::Registry;
+    use ipfixsvc::wire::decoder::{Decoder, DecoderOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let mut redis = RedisServer::start();
+    let store =
+        Arc::new(SeriesStore::redis(&redis.url(), Duration::from_millis(300)).expect("store"));
+    let stats = Arc::new(StreamStats::default());
+    let registry = Registry::builtin();
+    let mut sink = SeriesSink::new(
+        LiveOptions {
+            interval_secs: 10,
+            by: vec!["destinationTransportPort".into()],
+            retention_secs: 3600,
+            max_keys: 1000,
+            forward_only: false,
+        },
+        registry.clone(),
+        stats.clone(),
+        Some((store.clone(), "acme/kept".into())),
+    )
+    .expect("sink");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let flows: Vec<(u64, u16, u64)> = (0..30u64)
+        .map(|k| {
+            (
+                now - 60_000 + k * 2000,
+                [80u16, 443][k as usize % 2],
+                500 + k,
+            )
+        })
+        .collect();
+    let octets: u64 = flows.iter().map(|f| f.2).sum();
+    let mut d = Decoder::new(Registry::builtin(), DecoderOptions::default());
+    let msg = d
+        .decode(bytes::Bytes::from(common::flows_at(&flows)))
+        .expect("decodes");
+    let source = Arc::new(Source {
+        exporter: "192.0.2.1:4739".into(),
+        addr: "192.0.2.1".parse().expect("address"),
+        tenant: "acme".into(),
+    });
+    redis.kill();
+    assert_eq!(sink.write(&[Records::all(Arc::new(msg), source)]), 30);
+    // Redis away: a write is tried each second and fails, counted.
+    let t0 = Instant::now();
+    while stats.sink_errors.load(Ordering::Relaxed) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no failed write counted"
+        );
+        sink.tick().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back (empty): the cells are written again, whole.
+    redis.restart();
+    let key = SeriesKey {
+        tenant: "acme",
+        stream: "acme/kept",
+        interval_secs: 10,
+        by: None,
+    };
+    let first = (now as i64 - 70_000).div_euclid(10_000);
+    let keys: Vec<String> = (first..first + 10).map(|i| key.at(i)).collect();
+    let t0 = Instant::now();
+    let written = loop {
+        sink.tick().await;
+        if let Ok((cells, writers, errors)) = store.get(&keys, "nobody").await
+            && !cells.is_empty()
+        {
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(writers.len(), 1);
+            break cells;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "never written again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sum: u64 = written
+        .iter()
+        .flat_map(|c| c.cells.iter().map(|(_, _, c)| c.octets))
+        .sum();
+    assert_eq!(sum, octets);
+}

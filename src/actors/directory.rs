@@ -552,7 +552,7 @@ impl Gathered for StreamStateList {
 
 /// This node's SessionDirectory, by name or else as this node's member of its process group.
 /// ractor 0.16 takes a name out of the registry when a *remote* actor of that name stops: when
-/// a peer leaves, the proxy of its directory ("directory" too) stops and the local directory
+/// a peer leaves, the proxy of its directory (named `DIRECTORY_NAME` too) stops and the local one
 /// would no longer be found by name, though it runs (found by a test of a peer's restart).
 pub fn local() -> Option<ActorRef<DirectoryMsg>> {
     ractor::registry::where_is(DIRECTORY_NAME)

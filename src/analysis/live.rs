@@ -94,6 +94,11 @@ impl LiveSeries {
             self.floor = lo;
             for (_, b) in &mut self.dims {
                 b.evict_before(lo);
+                // Cells written back from the cache on the way may meet a bound: counted, not
+                // left to stop the next message.
+                if b.take_error().is_some() {
+                    self.refused += 1;
+                }
             }
         }
     }
@@ -124,12 +129,14 @@ impl LiveSeries {
         ))
     }
 
-    /// The intervals added to since the last call, within the range held, forgotten (every
-    /// dimension sees the same records: the total's).
+    /// The intervals added to since the last call (of any dimension), within the range held,
+    /// forgotten.
     pub fn take_touched(&mut self) -> Option<(i64, i64)> {
-        let mut touched = None;
+        let mut touched: Option<(i64, i64)> = None;
         for (_, b) in &mut self.dims {
-            touched = touched.or(b.take_touched());
+            if let Some((lo, hi)) = b.take_touched() {
+                touched = Some(touched.map_or((lo, hi), |(l, h)| (l.min(lo), h.max(hi))));
+            }
         }
         let (lo, hi) = touched?;
         (hi >= self.floor).then_some((lo.max(self.floor), hi))

@@ -7,9 +7,10 @@
 //! cells from there: the series outlive a node's restart and need no other node to answer.
 
 use super::StreamStats;
-use crate::analysis::live::{LiveOptions, LiveSeries};
+use crate::analysis::live::{AHEAD_MS, LiveOptions, LiveSeries};
 use crate::analysis::series::Cells;
 use crate::mediation::Records;
+use crate::store::StoreError;
 use crate::store::series::{SeriesKey, SeriesStore};
 use crate::wire::Registry;
 use std::collections::HashMap;
@@ -41,6 +42,12 @@ pub struct SeriesSink {
     keeper: Option<Keeper>,
 }
 
+/// Per tenant, a range of intervals changed (first and last).
+type Changed = HashMap<String, (i64, i64)>;
+
+/// The cells to write (store, writer, cells by Redis key, TTL).
+type Writes = (Arc<SeriesStore>, String, Vec<(String, Cells)>, u64);
+
 /// What a sink with `store = "redis"` writes, and where.
 struct Keeper {
     store: Arc<SeriesStore>,
@@ -49,10 +56,39 @@ struct Keeper {
     /// This sink's field in the store's hashes: a new one each time a sink is made, so that
     /// what an earlier sink (before a restart) wrote stays and adds up.
     writer: String,
-    /// Per tenant, the intervals changed since the last write that went through.
-    dirty: HashMap<String, (i64, i64)>,
+    /// The intervals changed and not yet written.
+    dirty: Changed,
+    /// The write under way (in a task: the stream goes on with its records meanwhile), with
+    /// the intervals it writes, put back in `dirty` if it fails.
+    in_flight: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, Changed)>,
     written: Instant,
+    /// Writes that failed in a row, and when the next may start (backing off to 30 s).
+    failures: u32,
+    next_try: Instant,
     warned: Option<Instant>,
+}
+
+/// Hashes one pipeline writes at most: a large write (after Redis was away) goes in parts, each
+/// well within the store's timeout.
+const KEYS_PER_WRITE: usize = 512;
+
+/// Writes the cells in parts of [`KEYS_PER_WRITE`] hashes.
+async fn write_all(
+    store: &SeriesStore,
+    writer: &str,
+    puts: &[(String, Cells)],
+    ttl: u64,
+) -> Result<(), StoreError> {
+    for part in puts.chunks(KEYS_PER_WRITE) {
+        store.put(writer, part, ttl).await?;
+    }
+    Ok(())
+}
+
+/// Merges intervals into a tenant's changed range.
+fn mark(dirty: &mut Changed, tenant: &str, (lo, hi): (i64, i64)) {
+    let d = dirty.entry(tenant.to_string()).or_insert((lo, hi));
+    *d = (d.0.min(lo), d.1.max(hi));
 }
 
 /// A node's answer for a tenant's series: its own cells, and with the store every other
@@ -122,7 +158,10 @@ impl SeriesSink {
                 stream,
                 writer: uuid::Uuid::new_v4().to_string(),
                 dirty: HashMap::new(),
+                in_flight: None,
                 written: Instant::now(),
+                failures: 0,
+                next_try: Instant::now(),
                 warned: None,
             }),
         })
@@ -172,10 +211,9 @@ impl SeriesSink {
         for (tenant, s) in &mut self.tenants {
             s.tick(now);
             if let Some(k) = &mut self.keeper
-                && let Some((lo, hi)) = s.take_touched()
+                && let Some(range) = s.take_touched()
             {
-                let d = k.dirty.entry(tenant.clone()).or_insert((lo, hi));
-                *d = (d.0.min(lo), d.1.max(hi));
+                mark(&mut k.dirty, tenant, range);
             }
         }
         self.tenants.retain(|_, s| !s.is_empty());
@@ -188,24 +226,93 @@ impl SeriesSink {
         }
     }
 
-    /// The stream stops or gets a new sink: what changed since the last write goes out.
+    /// The stream stops or gets a new sink: what changed since the last write goes out (the
+    /// write under way waited for, and one more).
     pub async fn close(&mut self) {
-        if self.keeper.is_some() {
-            self.tick().await;
-            self.write_store().await;
+        if self.keeper.is_none() {
+            return;
+        }
+        self.tick().await;
+        if let Some(k) = &mut self.keeper
+            && let Some((h, taken)) = k.in_flight.take()
+            && !matches!(h.await, Ok(Ok(())))
+        {
+            for (t, r) in taken {
+                mark(&mut k.dirty, &t, r);
+            }
+        }
+        if let Some((store, writer, puts, ttl)) = self.take_writes() {
+            let _ = write_all(&store, &writer, &puts, ttl).await;
         }
     }
 
-    /// Writes the changed intervals' cells of every tenant to the store (whole cells, so a
-    /// write that failed is made again with the next one).
+    /// Starts writing the changed intervals' cells of every tenant to the store, in a task,
+    /// once the write before it is done (whole cells: a write that failed is simply made again,
+    /// after a pause that grows with the failures).
     async fn write_store(&mut self) {
         let Some(k) = &mut self.keeper else {
             return;
         };
         k.written = Instant::now();
-        k.dirty.retain(|t, _| self.tenants.contains_key(t));
+        if let Some((h, _)) = &k.in_flight {
+            if !h.is_finished() {
+                return;
+            }
+            if let Some((h, taken)) = k.in_flight.take() {
+                match h.await {
+                    Ok(Ok(())) => k.failures = 0,
+                    outcome => {
+                        let e = match outcome {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(())) => String::new(),
+                        };
+                        for (t, r) in taken {
+                            mark(&mut k.dirty, &t, r);
+                        }
+                        k.failures = k.failures.saturating_add(1);
+                        k.next_try = Instant::now()
+                            + WRITE_EVERY * 2u32.saturating_pow(k.failures.min(5)).min(30);
+                        self.stats
+                            .sink_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if k.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
+                            k.warned = Some(Instant::now());
+                            tracing::warn!(
+                                stream = %k.stream,
+                                error = %e,
+                                failures = k.failures,
+                                "live series not written to the store; written again later"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if Instant::now() < k.next_try {
+            return;
+        }
+        let taken = self
+            .keeper
+            .as_ref()
+            .map(|k| k.dirty.clone())
+            .unwrap_or_default();
+        let Some((store, writer, puts, ttl)) = self.take_writes() else {
+            return;
+        };
+        if let Some(k) = &mut self.keeper {
+            let task = tokio::spawn(async move { write_all(&store, &writer, &puts, ttl).await });
+            k.in_flight = Some((task, taken));
+        }
+    }
+
+    /// The cells of every changed interval, by Redis key, with where to write them; the changed
+    /// ranges forgotten. None when nothing changed.
+    fn take_writes(&mut self) -> Option<Writes> {
+        let k = self.keeper.as_mut()?;
+        let dirty = std::mem::take(&mut k.dirty);
         let mut puts = Vec::new();
-        for (tenant, (lo, hi)) in &k.dirty {
+        for (tenant, (lo, hi)) in &dirty {
             let Some(s) = self.tenants.get(tenant) else {
                 continue;
             };
@@ -220,22 +327,7 @@ impl SeriesSink {
             }
         }
         let ttl = self.opts.retention_secs + self.opts.interval_secs + STORE_MARGIN_SECS;
-        match k.store.put(&k.writer, &puts, ttl).await {
-            Ok(()) => k.dirty.clear(),
-            Err(e) => {
-                self.stats
-                    .sink_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if k.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
-                    k.warned = Some(Instant::now());
-                    tracing::warn!(
-                        stream = %k.stream,
-                        error = %e,
-                        "live series not written to the store; written again with the next write"
-                    );
-                }
-            }
-        }
+        (!puts.is_empty()).then(|| (k.store.clone(), k.writer.clone(), puts, ttl))
     }
 
     /// A tenant's cells of `by` between two times held here, and with the store, what to read
@@ -256,11 +348,19 @@ impl SeriesSink {
                 interval_secs: self.opts.interval_secs,
                 by,
             };
+            // Only the intervals a sink holds (the retention, and the 5 minutes ahead): the
+            // asked window may be any size, and this node's own cells of older intervals are
+            // gone from its memory, so other writers' must not be added alone.
+            let now = now_ms();
+            let lo = (now - self.opts.retention_secs as i64 * 1000)
+                .div_euclid(interval_ms)
+                .max(from_ms.div_euclid(interval_ms));
+            let hi = (now + AHEAD_MS)
+                .div_euclid(interval_ms)
+                .min(to_ms.div_euclid(interval_ms));
             Fetch {
                 store: k.store.clone(),
-                keys: (from_ms.div_euclid(interval_ms)..=to_ms.div_euclid(interval_ms))
-                    .map(|i| key.at(i))
-                    .collect(),
+                keys: (lo..=hi).map(|i| key.at(i)).collect(),
                 writer: k.writer.clone(),
             }
         });
