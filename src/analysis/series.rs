@@ -725,6 +725,7 @@ impl Builder {
     }
 }
 
+#[inline]
 fn sum(cols: &[Column<'_>], r: usize) -> u64 {
     cols.iter()
         .fold(0u64, |s, c| s.saturating_add(unsigned(*c, r)))

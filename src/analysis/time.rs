@@ -91,6 +91,7 @@ pub struct TimeCols<'b> {
     duration: Option<Column<'b>>,
 }
 
+#[inline]
 fn uint(c: Column<'_>, r: usize) -> Option<i64> {
     match c {
         Column::U32(c) => Some(c[r] as i64),
@@ -102,6 +103,7 @@ fn uint(c: Column<'_>, r: usize) -> Option<i64> {
 impl TimeCols<'_> {
     /// Record `r`'s start and end; `None` when it has no time that can be placed. `init` is a
     /// systemInitTimeMilliseconds learnt from an options record.
+    #[inline]
     pub fn read(&self, r: usize, h: &MessageHeader, init: Option<u64>) -> Option<FlowTimes> {
         let init = self
             .init
@@ -155,6 +157,7 @@ impl TimeCols<'_> {
     }
 }
 
+#[inline]
 fn time_ms(
     c: Column<'_>,
     r: usize,
