@@ -35,6 +35,7 @@ fn testdata(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+#[derive(Clone)]
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -556,11 +557,7 @@ async fn a_live_series_adds_up_the_nodes_that_collect() {
         .await;
     assert_eq!(s, 201, "{v}");
     let running_on = |api: &Api, n: usize| {
-        let api = Api {
-            http: api.http.clone(),
-            base: api.base.clone(),
-            token: api.token.clone(),
-        };
+        let api = api.clone();
         async move {
             for _ in 0..100 {
                 let (_, _, b) = api.get("/streams/kept").await;
@@ -583,11 +580,7 @@ async fn a_live_series_adds_up_the_nodes_that_collect() {
     let kept_octets: u64 = flows.iter().map(|f| f.2).sum();
     let query = format!("/timeseries?stream=kept&by=destinationTransportPort&{window}");
     let until_all = |api: &Api, at_least_nodes: u64| {
-        let api = Api {
-            http: api.http.clone(),
-            base: api.base.clone(),
-            token: api.token.clone(),
-        };
+        let api = api.clone();
         let query = query.clone();
         async move {
             let mut doc = serde_json::Value::Null;

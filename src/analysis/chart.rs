@@ -13,10 +13,12 @@ use std::sync::Once;
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-/// What the chart shows per interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the chart shows per interval (`ipfixsvc timeseries --chart bits|packets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Measure {
+    /// Bits per second.
     Bits,
+    /// Packets per second.
     Packets,
 }
 

@@ -42,9 +42,9 @@ pub struct TimeseriesArgs {
     /// Extra Information Elements (TOML, as `dump --elements`).
     #[arg(long, value_name = "FILE")]
     pub elements: Option<PathBuf>,
-    /// What charts show: `bits` (bits/s) or `packets` (packets/s).
-    #[arg(long, default_value = "bits", value_parser = ["bits", "packets"])]
-    pub chart: String,
+    /// What charts show.
+    #[arg(long, value_enum, default_value = "bits")]
+    pub chart: Measure,
     /// Chart size in pixels, WIDTHxHEIGHT.
     #[arg(long, default_value = "1200x600", value_parser = parse_size)]
     pub size: (u32, u32),
@@ -124,11 +124,7 @@ pub fn run(args: &TimeseriesArgs) -> anyhow::Result<Summary> {
         output::write_json(&set, &mut out).map_err(super::stdout_error)?;
         out.flush().map_err(super::stdout_error)?;
     }
-    let measure = if args.chart == "packets" {
-        Measure::Packets
-    } else {
-        Measure::Bits
-    };
+    let measure = args.chart;
     for (path, format) in args.outputs.iter().zip(formats) {
         write_file(&set, path, format, measure, args.size)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
