@@ -444,7 +444,7 @@ async fn live_series_wait_for_redis_and_are_written_again() {
     use ipfixsvc::actors::mediator::series_sink::SeriesSink;
     use ipfixsvc::analysis::live::LiveOptions;
     use ipfixsvc::mediation::{Records, Source};
-    use ipfixsvc::store::series::{SeriesKey, SeriesStore};
+    use ipfixsvc::store::series::{SeriesKey, SeriesStore, WRITER_STALE_MS};
     use ipfixsvc::wire::Registry;
     use ipfixsvc::wire::decoder::{Decoder, DecoderOptions};
     use std::sync::Arc;
@@ -516,7 +516,7 @@ async fn live_series_wait_for_redis_and_are_written_again() {
     let t0 = Instant::now();
     let written = loop {
         sink.tick().await;
-        if let Ok((cells, writers, errors)) = store.get(&keys, "nobody").await
+        if let Ok((cells, writers, errors)) = store.get("acme/kept", &keys, "nobody").await
             && !cells.is_empty()
         {
             assert!(errors.is_empty(), "{errors:?}");
@@ -534,4 +534,41 @@ async fn live_series_wait_for_redis_and_are_written_again() {
         .flat_map(|c| c.cells.iter().map(|(_, _, c)| c.octets))
         .sum();
     assert_eq!(sum, octets);
+
+    // A writer that stops without closing (a node gone, or cut off from Redis) is named once
+    // its last write is older than WRITER_STALE_MS; one that closed is not.
+    let mut closing = SeriesSink::new(
+        LiveOptions {
+            interval_secs: 10,
+            by: vec![],
+            retention_secs: 3600,
+            max_keys: 1000,
+            forward_only: false,
+        },
+        registry.clone(),
+        Arc::new(StreamStats::default()),
+        Some((store.clone(), "acme/kept".into())),
+    )
+    .expect("sink");
+    let msg = d
+        .decode(bytes::Bytes::from(common::flows_at(&flows)))
+        .expect("decodes");
+    let source = Arc::new(Source {
+        exporter: "192.0.2.2:4739".into(),
+        addr: "192.0.2.2".parse().expect("address"),
+        tenant: "acme".into(),
+    });
+    assert_eq!(closing.write(&[Records::all(Arc::new(msg), source)]), 30);
+    closing.close().await;
+    drop(sink);
+    tokio::time::sleep(Duration::from_millis(WRITER_STALE_MS + 1500)).await;
+    let (cells, writers, errors) = store.get("acme/kept", &keys, "nobody").await.expect("read");
+    assert_eq!(writers.len(), 2);
+    let sum: u64 = cells
+        .iter()
+        .flat_map(|c| c.cells.iter().map(|(_, _, c)| c.octets))
+        .sum();
+    assert_eq!(sum, 2 * octets);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("last wrote"), "{errors:?}");
 }

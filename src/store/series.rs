@@ -9,11 +9,20 @@
 //! before stays and adds up), its values the writer's cells of that interval as bincode. A
 //! writer rewrites whole cells (not increments), so a write that failed is simply written again.
 //! Each hash expires `ttl_secs` after its last write.
+//!
+//! Beside them, `ipfix:series-writers:{stream}` holds each writer's state, written with its
+//! cells (and alone each second when nothing changed): the Unix milliseconds of its last write,
+//! or `closed:` and them once its sink stopped cleanly. A reader names the writers whose cells it
+//! added while they are neither closed nor written lately: records they collected since may be
+//! missing (a node cut off from Redis, or gone without stopping).
 
 use super::StoreError;
 use super::codec;
 use super::redis_conn::RedisConn;
 use crate::analysis::series::Cells;
+
+/// A writer not closed and not written for this long is named in a reader's errors.
+pub const WRITER_STALE_MS: u64 = 5_000;
 
 /// One writer's cells of one interval and key are bounded by the sink's `max_keys` (100,000 at
 /// most, keys up to 256 bytes): a value read back may not claim more.
@@ -52,40 +61,57 @@ impl SeriesStore {
         })
     }
 
-    /// Writes `writer`'s cells of some intervals (Redis key, cells), in one pipeline.
+    /// Writes `writer`'s cells of some intervals of `stream` (Redis key, cells) and its state
+    /// (written up to now, or `closed`), at once (MULTI/EXEC): a reader never sees cells of a
+    /// writer without its state.
     pub async fn put(
         &self,
+        stream: &str,
         writer: &str,
         cells: &[(String, Cells)],
+        closed: bool,
         ttl_secs: u64,
     ) -> Result<(), StoreError> {
-        if cells.is_empty() {
-            return Ok(());
-        }
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for (key, c) in cells {
             pipe.hset(key, writer, codec::encode(c)).ignore();
             pipe.expire(key, ttl_secs as i64).ignore();
         }
+        let now = super::unix_ms();
+        let state = if closed {
+            format!("closed:{now}")
+        } else {
+            now.to_string()
+        };
+        let key = writers_key(stream);
+        pipe.hset(&key, writer, state).ignore();
+        pipe.expire(&key, ttl_secs as i64).ignore();
         self.conn.query_pipe("series put", &pipe).await
     }
 
     /// Every writer's cells of the keys but `except`'s (the asking sink holds its own), with
-    /// the writers seen. A value this version cannot read is left out and named in the errors.
+    /// the writers seen. A value this version cannot read is left out and named in the errors,
+    /// and so are writers that may lack records (see the module's text).
     pub async fn get(
         &self,
+        stream: &str,
         keys: &[String],
         except: &str,
     ) -> Result<(Vec<Cells>, Vec<String>, Vec<String>), StoreError> {
         let mut pipe = redis::pipe();
+        pipe.hgetall(writers_key(stream));
         for k in keys {
             pipe.hgetall(k);
         }
-        let all: Vec<Vec<(String, Vec<u8>)>> = if keys.is_empty() {
+        let mut answers: Vec<Vec<(String, Vec<u8>)>> =
+            self.conn.query_pipe_as("series get", &pipe).await?;
+        let states: Vec<(String, Vec<u8>)> = if answers.is_empty() {
             Vec::new()
         } else {
-            self.conn.query_pipe_as("series get", &pipe).await?
+            answers.remove(0)
         };
+        let all = answers;
         let (mut out, mut writers, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         for (key, fields) in keys.iter().zip(all) {
             for (writer, bytes) in fields {
@@ -101,6 +127,32 @@ impl SeriesStore {
                 }
             }
         }
+        let now = super::unix_ms();
+        for w in &writers {
+            let state = states
+                .iter()
+                .find(|(s, _)| s == w)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+            let last = match state.as_deref() {
+                Some(s) if s.starts_with("closed:") => continue,
+                Some(s) => s.parse::<u64>().ok(),
+                None => None,
+            };
+            match last {
+                Some(ms) if now.saturating_sub(ms) <= WRITER_STALE_MS => {}
+                Some(ms) => errors.push(format!(
+                    "series writer {w} last wrote {} s ago: records it collected since may be missing",
+                    now.saturating_sub(ms) / 1000
+                )),
+                None => errors.push(format!(
+                    "series writer {w} has no state in the store: records it collected lately may be missing"
+                )),
+            }
+        }
         Ok((out, writers, errors))
     }
+}
+
+fn writers_key(stream: &str) -> String {
+    format!("ipfix:series-writers:{stream}")
 }

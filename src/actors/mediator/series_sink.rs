@@ -45,8 +45,32 @@ pub struct SeriesSink {
 /// Per tenant, a range of intervals changed (first and last).
 type Changed = HashMap<String, (i64, i64)>;
 
-/// The cells to write (store, writer, cells by Redis key, TTL).
-type Writes = (Arc<SeriesStore>, String, Vec<(String, Cells)>, u64);
+/// The cells to write, by Redis key, and where.
+struct Writes {
+    store: Arc<SeriesStore>,
+    stream: String,
+    writer: String,
+    puts: Vec<(String, Cells)>,
+    ttl: u64,
+}
+
+impl Writes {
+    /// The cells in parts of [`KEYS_PER_WRITE`] hashes, each with the writer's state (written
+    /// up to now, or closed; nothing changed: the state alone).
+    async fn run(self, closed: bool) -> Result<(), StoreError> {
+        let parts: Vec<&[(String, Cells)]> = if self.puts.is_empty() {
+            vec![&[]]
+        } else {
+            self.puts.chunks(KEYS_PER_WRITE).collect()
+        };
+        for part in parts {
+            self.store
+                .put(&self.stream, &self.writer, part, closed, self.ttl)
+                .await?;
+        }
+        Ok(())
+    }
+}
 
 /// What a sink with `store = "redis"` writes, and where.
 struct Keeper {
@@ -72,19 +96,6 @@ struct Keeper {
 /// well within the store's timeout.
 const KEYS_PER_WRITE: usize = 512;
 
-/// Writes the cells in parts of [`KEYS_PER_WRITE`] hashes.
-async fn write_all(
-    store: &SeriesStore,
-    writer: &str,
-    puts: &[(String, Cells)],
-    ttl: u64,
-) -> Result<(), StoreError> {
-    for part in puts.chunks(KEYS_PER_WRITE) {
-        store.put(writer, part, ttl).await?;
-    }
-    Ok(())
-}
-
 /// Merges intervals into a tenant's changed range.
 fn mark(dirty: &mut Changed, tenant: &str, (lo, hi): (i64, i64)) {
     let d = dirty.entry(tenant.to_string()).or_insert((lo, hi));
@@ -104,13 +115,14 @@ pub struct LocalSeries {
 /// The other writers' cells to read from the store, away from the stream's actor.
 pub struct Fetch {
     store: Arc<SeriesStore>,
+    stream: String,
     keys: Vec<String>,
     writer: String,
 }
 
 impl Fetch {
     pub async fn run(self, mut mine: Cells) -> LocalSeries {
-        match self.store.get(&self.keys, &self.writer).await {
+        match self.store.get(&self.stream, &self.keys, &self.writer).await {
             Ok((theirs, writers, errors)) => {
                 for c in theirs {
                     // Another interval length (a stream being replaced) is not added.
@@ -241,8 +253,8 @@ impl SeriesSink {
                 mark(&mut k.dirty, &t, r);
             }
         }
-        if let Some((store, writer, puts, ttl)) = self.take_writes() {
-            let _ = write_all(&store, &writer, &puts, ttl).await;
+        if let Some(w) = self.take_writes() {
+            let _ = w.run(true).await;
         }
     }
 
@@ -297,17 +309,16 @@ impl SeriesSink {
             .as_ref()
             .map(|k| k.dirty.clone())
             .unwrap_or_default();
-        let Some((store, writer, puts, ttl)) = self.take_writes() else {
+        let Some(w) = self.take_writes() else {
             return;
         };
         if let Some(k) = &mut self.keeper {
-            let task = tokio::spawn(async move { write_all(&store, &writer, &puts, ttl).await });
-            k.in_flight = Some((task, taken));
+            k.in_flight = Some((tokio::spawn(w.run(false)), taken));
         }
     }
 
-    /// The cells of every changed interval, by Redis key, with where to write them; the changed
-    /// ranges forgotten. None when nothing changed.
+    /// The cells of every changed interval, by Redis key, with where to write them (none
+    /// changed: the writer's state only); the changed ranges forgotten.
     fn take_writes(&mut self) -> Option<Writes> {
         let k = self.keeper.as_mut()?;
         let dirty = std::mem::take(&mut k.dirty);
@@ -327,7 +338,13 @@ impl SeriesSink {
             }
         }
         let ttl = self.opts.retention_secs + self.opts.interval_secs + STORE_MARGIN_SECS;
-        (!puts.is_empty()).then(|| (k.store.clone(), k.writer.clone(), puts, ttl))
+        Some(Writes {
+            store: k.store.clone(),
+            stream: k.stream.clone(),
+            writer: k.writer.clone(),
+            puts,
+            ttl,
+        })
     }
 
     /// A tenant's cells of `by` between two times held here, and with the store, what to read
@@ -360,6 +377,7 @@ impl SeriesSink {
                 .min(to_ms.div_euclid(interval_ms));
             Fetch {
                 store: k.store.clone(),
+                stream: k.stream.clone(),
                 keys: (lo..=hi).map(|i| key.at(i)).collect(),
                 writer: k.writer.clone(),
             }
