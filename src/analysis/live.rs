@@ -150,11 +150,6 @@ impl LiveSeries {
             .collect()
     }
 
-    /// Milliseconds per interval.
-    pub fn interval_ms(&self) -> i64 {
-        self.interval_ms
-    }
-
     /// Records left out for falling outside the range (all dimensions see the same records:
     /// the total's count).
     pub fn out_of_range(&self) -> u64 {

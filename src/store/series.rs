@@ -104,16 +104,12 @@ impl SeriesStore {
         for k in keys {
             pipe.hgetall(k);
         }
-        let mut answers: Vec<Vec<(String, Vec<u8>)>> =
+        let answers: Vec<Vec<(String, Vec<u8>)>> =
             self.conn.query_pipe_as("series get", &pipe).await?;
-        let states: Vec<(String, Vec<u8>)> = if answers.is_empty() {
-            Vec::new()
-        } else {
-            answers.remove(0)
-        };
-        let all = answers;
+        let mut answers = answers.into_iter();
+        let states = answers.next().unwrap_or_default();
         let (mut out, mut writers, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, fields) in keys.iter().zip(all) {
+        for (key, fields) in keys.iter().zip(answers) {
             for (writer, bytes) in fields {
                 if writer == except {
                     continue;

@@ -15,7 +15,7 @@ use crate::store::series::{SeriesKey, SeriesStore};
 use crate::wire::Registry;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How often a sink writes the cells it changed to the store.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -96,6 +96,26 @@ struct Keeper {
 /// well within the store's timeout.
 const KEYS_PER_WRITE: usize = 512;
 
+impl Keeper {
+    /// How the write under way ended: on a failure, what it wrote goes back to be written
+    /// again, and the failure is returned.
+    async fn outcome(
+        &mut self,
+        write: tokio::task::JoinHandle<Result<(), StoreError>>,
+        taken: Changed,
+    ) -> Option<String> {
+        let failure = match write.await {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        for (t, r) in taken {
+            mark(&mut self.dirty, &t, r);
+        }
+        Some(failure)
+    }
+}
+
 /// Merges intervals into a tenant's changed range.
 fn mark(dirty: &mut Changed, tenant: &str, (lo, hi): (i64, i64)) {
     let d = dirty.entry(tenant.to_string()).or_insert((lo, hi));
@@ -146,9 +166,7 @@ impl Fetch {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    crate::store::unix_ms() as i64
 }
 
 impl SeriesSink {
@@ -247,13 +265,10 @@ impl SeriesSink {
         self.tick().await;
         if let Some(k) = &mut self.keeper
             && let Some((h, taken)) = k.in_flight.take()
-            && !matches!(h.await, Ok(Ok(())))
         {
-            for (t, r) in taken {
-                mark(&mut k.dirty, &t, r);
-            }
+            k.outcome(h, taken).await;
         }
-        if let Some(w) = self.take_writes() {
+        if let Some((w, _)) = self.take_writes() {
             let _ = w.run(true).await;
         }
     }
@@ -266,37 +281,27 @@ impl SeriesSink {
             return;
         };
         k.written = Instant::now();
-        if let Some((h, _)) = &k.in_flight {
-            if !h.is_finished() {
-                return;
-            }
-            if let Some((h, taken)) = k.in_flight.take() {
-                match h.await {
-                    Ok(Ok(())) => k.failures = 0,
-                    outcome => {
-                        let e = match outcome {
-                            Ok(Err(e)) => e.to_string(),
-                            Err(e) => e.to_string(),
-                            Ok(Ok(())) => String::new(),
-                        };
-                        for (t, r) in taken {
-                            mark(&mut k.dirty, &t, r);
-                        }
-                        k.failures = k.failures.saturating_add(1);
-                        k.next_try = Instant::now()
-                            + WRITE_EVERY * 2u32.saturating_pow(k.failures.min(5)).min(30);
-                        self.stats
-                            .sink_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if k.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
-                            k.warned = Some(Instant::now());
-                            tracing::warn!(
-                                stream = %k.stream,
-                                error = %e,
-                                failures = k.failures,
-                                "live series not written to the store; written again later"
-                            );
-                        }
+        if k.in_flight.as_ref().is_some_and(|(h, _)| !h.is_finished()) {
+            return;
+        }
+        if let Some((h, taken)) = k.in_flight.take() {
+            match k.outcome(h, taken).await {
+                None => k.failures = 0,
+                Some(e) => {
+                    k.failures = k.failures.saturating_add(1);
+                    k.next_try = Instant::now()
+                        + WRITE_EVERY * 2u32.saturating_pow(k.failures.min(5)).min(30);
+                    self.stats
+                        .sink_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
+                        k.warned = Some(Instant::now());
+                        tracing::warn!(
+                            stream = %k.stream,
+                            error = %e,
+                            failures = k.failures,
+                            "live series not written to the store; written again later"
+                        );
                     }
                 }
             }
@@ -304,22 +309,17 @@ impl SeriesSink {
         if Instant::now() < k.next_try {
             return;
         }
-        let taken = self
-            .keeper
-            .as_ref()
-            .map(|k| k.dirty.clone())
-            .unwrap_or_default();
-        let Some(w) = self.take_writes() else {
-            return;
-        };
-        if let Some(k) = &mut self.keeper {
+        if let Some((w, taken)) = self.take_writes()
+            && let Some(k) = &mut self.keeper
+        {
             k.in_flight = Some((tokio::spawn(w.run(false)), taken));
         }
     }
 
     /// The cells of every changed interval, by Redis key, with where to write them (none
-    /// changed: the writer's state only); the changed ranges forgotten.
-    fn take_writes(&mut self) -> Option<Writes> {
+    /// changed: the writer's state only), and the changed ranges they came from (forgotten
+    /// here, given back if the write fails).
+    fn take_writes(&mut self) -> Option<(Writes, Changed)> {
         let k = self.keeper.as_mut()?;
         let dirty = std::mem::take(&mut k.dirty);
         let mut puts = Vec::new();
@@ -338,13 +338,14 @@ impl SeriesSink {
             }
         }
         let ttl = self.opts.retention_secs + self.opts.interval_secs + STORE_MARGIN_SECS;
-        Some(Writes {
+        let writes = Writes {
             store: k.store.clone(),
             stream: k.stream.clone(),
             writer: k.writer.clone(),
             puts,
             ttl,
-        })
+        };
+        Some((writes, dirty))
     }
 
     /// A tenant's cells of `by` between two times held here, and with the store, what to read

@@ -10,15 +10,15 @@ use super::redis_sink::RedisSink;
 use super::series_sink::{LocalSeries, SeriesSink};
 use super::{Item, StreamStats};
 use crate::mediation::Records;
-use crate::mediation::spec::SeriesKeeping;
-use crate::mediation::spec::{Pipeline, PipelineStats, SinkSpec, StreamSpec};
+use crate::mediation::spec::{Pipeline, PipelineStats, SeriesKeeping, SinkSpec, StreamSpec};
+use crate::store::unix_ms as now_ms;
 use crate::telemetry::metrics::{self, Work};
 use crate::wire::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 #[derive(RactorMessage)]
@@ -253,12 +253,6 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// The shortest time between two flushes made because the queue ran empty.
 const EAGER_FLUSH: Duration = Duration::from_millis(20);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl StreamState {
     async fn write(&mut self, out: Vec<Records>) -> Result<(), SinkFailed> {
